@@ -1,0 +1,26 @@
+# `make test` and `make demo` create the virtual environment on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test test-all demo bench clean-venv
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# The CI suite: unit tests plus the end-to-end runs (CPU, a few minutes).
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+# The whole method on scikit-learn's bundled digits, CPU only (about 7 minutes on 2 cores).
+demo: $(VENV)/.installed
+	$(PY) bench/digits_demo.py --seeds 0 --output_dir results/digits_demo
+
+bench: $(VENV)/.installed
+	$(PY) bench/digits_demo.py --seeds 0 1 2 --output_dir results/digits_bench
+
+clean-venv:
+	rm -rf $(VENV)

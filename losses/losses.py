@@ -1,0 +1,102 @@
+"""The three SCAN losses (REFERENCE §2), computed in float32 so mixed precision cannot change them."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy −Σ p log p of a probability vector (or the mean over rows of a matrix).
+
+    Probabilities are clamped at 1e-8 so empty clusters contribute 0 instead of NaN.
+    """
+    p = probabilities.clamp(min=EPS)
+    if p.dim() == 1:
+        return -(p * p.log()).sum()
+    return -(p * p.log()).sum(dim=1).mean()
+
+
+class SimCLRLoss(nn.Module):
+    """Contrastive loss with the first view as anchors and both views as the contrast set.
+
+    features: [b, 2, d], L2-normalised. For anchor i (view 0), the logits are its dot
+    products with all 2b features divided by the temperature, its own entry excluded;
+    the positive is view 1 of the same image. This is SCAN's variant (b anchors), not
+    the symmetric 2b-anchor NT-Xent.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, n_views, _ = features.shape
+        if n_views != 2:
+            raise ValueError(f"SimCLRLoss expects features of shape [b, 2, d], got {tuple(features.shape)}.")
+        features = features.float()
+        anchors = features[:, 0]
+        contrast = torch.cat([features[:, 0], features[:, 1]], dim=0)
+        logits = anchors @ contrast.T / self.temperature
+        index = torch.arange(b, device=features.device)
+        logits[index, index] = float("-inf")
+        return F.cross_entropy(logits, index + b)
+
+
+class SCANLoss(nn.Module):
+    """Consistency with a mined neighbour minus weighted entropy of the mean prediction.
+
+    Returns (total, consistency, entropy), each a scalar.
+    """
+
+    def __init__(self, entropy_weight: float = 5.0) -> None:
+        super().__init__()
+        self.entropy_weight = entropy_weight
+
+    def forward(self, anchors: torch.Tensor, neighbors: torch.Tensor):
+        anchors_prob = F.softmax(anchors.float(), dim=1)
+        neighbors_prob = F.softmax(neighbors.float(), dim=1)
+        similarity = (anchors_prob * neighbors_prob).sum(dim=1)
+        # Binary cross-entropy against 1, with BCE's clamp of the log at -100.
+        consistency_loss = -similarity.log().clamp(min=-100).mean()
+        entropy_loss = entropy(anchors_prob.mean(dim=0))
+        total_loss = consistency_loss - self.entropy_weight * entropy_loss
+        return total_loss, consistency_loss, entropy_loss
+
+
+class NoConfidentSamplesError(ValueError):
+    """Raised when no sample of a batch passes the confidence threshold."""
+
+
+class ConfidenceBasedCE(nn.Module):
+    """Self-labeling loss: cross-entropy on the strong view toward the weak view's confident argmax.
+
+    A sample is confident when its max softmax probability is strictly above `threshold`.
+    With class balancing, class c present among the n confident targets with count n_c gets
+    weight n / n_c (absent classes weight 1), used as CE class weights with mean reduction,
+    which rescales the mean by the weights of the targets.
+    """
+
+    def __init__(self, threshold: float, apply_class_balancing: bool) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.apply_class_balancing = apply_class_balancing
+
+    def forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
+        weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
+        max_prob, target = weak_prob.max(dim=1)
+        mask = max_prob > self.threshold
+        if not mask.any():
+            raise NoConfidentSamplesError(
+                f"No sample in this batch has a max probability above the threshold {self.threshold}. "
+                "Lower `confidence_threshold` in the self-label config or train the SCAN model longer."
+            )
+        target_masked = target[mask]
+        weight = None
+        if self.apply_class_balancing:
+            classes, counts = torch.unique(target_masked, return_counts=True)
+            weight = torch.ones(weak_prob.shape[1], device=weak_prob.device)
+            weight[classes] = target_masked.numel() / counts.float()
+        return F.cross_entropy(anchors_strong.float()[mask], target_masked, weight=weight, reduction="mean")

@@ -1,0 +1,76 @@
+"""ImageNet pretext: import MoCo v2 weights, then mine neighbours on the backbone features.
+
+    python moco.py --config_env configs/env.yml --config_exp configs/pretext/moco_imagenet50.yml \
+                   --moco_weights moco_v2_800ep_pretrain.pth.tar
+
+Writes <root_dir>/<db>/pretext/{model.pth.tar, topk-train-neighbors.npy, topk-val-neighbors.npy, metrics.json}.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from data.augment import get_val_transformations
+from data.loaders import eval_loader
+from data.registry import get_train_dataset, get_val_dataset
+from models import build_model
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_atomic
+from utils.knn import mine_and_save_neighbors
+from utils.results import write_json
+from utils.stage import run_cli, setup_stage
+
+ENCODER, FC = "module.encoder_q.", "module.encoder_q.fc."
+
+
+def convert_moco_state_dict(state_dict: dict) -> dict:
+    """MoCo's query encoder → ContrastiveModel keys: encoder_q.fc.* → contrastive_head.*, the rest → backbone.*.
+
+    The key encoder (encoder_k) and the queue are dropped.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith(FC):
+            converted["contrastive_head." + key[len(FC):]] = value
+        elif key.startswith(ENCODER):
+            converted["backbone." + key[len(ENCODER):]] = value
+    if not converted:
+        sample = ", ".join(list(state_dict)[:5]) or "none"
+        raise CheckpointError(f"This is not a MoCo checkpoint: no key starts with '{ENCODER}' (found e.g. {sample}).")
+    return converted
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--moco_weights", required=True, help="MoCo v2 checkpoint, e.g. moco_v2_800ep_pretrain.pth.tar")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg, runtime = setup_stage("Import MoCo v2 weights and mine neighbours", argv, ("moco",), add_arguments)
+    if not runtime.is_main:
+        return {}  # a single-process job: nothing to train
+    checkpoint = load_checkpoint(args.moco_weights, "Pass the MoCo v2 checkpoint file with --moco_weights "
+                                                    "(moco_v2_800ep_pretrain.pth.tar from the MoCo model zoo).")
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{args.moco_weights} holds no state dict.")
+    model = build_model(cfg)
+    load_state_dict_checked(model, convert_moco_state_dict(state_dict), source=f"MoCo checkpoint {args.moco_weights}")
+    Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
+    save_atomic(model.state_dict(), cfg["pretext_model"])
+    print(f"Saved the converted pretext model to {cfg['pretext_model']}", flush=True)
+
+    # Neighbours come from the 2048-d backbone features (before the MLP head), L2-normalised by the model.
+    model.contrastive_head = torch.nn.Identity()
+    model = model.to(runtime.device)
+    val_transform = get_val_transformations(cfg)
+    train_dataset, val_dataset = get_train_dataset(cfg, val_transform), get_val_dataset(cfg, val_transform)
+    print(f"Mining neighbours of {len(train_dataset)} train and {len(val_dataset)} val images", flush=True)
+    metrics = mine_and_save_neighbors(model, eval_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
+                                      eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
+                                      cfg, runtime.device)
+    write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,143 @@
+"""Stage 2: SCAN clustering on mined neighbours.
+
+    python scan.py --config_env configs/env.yml --config_exp configs/scan/scan_cifar10.yml
+
+Needs the pretext stage's model.pth.tar and neighbour files. Writes <root_dir>/<db>/scan/
+{checkpoint.pth.tar, model.pth.tar ({'model', 'head'}), confusion_matrix.png, metrics.json}.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.augment import get_train_transformations, get_val_transformations
+from data.loaders import eval_loader, set_epoch, train_loader
+from data.registry import get_train_dataset, get_val_dataset
+from data.wrappers import NeighborsDataset
+from losses import SCANLoss
+from models import build_model
+from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_atomic
+from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
+from utils.optim import adjust_learning_rate, build_optimizer
+from utils.report import clustering_report
+from utils.runtime import autocast, barrier, unwrap, wrap_model
+from utils.stage import require_files, run_cli, setup_stage
+
+
+def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epoch: int) -> dict:
+    """One pass over (anchor, neighbour) pairs; every head's loss is summed for backprop."""
+    head_only = cfg["update_cluster_head_only"]
+    model.train(not head_only)  # a frozen backbone runs in eval mode and keeps its BatchNorm statistics
+    sums = {"total": 0.0, "consistency": 0.0, "entropy": 0.0}
+    steps = 0
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    for batch in progress:
+        anchors = batch["anchor"].to(runtime.device, non_blocking=True)
+        neighbors = batch["neighbor"].to(runtime.device, non_blocking=True)
+        with autocast(runtime, cfg["amp"]):
+            if head_only:
+                with torch.no_grad():
+                    anchor_features = model(anchors, forward_pass="backbone")
+                    neighbor_features = model(neighbors, forward_pass="backbone")
+                anchors_output = model(anchor_features, forward_pass="head")
+                neighbors_output = model(neighbor_features, forward_pass="head")
+            else:
+                anchors_output, neighbors_output = model(anchors), model(neighbors)
+        losses = [criterion(a, n) for a, n in zip(anchors_output, neighbors_output)]
+        total_loss = torch.stack([total for total, _, _ in losses]).sum()
+        optimizer.zero_grad(set_to_none=True)
+        total_loss.backward()
+        optimizer.step()
+        steps += 1
+        sums["total"] += total_loss.item()
+        sums["consistency"] += sum(c.item() for _, c, _ in losses) / len(losses)
+        sums["entropy"] += sum(e.item() for _, _, e in losses) / len(losses)
+        progress.set_postfix(loss=f"{total_loss.item():.4f}")
+    return {key: value / max(steps, 1) for key, value in sums.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg, runtime = setup_stage("SCAN clustering", argv, ("scan",))
+    pretext_command = (f"python simclr.py --config_env {args.config_env} --config_exp configs/pretext/<the pretext "
+                       f"config of {cfg['train_db_name']}>  (moco.py for ImageNet)")
+    require_files([cfg["pretext_model"], cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]],
+                  pretext_command)
+    Path(cfg["scan_dir"]).mkdir(parents=True, exist_ok=True)
+
+    train_dataset = NeighborsDataset(get_train_dataset(cfg, get_train_transformations(cfg)),
+                                     np.load(cfg["topk_neighbors_train_path"]), cfg["num_neighbors"],
+                                     source=cfg["topk_neighbors_train_path"])
+    val_dataset = NeighborsDataset(get_val_dataset(cfg, get_val_transformations(cfg)),
+                                   np.load(cfg["topk_neighbors_val_path"]), source=cfg["topk_neighbors_val_path"])
+    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    class_names = val_dataset.dataset.classes
+    if runtime.is_main:
+        print(f"Train: {len(train_dataset)} images with {cfg['num_neighbors']} neighbours each, "
+              f"test: {len(val_dataset)}. Writing to {cfg['scan_dir']}", flush=True)
+
+    model = build_model(cfg)
+    # A pretext model seeds the backbone; only its contrastive head may go unused.
+    load_state_dict_checked(model, load_checkpoint(cfg["pretext_model"], pretext_command),
+                            allowed_unused=("contrastive_head",), source=f"pretext model {cfg['pretext_model']}")
+    model = wrap_model(model, runtime)
+    criterion = SCANLoss(**cfg["criterion_kwargs"])
+    optimizer = build_optimizer(cfg, model)
+
+    start_epoch, best_loss, best_loss_head = 0, math.inf, None
+    if Path(cfg["scan_checkpoint"]).is_file():
+        checkpoint = load_checkpoint(cfg["scan_checkpoint"])
+        unwrap(model).load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch, best_loss = checkpoint["epoch"], checkpoint["best_loss"]
+        best_loss_head = None if checkpoint["best_loss_head"] is None else int(checkpoint["best_loss_head"])
+        if runtime.is_main:
+            print(f"Resuming from {cfg['scan_checkpoint']} at epoch {start_epoch}", flush=True)
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        set_epoch(loader, epoch)
+        lr = adjust_learning_rate(cfg, optimizer, epoch)
+        losses = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg, epoch)
+
+        # Pick the head with the lowest SCAN loss on the test neighbours (no labels used).
+        head_outputs, _ = get_predictions(unwrap(model), val_loader, runtime.device)
+        scores = scan_evaluate(head_outputs)
+        head, head_loss = scores["lowest_loss_head"], scores["lowest_loss"]
+        if runtime.is_main:
+            summary = (f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  train loss {losses['total']:.4f} "
+                       f"(consistency {losses['consistency']:.4f}, entropy {losses['entropy']:.4f})  "
+                       f"best head {head} val loss {head_loss:.4f}")
+            best = head_outputs[head]
+            if not (best["targets"] < 0).any():
+                accuracy = cluster_metrics(best["predictions"], best["probabilities"], best["targets"])["ACC"]
+                summary += f"  ACC {100 * accuracy:.2f}"
+            print(summary, flush=True)
+            if head_loss < best_loss:
+                best_loss, best_loss_head = head_loss, head
+                save_atomic({"model": unwrap(model).state_dict(), "head": head}, cfg["scan_model"])
+                print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
+            save_atomic({"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(),
+                         "epoch": epoch + 1, "best_loss": best_loss, "best_loss_head": best_loss_head},
+                        cfg["scan_checkpoint"])
+        barrier(runtime)
+
+    metrics = {}
+    if runtime.is_main:
+        require_files([cfg["scan_model"]], f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}")
+        best = load_checkpoint(cfg["scan_model"])
+        final_model = build_model(cfg).to(runtime.device)
+        load_state_dict_checked(final_model, best["model"], source=cfg["scan_model"])
+        head_outputs, _ = get_predictions(final_model, val_loader, runtime.device)
+        metrics = clustering_report(head_outputs[int(best["head"])], class_names, cfg["scan_dir"],
+                                    extra={"head": int(best["head"]), "best_loss": best_loss},
+                                    title=f"SCAN (head {int(best['head'])}) on the test split")
+    barrier(runtime)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,136 @@
+"""Stage 3: self-labeling with confident pseudo-labels of the SCAN model.
+
+    python selflabel.py --config_env configs/env.yml --config_exp configs/selflabel/selflabel_cifar10.yml
+
+Starts from the best head of scan/model.pth.tar (as head 0). Writes <root_dir>/<db>/selflabel/
+{checkpoint.pth.tar, model.pth.tar (plain state dict), confusion_matrix.png, metrics.json}.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data.augment import get_train_transformations, get_val_transformations
+from data.loaders import eval_loader, set_epoch, train_loader
+from data.registry import get_train_dataset, get_val_dataset
+from data.wrappers import AugmentedDataset
+from losses import ConfidenceBasedCE, NoConfidentSamplesError
+from models import build_model
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_atomic
+from utils.evaluate import cluster_metrics, get_predictions
+from utils.optim import EMA, adjust_learning_rate, build_optimizer
+from utils.report import clustering_report
+from utils.runtime import autocast, barrier, unwrap, wrap_model
+from utils.stage import require_files, run_cli, setup_stage
+
+
+def best_head_state_dict(scan_checkpoint: dict) -> dict:
+    """The SCAN model's state dict with only its best head, renamed to head 0."""
+    state, head = dict(scan_checkpoint["model"]), int(scan_checkpoint["head"])
+    state = {key[len("module."):] if key.startswith("module.") else key: value for key, value in state.items()}
+    best_weight, best_bias = state[f"cluster_head.{head}.weight"], state[f"cluster_head.{head}.bias"]
+    state = {key: value for key, value in state.items() if not key.startswith("cluster_head.")}
+    state["cluster_head.0.weight"], state["cluster_head.0.bias"] = best_weight, best_bias
+    return state
+
+
+def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool, epoch: int) -> dict:
+    """Cross-entropy of the strong view toward the weak view's confident predictions."""
+    model.train()
+    total, steps, skipped = 0.0, 0, 0
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    for batch in progress:
+        images = batch["image"].to(runtime.device, non_blocking=True)
+        augmented = batch["image_augmented"].to(runtime.device, non_blocking=True)
+        with autocast(runtime, amp):
+            with torch.no_grad():
+                weak_output = model(images)[0]
+            strong_output = model(augmented)[0]
+        try:
+            loss = criterion(weak_output, strong_output)
+        except NoConfidentSamplesError:
+            skipped += 1  # nothing to learn from this batch; counted and reported per epoch
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update(unwrap(model))
+        total, steps = total + loss.item(), steps + 1
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+    return {"loss": total / max(steps, 1), "steps": steps, "skipped": skipped}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg, runtime = setup_stage("Self-labeling", argv, ("selflabel",))
+    scan_command = (f"python scan.py --config_env {args.config_env} --config_exp configs/scan/<the scan config of "
+                    f"{cfg['train_db_name']}>")
+    require_files([cfg["scan_model"]], scan_command)
+    Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
+
+    train_dataset = AugmentedDataset(get_train_dataset(cfg), get_val_transformations(cfg), get_train_transformations(cfg))
+    val_dataset = get_val_dataset(cfg, get_val_transformations(cfg))
+    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    if runtime.is_main:
+        print(f"Train: {len(train_dataset)} images, test: {len(val_dataset)}. Writing to {cfg['selflabel_dir']}",
+              flush=True)
+
+    model = build_model(cfg)
+    scan_checkpoint = load_checkpoint(cfg["scan_model"], scan_command)
+    if not isinstance(scan_checkpoint, dict) or not {"model", "head"} <= scan_checkpoint.keys():
+        raise CheckpointError(f"{cfg['scan_model']} is not a SCAN model file (a dict with 'model' and 'head').")
+    load_state_dict_checked(model, best_head_state_dict(scan_checkpoint), source=f"SCAN model {cfg['scan_model']}")
+    model = wrap_model(model, runtime)
+    criterion = ConfidenceBasedCE(cfg["confidence_threshold"], **cfg["criterion_kwargs"])
+    optimizer = build_optimizer(cfg, model)
+    ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None
+
+    start_epoch = 0
+    if Path(cfg["selflabel_checkpoint"]).is_file():
+        checkpoint = load_checkpoint(cfg["selflabel_checkpoint"])
+        unwrap(model).load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch = checkpoint["epoch"]
+        if ema is not None:
+            ema = EMA(unwrap(model), alpha=cfg["ema_alpha"])
+        if runtime.is_main:
+            print(f"Resuming from {cfg['selflabel_checkpoint']} at epoch {start_epoch}", flush=True)
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        set_epoch(loader, epoch)
+        lr = adjust_learning_rate(cfg, optimizer, epoch)
+        stats = train_one_epoch(loader, model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
+        if runtime.is_main:
+            summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
+            if stats["skipped"]:
+                summary += (f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
+                            f"above confidence {cfg['confidence_threshold']})")
+            head_output = get_predictions(unwrap(model), val_loader, runtime.device)[0][0]
+            if not (head_output["targets"] < 0).any():
+                accuracy = cluster_metrics(head_output["predictions"], head_output["probabilities"],
+                                           head_output["targets"])["ACC"]
+                summary += f"  ACC {100 * accuracy:.2f}"
+            print(summary, flush=True)
+            save_atomic({"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
+                        cfg["selflabel_checkpoint"])
+            save_atomic(unwrap(model).state_dict(), cfg["selflabel_model"])
+        barrier(runtime)
+
+    metrics = {}
+    if runtime.is_main:
+        require_files([cfg["selflabel_model"]], f"python selflabel.py --config_env {args.config_env} "
+                                                f"--config_exp {args.config_exp}")
+        final_model = build_model(cfg).to(runtime.device)
+        load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
+        head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]
+        metrics = clustering_report(head_output, val_dataset.classes, cfg["selflabel_dir"],
+                                    title="Self-label on the test split")
+    barrier(runtime)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,116 @@
+"""Stage 1: SimCLR pretext training, then nearest-neighbour mining for SCAN.
+
+    python simclr.py --config_env configs/env.yml --config_exp configs/pretext/simclr_cifar10.yml
+
+Writes <root_dir>/<db>/pretext/{checkpoint.pth.tar, model.pth.tar, topk-train-neighbors.npy,
+topk-val-neighbors.npy, metrics.json}. Resumes from checkpoint.pth.tar when it exists.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data.augment import get_train_transformations, get_val_transformations
+from data.loaders import eval_loader, set_epoch, train_loader
+from data.registry import get_train_dataset, get_val_dataset
+from data.wrappers import AugmentedDataset
+from losses import SimCLRLoss
+from models import build_model
+from utils.checkpoint import load_checkpoint, save_atomic
+from utils.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
+from utils.optim import adjust_learning_rate, build_optimizer
+from utils.results import write_json
+from utils.runtime import autocast, barrier, unwrap, wrap_model
+from utils.stage import run_cli, setup_stage
+
+
+def train_one_epoch(loader, model, criterion, optimizer, runtime, amp: bool, epoch: int) -> float:
+    """One pass of SimCLR over the train split; returns the mean loss."""
+    model.train()
+    total, steps = 0.0, 0
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    for batch in progress:
+        images = batch["image"].to(runtime.device, non_blocking=True)
+        augmented = batch["image_augmented"].to(runtime.device, non_blocking=True)
+        b = images.shape[0]
+        inputs = torch.stack([images, augmented], dim=1).flatten(0, 1)  # [2b, C, H, W], views interleaved
+        with autocast(runtime, amp):
+            features = model(inputs)
+        loss = criterion(features.view(b, 2, -1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, steps = total + loss.item(), steps + 1
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+    return total / max(steps, 1)
+
+
+def knn_monitor(model, base_loader, val_loader, cfg, device) -> float | None:
+    """Weighted-kNN top-1 of test features against the train memory bank (None without labels)."""
+    bank, bank_targets = extract_features(model, base_loader, device, desc="memory bank")
+    query, query_targets = extract_features(model, val_loader, device, desc="kNN monitor")
+    if (bank_targets < 0).all() or (query_targets < 0).all():
+        return None
+    return weighted_knn_accuracy(torch.from_numpy(query).to(device), torch.from_numpy(query_targets).to(device),
+                                 torch.from_numpy(bank).to(device), torch.from_numpy(bank_targets).to(device),
+                                 cfg["num_classes"], k=cfg["knn_monitor_k"],
+                                 temperature=cfg["criterion_kwargs"]["temperature"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg, runtime = setup_stage("SimCLR pretext training and neighbour mining", argv, ("simclr",))
+    Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
+
+    model = build_model(cfg)
+    train_transform, val_transform = get_train_transformations(cfg), get_val_transformations(cfg)
+    train_dataset = AugmentedDataset(get_train_dataset(cfg, split=cfg["train_split"]), train_transform)
+    base_dataset = get_train_dataset(cfg, val_transform)  # train split, val transform: memory bank + mining
+    val_dataset = get_val_dataset(cfg, val_transform)
+    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    base_loader = eval_loader(base_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    if runtime.is_main:
+        print(f"Train ({cfg['train_split']}): {len(train_dataset)} images, memory bank: {len(base_dataset)}, "
+              f"test: {len(val_dataset)}. Writing to {cfg['pretext_dir']}", flush=True)
+
+    model = wrap_model(model, runtime)
+    criterion = SimCLRLoss(**cfg["criterion_kwargs"])
+    optimizer = build_optimizer(cfg, model)
+
+    start_epoch = 0
+    if Path(cfg["pretext_checkpoint"]).is_file():
+        checkpoint = load_checkpoint(cfg["pretext_checkpoint"])
+        unwrap(model).load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch = checkpoint["epoch"]
+        if runtime.is_main:
+            print(f"Resuming from {cfg['pretext_checkpoint']} at epoch {start_epoch}", flush=True)
+
+    knn_top1 = None
+    for epoch in range(start_epoch, cfg["epochs"]):
+        set_epoch(loader, epoch)
+        lr = adjust_learning_rate(cfg, optimizer, epoch)
+        loss = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg["amp"], epoch)
+        if runtime.is_main:
+            knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
+            shown = "n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%"
+            print(f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}  kNN top-1 {shown}", flush=True)
+            save_atomic({"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
+                        cfg["pretext_checkpoint"])
+        barrier(runtime)
+
+    metrics = {}
+    if runtime.is_main:
+        save_atomic(unwrap(model).state_dict(), cfg["pretext_model"])
+        print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
+        metrics = mine_and_save_neighbors(unwrap(model), base_loader, val_loader, cfg, runtime.device)
+        metrics["knn_top1"] = knn_top1
+        write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
+    barrier(runtime)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

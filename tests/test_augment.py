@@ -1,0 +1,272 @@
+"""Tests for data/augment.py against expectations computed independently of it."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageEnhance, ImageOps
+
+from data import augment
+
+CIFAR_NORM = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]}
+
+
+def _image(h: int = 8, w: int = 8, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img).copy()
+
+
+def _simclr_cfg(**overrides) -> dict:
+    kwargs = {
+        "random_resized_crop": {"size": 32, "scale": [0.2, 1.0]},
+        "color_jitter_random_apply": {"p": 0.8},
+        "color_jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
+        "random_grayscale": {"p": 0.2},
+        "normalize": CIFAR_NORM,
+    }
+    kwargs.update(overrides)
+    return {"augmentation_strategy": "simclr", "augmentation_kwargs": kwargs}
+
+
+def _ours_cfg(**overrides) -> dict:
+    kwargs = {
+        "crop_size": 32,
+        "normalize": CIFAR_NORM,
+        "num_strong_augs": 4,
+        "cutout_kwargs": {"n_holes": 1, "length": 16, "random": True},
+    }
+    kwargs.update(overrides)
+    return {"augmentation_strategy": "ours", "augmentation_kwargs": kwargs}
+
+
+def _op(name: str):
+    return next(fn for n, fn, _, _ in augment.OPS if n == name)
+
+
+# ---------------------------------------------------------------- op table
+
+def test_op_table_matches_reference_ranges():
+    ranges = {name: (lo, hi) for name, _, lo, hi in augment.OPS}
+    assert len(augment.OPS) == 14
+    assert ranges == {
+        "Identity": (0, 1), "AutoContrast": (0, 1), "Equalize": (0, 1),
+        "Rotate": (-30, 30), "Solarize": (0, 256),
+        "Color": (0.05, 0.95), "Contrast": (0.05, 0.95),
+        "Brightness": (0.05, 0.95), "Sharpness": (0.05, 0.95),
+        "ShearX": (-0.1, 0.1), "ShearY": (-0.1, 0.1),
+        "TranslateX": (-0.1, 0.1), "TranslateY": (-0.1, 0.1),
+        "Posterize": (4, 8),
+    }
+
+
+@pytest.mark.parametrize("name, v, expected", [
+    ("Identity", 0.3, lambda im: im),
+    ("AutoContrast", 0.3, ImageOps.autocontrast),
+    ("Equalize", 0.3, ImageOps.equalize),
+    ("Solarize", 100.5, lambda im: ImageOps.solarize(im, 100.5)),
+    ("Color", 0.3, lambda im: ImageEnhance.Color(im).enhance(0.3)),
+    ("Contrast", 0.3, lambda im: ImageEnhance.Contrast(im).enhance(0.3)),
+    ("Brightness", 0.3, lambda im: ImageEnhance.Brightness(im).enhance(0.3)),
+    ("Sharpness", 0.3, lambda im: ImageEnhance.Sharpness(im).enhance(0.3)),
+    ("Posterize", 5.7, lambda im: ImageOps.posterize(im, 5)),
+])
+def test_photometric_ops_equal_their_pil_call(name, v, expected):
+    img = _image()
+    np.testing.assert_array_equal(_pixels(_op(name)(img, v)), _pixels(expected(img)))
+
+
+def _affine(coeffs):
+    return lambda im: im.transform(im.size, Image.Transform.AFFINE, coeffs)
+
+
+@pytest.mark.parametrize("name, v, expected", [
+    ("Rotate", 17.0, lambda im, s: im.rotate(s * 17.0)),
+    ("ShearX", 0.08, lambda im, s: _affine((1, s * 0.08, 0, 0, 1, 0))(im)),
+    ("ShearY", 0.08, lambda im, s: _affine((1, 0, 0, s * 0.08, 1, 0))(im)),
+    ("TranslateX", 0.25, lambda im, s: _affine((1, 0, s * 0.25 * 8, 0, 1, 0))(im)),
+    ("TranslateY", 0.25, lambda im, s: _affine((1, 0, 0, 0, 1, s * 0.25 * 8))(im)),
+])
+def test_geometric_ops_flip_sign_with_half_probability(monkeypatch, name, v, expected):
+    img = _image()
+    outputs = set()
+    for r in (0.1, 0.9):  # one draw on each side of 0.5
+        monkeypatch.setattr(random, "random", lambda r=r: r)
+        outputs.add(_pixels(_op(name)(img, v)).tobytes())
+    assert outputs == {_pixels(expected(img, 1)).tobytes(), _pixels(expected(img, -1)).tobytes()}
+
+
+def test_translate_x_shifts_by_fraction_of_width(monkeypatch):
+    img = _image()
+    src = _pixels(img)
+    left, right = np.zeros_like(src), np.zeros_like(src)
+    left[:, :6], right[:, 2:] = src[:, 2:], src[:, :6]  # 0.25 * 8 px = 2 px either way
+    outputs = set()
+    for r in (0.1, 0.9):
+        monkeypatch.setattr(random, "random", lambda r=r: r)
+        outputs.add(_pixels(_op("TranslateX")(img, 0.25)).tobytes())
+    assert outputs == {left.tobytes(), right.tobytes()}
+
+
+def test_rotate_by_90_is_a_quarter_turn(monkeypatch):
+    monkeypatch.setattr(random, "random", lambda: 0.9)
+    img = _image()
+    out = _pixels(_op("Rotate")(img, 90.0))
+    assert any((out == _pixels(img.transpose(t))).all()
+               for t in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270))
+
+
+# ---------------------------------------------------------------- StrongAugment
+
+def _recording_ops(calls: list) -> list:
+    def recorder(name):
+        return lambda img, v: calls.append((name, v)) or img
+    return [(name, recorder(name), lo, hi) for name, _, lo, hi in augment.OPS]
+
+
+@pytest.mark.parametrize("n", [0, 1, 4, 7])
+def test_strong_augment_applies_exactly_n_ops(monkeypatch, n):
+    calls = []
+    monkeypatch.setattr(augment, "OPS", _recording_ops(calls))
+    random.seed(0)
+    augment.StrongAugment(n)(_image())
+    assert len(calls) == n
+
+
+def test_strong_augment_magnitudes_lie_in_range_and_ops_repeat(monkeypatch):
+    calls = []
+    monkeypatch.setattr(augment, "OPS", _recording_ops(calls))
+    ranges = {name: (lo, hi) for name, _, lo, hi in augment.OPS}
+    random.seed(1)
+    strong = augment.StrongAugment(4)
+    for _ in range(300):
+        strong(_image())
+    assert {name for name, _ in calls} == set(ranges)
+    for name, v in calls:
+        lo, hi = ranges[name]
+        assert lo <= v <= hi
+    rotations = [v for name, v in calls if name == "Rotate"]
+    assert min(rotations) < -20 and max(rotations) > 20  # spread over the whole range
+    # With replacement: some call of 4 ops must have drawn the same op twice.
+    draws = [tuple(name for name, _ in calls[i:i + 4]) for i in range(0, len(calls), 4)]
+    assert any(len(set(d)) < 4 for d in draws)
+
+
+def test_strong_augment_on_real_ops_keeps_size_and_mode():
+    random.seed(2)
+    img = _image(32, 32)
+    for _ in range(50):
+        out = augment.StrongAugment(4)(img)
+        assert out.size == img.size and out.mode == "RGB"
+
+
+# ---------------------------------------------------------------- Cutout
+
+def _fix_cutout_draws(monkeypatch, side: int, y: int, x: int) -> None:
+    monkeypatch.setattr(random, "randint", lambda a, b: side)
+    centre = iter([y, x])
+    monkeypatch.setattr(random, "randrange", lambda n: next(centre))
+
+
+@pytest.mark.parametrize("side, y, x, rows, cols", [
+    (6, 10, 12, (7, 13), (9, 15)),    # inside: [y-3, y+3) x [x-3, x+3)
+    (8, 0, 31, (0, 4), (27, 32)),     # clipped at top and right
+    (5, 31, 1, (29, 32), (0, 3)),     # odd side: half = 2, clipped bottom and left
+])
+def test_cutout_zeroes_expected_square(monkeypatch, side, y, x, rows, cols):
+    _fix_cutout_draws(monkeypatch, side, y, x)
+    img = torch.rand(3, 32, 32) + 1.0
+    out = augment.Cutout(n_holes=1, length=16, random=True)(img)
+    expected = img.clone()
+    expected[:, rows[0]:rows[1], cols[0]:cols[1]] = 0
+    assert torch.equal(out, expected)
+    assert (img >= 1).all()  # the input tensor is left untouched
+
+
+def test_cutout_fixed_length_ignores_randint(monkeypatch):
+    _fix_cutout_draws(monkeypatch, side=3, y=16, x=16)
+    img = torch.ones(3, 32, 32)
+    out = augment.Cutout(n_holes=1, length=10, random=False)(img)
+    assert (out[:, 11:21, 11:21] == 0).all()
+    assert int((out == 0).sum()) == 3 * 10 * 10
+
+
+def test_cutout_random_side_within_bounds():
+    random.seed(3)
+    cutout = augment.Cutout(n_holes=1, length=16, random=True)
+    sizes = set()
+    for _ in range(400):
+        zeros = int((cutout(torch.ones(1, 64, 64)) == 0).sum())
+        sizes.add(zeros)
+        assert zeros <= 16 * 16
+    assert len(sizes) > 5
+
+
+# ---------------------------------------------------------------- pipelines
+
+def test_val_transform_matches_hand_computation():
+    img = _image(36, 40, seed=4)
+    cfg = {"transformation_kwargs": {"crop_size": 32, "normalize": CIFAR_NORM}}
+    out = augment.get_val_transformations(cfg)(img)
+    crop = np.asarray(img)[2:34, 4:36].astype(np.float32) / 255.0  # centre 32x32 of 36x40
+    mean, std = np.array(CIFAR_NORM["mean"]), np.array(CIFAR_NORM["std"])
+    expected = ((crop - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [_simclr_cfg(), _ours_cfg()])
+def test_train_output_shape(cfg):
+    random.seed(5)
+    torch.manual_seed(5)
+    out = augment.get_train_transformations(cfg)(_image(40, 40))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+
+
+def _run_seeded(transform, img, seed: int) -> torch.Tensor:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return transform(img)
+
+
+@pytest.mark.parametrize("cfg", [_simclr_cfg(), _ours_cfg()])
+def test_train_transform_is_reproducible_from_random_and_torch_seeds(cfg):
+    transform = augment.get_train_transformations(cfg)
+    img = _image(40, 40, seed=6)
+    np.random.seed(0)
+    first = _run_seeded(transform, img, 11)
+    np.random.seed(1)  # numpy's global state must not matter
+    assert torch.equal(first, _run_seeded(transform, img, 11))
+    assert not torch.equal(first, _run_seeded(transform, img, 12))
+
+
+def _gradient_image() -> Image.Image:
+    """Grey left-to-right ramp: any crop keeps it increasing, a mirror makes it decreasing."""
+    ramp = np.tile((np.arange(32) * 8).astype(np.uint8), (32, 1))
+    return Image.fromarray(np.stack([ramp] * 3, axis=-1))
+
+
+def _is_mirrored(out: torch.Tensor) -> bool:
+    return bool(out[0, :, 0].mean() > out[0, :, -1].mean())
+
+
+@pytest.mark.parametrize("make_cfg", [
+    lambda **flip: _simclr_cfg(color_jitter_random_apply={"p": 0.0},
+                               random_grayscale={"p": 0.0}, **flip),
+    lambda **flip: _ours_cfg(num_strong_augs=0, cutout_kwargs={"n_holes": 0, "length": 16},
+                             **flip),
+])
+def test_horizontal_flip_can_be_disabled(make_cfg):
+    img = _gradient_image()
+    unflipped = augment.get_train_transformations(make_cfg(horizontal_flip=False))
+    default = augment.get_train_transformations(make_cfg())
+    assert not any(_is_mirrored(_run_seeded(unflipped, img, s)) for s in range(30))
+    assert any(_is_mirrored(_run_seeded(default, img, s)) for s in range(30))
+
+
+def test_unknown_strategy_lists_valid_ones():
+    with pytest.raises(ValueError, match="simclr.*ours"):
+        augment.get_train_transformations({"augmentation_strategy": "autoaugment",
+                                           "augmentation_kwargs": {}})

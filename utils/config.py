@@ -1,0 +1,174 @@
+"""Experiment configuration: env YAML + experiment YAML + `--set` overrides, validated.
+
+Every hyper-parameter lives in the YAML files; this module only knows which keys
+exist, their defaults, and where each stage writes its files. An unknown key is an
+error, because a silently ignored typo (say `epoch: 5`) costs a whole training run.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REQUIRED = object()
+
+# Keys of configs/env.yml: where results go and where datasets are.
+ENV_DEFAULTS: dict[str, Any] = {
+    "root_dir": "results",
+    "data_root": "datasets",
+    "download": True,  # fetch CIFAR / STL-10 archives when missing (needs a network)
+}
+
+# Every key an experiment config may hold, with its default (REQUIRED: must be given).
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "setup": REQUIRED,  # simclr | moco | scan | selflabel
+    "backbone": REQUIRED,  # resnet18 | resnet50
+    "backbone_kwargs": {},  # e.g. {stem: stl, base_width: 64}
+    "model_kwargs": {},  # ContrastiveModel: {head: mlp, features_dim: 128}
+    "num_classes": REQUIRED,
+    "num_heads": 1,
+    "train_db_name": REQUIRED,
+    "val_db_name": REQUIRED,
+    "train_split": "train",  # pretext training split; STL-10 uses train+unlabeled
+    "dataset_kwargs": {},  # passed to the dataset class (digits: image_size; folders: root, ...)
+    "criterion": None,
+    "criterion_kwargs": {},
+    "epochs": 1,
+    "optimizer": "adam",
+    "optimizer_kwargs": {},
+    "scheduler": "constant",
+    "scheduler_kwargs": {},
+    "batch_size": 128,
+    "num_workers": 8,
+    "augmentation_strategy": None,
+    "augmentation_kwargs": {},
+    "transformation_kwargs": {},
+    "seed": None,  # None: not seeded, like the original
+    "amp": False,  # bfloat16 autocast for forward passes
+    # pretext
+    "topk_neighbors_train": 20,
+    "topk_neighbors_val": 5,
+    "knn_monitor_k": 100,  # weighted-kNN progress monitor of the pretext stage
+    # scan
+    "num_neighbors": 20,
+    "update_cluster_head_only": False,
+    # selflabel
+    "confidence_threshold": 0.99,
+    "use_ema": False,
+    "ema_alpha": 0.999,
+}
+
+SETUPS = ("simclr", "moco", "scan", "selflabel")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used as written."""
+
+
+def _unknown_key_error(key: str, known: dict, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known.keys(), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"Unknown config key '{key}' in {where}.{hint} Valid keys: {', '.join(sorted(known))}.")
+
+
+def _read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}. Pass an existing YAML file (see configs/).")
+    with open(path) as handle:
+        content = yaml.safe_load(handle) or {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of keys to values.")
+    return content
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`['a.b=1', 'c=x']` → {'a.b': 1, 'c': 'x'}; values are parsed as YAML scalars."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Override '{pair}' is not KEY=VALUE (e.g. --set epochs=2 optimizer_kwargs.lr=0.1).")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def apply_override(cfg: dict, dotted_key: str, value: Any, known: dict) -> None:
+    """Set `cfg[a][b]... = value` for 'a.b...'; the top-level key must be a known one."""
+    parts = dotted_key.split(".")
+    if parts[0] not in known:
+        raise _unknown_key_error(parts[0], known, f"--set {dotted_key}")
+    node = cfg
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted_key}: '{part}' holds {child!r}, not a mapping.")
+        node = child
+    node[parts[-1]] = value
+
+
+def stage_paths(root_dir: str | Path, train_db_name: str) -> dict[str, str]:
+    """Where every stage reads and writes: <root_dir>/<train_db_name>/{pretext,scan,selflabel}/."""
+    base = Path(root_dir) / train_db_name
+    pretext, scan, selflabel = base / "pretext", base / "scan", base / "selflabel"
+    return {
+        "pretext_dir": str(pretext),
+        "pretext_checkpoint": str(pretext / "checkpoint.pth.tar"),
+        "pretext_model": str(pretext / "model.pth.tar"),
+        "topk_neighbors_train_path": str(pretext / "topk-train-neighbors.npy"),
+        "topk_neighbors_val_path": str(pretext / "topk-val-neighbors.npy"),
+        "scan_dir": str(scan),
+        "scan_checkpoint": str(scan / "checkpoint.pth.tar"),
+        "scan_model": str(scan / "model.pth.tar"),
+        "selflabel_dir": str(selflabel),
+        "selflabel_checkpoint": str(selflabel / "checkpoint.pth.tar"),
+        "selflabel_model": str(selflabel / "model.pth.tar"),
+    }
+
+
+def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[str] | None = None) -> dict:
+    """Merge defaults, env file, experiment file and `--set` overrides; validate; add paths.
+
+    Relative `root_dir` / `data_root` are taken from the current working directory.
+    """
+    known = {**ENV_DEFAULTS, **EXPERIMENT_DEFAULTS}
+    cfg = {key: (dict(value) if isinstance(value, dict) else value) for key, value in known.items()}
+    for path, defaults in ((config_env, ENV_DEFAULTS), (config_exp, EXPERIMENT_DEFAULTS)):
+        if path is None:
+            continue
+        for key, value in _read_yaml(path).items():
+            if key not in defaults:
+                raise _unknown_key_error(key, defaults, str(path))
+            cfg[key] = value
+    for key, value in parse_overrides(overrides or []).items():
+        apply_override(cfg, key, value, known)
+
+    missing = [key for key, value in cfg.items() if value is REQUIRED]
+    if missing:
+        raise ConfigError(f"Config {config_exp} lacks required key(s): {', '.join(missing)}.")
+    if cfg["setup"] not in SETUPS:
+        raise ConfigError(f"setup '{cfg['setup']}' is not one of {', '.join(SETUPS)}.")
+    cfg["root_dir"] = os.path.abspath(os.path.expanduser(str(cfg["root_dir"])))
+    cfg["data_root"] = os.path.abspath(os.path.expanduser(str(cfg["data_root"])))
+    cfg.update(stage_paths(cfg["root_dir"], cfg["train_db_name"]))
+    return cfg
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = True) -> None:
+    """The arguments every entry script shares."""
+    parser.add_argument("--config_env", default=None if env_required else "configs/env.yml", required=env_required,
+                        help="YAML with root_dir (outputs) and data_root (datasets)")
+    parser.add_argument("--config_exp", required=True, help="experiment YAML, e.g. configs/pretext/simclr_cifar10.yml")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1")
+
+
+def format_config(cfg: dict) -> str:
+    """The config as YAML, for the log: a run should say exactly what it ran."""
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)

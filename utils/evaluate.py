@@ -1,0 +1,232 @@
+"""Predictions and clustering metrics, computed exactly as the published SCAN numbers were.
+
+Users compare our metrics with the original code's on the same checkpoints, so every
+detail that can move a number (REFERENCE §1.4) is pinned here: the K×K count matrix with
+K = number of distinct targets, scipy's `linear_sum_assignment` on (N − counts) with
+rows = clusters (tie-breaking included), NMI/ARI/AMI on the raw cluster ids, and
+ACC / ACC Top-5 as integer counts divided by N.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from losses.losses import entropy
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    """Metrics run in numpy/scipy/sklearn; callers may hand us CPU tensors or arrays."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+@torch.no_grad()
+def get_predictions(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device | str,
+    return_features: bool = False,
+) -> tuple[list[dict], torch.Tensor | None]:
+    """Run `model` over `loader` and collect, per head, argmax, softmax, targets (and neighbours).
+
+    Batches carry the images under 'anchor' (neighbour datasets) or 'image'. Results are
+    moved to the CPU batch by batch so that large splits never accumulate on the device.
+    Argmax is taken on the logits (not on the rounded probabilities) and the softmax is
+    computed in float32, so mixed-precision models give the same predictions as fp32 code.
+    """
+    model.eval()
+    forward_pass = "return_all" if return_features else "default"
+    predictions: list[list[torch.Tensor]] = []
+    probabilities: list[list[torch.Tensor]] = []
+    targets: list[torch.Tensor] = []
+    neighbors: list[torch.Tensor] = []
+    features: list[torch.Tensor] = []
+
+    for batch in tqdm(loader, desc="Predictions", leave=False):
+        key = "anchor" if "anchor" in batch else "image"
+        images = batch[key].to(device, non_blocking=True)
+        out = model(images, forward_pass=forward_pass)
+        logits_per_head = out["output"] if return_features else out
+        if return_features:
+            features.append(out["features"].float().cpu())
+        if not predictions:
+            predictions = [[] for _ in logits_per_head]
+            probabilities = [[] for _ in logits_per_head]
+        for head, logits in enumerate(logits_per_head):
+            predictions[head].append(logits.argmax(dim=1).cpu())
+            probabilities[head].append(F.softmax(logits.float(), dim=1).cpu())
+        targets.append(batch["target"].long().cpu())
+        if "possible_neighbors" in batch:
+            neighbors.append(batch["possible_neighbors"].long().cpu())
+
+    if not targets:
+        raise ValueError("get_predictions: the loader yielded no batches.")
+    all_targets = torch.cat(targets)
+    all_neighbors = torch.cat(neighbors) if neighbors else None
+    if all_neighbors is not None and all_neighbors.shape[0] != all_targets.shape[0]:
+        raise ValueError("get_predictions: some batches carry 'possible_neighbors' and others do not.")
+
+    heads = []
+    for head_predictions, head_probabilities in zip(predictions, probabilities):
+        head = {
+            "predictions": torch.cat(head_predictions),
+            "probabilities": torch.cat(head_probabilities),
+            "targets": all_targets,
+        }
+        if all_neighbors is not None:
+            head["neighbors"] = all_neighbors
+        heads.append(head)
+    return heads, (torch.cat(features) if return_features else None)
+
+
+def _neighbor_similarities(probabilities: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
+    """⟨P[i], P[neighbors[i, j]]⟩ as an [N, k] matrix, one neighbour column at a time.
+
+    Gathering rows instead of forming P·Pᵀ keeps memory at O(N·C) (N = 50k on ImageNet).
+    """
+    columns = [(probabilities * probabilities[neighbors[:, j]]).sum(dim=1) for j in range(neighbors.shape[1])]
+    return torch.stack(columns, dim=1)
+
+
+@torch.no_grad()
+def scan_evaluate(head_outputs: list[dict]) -> dict:
+    """SCAN loss of every head over the val neighbours (entropy weight 1); picks the lowest.
+
+    This is the model-selection criterion of the clustering stage. Consistency is the mean
+    BCE against 1 over all N·k (anchor, neighbour) pairs, self (column 0) included, in
+    anchor-major order as the original. Similarities are clamped to [0, 1] first: a float32
+    dot product of two one-hot rows can round a hair above 1, which BCE would reject.
+    """
+    scores = []
+    for head in head_outputs:
+        probabilities = head["probabilities"].float()
+        neighbors = head["neighbors"].long()
+        entropy_loss = entropy(probabilities.mean(dim=0)).item()
+        similarity = _neighbor_similarities(probabilities, neighbors).reshape(-1).clamp(0.0, 1.0)
+        consistency_loss = F.binary_cross_entropy(similarity, torch.ones_like(similarity)).item()
+        scores.append(
+            {"entropy": entropy_loss, "consistency": consistency_loss, "total_loss": consistency_loss - entropy_loss}
+        )
+    totals = [score["total_loss"] for score in scores]
+    best = int(np.argmin(totals))
+    return {"scan": scores, "lowest_loss_head": best, "lowest_loss": float(totals[best])}
+
+
+def count_matrix(preds: ArrayLike, targets: ArrayLike, num_preds: int, num_targets: int) -> np.ndarray:
+    """[num_preds, num_targets] int64 co-occurrence counts in a single bincount pass.
+
+    Ids outside [0, num_preds) × [0, num_targets) are dropped, as the original's K×K loop did.
+    """
+    preds = _to_numpy(preds).astype(np.int64).reshape(-1)
+    targets = _to_numpy(targets).astype(np.int64).reshape(-1)
+    keep = (preds >= 0) & (preds < num_preds) & (targets >= 0) & (targets < num_targets)
+    flat = preds[keep] * num_targets + targets[keep]
+    counts = np.bincount(flat, minlength=num_preds * num_targets)
+    return counts.astype(np.int64).reshape(num_preds, num_targets)
+
+
+def hungarian_match(preds: ArrayLike, targets: ArrayLike, num_preds: int, num_targets: int) -> list[tuple[int, int]]:
+    """One-to-one (cluster, class) pairs maximising matched counts.
+
+    The cost is exactly N − counts (rows = clusters, columns = classes) handed to scipy
+    unchanged, so that among equally good matchings we pick the same one as the original —
+    ACC is the same for all of them, ACC Top-5 is not.
+    """
+    num_samples = len(_to_numpy(targets).reshape(-1))
+    counts = count_matrix(preds, targets, num_preds, num_targets)
+    rows, cols = linear_sum_assignment(num_samples - counts)
+    return [(int(r), int(c)) for r, c in zip(rows, cols)]
+
+
+def majority_match(preds: ArrayLike, targets: ArrayLike, num_clusters: int, num_classes: int) -> list[tuple[int, int]]:
+    """Many-to-one (cluster, class) pairs for over-clustering: each cluster → its most frequent class.
+
+    np.argmax resolves ties to the lowest class id and sends empty clusters to class 0.
+    """
+    counts = count_matrix(preds, targets, num_clusters, num_classes)
+    return [(cluster, int(cls)) for cluster, cls in enumerate(counts.argmax(axis=1))]
+
+
+def _apply_matching(cluster_ids: np.ndarray, matching: list[tuple[int, int]]) -> np.ndarray:
+    """Map cluster ids to classes through `matching`; ids it does not cover become class 0."""
+    size = max([int(cluster_ids.max(initial=-1)) + 1] + [cluster + 1 for cluster, _ in matching])
+    lookup = np.zeros(size, dtype=np.int64)
+    for cluster, cls in matching:
+        lookup[cluster] = cls
+    return lookup[cluster_ids]
+
+
+def cluster_metrics(
+    predictions: ArrayLike,
+    probabilities: ArrayLike,
+    targets: ArrayLike,
+    num_clusters: int | None = None,
+) -> dict:
+    """ACC, NMI, ARI, AMI and ACC Top-5 of a clustering against ground truth (REFERENCE §1.4).
+
+    K = number of distinct targets. With num_clusters ≤ K, clusters are matched one-to-one
+    (Hungarian on the K×K count matrix, as the original); with more clusters than classes,
+    each cluster takes its majority class. Passing num_clusters=K forces the original's
+    Hungarian evaluation even for an over-clustered model (extra clusters then count as 0).
+    NMI/ARI/AMI use the raw cluster ids, never the matched ones.
+    """
+    preds = _to_numpy(predictions).astype(np.int64).reshape(-1)
+    gts = _to_numpy(targets).astype(np.int64).reshape(-1)
+    probs = torch.as_tensor(_to_numpy(probabilities))
+    num_samples = gts.shape[0]
+    num_classes = int(np.unique(gts).size)
+    if num_clusters is None:
+        num_clusters = int(probs.shape[1])
+
+    if num_clusters <= num_classes:
+        matching = hungarian_match(preds, gts, num_classes, num_classes)
+        method = "hungarian"
+    else:
+        matching = majority_match(preds, gts, num_clusters, num_classes)
+        method = "majority"
+
+    reordered = _apply_matching(preds, matching)
+    top = probs.topk(min(5, probs.shape[1]), dim=1).indices.numpy()
+    top_classes = _apply_matching(top, matching)
+
+    return {
+        "ACC": int((reordered == gts).sum()) / float(num_samples),
+        "NMI": float(normalized_mutual_info_score(gts, preds)),
+        "ARI": float(adjusted_rand_score(gts, preds)),
+        "AMI": float(adjusted_mutual_info_score(gts, preds)),
+        "ACC Top-5": int((top_classes == gts[:, None]).any(axis=1).sum()) / float(num_samples),
+        "hungarian_match": [[cluster, cls] for cluster, cls in matching],
+        "matching": method,
+        "reordered_predictions": torch.from_numpy(reordered),
+    }
+
+
+@torch.no_grad()
+def get_prototype_indices(probabilities: torch.Tensor, features: torch.Tensor, topk: int = 10) -> list[int | None]:
+    """Per cluster, the index of its most representative sample (None for an empty cluster).
+
+    Among the cluster's members (argmax = c), take the `topk` most confident, average their
+    features and return the one of them nearest (L2) to that mean. Unlike the original, a
+    cluster with fewer than `topk` members is not padded with non-members.
+    """
+    max_probs, assigned = probabilities.max(dim=1)
+    prototypes: list[int | None] = []
+    for cluster in range(probabilities.shape[1]):
+        members = torch.nonzero(assigned == cluster).reshape(-1)
+        if members.numel() == 0:
+            prototypes.append(None)
+            continue
+        confident = members[max_probs[members].topk(min(topk, members.numel())).indices]
+        candidates = features[confident].float()
+        distances = (candidates - candidates.mean(dim=0, keepdim=True)).norm(dim=1)
+        prototypes.append(int(confident[distances.argmin()]))
+    return prototypes

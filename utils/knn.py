@@ -1,0 +1,96 @@
+"""Features, nearest-neighbour mining (faiss) and the weighted-kNN progress monitor."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, loader, device: torch.device, desc: str = "features"):
+    """Run `model` over `loader` (eval mode) → (features [N, D] float32 numpy, targets [N] int64 numpy)."""
+    model.eval()
+    features, targets = [], []
+    for batch in tqdm(loader, desc=desc, leave=False):
+        output = model(batch["image"].to(device, non_blocking=True))
+        features.append(output.float().cpu())
+        targets.append(batch["target"])
+    return torch.cat(features).numpy(), torch.cat(targets).numpy().astype(np.int64)
+
+
+def _flat_ip_index(dim: int):
+    """Exact inner-product index, on the GPU when faiss was built with GPU support and CUDA is present."""
+    index = faiss.IndexFlatIP(dim)
+    if torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+def mine_nearest_neighbors(features: np.ndarray, targets: np.ndarray, topk: int):
+    """Top-(k+1) neighbours of every row among all rows by exact inner product.
+
+    Returns (indices [N, topk+1] int64, where column 0 is normally the sample itself,
+    neighbour accuracy or None). Accuracy is the fraction of the k neighbours (column 0
+    excluded) that share the anchor's label; None when the data has no labels (−1).
+    """
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    n = features.shape[0]
+    k = min(topk + 1, n)
+    index = _flat_ip_index(features.shape[1])
+    index.add(features)
+    _, indices = index.search(features, k)
+    indices = indices.astype(np.int64)
+    if k < topk + 1:  # fewer samples than neighbours asked for: repeat the last column
+        indices = np.concatenate([indices, np.repeat(indices[:, -1:], topk + 1 - k, axis=1)], axis=1)
+    return indices, neighbor_accuracy(indices, targets)
+
+
+def neighbor_accuracy(indices: np.ndarray, targets: np.ndarray, k: int | None = None) -> float | None:
+    """Fraction of neighbours in columns 1..k sharing the anchor's label (None without labels)."""
+    targets = np.asarray(targets)
+    if (targets < 0).all():
+        return None
+    columns = indices[:, 1:] if k is None else indices[:, 1:k + 1]
+    return float((targets[columns] == targets[:, None]).mean())
+
+
+@torch.no_grad()
+def weighted_knn_accuracy(query: torch.Tensor, query_targets: torch.Tensor, bank: torch.Tensor,
+                          bank_targets: torch.Tensor, num_classes: int, k: int = 100,
+                          temperature: float = 0.1, chunk: int = 1024) -> float:
+    """Top-1 accuracy of a kNN classifier whose votes weigh exp(similarity / temperature).
+
+    The SimCLR stage's progress monitor: test features voted on by the train memory bank.
+    """
+    k = min(k, bank.shape[0])
+    correct = 0
+    for start in range(0, query.shape[0], chunk):
+        similarity = query[start:start + chunk] @ bank.T
+        top_sim, top_idx = similarity.topk(k, dim=1)
+        votes = torch.zeros(top_sim.shape[0], num_classes, device=query.device)
+        votes.scatter_add_(1, bank_targets[top_idx], (top_sim / temperature).exp())
+        correct += (votes.argmax(dim=1) == query_targets[start:start + chunk]).sum().item()
+    return correct / query.shape[0]
+
+
+def mine_and_save_neighbors(model: torch.nn.Module, train_loader, val_loader, cfg: dict,
+                            device: torch.device) -> dict:
+    """Mine top-k neighbours of the train split and of the test split (each within itself) and save them.
+
+    Writes `topk-train-neighbors.npy` [N_train, k_train+1] and `topk-val-neighbors.npy`
+    [N_test, k_val+1]; returns the neighbour accuracies (None without labels).
+    """
+    results = {}
+    for split, loader, topk, path in (
+        ("train", train_loader, cfg["topk_neighbors_train"], cfg["topk_neighbors_train_path"]),
+        ("val", val_loader, cfg["topk_neighbors_val"], cfg["topk_neighbors_val_path"]),
+    ):
+        features, targets = extract_features(model, loader, device, desc=f"features ({split})")
+        indices, accuracy = mine_nearest_neighbors(features, targets, topk)
+        np.save(path, indices)
+        shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
+        print(f"Top-{topk} {split} neighbours: accuracy {shown}, saved {indices.shape} to {path}", flush=True)
+        results[f"{split}_neighbor_acc"] = accuracy
+        results[f"topk_{split}"] = topk
+    return results
