@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"test: {len(val_dataset)}. Writing to {cfg['scan_dir']}", flush=True)
 
     model = build_model(cfg)
-    # A pretext model seeds the backbone; only its contrastive head may go unused.
+    # A pretext model seeds the backbone: only its contrastive head may go unused, only the heads stay new.
     load_state_dict_checked(model, load_checkpoint(cfg["pretext_model"], pretext_command),
-                            allowed_unused=("contrastive_head",), source=f"pretext model {cfg['pretext_model']}")
+                            allowed_unused=("contrastive_head",), allowed_missing=("cluster_head",), source=f"pretext model {cfg['pretext_model']}")
     model = wrap_model(model, runtime)
     criterion = SCANLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)

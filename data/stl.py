@@ -83,7 +83,8 @@ class STL10(ImageDataset):
             size = images_path.stat().st_size
             if size % IMAGE_BYTES:
                 raise STL10_ARCHIVE.error(
-                    root, f"{images_path.name} is malformed: {size} bytes is not a multiple of {IMAGE_BYTES} (3×96×96)"
+                    root,
+                    f"{images_path.name} is malformed: {size} bytes is not a multiple of {IMAGE_BYTES} (3×96×96)",
                 )
             count = size // IMAGE_BYTES
             self.parts.append((images_path, count))

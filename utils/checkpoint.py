@@ -68,15 +68,16 @@ def strip_module_prefix(state_dict: dict) -> dict:
 
 
 def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, allowed_unused: tuple[str, ...] = (),
-                            source: str = "checkpoint") -> None:
+                            allowed_missing: tuple[str, ...] = (), source: str = "checkpoint") -> None:
     """Load weights, failing with the full list of missing / unexpected / mis-shaped keys.
 
     `allowed_unused` lists key prefixes that may be present in the file but unused by the
-    model (the contrastive head when a pretext model seeds a clustering model).
+    model, and `allowed_missing` those the model keeps at their initial values: a pretext
+    model seeds a clustering model's backbone, not its cluster heads.
     """
     state_dict = strip_module_prefix(dict(state_dict))
     expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
+    missing = [key for key in expected if key not in state_dict and not key.startswith(allowed_missing)]
     unexpected = [key for key in state_dict if key not in expected and not key.startswith(allowed_unused)]
     mis_shaped = [f"{key}: file {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
                   for key in expected if key in state_dict and hasattr(state_dict[key], "shape")
@@ -90,4 +91,4 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, allowed_un
             f"  missing keys: {listing(missing)}\n  unexpected keys: {listing(unexpected)}\n"
             f"  shape mismatches: {listing(mis_shaped)}"
         )
-    model.load_state_dict({key: state_dict[key] for key in expected}, strict=True)
+    model.load_state_dict({key: state_dict[key] for key in expected if key in state_dict}, strict=not allowed_missing)

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny datasets in the real on-disk formats and an env file pointing at them."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def class_pattern_images(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """N×size×size×3 uint8 images whose colour depends on the label, plus noise, so classes are separable."""
+    palette = rng.integers(0, 256, size=(labels.max() + 1, 3))
+    images = palette[labels][:, None, None, :] + rng.normal(0, 20, size=(len(labels), size, size, 3))
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def write_cifar10(root: Path, train_per_batch: int = 20, test: int = 50, seed: int = 0) -> Path:
+    """`root/cifar-10-batches-py/` with five train batches, a test batch and batches.meta, as pickled by CIFAR."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in files:
+        n = test if name == "test_batch" else train_per_batch
+        labels = np.arange(n) % 10
+        images = class_pattern_images(labels, 32, rng)
+        data = images.transpose(0, 3, 1, 2).reshape(n, 3072)  # channel-planar rows, like the real files
+        with open(folder / name, "wb") as handle:
+            pickle.dump({"batch_label": name, "labels": labels.tolist(), "data": data,
+                         "filenames": [f"{i}.png" for i in range(n)]}, handle, protocol=2)
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": CIFAR10_NAMES, "num_cases_per_batch": train_per_batch, "num_vis": 3072},
+                    handle, protocol=2)
+    return folder
+
+
+@pytest.fixture
+def tiny_cifar_env(tmp_path: Path) -> Path:
+    """An env.yml whose data_root holds a 100-train / 50-test CIFAR-10 copy; results go to tmp_path/results."""
+    write_cifar10(tmp_path / "datasets" / "cifar-10")
+    env = tmp_path / "env.yml"
+    env.write_text(yaml.safe_dump({"root_dir": str(tmp_path / "results"), "data_root": str(tmp_path / "datasets"),
+                                   "download": False}))
+    return env

@@ -1,0 +1,80 @@
+"""End-to-end: simclr.py → scan.py → selflabel.py → eval.py on a tiny CIFAR-10 copy, through the real configs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_script
+import scan
+import selflabel
+import simclr
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+FAST = ["num_workers=0", "backbone_kwargs.base_width=8", "seed=0"]
+
+
+def run_pretext(env):
+    return simclr.main(["--config_env", str(env), "--config_exp", str(ROOT / "configs/pretext/simclr_cifar10.yml"),
+                        "--set", "epochs=1", "batch_size=32", *FAST])
+
+
+def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
+    results = tmp_path / "results" / "cifar-10"
+    metrics = run_pretext(tiny_cifar_env)
+    pretext = results / "pretext"
+    for name in ("checkpoint.pth.tar", "model.pth.tar", "topk-train-neighbors.npy", "topk-val-neighbors.npy",
+                 "metrics.json"):
+        assert (pretext / name).is_file(), name
+    train_nn, val_nn = np.load(pretext / "topk-train-neighbors.npy"), np.load(pretext / "topk-val-neighbors.npy")
+    assert train_nn.shape == (100, 21) and val_nn.shape == (50, 6)
+    assert train_nn.min() >= 0 and train_nn.max() < 100 and val_nn.max() < 50
+    saved = json.loads((pretext / "metrics.json").read_text())
+    assert 0.0 <= saved["train_neighbor_acc"] <= 1.0 and saved == metrics
+    checkpoint = torch.load(pretext / "checkpoint.pth.tar", weights_only=True)
+    assert set(checkpoint) == {"optimizer", "model", "epoch"} and checkpoint["epoch"] == 1
+    pretext_state = torch.load(pretext / "model.pth.tar", weights_only=True)
+    assert "contrastive_head.0.weight" in pretext_state and "backbone.conv1.weight" in pretext_state
+
+    scan_metrics = scan.main(["--config_env", str(tiny_cifar_env), "--config_exp",
+                              str(ROOT / "configs/scan/scan_cifar10.yml"),
+                              "--set", "epochs=1", "batch_size=32", "num_heads=2", *FAST])
+    scan_dir = results / "scan"
+    for name in ("checkpoint.pth.tar", "model.pth.tar", "confusion_matrix.png", "metrics.json"):
+        assert (scan_dir / name).is_file(), name
+    scan_model = torch.load(scan_dir / "model.pth.tar", weights_only=True)
+    assert set(scan_model) == {"model", "head"} and scan_model["head"] in (0, 1)
+    assert "cluster_head.1.weight" in scan_model["model"]
+    scan_checkpoint = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
+    assert set(scan_checkpoint) == {"optimizer", "model", "epoch", "best_loss", "best_loss_head"}
+    for key in ("ACC", "NMI", "ARI", "ACC Top-5"):
+        assert 0.0 <= scan_metrics[key] <= 1.0
+    Image.open(scan_dir / "confusion_matrix.png").verify()
+
+    selflabel_metrics = selflabel.main(["--config_env", str(tiny_cifar_env), "--config_exp",
+                                        str(ROOT / "configs/selflabel/selflabel_cifar10.yml"),
+                                        "--set", "epochs=1", "batch_size=32", "confidence_threshold=0.1", *FAST])
+    selflabel_dir = results / "selflabel"
+    for name in ("checkpoint.pth.tar", "model.pth.tar", "confusion_matrix.png", "metrics.json"):
+        assert (selflabel_dir / name).is_file(), name
+    state = torch.load(selflabel_dir / "model.pth.tar", weights_only=True)
+    assert "cluster_head.0.weight" in state and "cluster_head.1.weight" not in state
+    assert 0.0 <= selflabel_metrics["ACC"] <= 1.0
+
+    out = tmp_path / "eval"
+    eval_metrics = eval_script.main(["--config_env", str(tiny_cifar_env), "--config_exp",
+                                     str(ROOT / "configs/selflabel/selflabel_cifar10.yml"), "--model",
+                                     str(selflabel_dir / "model.pth.tar"), "--output_dir", str(out),
+                                     "--visualize_prototypes", "--set", *FAST])
+    assert eval_metrics["ACC"] == pytest.approx(selflabel_metrics["ACC"])
+    written = json.loads((out / "metrics.json").read_text())
+    assert {"ACC", "NMI", "ARI", "AMI", "ACC Top-5", "head", "hungarian_match"} <= set(written)
+    for name in ("confusion_matrix.png", "prototypes.png"):
+        Image.open(out / name).verify()
+    rows = (out / "predictions.csv").read_text().strip().splitlines()
+    assert len(rows) == 51 and rows[0].startswith("index,")
