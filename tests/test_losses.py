@@ -1,0 +1,109 @@
+"""Losses against hand-computed values and against a literal transcription of REFERENCE §2."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from losses import ConfidenceBasedCE, NoConfidentSamplesError, SCANLoss, SimCLRLoss
+
+
+def test_simclr_loss_hand_computed():
+    # Anchors (view 0) and positives (view 1); temperature 0.5.
+    a0, a1, p0, p1 = [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]
+    features = torch.tensor([[a0, p0], [a1, p1]])
+    # Anchor 0: contrast dots (a0, a1, p0, p1) = (self, 0, 0.6, 0.8) / 0.5 → positive logit 1.2.
+    # Anchor 1: (0, self, 0.8, 0.6) / 0.5 → positive logit 1.2. Both rows: logsumexp over {0, 1.2, 1.6}.
+    expected = -(1.2 - math.log(math.exp(0) + math.exp(1.2) + math.exp(1.6)))
+    assert SimCLRLoss(0.5)(features).item() == pytest.approx(expected, rel=1e-6)
+
+
+def simclr_reference(features: torch.Tensor, temperature: float) -> torch.Tensor:
+    """REFERENCE §2 written out literally with masks (b anchors from view 1, self excluded)."""
+    b = features.shape[0]
+    contrast = torch.cat([features[:, 0], features[:, 1]], dim=0).double()
+    anchors = features[:, 0].double()
+    losses = []
+    for i in range(b):
+        logits = anchors[i] @ contrast.T / temperature
+        keep = [j for j in range(2 * b) if j != i]
+        log_denominator = torch.logsumexp(logits[keep], dim=0)
+        losses.append(-(logits[b + i] - log_denominator))
+    return torch.stack(losses).mean()
+
+
+def test_simclr_loss_matches_literal_definition_and_is_not_symmetric_ntxent():
+    torch.manual_seed(0)
+    features = F.normalize(torch.randn(16, 2, 32), dim=2)
+    loss = SimCLRLoss(0.1)(features)
+    assert loss.item() == pytest.approx(simclr_reference(features, 0.1).item(), rel=1e-5)
+    swapped = SimCLRLoss(0.1)(features.flip(1))  # anchors from view 1 instead: a different number
+    assert abs(swapped.item() - loss.item()) > 1e-4
+
+
+def test_simclr_loss_rejects_wrong_shape():
+    with pytest.raises(ValueError, match=r"\[b, 2, d\]"):
+        SimCLRLoss(0.1)(torch.randn(4, 3, 8))
+
+
+def test_scan_loss_hand_computed():
+    ln3 = math.log(3)
+    anchors = torch.tensor([[0.0, 0.0], [ln3, 0.0]])  # softmax: [.5, .5], [.75, .25]
+    neighbors = torch.tensor([[0.0, ln3], [ln3, 0.0]])  # softmax: [.25, .75], [.75, .25]
+    total, consistency, entropy = SCANLoss(entropy_weight=5.0)(anchors, neighbors)
+    expected_consistency = -(math.log(0.5) + math.log(0.75 ** 2 + 0.25 ** 2)) / 2
+    expected_entropy = -(0.625 * math.log(0.625) + 0.375 * math.log(0.375))  # of the mean [.625, .375]
+    assert consistency.item() == pytest.approx(expected_consistency, rel=1e-6)
+    assert entropy.item() == pytest.approx(expected_entropy, rel=1e-6)
+    assert total.item() == pytest.approx(expected_consistency - 5.0 * expected_entropy, rel=1e-6)
+
+
+def test_scan_loss_matches_bce_definition_on_random_input():
+    torch.manual_seed(1)
+    anchors, neighbors = torch.randn(64, 10) * 3, torch.randn(64, 10) * 3
+    total, consistency, entropy = SCANLoss(2.0)(anchors, neighbors)
+    pa, pn = anchors.softmax(1), neighbors.softmax(1)
+    similarity = torch.bmm(pa.view(64, 1, 10), pn.view(64, 10, 1)).squeeze()
+    bce = F.binary_cross_entropy(similarity.clamp(max=1.0), torch.ones_like(similarity))
+    mean = pa.mean(0).clamp(min=1e-8)
+    assert consistency.item() == pytest.approx(bce.item(), rel=1e-5)
+    assert entropy.item() == pytest.approx(-(mean * mean.log()).sum().item(), rel=1e-6)
+    assert total.item() == pytest.approx(bce.item() - 2.0 * entropy.item(), rel=1e-5)
+
+
+def test_scan_loss_empty_cluster_gives_finite_entropy():
+    anchors = torch.tensor([[50.0, 0.0, -50.0]] * 4)  # third cluster never used
+    total, _, entropy = SCANLoss()(anchors, anchors)
+    assert torch.isfinite(total) and entropy.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_confidence_ce_with_class_balancing_hand_computed():
+    big = 10.0  # softmax of [10, 0, 0] has max prob 0.99991 > 0.99
+    weak = torch.tensor([[big, 0, 0], [big, 0, 0], [0, big, 0], [0, 0, 0.5]])  # last one not confident
+    strong = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 2.0], [3.0, 0, 0]])
+    loss = ConfidenceBasedCE(threshold=0.99, apply_class_balancing=True)(weak, strong)
+
+    def nll(logits, target):
+        return -(logits[target] - math.log(sum(math.exp(v) for v in logits)))
+
+    # Confident targets [0, 0, 1], n = 3 → weights: class 0: 3/2, class 1: 3/1, class 2 (absent): 1.
+    w = {0: 1.5, 1: 3.0}
+    terms = [(w[0], nll([1.0, 0, 0], 0)), (w[0], nll([0, 1.0, 0], 0)), (w[1], nll([0, 0, 2.0], 1))]
+    expected = sum(wi * li for wi, li in terms) / sum(wi for wi, _ in terms)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+    unbalanced = ConfidenceBasedCE(threshold=0.99, apply_class_balancing=False)(weak, strong)
+    assert unbalanced.item() == pytest.approx(sum(li for _, li in terms) / 3, rel=1e-6)
+
+
+def test_confidence_threshold_is_strict_and_no_gradient_flows_to_weak_view():
+    weak = torch.tensor([[math.log(99.0), 0.0]])
+    max_prob = weak.softmax(1).max().item()  # 0.99 up to float rounding
+    with pytest.raises(NoConfidentSamplesError, match="confidence_threshold"):
+        ConfidenceBasedCE(max_prob, True)(weak, torch.zeros(1, 2))  # equal is not above
+    weak = torch.tensor([[8.0, 0.0]], requires_grad=True)
+    strong = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    ConfidenceBasedCE(0.99, True)(weak, strong).backward()
+    assert weak.grad is None and strong.grad is not None
