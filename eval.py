@@ -15,8 +15,6 @@ import csv
 import re
 from pathlib import Path
 
-import torch
-
 from data.augment import get_val_transformations
 from data.loaders import eval_loader
 from data.registry import get_val_dataset
@@ -105,9 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
     if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in ("simclr", "moco"):
         return evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir, model_path)
 
-    # The file decides how many heads there are, so a self-label file (1 head) also fits a SCAN config.
+    # The file decides how many heads and clusters there are: a self-label file (1 head) also fits a SCAN
+    # config, and an over-clustering model (more clusters than classes) is evaluated by majority mapping.
     num_heads = max(count_heads(state_dict), 1)
-    model = ClusteringModel(build_backbone(cfg["backbone"], **cfg["backbone_kwargs"]), cfg["num_classes"], num_heads)
+    num_clusters = state_dict["cluster_head.0.weight"].shape[0] if "cluster_head.0.weight" in state_dict \
+        else cfg["num_classes"]
+    if num_clusters != cfg["num_classes"]:
+        print(f"Note: the model has {num_clusters} clusters, the config says num_classes {cfg['num_classes']}.",
+              flush=True)
+    model = ClusteringModel(build_backbone(cfg["backbone"], **cfg["backbone_kwargs"]), num_clusters, num_heads)
     load_state_dict_checked(model, state_dict, source=f"model {model_path}")
     head = stored_head if stored_head is not None else 0
     if head >= num_heads:

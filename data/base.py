@@ -54,7 +54,7 @@ class Archive:
     def error(self, root: Path, problem: str) -> DatasetNotFoundError:
         hint = (
             f"Download {self.description} ({self.url}) and extract it into {root}, "
-            "or pass download=True when online."
+            "or set `download: true` in configs/env.yml when online."
         )
         return dataset_error(self.dataset, root / self.folder, problem, self.layout, hint)
 

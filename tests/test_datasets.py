@@ -125,7 +125,7 @@ def test_cifar10_missing_folder_names_folder_layout_and_fix(tmp_path):
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert f"{tmp_path / 'cifar-10-batches-py'}" in message and "folder not found" in message
-    for name in ("data_batch_1", "test_batch", "batches.meta", "download=True"):
+    for name in ("data_batch_1", "test_batch", "batches.meta", "download: true"):
         assert name in message
 
 
@@ -212,7 +212,7 @@ def test_cifar20_missing_test_file(tmp_path):
         CIFAR20(tmp_path, train=False)
     message = str(info.value)
     assert str(tmp_path / "cifar-100-python") in message and "missing test" in message
-    assert "meta" in message and "download=True" in message
+    assert "meta" in message and "download: true" in message
 
 
 # ---------------------------------------------------------------- STL-10
@@ -255,7 +255,7 @@ def test_stl10_missing_folder_and_malformed_files(tmp_path):
         STL10(tmp_path, split="train")
     message = str(info.value)
     assert str(tmp_path / "stl10_binary") in message
-    assert "unlabeled_X.bin" in message and "train_y.bin" in message and "download=True" in message
+    assert "unlabeled_X.bin" in message and "train_y.bin" in message and "download: true" in message
 
     write_stl(tmp_path, train_labels=[1, 2])
     with open(tmp_path / "stl10_binary" / "train_X.bin", "ab") as f:

@@ -1,0 +1,100 @@
+"""eval.py on every checkpoint format: published SCAN files, self-label and pretext state dicts, bad files."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_script
+from models import ClusteringModel, ContrastiveModel, build_backbone
+from tests.conftest import ROOT
+from tests.test_checkpoint import legacy_cuda_file
+from utils.checkpoint import CheckpointError
+
+pytestmark = pytest.mark.slow
+WIDTH = ["backbone_kwargs.base_width=8", "num_workers=0"]
+
+
+def clustering_model(heads: int, clusters: int = 10, seed: int = 0) -> ClusteringModel:
+    torch.manual_seed(seed)
+    return ClusteringModel(build_backbone("resnet18", base_width=8), clusters, heads)
+
+
+def run_eval(env, config, model_path, out, *extra):
+    return eval_script.main(["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(model_path),
+                             "--output_dir", str(out), *extra, "--set", *WIDTH])
+
+
+def accuracy_from_csv(out) -> float:
+    """ACC recomputed from predictions.csv and the saved matching, by counting rows."""
+    match = dict(map(tuple, json.loads((out / "metrics.json").read_text())["hungarian_match"]))
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    return sum(match.get(int(r["cluster"]), 0) == int(r["target"]) for r in rows) / len(rows)
+
+
+def test_published_scan_format_evaluates_the_stored_head(tiny_cifar_env, tmp_path):
+    model = clustering_model(heads=3)
+    torch.nn.init.normal_(model.cluster_head[1].weight, std=5.0)  # make head 1 differ clearly from head 0
+    path = tmp_path / "scan_cifar-10.pth.tar"
+    path.write_bytes(legacy_cuda_file({"model": model.state_dict(), "head": np.int64(1)}))
+    metrics = run_eval(tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out",
+                       "--visualize_prototypes")
+    out = tmp_path / "out"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["head"] == 1 and saved["matching"] == "hungarian" and saved == {**metrics, "model": str(path)}
+    for key in ("ACC", "NMI", "ARI", "AMI", "ACC Top-5"):
+        assert 0.0 <= saved[key] <= 1.0
+    assert sorted(c for c, _ in saved["hungarian_match"]) == list(range(10))
+    assert saved["ACC"] == pytest.approx(accuracy_from_csv(out))
+    for name in ("confusion_matrix.png", "prototypes.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+
+    # The same file naming head 0 must give other assignments: the stored head is the one used.
+    path.write_bytes(legacy_cuda_file({"model": model.state_dict(), "head": np.int64(0)}))
+    run_eval(tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out0")
+    clusters = [[r["cluster"] for r in csv.DictReader(open(d / "predictions.csv"))] for d in (out, tmp_path / "out0")]
+    assert clusters[0] != clusters[1]
+
+
+def test_selflabel_state_dict_with_ddp_prefix_and_default_output_dir(tiny_cifar_env, tmp_path):
+    model = clustering_model(heads=1)
+    path = tmp_path / "models" / "selflabel_cifar-10.pth.tar"
+    path.parent.mkdir()
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, path)
+    metrics = eval_script.main(["--config_env", str(tiny_cifar_env), "--config_exp",
+                                str(ROOT / "configs/selflabel/selflabel_cifar10.yml"), "--model", str(path),
+                                "--set", *WIDTH])
+    out = tmp_path / "models" / "selflabel_cifar-10_eval"
+    assert (out / "metrics.json").is_file() and metrics["head"] == 0
+    assert metrics["ACC"] == pytest.approx(accuracy_from_csv(out))
+
+
+def test_pretext_model_gives_neighbour_accuracy(tiny_cifar_env, tmp_path):
+    torch.manual_seed(0)
+    model = ContrastiveModel(build_backbone("resnet18", base_width=8))
+    path = tmp_path / "simclr_cifar-10.pth.tar"
+    torch.save(model.state_dict(), path)
+    metrics = run_eval(tiny_cifar_env, "configs/pretext/simclr_cifar10.yml", path, tmp_path / "out")
+    assert set(metrics["neighbor_acc"]) == {"1", "5", "20"}
+    assert all(0.0 <= v <= 1.0 for v in metrics["neighbor_acc"].values())
+    assert json.loads((tmp_path / "out/metrics.json").read_text())["neighbor_acc"] == metrics["neighbor_acc"]
+
+
+def test_over_clustering_uses_majority_mapping(tiny_cifar_env, tmp_path):
+    path = tmp_path / "overcluster.pth.tar"
+    torch.save(clustering_model(heads=1, clusters=20).state_dict(), path)
+    metrics = run_eval(tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out")
+    assert metrics["matching"] == "majority" and len(metrics["hungarian_match"]) == 20
+    assert metrics["ACC"] == pytest.approx(accuracy_from_csv(tmp_path / "out"))
+
+
+def test_checkpoint_of_another_architecture_lists_the_bad_keys(tiny_cifar_env, tmp_path):
+    path = tmp_path / "wide.pth.tar"
+    torch.save(ClusteringModel(build_backbone("resnet18", base_width=16), 10, 1).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"(?s)does not fit.*shape mismatches: backbone.conv1.weight"):
+        run_eval(tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out")
