@@ -89,3 +89,13 @@ def test_shipped_configs_hold_the_published_hyper_parameters(env):
     assert (selflabel["use_ema"], selflabel["criterion_kwargs"]["apply_class_balancing"],
             selflabel["augmentation_kwargs"]["cutout_kwargs"]["length"]) == (True, False, 75)
     assert load("selflabel/selflabel_cifar10.yml")["confidence_threshold"] == 0.99
+
+
+def test_repeated_set_flags_accumulate():
+    import argparse
+
+    from utils.config import add_config_arguments
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["--config_env", "e", "--config_exp", "x", "--set", "epochs=1", "--set", "seed=3"])
+    assert args.overrides == ["epochs=1", "seed=3"]

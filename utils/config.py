@@ -165,7 +165,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = T
     parser.add_argument("--config_env", default=None if env_required else "configs/env.yml", required=env_required,
                         help="YAML with root_dir (outputs) and data_root (datasets)")
     parser.add_argument("--config_exp", required=True, help="experiment YAML, e.g. configs/pretext/simclr_cifar10.yml")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1")
 
 

@@ -59,10 +59,11 @@ def seed_everything(seed: int | None, rank: int = 0) -> None:
 
 
 def wrap_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
-    """Move to the device; wrap in DDP when distributed (BatchNorm synced across processes)."""
+    """Move to the device; wrap in DDP when distributed (BatchNorm synced across GPUs)."""
     model = model.to(runtime.device)
     if runtime.distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if runtime.device.type == "cuda":  # SyncBatchNorm has no CPU implementation
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return model
