@@ -25,7 +25,7 @@ from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import require_files, run_cli, setup_stage
+from utils.stage import require_files, run_cli, setup_stage, stage_command
 
 
 def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epoch: int) -> dict:
@@ -62,8 +62,7 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("SCAN clustering", argv, ("scan",))
-    pretext_command = (f"python simclr.py --config_env {args.config_env} --config_exp configs/pretext/<the pretext "
-                       f"config of {cfg['train_db_name']}>  (moco.py for ImageNet)")
+    pretext_command = stage_command("pretext", cfg["train_db_name"], args.config_env)
     require_files([cfg["pretext_model"], cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]],
                   pretext_command)
     Path(cfg["scan_dir"]).mkdir(parents=True, exist_ok=True)

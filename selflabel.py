@@ -23,7 +23,7 @@ from utils.evaluate import cluster_metrics, get_predictions
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import require_files, run_cli, setup_stage
+from utils.stage import require_files, run_cli, setup_stage, stage_command
 
 
 def best_head_state_dict(scan_checkpoint: dict) -> dict:
@@ -65,8 +65,7 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("Self-labeling", argv, ("selflabel",))
-    scan_command = (f"python scan.py --config_env {args.config_env} --config_exp configs/scan/<the scan config of "
-                    f"{cfg['train_db_name']}>")
+    scan_command = stage_command("scan", cfg["train_db_name"], args.config_env)
     require_files([cfg["scan_model"]], scan_command)
     Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
 

@@ -162,8 +162,10 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
 
 def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = True) -> None:
     """The arguments every entry script shares."""
-    parser.add_argument("--config_env", default=None if env_required else "configs/env.yml", required=env_required,
-                        help="YAML with root_dir (outputs) and data_root (datasets)")
+    default_env = Path(__file__).resolve().parents[1] / "configs" / "env.yml"
+    parser.add_argument("--config_env", default=None if env_required else str(default_env), required=env_required,
+                        help="YAML with root_dir (outputs) and data_root (datasets)"
+                             + ("" if env_required else f" (default: {default_env})"))
     parser.add_argument("--config_exp", required=True, help="experiment YAML, e.g. configs/pretext/simclr_cifar10.yml")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
+
 from utils.config import add_config_arguments, format_config, load_config
 from utils.runtime import Runtime, init_runtime, seed_everything
 
@@ -30,6 +32,21 @@ def setup_stage(description: str, argv: list[str] | None, expected_setups: tuple
         print(format_config(cfg), flush=True)
         print(f"Device: {runtime.device} (world size {runtime.world_size})", flush=True)
     return args, cfg, runtime
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+STAGE_SCRIPTS = {"pretext": "simclr.py", "scan": "scan.py", "selflabel": "selflabel.py"}
+
+
+def stage_command(stage: str, train_db_name: str, config_env: str) -> str:
+    """The command that runs `stage` for this dataset, using the shipped config that trains on it."""
+    for path in sorted((CONFIG_DIR / stage).glob("*.yml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        if cfg.get("train_db_name") == train_db_name:
+            script = "moco.py" if cfg.get("setup") == "moco" else STAGE_SCRIPTS[stage]
+            extra = " --moco_weights <MoCo v2 checkpoint>" if script == "moco.py" else ""
+            return f"python {script} --config_env {config_env} --config_exp configs/{stage}/{path.name}{extra}"
+    return f"python {STAGE_SCRIPTS[stage]} --config_env {config_env} --config_exp <your {stage} config for {train_db_name}>"
 
 
 def require_files(paths: list[str], command: str) -> None:
