@@ -52,6 +52,11 @@ def read_model_file(path: str) -> tuple[dict, int | None]:
     return strip_module_prefix(checkpoint), None
 
 
+def default_output_dir(model_path: str | Path) -> Path:
+    """`<model dir>/<model file stem>_eval`: where results go without --output_dir, and where predict.py looks."""
+    return Path(model_path).parent / (Path(model_path).name.split(".")[0] + "_eval")
+
+
 def count_heads(state_dict: dict) -> int:
     return len({key.split(".")[1] for key in state_dict if re.match(r"cluster_head\.\d+\.weight$", key)})
 
@@ -92,8 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     runtime = init_runtime()
     print(format_config(cfg), flush=True)
     model_path = args.model
-    out_dir = Path(args.output_dir) if args.output_dir else Path(model_path).parent / (
-        Path(model_path).name.split(".")[0] + "_eval")
+    out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dict, stored_head = read_model_file(model_path)
     dataset = get_val_dataset(cfg, get_val_transformations(cfg))

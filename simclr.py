@@ -53,9 +53,11 @@ def knn_monitor(model, base_loader, val_loader, cfg, device) -> float | None:
     query, query_targets = extract_features(model, val_loader, device, desc="kNN monitor")
     if (bank_targets < 0).all() or (query_targets < 0).all():
         return None
+    # Votes go to label classes, which need not number num_classes (the clusters) on a folder of your own images.
+    num_label_classes = int(max(bank_targets.max(), query_targets.max())) + 1
     return weighted_knn_accuracy(torch.from_numpy(query).to(device), torch.from_numpy(query_targets).to(device),
                                  torch.from_numpy(bank).to(device), torch.from_numpy(bank_targets).to(device),
-                                 cfg["num_classes"], k=cfg["knn_monitor_k"],
+                                 num_label_classes, k=cfg["knn_monitor_k"],
                                  temperature=cfg["criterion_kwargs"]["temperature"])
 
 

@@ -35,7 +35,9 @@ def get_dataset(cfg: dict, name: str, split: str, transform: Callable | None = N
         dataset = Digits(split=split, **kwargs)
     elif "root" in kwargs:
         from data.folder import FolderDataset
-        dataset = FolderDataset(data_root=data_root, split=split, **kwargs)
+        # The split is saved beside the results so that every stage, eval.py and predict.py index the same files.
+        dataset = FolderDataset(data_root=data_root, split=split,
+                                split_file=Path(cfg["root_dir"]) / name / "split.json", **kwargs)
     else:
         raise ValueError(
             f"Unknown dataset '{name}'. Built-in: {', '.join(BUILTIN)}. "

@@ -1,0 +1,165 @@
+"""Assign new images to the clusters of a trained SCAN or self-label model.
+
+    python predict.py --config_exp configs/selflabel/selflabel_custom.yml \
+                      --model results/my_images/selflabel/model.pth.tar \
+                      --images new_photos/ one_more.jpg --output predictions.csv [--config_env configs/env.yml]
+
+Images (files, or folders searched recursively) are read like the training images of a folder dataset
+(RGB, shorter side resized to dataset_kwargs.image_size when set) and go through the config's val transform.
+predictions.csv gets one row per image: path, cluster, confidence (the cluster's softmax probability) and
+matched_class, the class eval.py matched to that cluster, read from the `hungarian_match` of --metrics
+(default: the metrics.json eval.py writes beside the model). Without a labeled evaluation it stays empty.
+Files that cannot be read are listed and skipped; the others are still written.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.augment import get_val_transformations
+from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
+from data.registry import get_val_dataset
+from eval import count_heads, default_output_dir, read_model_file
+from models import ClusteringModel, build_backbone
+from utils.checkpoint import CheckpointError, load_state_dict_checked
+from utils.config import add_config_arguments, load_config
+from utils.runtime import init_runtime
+from utils.stage import run_cli
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Assign images to the clusters of a SCAN or self-label model")
+    add_config_arguments(parser, env_required=False)
+    parser.add_argument("--model", required=True, help="SCAN ({'model', 'head'}) or self-label model file")
+    parser.add_argument("--images", required=True, nargs="+", metavar="PATH",
+                        help="image files and/or folders (searched recursively)")
+    parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    parser.add_argument("--metrics", default=None,
+                        help="eval.py's metrics.json for this model, to name the clusters "
+                             "(default: <model dir>/<model file stem>_eval/metrics.json)")
+    return parser.parse_args(argv)
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    """Files as given (whatever their extension: an unreadable one is reported later), folders expanded."""
+    images = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images += find_images(path)
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise SystemExit(f"error: --images {path}: no such file or folder.")
+    if not images:
+        raise SystemExit(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                         f"in {' '.join(paths)}.")
+    return images
+
+
+def matched_classes(metrics_path: Path, explicit: bool, cfg: dict, head: int) -> dict[int, str]:
+    """Cluster → class name from eval.py's Hungarian match on labeled test data; {} when there is none."""
+    if not metrics_path.is_file():
+        if explicit:
+            raise SystemExit(f"error: --metrics {metrics_path}: file not found. It is written by eval.py.")
+        print(f"No evaluation at {metrics_path}: matched_class stays empty (run eval.py on this model to fill it).",
+              flush=True)
+        return {}
+    metrics = json.loads(metrics_path.read_text())
+    if "hungarian_match" not in metrics:
+        print(f"{metrics_path} holds no cluster-to-class match (evaluated without labels): matched_class stays empty.",
+              flush=True)
+        return {}
+    if metrics.get("head", head) != head:
+        raise SystemExit(f"error: {metrics_path} evaluated head {metrics['head']}, but predictions use head {head} "
+                         f"of the model file: pass the metrics.json of this model with --metrics.")
+    classes = get_val_dataset(cfg).classes
+    return {int(cluster): classes[int(cls)] for cluster, cls in metrics["hungarian_match"]}
+
+
+class ImageFiles(Dataset):
+    """The images to assign; one that cannot be read yields its error instead of stopping the run."""
+
+    def __init__(self, paths: list[Path], transform, image_size: int | None) -> None:
+        self.paths, self.transform, self.image_size = paths, transform, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            image = self.transform(open_rgb(self.paths[index], self.image_size))
+            return {"index": index, "image": image, "error": None}
+        except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files; each is reported
+            return {"index": index, "image": None, "error": f"{type(error).__name__}: {error}"}
+
+
+def collate_readable(samples: list[dict]) -> dict:
+    """Batch the images that could be read; pass the failures on to be reported."""
+    readable = [sample for sample in samples if sample["error"] is None]
+    return {"index": [sample["index"] for sample in readable],
+            "image": torch.stack([sample["image"] for sample in readable]) if readable else None,
+            "failed": [(sample["index"], sample["error"]) for sample in samples if sample["error"] is not None]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.config_env, args.config_exp, args.overrides)
+    runtime = init_runtime()
+
+    state_dict, stored_head = read_model_file(args.model)
+    if any(key.startswith("contrastive_head") for key in state_dict):
+        raise CheckpointError(f"{args.model} is a pretext model without cluster heads: pass the SCAN or self-label "
+                              f"model.pth.tar.")
+    num_heads = max(count_heads(state_dict), 1)
+    model = ClusteringModel(build_backbone(cfg["backbone"], **cfg["backbone_kwargs"]), cfg["num_classes"], num_heads)
+    load_state_dict_checked(model, state_dict, source=f"model {args.model}")
+    model = model.to(runtime.device).eval()
+    head = stored_head if stored_head is not None else 0
+    if head >= num_heads:
+        raise CheckpointError(f"{args.model} names head {head} but holds only {num_heads} head(s).")
+    metrics_path = Path(args.metrics) if args.metrics else default_output_dir(args.model) / "metrics.json"
+    cluster_to_class = matched_classes(metrics_path, args.metrics is not None, cfg, head)
+
+    paths = collect_images(args.images)
+    dataset = ImageFiles(paths, get_val_transformations(cfg), (cfg["dataset_kwargs"] or {}).get("image_size"))
+    loader = DataLoader(dataset, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
+                        collate_fn=collate_readable)
+    print(f"Assigning {len(paths)} image(s) with head {head} of {args.model}", flush=True)
+    rows, failed = {}, []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="Predicting"):
+            failed += batch["failed"]
+            if batch["image"] is None:
+                continue
+            logits = model(batch["image"].to(runtime.device))[head]
+            clusters = logits.argmax(dim=1).tolist()  # argmax on logits, as eval.py's predictions
+            confidences = F.softmax(logits.float(), dim=1).max(dim=1).values.tolist()
+            for index, cluster, confidence in zip(batch["index"], clusters, confidences):
+                rows[index] = (cluster, confidence)
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "cluster", "confidence", "matched_class"])
+        for index in sorted(rows):
+            cluster, confidence = rows[index]
+            writer.writerow([str(paths[index]), cluster, f"{confidence:.6f}", cluster_to_class.get(cluster, "")])
+    if failed:
+        print(f"Skipped {len(failed)} file(s) that could not be read as images:\n"
+              + "\n".join(f"  {paths[index]}: {error}" for index, error in sorted(failed)), flush=True)
+    sizes = torch.bincount(torch.tensor([cluster for cluster, _ in rows.values()], dtype=torch.long),
+                           minlength=cfg["num_classes"]).tolist()
+    print(f"Saved {output}: {len(rows)} image(s), cluster sizes {sizes}", flush=True)
+    return {"output": str(output), "num_images": len(rows), "num_failed": len(failed), "cluster_sizes": sizes}
+
+
+if __name__ == "__main__":
+    run_cli(main)
