@@ -68,7 +68,8 @@ def evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir: Path, model_pat
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     features, targets = extract_features(model.to(runtime.device), loader, runtime.device)
     indices, _ = mine_nearest_neighbors(features, targets, max(PRETEXT_KS))
-    metrics = {"model": model_path, "neighbor_acc": {str(k): neighbor_accuracy(indices, targets, k) for k in PRETEXT_KS}}
+    accuracies = {str(k): neighbor_accuracy(indices, targets, k) for k in PRETEXT_KS}
+    metrics = {"model": model_path, "neighbor_acc": accuracies}
     for k, accuracy in metrics["neighbor_acc"].items():
         shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
         print(f"Top-{k} neighbour accuracy on the test split: {shown}", flush=True)

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(cfg)
     # A pretext model seeds the backbone: only its contrastive head may go unused, only the heads stay new.
     load_state_dict_checked(model, load_checkpoint(cfg["pretext_model"], pretext_command),
-                            allowed_unused=("contrastive_head",), allowed_missing=("cluster_head",), source=f"pretext model {cfg['pretext_model']}")
+                            allowed_unused=("contrastive_head",), allowed_missing=("cluster_head",),
+                            source=f"pretext model {cfg['pretext_model']}")
     model = wrap_model(model, runtime)
     criterion = SCANLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     metrics = {}
     if runtime.is_main:
-        require_files([cfg["scan_model"]], f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}")
+        require_files([cfg["scan_model"]],
+                      f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}")
         best = load_checkpoint(cfg["scan_model"])
         final_model = build_model(cfg).to(runtime.device)
         load_state_dict_checked(final_model, best["model"], source=cfg["scan_model"])

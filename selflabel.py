@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     require_files([cfg["scan_model"]], scan_command)
     Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
 
-    train_dataset = AugmentedDataset(get_train_dataset(cfg), get_val_transformations(cfg), get_train_transformations(cfg))
+    # Weak view: the val transform; strong view: the training augmentation.
+    train_dataset = AugmentedDataset(get_train_dataset(cfg), get_val_transformations(cfg),
+                                     get_train_transformations(cfg))
     val_dataset = get_val_dataset(cfg, get_val_transformations(cfg))
     loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)

@@ -57,7 +57,8 @@ class ResNet18(nn.Module):
         self.stem_pool = nn.MaxPool2d(kernel_size=2, stride=2, padding=1) if stem == "stl" else nn.Identity()
         in_planes = widths[0]
         for index, (planes, stride) in enumerate(zip(widths, [1, 2, 2, 2]), start=1):
-            setattr(self, f"layer{index}", nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)))
+            blocks = [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+            setattr(self, f"layer{index}", nn.Sequential(*blocks))
             in_planes = planes
         self.avgpool = nn.AvgPool2d(7, stride=1) if stem == "stl" else nn.AdaptiveAvgPool2d((1, 1))
         self.out_dim = widths[-1]

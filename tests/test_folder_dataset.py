@@ -16,9 +16,9 @@ import simclr
 from data.base import DatasetNotFoundError
 from data.folder import FolderDataset, open_rgb
 from data.registry import get_train_dataset, get_val_dataset
+from tests.conftest import ROOT
 from utils import dataset_stats
 from utils.config import ConfigError, load_config
-from tests.conftest import ROOT
 
 
 def write_image(path: Path, color=(200, 30, 60), size=(12, 8), mode: str = "RGB", fmt: str | None = None) -> Path:

@@ -152,19 +152,21 @@ def mocov2_state_dict() -> dict:
 
 @pytest.mark.slow
 def test_moco_import_converts_keys_and_mines_backbone_neighbours(tmp_path):
-    wnids = [line.split()[0] for line in (ROOT / "data/imagenet_subsets/imagenet_50.txt").read_text().splitlines()[:3]]
+    subset_file = ROOT / "data/imagenet_subsets/imagenet_50.txt"
+    wnids = [line.split()[0] for line in subset_file.read_text().splitlines()[:3]]
     write_imagenet_subset(tmp_path / "datasets/imagenet", wnids,
                           {"ILSVRC2012_img_train": 3, "ILSVRC2012_img_val": 2})
     env = tmp_path / "env.yml"
     env.write_text(f"root_dir: {tmp_path / 'results'}\ndata_root: {tmp_path / 'datasets'}\ndownload: false\n")
+    config = ROOT / "configs/pretext/moco_imagenet50.yml"
     weights = tmp_path / "moco_v2_800ep_pretrain.pth.tar"
     state = mocov2_state_dict()
     torch.save({"epoch": 800, "arch": "resnet50", "state_dict": state}, weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the subset copy lacks 47 of its 50 class folders
-        metrics = moco.main(["--config_env", str(env), "--config_exp", str(ROOT / "configs/pretext/moco_imagenet50.yml"),
-                             "--moco_weights", str(weights), "--set", "num_workers=0", "batch_size=4",
-                             "topk_neighbors_train=4", "topk_neighbors_val=2"])
+        metrics = moco.main(["--config_env", str(env), "--config_exp", str(config), "--moco_weights", str(weights),
+                             "--set", "num_workers=0", "batch_size=4", "topk_neighbors_train=4",
+                             "topk_neighbors_val=2"])
     pretext = tmp_path / "results/imagenet_50/pretext"
     converted = torch.load(pretext / "model.pth.tar", weights_only=True)
     assert torch.equal(converted["backbone.layer1.0.downsample.0.weight"],
@@ -177,8 +179,7 @@ def test_moco_import_converts_keys_and_mines_backbone_neighbours(tmp_path):
     not_moco = tmp_path / "plain.pth.tar"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, not_moco)
     with pytest.raises(CheckpointError, match="not a MoCo checkpoint"):
-        moco.main(["--config_env", str(env), "--config_exp", str(ROOT / "configs/pretext/moco_imagenet50.yml"),
-                   "--moco_weights", str(not_moco)])
+        moco.main(["--config_env", str(env), "--config_exp", str(config), "--moco_weights", str(not_moco)])
     with pytest.raises(CheckpointError, match="not found.*--moco_weights"):
-        moco.main(["--config_env", str(env), "--config_exp", str(ROOT / "configs/pretext/moco_imagenet50.yml"),
+        moco.main(["--config_env", str(env), "--config_exp", str(config),
                    "--moco_weights", str(tmp_path / "missing.pth.tar")])

@@ -168,7 +168,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = T
                              + ("" if env_required else f" (default: {default_env})"))
     parser.add_argument("--config_exp", required=True, help="experiment YAML, e.g. configs/pretext/simclr_cifar10.yml")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1")
+                        help="override config entries, dotted keys for nested ones: "
+                             "--set epochs=2 optimizer_kwargs.lr=0.1")
 
 
 def format_config(cfg: dict) -> str:

@@ -46,7 +46,8 @@ def stage_command(stage: str, train_db_name: str, config_env: str) -> str:
             script = "moco.py" if cfg.get("setup") == "moco" else STAGE_SCRIPTS[stage]
             extra = " --moco_weights <MoCo v2 checkpoint>" if script == "moco.py" else ""
             return f"python {script} --config_env {config_env} --config_exp configs/{stage}/{path.name}{extra}"
-    return f"python {STAGE_SCRIPTS[stage]} --config_env {config_env} --config_exp <your {stage} config for {train_db_name}>"
+    return (f"python {STAGE_SCRIPTS[stage]} --config_env {config_env} "
+            f"--config_exp <your {stage} config for {train_db_name}>")
 
 
 def require_files(paths: list[str], command: str) -> None:
