@@ -20,7 +20,7 @@ from data.registry import get_train_dataset, get_val_dataset
 from data.wrappers import NeighborsDataset
 from losses import SCANLoss
 from models import build_model
-from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_atomic
+from utils.checkpoint import load_checkpoint, load_state_dict_checked, resume, save_atomic
 from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
@@ -88,15 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = SCANLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
 
-    start_epoch, best_loss, best_loss_head = 0, math.inf, None
-    if Path(cfg["scan_checkpoint"]).is_file():
-        checkpoint = load_checkpoint(cfg["scan_checkpoint"])
-        unwrap(model).load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch, best_loss = checkpoint["epoch"], checkpoint["best_loss"]
-        best_loss_head = None if checkpoint["best_loss_head"] is None else int(checkpoint["best_loss_head"])
-        if runtime.is_main:
-            print(f"Resuming from {cfg['scan_checkpoint']} at epoch {start_epoch}", flush=True)
+    checkpoint = resume(cfg["scan_checkpoint"], unwrap(model), optimizer, runtime.is_main)
+    start_epoch, best_loss = checkpoint["epoch"], checkpoint.get("best_loss", math.inf)
+    best_loss_head = checkpoint.get("best_loss_head")
 
     for epoch in range(start_epoch, cfg["epochs"]):
         set_epoch(loader, epoch)

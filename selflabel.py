@@ -18,7 +18,7 @@ from data.registry import get_train_dataset, get_val_dataset
 from data.wrappers import AugmentedDataset
 from losses import ConfidenceBasedCE, NoConfidentSamplesError
 from models import build_model
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_atomic
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, resume, save_atomic
 from utils.evaluate import cluster_metrics, get_predictions
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
@@ -87,18 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = wrap_model(model, runtime)
     criterion = ConfidenceBasedCE(cfg["confidence_threshold"], **cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
-    ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None
 
-    start_epoch = 0
-    if Path(cfg["selflabel_checkpoint"]).is_file():
-        checkpoint = load_checkpoint(cfg["selflabel_checkpoint"])
-        unwrap(model).load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch = checkpoint["epoch"]
-        if ema is not None:
-            ema = EMA(unwrap(model), alpha=cfg["ema_alpha"])
-        if runtime.is_main:
-            print(f"Resuming from {cfg['selflabel_checkpoint']} at epoch {start_epoch}", flush=True)
+    start_epoch = resume(cfg["selflabel_checkpoint"], unwrap(model), optimizer, runtime.is_main)["epoch"]
+    ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None  # averages from the resumed weights
 
     for epoch in range(start_epoch, cfg["epochs"]):
         set_epoch(loader, epoch)

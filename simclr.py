@@ -18,7 +18,7 @@ from data.registry import get_train_dataset, get_val_dataset
 from data.wrappers import AugmentedDataset
 from losses import SimCLRLoss
 from models import build_model
-from utils.checkpoint import load_checkpoint, save_atomic
+from utils.checkpoint import resume, save_atomic
 from utils.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.results import write_json
@@ -81,14 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = SimCLRLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
 
-    start_epoch = 0
-    if Path(cfg["pretext_checkpoint"]).is_file():
-        checkpoint = load_checkpoint(cfg["pretext_checkpoint"])
-        unwrap(model).load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch = checkpoint["epoch"]
-        if runtime.is_main:
-            print(f"Resuming from {cfg['pretext_checkpoint']} at epoch {start_epoch}", flush=True)
+    start_epoch = resume(cfg["pretext_checkpoint"], unwrap(model), optimizer, runtime.is_main)["epoch"]
 
     knn_top1 = None
     for epoch in range(start_epoch, cfg["epochs"]):

@@ -56,6 +56,12 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
         assert 0.0 <= scan_metrics[key] <= 1.0
     Image.open(scan_dir / "confusion_matrix.png").verify()
 
+    # A second run with more epochs resumes: it keeps the best loss so far and trains only epoch 2.
+    scan.main(["--config_env", str(tiny_cifar_env), "--config_exp", str(ROOT / "configs/scan/scan_cifar10.yml"),
+               "--set", "epochs=2", "batch_size=32", "num_heads=2", *FAST])
+    resumed = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["best_loss"] <= scan_checkpoint["best_loss"]
+
     selflabel_metrics = selflabel.main(["--config_env", str(tiny_cifar_env), "--config_exp",
                                         str(ROOT / "configs/selflabel/selflabel_cifar10.yml"),
                                         "--set", "epochs=1", "batch_size=32", "confidence_threshold=0.1", *FAST])

@@ -92,3 +92,19 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, allowed_un
             f"  shape mismatches: {listing(mis_shaped)}"
         )
     model.load_state_dict({key: state_dict[key] for key in expected if key in state_dict}, strict=not allowed_missing)
+
+
+def resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, verbose: bool = True) -> dict:
+    """Restore model and optimizer from a resumable `checkpoint.pth.tar` if it exists.
+
+    Returns the checkpoint (its 'epoch' is the next epoch to run, plus any stage extras),
+    or {'epoch': 0} when there is nothing to resume.
+    """
+    if not Path(path).is_file():
+        return {"epoch": 0}
+    checkpoint = load_checkpoint(path)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if verbose:
+        print(f"Resuming from {path} at epoch {checkpoint['epoch']}", flush=True)
+    return checkpoint
