@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-all demo bench clean-venv
+.PHONY: test demo bench clean-venv
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-# The whole method on scikit-learn's bundled digits, CPU only (about 7 minutes on 2 cores).
+# The whole method on scikit-learn's bundled digits, CPU only (about 7 minutes on 2 cores); see bench/RESULTS.md.
 demo: $(VENV)/.installed
 	$(PY) bench/digits_demo.py --seeds 0 --output_dir results/digits_demo
 

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="each seed writes to OUTPUT_DIR/seed_<seed>/; the summary goes here too")
     parser.add_argument("--config_env", default=str(ROOT / "configs/env.yml"),
                         help="env YAML; its root_dir is replaced by the per-seed directory")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides handed to every stage, e.g. --set epochs=1 num_workers=0")
     return parser.parse_args(argv)
 
