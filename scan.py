@@ -97,17 +97,17 @@ def main(argv: list[str] | None = None) -> dict:
         lr = adjust_learning_rate(cfg, optimizer, epoch)
         losses = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg, epoch)
 
-        # Pick the head with the lowest SCAN loss on the test neighbours (no labels used).
-        head_outputs, _ = get_predictions(unwrap(model), val_loader, runtime.device)
-        scores = scan_evaluate(head_outputs)
-        head, head_loss = scores["lowest_loss_head"], scores["lowest_loss"]
         if runtime.is_main:
+            # Pick the head with the lowest SCAN loss on the test neighbours (no labels used).
+            head_outputs, _ = get_predictions(unwrap(model), val_loader, runtime.device)
+            scores = scan_evaluate(head_outputs)
+            head, head_loss = scores["lowest_loss_head"], scores["lowest_loss"]
             summary = (f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  train loss {losses['total']:.4f} "
                        f"(consistency {losses['consistency']:.4f}, entropy {losses['entropy']:.4f})  "
                        f"best head {head} val loss {head_loss:.4f}")
-            best = head_outputs[head]
-            if not (best["targets"] < 0).any():
-                accuracy = cluster_metrics(best["predictions"], best["probabilities"], best["targets"])["ACC"]
+            chosen = head_outputs[head]
+            if not (chosen["targets"] < 0).any():
+                accuracy = cluster_metrics(chosen["predictions"], chosen["probabilities"], chosen["targets"])["ACC"]
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
             if head_loss < best_loss:
