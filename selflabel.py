@@ -48,18 +48,24 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
             with torch.no_grad():
                 weak_output = model(images)[0]
             strong_output = model(augmented)[0]
+        confident = True
         try:
             loss = criterion(weak_output, strong_output)
         except NoConfidentSamplesError:
-            skipped += 1  # nothing to learn from this batch; counted and reported per epoch
-            continue
+            # Nothing to learn from this batch: counted and reported per epoch.
+            confident, skipped = False, skipped + 1
+            if not runtime.distributed:
+                continue
+            # Under DDP every process must join the gradient all-reduce: contribute a zero gradient.
+            loss = strong_output.float().sum() * 0.0
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if ema is not None:
             ema.update(unwrap(model))
-        total, steps = total + loss.item(), steps + 1
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+        if confident:
+            total, steps = total + loss.item(), steps + 1
+            progress.set_postfix(loss=f"{loss.item():.4f}")
     return {"loss": total / max(steps, 1), "steps": steps, "skipped": skipped}
 
 
