@@ -61,6 +61,27 @@ def count_heads(state_dict: dict) -> int:
     return len({key.split(".")[1] for key in state_dict if re.match(r"cluster_head\.\d+\.weight$", key)})
 
 
+def clustering_model_from_file(cfg: dict, state_dict: dict, stored_head: int | None,
+                               model_path: str) -> tuple[ClusteringModel, int]:
+    """The loaded clustering model a file describes, and the head to use (the stored one, else 0).
+
+    The file decides how many heads and clusters there are: a self-label file (1 head) also fits a SCAN
+    config, and an over-clustering model (more clusters than classes) is evaluated by majority mapping.
+    """
+    num_heads = max(count_heads(state_dict), 1)
+    num_clusters = state_dict["cluster_head.0.weight"].shape[0] if "cluster_head.0.weight" in state_dict \
+        else cfg["num_classes"]
+    if num_clusters != cfg["num_classes"]:
+        print(f"Note: the model has {num_clusters} clusters, the config says num_classes {cfg['num_classes']}.",
+              flush=True)
+    model = ClusteringModel(build_backbone(cfg["backbone"], **cfg["backbone_kwargs"]), num_clusters, num_heads)
+    load_state_dict_checked(model, state_dict, source=f"model {model_path}")
+    head = stored_head if stored_head is not None else 0
+    if head >= num_heads:
+        raise CheckpointError(f"{model_path} names head {head} but holds only {num_heads} head(s).")
+    return model, head
+
+
 def evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir: Path, model_path: str) -> dict:
     """Neighbour accuracy of the contrastive features on the test split, for k = 1, 5, 20."""
     model = build_model({**cfg, "setup": "simclr"})
@@ -108,25 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
     if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in ("simclr", "moco"):
         return evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir, model_path)
 
-    # The file decides how many heads and clusters there are: a self-label file (1 head) also fits a SCAN
-    # config, and an over-clustering model (more clusters than classes) is evaluated by majority mapping.
-    num_heads = max(count_heads(state_dict), 1)
-    num_clusters = state_dict["cluster_head.0.weight"].shape[0] if "cluster_head.0.weight" in state_dict \
-        else cfg["num_classes"]
-    if num_clusters != cfg["num_classes"]:
-        print(f"Note: the model has {num_clusters} clusters, the config says num_classes {cfg['num_classes']}.",
-              flush=True)
-    model = ClusteringModel(build_backbone(cfg["backbone"], **cfg["backbone_kwargs"]), num_clusters, num_heads)
-    load_state_dict_checked(model, state_dict, source=f"model {model_path}")
-    head = stored_head if stored_head is not None else 0
-    if head >= num_heads:
-        raise CheckpointError(f"{model_path} names head {head} but holds only {num_heads} head(s).")
+    model, head = clustering_model_from_file(cfg, state_dict, stored_head, model_path)
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     head_outputs, features = get_predictions(model.to(runtime.device), loader, runtime.device,
                                              return_features=args.visualize_prototypes)
     head_output = head_outputs[head]
     metrics = clustering_report(head_output, dataset.classes, out_dir, extra={"model": model_path, "head": head},
-                                title=f"Head {head} of {num_heads}")
+                                title=f"Head {head} of {model.num_heads}")
 
     cluster_to_class = {cluster: dataset.classes[cls] for cluster, cls in metrics.get("hungarian_match", [])}
     write_predictions_csv(out_dir / "predictions.csv", dataset, head_output, cluster_to_class)

@@ -26,9 +26,8 @@ from tqdm import tqdm
 from data.augment import get_val_transformations
 from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
 from data.registry import get_val_dataset
-from eval import count_heads, default_output_dir, read_model_file
-from models import ClusteringModel, build_backbone
-from utils.checkpoint import CheckpointError, load_state_dict_checked
+from eval import clustering_model_from_file, default_output_dir, read_model_file
+from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
 from utils.runtime import init_runtime
 from utils.stage import run_cli
@@ -117,13 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     if any(key.startswith("contrastive_head") for key in state_dict):
         raise CheckpointError(f"{args.model} is a pretext model without cluster heads: pass the SCAN or self-label "
                               f"model.pth.tar.")
-    num_heads = max(count_heads(state_dict), 1)
-    model = ClusteringModel(build_backbone(cfg["backbone"], **cfg["backbone_kwargs"]), cfg["num_classes"], num_heads)
-    load_state_dict_checked(model, state_dict, source=f"model {args.model}")
+    model, head = clustering_model_from_file(cfg, state_dict, stored_head, args.model)
     model = model.to(runtime.device).eval()
-    head = stored_head if stored_head is not None else 0
-    if head >= num_heads:
-        raise CheckpointError(f"{args.model} names head {head} but holds only {num_heads} head(s).")
     metrics_path = Path(args.metrics) if args.metrics else default_output_dir(args.model) / "metrics.json"
     cluster_to_class = matched_classes(metrics_path, args.metrics is not None, cfg, head)
 
@@ -156,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Skipped {len(failed)} file(s) that could not be read as images:\n"
               + "\n".join(f"  {paths[index]}: {error}" for index, error in sorted(failed)), flush=True)
     sizes = torch.bincount(torch.tensor([cluster for cluster, _ in rows.values()], dtype=torch.long),
-                           minlength=cfg["num_classes"]).tolist()
+                           minlength=model.cluster_head[head].out_features).tolist()
     print(f"Saved {output}: {len(rows)} image(s), cluster sizes {sizes}", flush=True)
     return {"output": str(output), "num_images": len(rows), "num_failed": len(failed), "cluster_sizes": sizes}
 

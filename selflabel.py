@@ -18,7 +18,14 @@ from data.registry import get_train_dataset, get_val_dataset
 from data.wrappers import AugmentedDataset
 from losses import ConfidenceBasedCE, NoConfidentSamplesError
 from models import build_model
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, resume, save_atomic
+from utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    resume,
+    save_atomic,
+    strip_module_prefix,
+)
 from utils.evaluate import cluster_metrics, get_predictions
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
@@ -28,8 +35,7 @@ from utils.stage import require_files, run_cli, setup_stage, stage_command
 
 def best_head_state_dict(scan_checkpoint: dict) -> dict:
     """The SCAN model's state dict with only its best head, renamed to head 0."""
-    state, head = dict(scan_checkpoint["model"]), int(scan_checkpoint["head"])
-    state = {key[len("module."):] if key.startswith("module.") else key: value for key, value in state.items()}
+    state, head = strip_module_prefix(dict(scan_checkpoint["model"])), int(scan_checkpoint["head"])
     best_weight, best_bias = state[f"cluster_head.{head}.weight"], state[f"cluster_head.{head}.bias"]
     state = {key: value for key, value in state.items() if not key.startswith("cluster_head.")}
     state["cluster_head.0.weight"], state["cluster_head.0.bias"] = best_weight, best_bias
