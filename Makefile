@@ -10,8 +10,11 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# The CI suite: unit tests plus the end-to-end runs (CPU, a few minutes).
+# The CI suite: lint and format check (configured in pyproject.toml), then unit tests plus the
+# end-to-end runs (CPU, a few minutes).
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 # The whole method on scikit-learn's bundled digits, CPU only (about 7 minutes on 2 cores); see bench/RESULTS.md.

@@ -8,6 +8,7 @@ DIR/confusion_matrix.png, DIR/predictions.csv, and with --visualize_prototypes D
 Pretext models: neighbour accuracy for k = 1, 5, 20 in DIR/metrics.json.
 DIR defaults to a folder beside the model file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,19 +62,23 @@ def count_heads(state_dict: dict) -> int:
     return len({key.split(".")[1] for key in state_dict if re.match(r"cluster_head\.\d+\.weight$", key)})
 
 
-def clustering_model_from_file(cfg: dict, state_dict: dict, stored_head: int | None,
-                               model_path: str) -> tuple[ClusteringModel, int]:
+def clustering_model_from_file(
+    cfg: dict, state_dict: dict, stored_head: int | None, model_path: str
+) -> tuple[ClusteringModel, int]:
     """The loaded clustering model a file describes, and the head to use (the stored one, else 0).
 
     The file decides how many heads and clusters there are: a self-label file (1 head) also fits a SCAN
     config, and an over-clustering model (more clusters than classes) is evaluated by majority mapping.
     """
     num_heads = max(count_heads(state_dict), 1)
-    num_clusters = state_dict["cluster_head.0.weight"].shape[0] if "cluster_head.0.weight" in state_dict \
-        else cfg["num_classes"]
+    num_clusters = (
+        state_dict["cluster_head.0.weight"].shape[0] if "cluster_head.0.weight" in state_dict else cfg["num_classes"]
+    )
     if num_clusters != cfg["num_classes"]:
-        print(f"Note: the model has {num_clusters} clusters, the config says num_classes {cfg['num_classes']}.",
-              flush=True)
+        print(
+            f"Note: the model has {num_clusters} clusters, the config says num_classes {cfg['num_classes']}.",
+            flush=True,
+        )
     model = ClusteringModel(build_backbone(cfg["backbone"], **cfg["backbone_kwargs"]), num_clusters, num_heads)
     load_state_dict_checked(model, state_dict, source=f"model {model_path}")
     head = stored_head if stored_head is not None else 0
@@ -106,10 +111,19 @@ def write_predictions_csv(path: Path, dataset, head_output: dict, cluster_to_cla
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "path", "cluster", "confidence", "target", "matched_class"])
-        for i, (cluster, conf, target) in enumerate(zip(head_output["predictions"].tolist(), confidence.tolist(),
-                                                        head_output["targets"].tolist())):
-            writer.writerow([i, paths[i] if paths is not None else "", cluster, f"{conf:.6f}", target,
-                             cluster_to_class.get(cluster, "")])
+        for i, (cluster, conf, target) in enumerate(
+            zip(head_output["predictions"].tolist(), confidence.tolist(), head_output["targets"].tolist())
+        ):
+            writer.writerow(
+                [
+                    i,
+                    paths[i] if paths is not None else "",
+                    cluster,
+                    f"{conf:.6f}",
+                    target,
+                    cluster_to_class.get(cluster, ""),
+                ]
+            )
     print(f"Saved {path}", flush=True)
 
 
@@ -123,19 +137,27 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dict, stored_head = read_model_file(model_path)
     dataset = get_val_dataset(cfg, get_val_transformations(cfg))
-    print(f"Evaluating {model_path} on {len(dataset)} test images of {cfg['val_db_name']}; writing to {out_dir}",
-          flush=True)
+    print(
+        f"Evaluating {model_path} on {len(dataset)} test images of {cfg['val_db_name']}; writing to {out_dir}",
+        flush=True,
+    )
 
     if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in ("simclr", "moco"):
         return evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir, model_path)
 
     model, head = clustering_model_from_file(cfg, state_dict, stored_head, model_path)
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    head_outputs, features = get_predictions(model.to(runtime.device), loader, runtime.device,
-                                             return_features=args.visualize_prototypes)
+    head_outputs, features = get_predictions(
+        model.to(runtime.device), loader, runtime.device, return_features=args.visualize_prototypes
+    )
     head_output = head_outputs[head]
-    metrics = clustering_report(head_output, dataset.classes, out_dir, extra={"model": model_path, "head": head},
-                                title=f"Head {head} of {model.num_heads}")
+    metrics = clustering_report(
+        head_output,
+        dataset.classes,
+        out_dir,
+        extra={"model": model_path, "head": head},
+        title=f"Head {head} of {model.num_heads}",
+    )
 
     cluster_to_class = {cluster: dataset.classes[cls] for cluster, cls in metrics.get("hungarian_match", [])}
     write_predictions_csv(out_dir / "predictions.csv", dataset, head_output, cluster_to_class)
@@ -143,8 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
         indices = get_prototype_indices(head_output["probabilities"], features)
         shown = [(cluster, index) for cluster, index in enumerate(indices) if index is not None]
         images = [dataset.get_image(index) for _, index in shown]
-        titles = [f"{cluster}: {cluster_to_class[cluster]}" if cluster in cluster_to_class else f"cluster {cluster}"
-                  for cluster, _ in shown]
+        titles = [
+            f"{cluster}: {cluster_to_class[cluster]}" if cluster in cluster_to_class else f"cluster {cluster}"
+            for cluster, _ in shown
+        ]
         plot_prototypes(images, titles, out_dir / "prototypes.png")
         print(f"Saved {out_dir / 'prototypes.png'} ({len(shown)} non-empty clusters)", flush=True)
     return metrics

@@ -5,6 +5,7 @@
 
 Writes <root_dir>/<db>/pretext/{model.pth.tar, topk-train-neighbors.npy, topk-val-neighbors.npy, metrics.json}.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,9 +32,9 @@ def convert_moco_state_dict(state_dict: dict) -> dict:
     converted = {}
     for key, value in state_dict.items():
         if key.startswith(FC):
-            converted["contrastive_head." + key[len(FC):]] = value
+            converted["contrastive_head." + key[len(FC) :]] = value
         elif key.startswith(ENCODER):
-            converted["backbone." + key[len(ENCODER):]] = value
+            converted["backbone." + key[len(ENCODER) :]] = value
     if not converted:
         sample = ", ".join(list(state_dict)[:5]) or "none"
         raise CheckpointError(f"This is not a MoCo checkpoint: no key starts with '{ENCODER}' (found e.g. {sample}).")
@@ -48,8 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("Import MoCo v2 weights and mine neighbours", argv, ("moco",), add_arguments)
     if not runtime.is_main:
         return {}  # a single-process job: nothing to train
-    checkpoint = load_checkpoint(args.moco_weights, "Pass the MoCo v2 checkpoint file with --moco_weights "
-                                                    "(moco_v2_800ep_pretrain.pth.tar from the MoCo model zoo).")
+    checkpoint = load_checkpoint(
+        args.moco_weights,
+        "Pass the MoCo v2 checkpoint file with --moco_weights "
+        "(moco_v2_800ep_pretrain.pth.tar from the MoCo model zoo).",
+    )
     state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{args.moco_weights} holds no state dict.")
@@ -65,9 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
     val_transform = get_val_transformations(cfg)
     train_dataset, val_dataset = get_train_dataset(cfg, val_transform), get_val_dataset(cfg, val_transform)
     print(f"Mining neighbours of {len(train_dataset)} train and {len(val_dataset)} val images", flush=True)
-    metrics = mine_and_save_neighbors(model, eval_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
-                                      eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
-                                      cfg, runtime.device)
+    metrics = mine_and_save_neighbors(
+        model,
+        eval_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
+        eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
+        cfg,
+        runtime.device,
+    )
     write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
     return metrics
 

@@ -11,6 +11,7 @@ matched_class, the class eval.py matched to that cluster, read from the `hungari
 (default: the metrics.json eval.py writes beside the model). Without a labeled evaluation it stays empty.
 Files that cannot be read are listed and skipped; the others are still written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Assign images to the clusters of a SCAN or self-label model")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--model", required=True, help="SCAN ({'model', 'head'}) or self-label model file")
-    parser.add_argument("--images", required=True, nargs="+", metavar="PATH",
-                        help="image files and/or folders (searched recursively)")
+    parser.add_argument(
+        "--images", required=True, nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)"
+    )
     parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: predictions.csv)")
-    parser.add_argument("--metrics", default=None,
-                        help="eval.py's metrics.json for this model, to name the clusters "
-                             "(default: <model dir>/<model file stem>_eval/metrics.json)")
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help="eval.py's metrics.json for this model, to name the clusters "
+        "(default: <model dir>/<model file stem>_eval/metrics.json)",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,8 +62,7 @@ def collect_images(paths: list[str]) -> list[Path]:
         else:
             raise SystemExit(f"error: --images {path}: no such file or folder.")
     if not images:
-        raise SystemExit(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
-                         f"in {' '.join(paths)}.")
+        raise SystemExit(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(paths)}.")
     return images
 
 
@@ -67,17 +71,23 @@ def matched_classes(metrics_path: Path, explicit: bool, cfg: dict, head: int) ->
     if not metrics_path.is_file():
         if explicit:
             raise SystemExit(f"error: --metrics {metrics_path}: file not found. It is written by eval.py.")
-        print(f"No evaluation at {metrics_path}: matched_class stays empty (run eval.py on this model to fill it).",
-              flush=True)
+        print(
+            f"No evaluation at {metrics_path}: matched_class stays empty (run eval.py on this model to fill it).",
+            flush=True,
+        )
         return {}
     metrics = json.loads(metrics_path.read_text())
     if "hungarian_match" not in metrics:
-        print(f"{metrics_path} holds no cluster-to-class match (evaluated without labels): matched_class stays empty.",
-              flush=True)
+        print(
+            f"{metrics_path} holds no cluster-to-class match (evaluated without labels): matched_class stays empty.",
+            flush=True,
+        )
         return {}
     if metrics.get("head", head) != head:
-        raise SystemExit(f"error: {metrics_path} evaluated head {metrics['head']}, but predictions use head {head} "
-                         f"of the model file: pass the metrics.json of this model with --metrics.")
+        raise SystemExit(
+            f"error: {metrics_path} evaluated head {metrics['head']}, but predictions use head {head} "
+            f"of the model file: pass the metrics.json of this model with --metrics."
+        )
     classes = get_val_dataset(cfg).classes
     return {int(cluster): classes[int(cls)] for cluster, cls in metrics["hungarian_match"]}
 
@@ -102,9 +112,11 @@ class ImageFiles(Dataset):
 def collate_readable(samples: list[dict]) -> dict:
     """Batch the images that could be read; pass the failures on to be reported."""
     readable = [sample for sample in samples if sample["error"] is None]
-    return {"index": [sample["index"] for sample in readable],
-            "image": torch.stack([sample["image"] for sample in readable]) if readable else None,
-            "failed": [(sample["index"], sample["error"]) for sample in samples if sample["error"] is not None]}
+    return {
+        "index": [sample["index"] for sample in readable],
+        "image": torch.stack([sample["image"] for sample in readable]) if readable else None,
+        "failed": [(sample["index"], sample["error"]) for sample in samples if sample["error"] is not None],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -114,8 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     state_dict, stored_head = read_model_file(args.model)
     if any(key.startswith("contrastive_head") for key in state_dict):
-        raise CheckpointError(f"{args.model} is a pretext model without cluster heads: pass the SCAN or self-label "
-                              f"model.pth.tar.")
+        raise CheckpointError(
+            f"{args.model} is a pretext model without cluster heads: pass the SCAN or self-label model.pth.tar."
+        )
     model, head = clustering_model_from_file(cfg, state_dict, stored_head, args.model)
     model = model.to(runtime.device).eval()
     metrics_path = Path(args.metrics) if args.metrics else default_output_dir(args.model) / "metrics.json"
@@ -123,8 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     paths = collect_images(args.images)
     dataset = ImageFiles(paths, get_val_transformations(cfg), (cfg["dataset_kwargs"] or {}).get("image_size"))
-    loader = DataLoader(dataset, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
-                        collate_fn=collate_readable)
+    loader = DataLoader(
+        dataset, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], collate_fn=collate_readable
+    )
     print(f"Assigning {len(paths)} image(s) with head {head} of {args.model}", flush=True)
     rows, failed = {}, []
     with torch.no_grad():
@@ -147,10 +161,15 @@ def main(argv: list[str] | None = None) -> dict:
             cluster, confidence = rows[index]
             writer.writerow([str(paths[index]), cluster, f"{confidence:.6f}", cluster_to_class.get(cluster, "")])
     if failed:
-        print(f"Skipped {len(failed)} file(s) that could not be read as images:\n"
-              + "\n".join(f"  {paths[index]}: {error}" for index, error in sorted(failed)), flush=True)
-    sizes = torch.bincount(torch.tensor([cluster for cluster, _ in rows.values()], dtype=torch.long),
-                           minlength=model.cluster_head[head].out_features).tolist()
+        print(
+            f"Skipped {len(failed)} file(s) that could not be read as images:\n"
+            + "\n".join(f"  {paths[index]}: {error}" for index, error in sorted(failed)),
+            flush=True,
+        )
+    sizes = torch.bincount(
+        torch.tensor([cluster for cluster, _ in rows.values()], dtype=torch.long),
+        minlength=model.cluster_head[head].out_features,
+    ).tolist()
     print(f"Saved {output}: {len(rows)} image(s), cluster sizes {sizes}", flush=True)
     return {"output": str(output), "num_images": len(rows), "num_failed": len(failed), "cluster_sizes": sizes}
 

@@ -5,6 +5,7 @@
 Needs the pretext stage's model.pth.tar and neighbour files. Writes <root_dir>/<db>/scan/
 {checkpoint.pth.tar, model.pth.tar ({'model', 'head'}), confusion_matrix.png, metrics.json}.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,27 +64,41 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("SCAN clustering", argv, ("scan",))
     pretext_command = stage_command("pretext", cfg["train_db_name"], args.config_env)
-    require_files([cfg["pretext_model"], cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]],
-                  pretext_command)
+    require_files(
+        [cfg["pretext_model"], cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]], pretext_command
+    )
     Path(cfg["scan_dir"]).mkdir(parents=True, exist_ok=True)
 
-    train_dataset = NeighborsDataset(get_train_dataset(cfg, get_train_transformations(cfg)),
-                                     np.load(cfg["topk_neighbors_train_path"]), cfg["num_neighbors"],
-                                     source=cfg["topk_neighbors_train_path"])
-    val_dataset = NeighborsDataset(get_val_dataset(cfg, get_val_transformations(cfg)),
-                                   np.load(cfg["topk_neighbors_val_path"]), source=cfg["topk_neighbors_val_path"])
+    train_dataset = NeighborsDataset(
+        get_train_dataset(cfg, get_train_transformations(cfg)),
+        np.load(cfg["topk_neighbors_train_path"]),
+        cfg["num_neighbors"],
+        source=cfg["topk_neighbors_train_path"],
+    )
+    val_dataset = NeighborsDataset(
+        get_val_dataset(cfg, get_val_transformations(cfg)),
+        np.load(cfg["topk_neighbors_val_path"]),
+        source=cfg["topk_neighbors_val_path"],
+    )
     loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     class_names = val_dataset.dataset.classes
     if runtime.is_main:
-        print(f"Train: {len(train_dataset)} images with {cfg['num_neighbors']} neighbours each, "
-              f"test: {len(val_dataset)}. Writing to {cfg['scan_dir']}", flush=True)
+        print(
+            f"Train: {len(train_dataset)} images with {cfg['num_neighbors']} neighbours each, "
+            f"test: {len(val_dataset)}. Writing to {cfg['scan_dir']}",
+            flush=True,
+        )
 
     model = build_model(cfg)
     # A pretext model seeds the backbone: only its contrastive head may go unused, only the heads stay new.
-    load_state_dict_checked(model, load_checkpoint(cfg["pretext_model"], pretext_command),
-                            allowed_unused=("contrastive_head",), allowed_missing=("cluster_head",),
-                            source=f"pretext model {cfg['pretext_model']}")
+    load_state_dict_checked(
+        model,
+        load_checkpoint(cfg["pretext_model"], pretext_command),
+        allowed_unused=("contrastive_head",),
+        allowed_missing=("cluster_head",),
+        source=f"pretext model {cfg['pretext_model']}",
+    )
     model = wrap_model(model, runtime)
     criterion = SCANLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
@@ -102,9 +117,11 @@ def main(argv: list[str] | None = None) -> dict:
             head_outputs, _ = get_predictions(unwrap(model), val_loader, runtime.device)
             scores = scan_evaluate(head_outputs)
             head, head_loss = scores["lowest_loss_head"], scores["lowest_loss"]
-            summary = (f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  train loss {losses['total']:.4f} "
-                       f"(consistency {losses['consistency']:.4f}, entropy {losses['entropy']:.4f})  "
-                       f"best head {head} val loss {head_loss:.4f}")
+            summary = (
+                f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  train loss {losses['total']:.4f} "
+                f"(consistency {losses['consistency']:.4f}, entropy {losses['entropy']:.4f})  "
+                f"best head {head} val loss {head_loss:.4f}"
+            )
             chosen = head_outputs[head]
             if not (chosen["targets"] < 0).any():
                 accuracy = cluster_metrics(chosen["predictions"], chosen["probabilities"], chosen["targets"])["ACC"]
@@ -114,22 +131,34 @@ def main(argv: list[str] | None = None) -> dict:
                 best_loss, best_loss_head = head_loss, head
                 save_atomic({"model": unwrap(model).state_dict(), "head": head}, cfg["scan_model"])
                 print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
-            save_atomic({"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(),
-                         "epoch": epoch + 1, "best_loss": best_loss, "best_loss_head": best_loss_head},
-                        cfg["scan_checkpoint"])
+            save_atomic(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "model": unwrap(model).state_dict(),
+                    "epoch": epoch + 1,
+                    "best_loss": best_loss,
+                    "best_loss_head": best_loss_head,
+                },
+                cfg["scan_checkpoint"],
+            )
         barrier(runtime)
 
     metrics = {}
     if runtime.is_main:
-        require_files([cfg["scan_model"]],
-                      f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}")
+        require_files(
+            [cfg["scan_model"]], f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}"
+        )
         best = load_checkpoint(cfg["scan_model"])
         final_model = build_model(cfg).to(runtime.device)
         load_state_dict_checked(final_model, best["model"], source=cfg["scan_model"])
         head_outputs, _ = get_predictions(final_model, val_loader, runtime.device)
-        metrics = clustering_report(head_outputs[int(best["head"])], class_names, cfg["scan_dir"],
-                                    extra={"head": int(best["head"]), "best_loss": best_loss},
-                                    title=f"SCAN (head {int(best['head'])}) on the test split")
+        metrics = clustering_report(
+            head_outputs[int(best["head"])],
+            class_names,
+            cfg["scan_dir"],
+            extra={"head": int(best["head"]), "best_loss": best_loss},
+            title=f"SCAN (head {int(best['head'])}) on the test split",
+        )
     barrier(runtime)
     return metrics
 

@@ -5,6 +5,7 @@
 Starts from the best head of scan/model.pth.tar (as head 0). Writes <root_dir>/<db>/selflabel/
 {checkpoint.pth.tar, model.pth.tar (plain state dict), confusion_matrix.png, metrics.json}.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -82,14 +83,17 @@ def main(argv: list[str] | None = None) -> dict:
     Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
 
     # Weak view: the val transform; strong view: the training augmentation.
-    train_dataset = AugmentedDataset(get_train_dataset(cfg), get_val_transformations(cfg),
-                                     get_train_transformations(cfg))
+    train_dataset = AugmentedDataset(
+        get_train_dataset(cfg), get_val_transformations(cfg), get_train_transformations(cfg)
+    )
     val_dataset = get_val_dataset(cfg, get_val_transformations(cfg))
     loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     if runtime.is_main:
-        print(f"Train: {len(train_dataset)} images, test: {len(val_dataset)}. Writing to {cfg['selflabel_dir']}",
-              flush=True)
+        print(
+            f"Train: {len(train_dataset)} images, test: {len(val_dataset)}. Writing to {cfg['selflabel_dir']}",
+            flush=True,
+        )
 
     model = build_model(cfg)
     scan_checkpoint = load_checkpoint(cfg["scan_model"], scan_command)
@@ -110,28 +114,36 @@ def main(argv: list[str] | None = None) -> dict:
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
             if stats["skipped"]:
-                summary += (f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
-                            f"above confidence {cfg['confidence_threshold']})")
+                summary += (
+                    f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
+                    f"above confidence {cfg['confidence_threshold']})"
+                )
             head_output = get_predictions(unwrap(model), val_loader, runtime.device)[0][0]
             if not (head_output["targets"] < 0).any():
-                accuracy = cluster_metrics(head_output["predictions"], head_output["probabilities"],
-                                           head_output["targets"])["ACC"]
+                accuracy = cluster_metrics(
+                    head_output["predictions"], head_output["probabilities"], head_output["targets"]
+                )["ACC"]
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
-            save_atomic({"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
-                        cfg["selflabel_checkpoint"])
+            save_atomic(
+                {"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
+                cfg["selflabel_checkpoint"],
+            )
             save_atomic(unwrap(model).state_dict(), cfg["selflabel_model"])
         barrier(runtime)
 
     metrics = {}
     if runtime.is_main:
-        require_files([cfg["selflabel_model"]], f"python selflabel.py --config_env {args.config_env} "
-                                                f"--config_exp {args.config_exp}")
+        require_files(
+            [cfg["selflabel_model"]],
+            f"python selflabel.py --config_env {args.config_env} --config_exp {args.config_exp}",
+        )
         final_model = build_model(cfg).to(runtime.device)
         load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
         head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]
-        metrics = clustering_report(head_output, val_dataset.classes, cfg["selflabel_dir"],
-                                    title="Self-label on the test split")
+        metrics = clustering_report(
+            head_output, val_dataset.classes, cfg["selflabel_dir"], title="Self-label on the test split"
+        )
     barrier(runtime)
     return metrics
 

@@ -5,6 +5,7 @@
 Writes <root_dir>/<db>/pretext/{checkpoint.pth.tar, model.pth.tar, topk-train-neighbors.npy,
 topk-val-neighbors.npy, metrics.json}. Resumes from checkpoint.pth.tar when it exists.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,10 +56,15 @@ def knn_monitor(model, base_loader, val_loader, cfg, device) -> float | None:
         return None
     # Votes go to label classes, which need not number num_classes (the clusters) on a folder of your own images.
     num_label_classes = int(max(bank_targets.max(), query_targets.max())) + 1
-    return weighted_knn_accuracy(torch.from_numpy(query).to(device), torch.from_numpy(query_targets).to(device),
-                                 torch.from_numpy(bank).to(device), torch.from_numpy(bank_targets).to(device),
-                                 num_label_classes, k=cfg["knn_monitor_k"],
-                                 temperature=cfg["criterion_kwargs"]["temperature"])
+    return weighted_knn_accuracy(
+        torch.from_numpy(query).to(device),
+        torch.from_numpy(query_targets).to(device),
+        torch.from_numpy(bank).to(device),
+        torch.from_numpy(bank_targets).to(device),
+        num_label_classes,
+        k=cfg["knn_monitor_k"],
+        temperature=cfg["criterion_kwargs"]["temperature"],
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,8 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     base_loader = eval_loader(base_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     if runtime.is_main:
-        print(f"Train ({cfg['train_split']}): {len(train_dataset)} images, memory bank: {len(base_dataset)}, "
-              f"test: {len(val_dataset)}. Writing to {cfg['pretext_dir']}", flush=True)
+        print(
+            f"Train ({cfg['train_split']}): {len(train_dataset)} images, memory bank: {len(base_dataset)}, "
+            f"test: {len(val_dataset)}. Writing to {cfg['pretext_dir']}",
+            flush=True,
+        )
 
     model = wrap_model(model, runtime)
     criterion = SimCLRLoss(**cfg["criterion_kwargs"])
@@ -92,8 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
             knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
             shown = "n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%"
             print(f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}  kNN top-1 {shown}", flush=True)
-            save_atomic({"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
-                        cfg["pretext_checkpoint"])
+            save_atomic(
+                {"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
+                cfg["pretext_checkpoint"],
+            )
         barrier(runtime)
 
     metrics = {}

@@ -11,6 +11,7 @@ digits need no download and no GPU, so this is the one command that shows the me
 Writes `<output_dir>/summary.json` and `<output_dir>/summary.md`: mean ± std over the seeds of ACC, NMI
 and ARI on the test split for the SCAN and self-label steps, and the wall time of each seed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,12 +40,25 @@ METRICS = ("ACC", "NMI", "ARI")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="SCAN on scikit-learn's digits for several seeds, with a summary")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one full run per seed")
-    parser.add_argument("--output_dir", default="results/digits_demo",
-                        help="each seed writes to OUTPUT_DIR/seed_<seed>/; the summary goes here too")
-    parser.add_argument("--config_env", default=str(ROOT / "configs/env.yml"),
-                        help="env YAML; its root_dir is replaced by the per-seed directory")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides handed to every stage, e.g. --set epochs=1 num_workers=0")
+    parser.add_argument(
+        "--output_dir",
+        default="results/digits_demo",
+        help="each seed writes to OUTPUT_DIR/seed_<seed>/; the summary goes here too",
+    )
+    parser.add_argument(
+        "--config_env",
+        default=str(ROOT / "configs/env.yml"),
+        help="env YAML; its root_dir is replaced by the per-seed directory",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides handed to every stage, e.g. --set epochs=1 num_workers=0",
+    )
     return parser.parse_args(argv)
 
 
@@ -53,16 +67,32 @@ def run_seed(seed: int, seed_dir: Path, config_env: str, overrides: list[str]) -
     common = ["--config_env", config_env]
     sets = ["--set", f"root_dir={seed_dir}", f"seed={seed}", *overrides]
     if (seed_dir / DB_NAME).exists():
-        print(f"Note: {seed_dir} already holds results; stages resume from their checkpoints, so the wall time "
-              "below counts only the remaining work.", flush=True)
+        print(
+            f"Note: {seed_dir} already holds results; stages resume from their checkpoints, so the wall time "
+            "below counts only the remaining work.",
+            flush=True,
+        )
     model = seed_dir / DB_NAME / "selflabel" / "model.pth.tar"
     stages = [
         ("pretext", simclr.main, [*common, "--config_exp", str(PRETEXT_CONFIG), *sets]),
         ("scan", scan.main, [*common, "--config_exp", str(SCAN_CONFIG), *sets]),
         ("selflabel", selflabel.main, [*common, "--config_exp", str(SELFLABEL_CONFIG), *sets]),
         # eval.py on the final model: the confusion matrix, per-image predictions and one prototype per cluster.
-        ("eval", eval_script.main, [*common, "--config_exp", str(SELFLABEL_CONFIG), "--model", str(model),
-                                    "--output_dir", str(seed_dir / DB_NAME / "eval"), "--visualize_prototypes", *sets]),
+        (
+            "eval",
+            eval_script.main,
+            [
+                *common,
+                "--config_exp",
+                str(SELFLABEL_CONFIG),
+                "--model",
+                str(model),
+                "--output_dir",
+                str(seed_dir / DB_NAME / "eval"),
+                "--visualize_prototypes",
+                *sets,
+            ],
+        ),
     ]
     metrics, times = {}, {}
     for name, stage_main, stage_argv in stages:
@@ -114,9 +144,11 @@ def format_markdown(summary: dict, command: str) -> str:
     ]
     for run in summary["runs"]:
         times = run["stage_seconds"]
-        lines.append(f"| {run['seed']} | {run['scan']['ACC']:.3f} | {run['selflabel']['ACC']:.3f} | "
-                     f"{times['pretext']:.0f} | {times['scan']:.0f} | {times['selflabel']:.0f} | {times['eval']:.0f} | "
-                     f"{run['wall_seconds']:.0f} |")
+        lines.append(
+            f"| {run['seed']} | {run['scan']['ACC']:.3f} | {run['selflabel']['ACC']:.3f} | "
+            f"{times['pretext']:.0f} | {times['scan']:.0f} | {times['selflabel']:.0f} | {times['eval']:.0f} | "
+            f"{run['wall_seconds']:.0f} |"
+        )
     wall = summary["wall_seconds"]
     lines += ["", f"Wall time per seed: {wall['mean']:.0f} ± {wall['std']:.0f} s.", "", f"Command: `{command}`", ""]
     return "\n".join(lines)

@@ -5,6 +5,7 @@
 The count matrix is built in one bincount pass; a K×K loop over the data (the original's
 approach) takes about 70 s at this size on 2 cores, so it is timed only with --naive.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -10,6 +10,7 @@ torchvision transforms draw from torch's RNG. Numpy's global RNG is deliberately
 avoided: DataLoader workers reseed ``random`` and torch per worker but not numpy, so a
 numpy draw would repeat the same augmentation in every worker.
 """
+
 import random
 from collections.abc import Callable
 
@@ -143,7 +144,7 @@ class Cutout:
             y = random.randrange(h)
             x = random.randrange(w)
             half = side // 2
-            img[:, max(y - half, 0):min(y + half, h), max(x - half, 0):min(x + half, w)] = 0
+            img[:, max(y - half, 0) : min(y + half, h), max(x - half, 0) : min(x + half, w)] = 0
         return img
 
 
@@ -153,26 +154,31 @@ def _flip(kwargs: dict) -> list[Callable]:
 
 
 def _simclr(kwargs: dict) -> Callable:
-    return transforms.Compose([
-        transforms.RandomResizedCrop(**kwargs["random_resized_crop"]),
-        *_flip(kwargs),
-        transforms.RandomApply([transforms.ColorJitter(**kwargs["color_jitter"])],
-                               **kwargs["color_jitter_random_apply"]),
-        transforms.RandomGrayscale(**kwargs["random_grayscale"]),
-        transforms.ToTensor(),
-        transforms.Normalize(**kwargs["normalize"]),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(**kwargs["random_resized_crop"]),
+            *_flip(kwargs),
+            transforms.RandomApply(
+                [transforms.ColorJitter(**kwargs["color_jitter"])], **kwargs["color_jitter_random_apply"]
+            ),
+            transforms.RandomGrayscale(**kwargs["random_grayscale"]),
+            transforms.ToTensor(),
+            transforms.Normalize(**kwargs["normalize"]),
+        ]
+    )
 
 
 def _ours(kwargs: dict) -> Callable:
-    return transforms.Compose([
-        *_flip(kwargs),
-        transforms.RandomCrop(kwargs["crop_size"]),
-        StrongAugment(kwargs["num_strong_augs"]),
-        transforms.ToTensor(),
-        transforms.Normalize(**kwargs["normalize"]),
-        Cutout(**kwargs["cutout_kwargs"]),
-    ])
+    return transforms.Compose(
+        [
+            *_flip(kwargs),
+            transforms.RandomCrop(kwargs["crop_size"]),
+            StrongAugment(kwargs["num_strong_augs"]),
+            transforms.ToTensor(),
+            transforms.Normalize(**kwargs["normalize"]),
+            Cutout(**kwargs["cutout_kwargs"]),
+        ]
+    )
 
 
 def get_train_transformations(cfg: dict) -> Callable:
@@ -188,8 +194,10 @@ def get_train_transformations(cfg: dict) -> Callable:
 def get_val_transformations(cfg: dict) -> Callable:
     """Deterministic transform for evaluation, feature mining and the weak self-label view."""
     kwargs = cfg["transformation_kwargs"]
-    return transforms.Compose([
-        transforms.CenterCrop(kwargs["crop_size"]),
-        transforms.ToTensor(),
-        transforms.Normalize(**kwargs["normalize"]),
-    ])
+    return transforms.Compose(
+        [
+            transforms.CenterCrop(kwargs["crop_size"]),
+            transforms.ToTensor(),
+            transforms.Normalize(**kwargs["normalize"]),
+        ]
+    )

@@ -4,9 +4,11 @@ The training stages never look at file formats; they only see samples of the for
 ``{'image', 'target', 'meta'}`` from an :class:`ImageDataset`. Each reader (CIFAR, STL-10, ImageNet,
 digits) only says how to fetch the raw RGB image for an index, so the sample format lives in one place.
 """
+
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch.utils.data
@@ -30,12 +32,7 @@ def dataset_error(dataset: str, folder: Path, problem: str, layout: str, hint: s
     ``layout`` is a small tree of the expected files, relative to ``folder``'s parent (the ``root`` argument).
     """
     tree = "\n".join("    " + line for line in layout.splitlines())
-    message = (
-        f"{dataset}: {problem}\n"
-        f"Looked in: {folder}\n"
-        f"Expected layout:\n  {folder.parent}/\n{tree}\n"
-        f"{hint}"
-    )
+    message = f"{dataset}: {problem}\nLooked in: {folder}\nExpected layout:\n  {folder.parent}/\n{tree}\n{hint}"
     return DatasetNotFoundError(message)
 
 
@@ -58,7 +55,7 @@ class Archive:
         )
         return dataset_error(self.dataset, root / self.folder, problem, self.layout, hint)
 
-    def ensure(self, root: Path, find_problem: Callable[[Path], Optional[str]], download: bool) -> None:
+    def ensure(self, root: Path, find_problem: Callable[[Path], str | None], download: bool) -> None:
         """Raise the clear error unless the folder exists and ``find_problem(folder)`` is None.
 
         With ``download``, the archive is fetched once first when something is missing.
@@ -68,7 +65,7 @@ class Archive:
         """
         folder = root / self.folder
 
-        def check() -> Optional[str]:
+        def check() -> str | None:
             return find_problem(folder) if folder.is_dir() else "folder not found"
 
         problem = check()
@@ -94,7 +91,7 @@ class ImageDataset(torch.utils.data.Dataset):
     classes: list[str]
     targets: list[int]
 
-    def __init__(self, transform: Optional[Callable] = None) -> None:
+    def __init__(self, transform: Callable | None = None) -> None:
         self.transform = transform
 
     def load_image(self, index: int) -> Image.Image:

@@ -3,11 +3,12 @@
 Files are read as they are found, without checksums, so a truncated copy (fewer images per file, or only
 some of the five CIFAR-10 training batches) still loads: tests and quick experiments rely on that.
 """
+
 import json
 import pickle
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -83,14 +84,14 @@ class CIFAR10(ImageDataset):
         self,
         root: str | Path,
         train: bool = True,
-        transform: Optional[Callable] = None,
+        transform: Callable | None = None,
         download: bool = False,
     ) -> None:
         super().__init__(transform)
         root = Path(root)
         names = [f"data_batch_{k}" for k in range(1, 6)] if train else ["test_batch"]
 
-        def find_problem(folder: Path) -> Optional[str]:
+        def find_problem(folder: Path) -> str | None:
             if not (folder / "batches.meta").is_file():
                 return "missing batches.meta"
             if not any((folder / name).is_file() for name in names):
@@ -102,7 +103,9 @@ class CIFAR10(ImageDataset):
         present = [name for name in names if (folder / name).is_file()]
         if len(present) < len(names):
             missing = sorted(set(names) - set(present))
-            warnings.warn(f"CIFAR-10: {folder} lacks {', '.join(missing)}; loading only {', '.join(present)}")
+            warnings.warn(
+                f"CIFAR-10: {folder} lacks {', '.join(missing)}; loading only {', '.join(present)}", stacklevel=2
+            )
 
         batches = [read_batch(folder / name, "labels", CIFAR10_ARCHIVE, root) for name in present]
         self.images = np.concatenate([images for images, _ in batches])
@@ -123,14 +126,14 @@ class CIFAR20(ImageDataset):
         self,
         root: str | Path,
         train: bool = True,
-        transform: Optional[Callable] = None,
+        transform: Callable | None = None,
         download: bool = False,
     ) -> None:
         super().__init__(transform)
         root = Path(root)
         name = "train" if train else "test"
 
-        def find_problem(folder: Path) -> Optional[str]:
+        def find_problem(folder: Path) -> str | None:
             return None if (folder / name).is_file() else f"missing {name}"
 
         CIFAR100_ARCHIVE.ensure(root, find_problem, download)

@@ -3,8 +3,9 @@
 It ships with scikit-learn, so the whole pipeline (pretext, SCAN, self-label, evaluation) can run end to
 end on a machine with no dataset downloaded and no network, in seconds on a CPU.
 """
+
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -27,9 +28,9 @@ class Digits(ImageDataset):
 
     def __init__(
         self,
-        root: Optional[str | Path] = None,
+        root: str | Path | None = None,
         split: str = "train",
-        transform: Optional[Callable] = None,
+        transform: Callable | None = None,
         image_size: int = 16,
         seed: int = 0,
         test_fraction: float = 0.2,

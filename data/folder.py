@@ -12,14 +12,15 @@ the same files in the same order. The first construction therefore writes the tr
 later one reads them back: images added to the folder afterwards are left out with a notice instead of
 silently shifting every index. Unreadable files are found once, when the split is made, and skipped.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torchvision.transforms.functional as F
@@ -54,12 +55,15 @@ def find_images(folder: Path) -> list[Path]:
     found = []
     for directory, subdirectories, files in os.walk(folder, followlinks=True):
         subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
-        found += [Path(directory) / name for name in files
-                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [
+            Path(directory) / name
+            for name in files
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     return sorted(found)
 
 
-def open_rgb(path: str | Path, image_size: Optional[int] = None) -> Image.Image:
+def open_rgb(path: str | Path, image_size: int | None = None) -> Image.Image:
     """Read an image as 8-bit RGB, upright, with its shorter side resized to ``image_size`` when given.
 
     Transparent pixels are laid over white (dropping alpha would show whatever colour hides under them,
@@ -79,7 +83,7 @@ def open_rgb(path: str | Path, image_size: Optional[int] = None) -> Image.Image:
     return F.resize(image, image_size) if image_size is not None else image
 
 
-def unreadable_reason(path: Path) -> Optional[str]:
+def unreadable_reason(path: Path) -> str | None:
     """Why ``path`` is not a usable image, or None. ``verify()`` reads the structure without decoding."""
     try:
         with Image.open(path) as image:
@@ -121,29 +125,35 @@ class FolderDataset(ImageDataset):
         root: str | Path,
         data_root: str | Path = ".",
         split: str = "train",
-        transform: Optional[Callable] = None,
+        transform: Callable | None = None,
         labeled: bool | str = "auto",
-        image_size: Optional[int] = None,
+        image_size: int | None = None,
         test_fraction: float = 0.2,
         split_seed: int = 0,
-        split_file: Optional[str | Path] = None,
+        split_file: str | Path | None = None,
     ) -> None:
         super().__init__(transform)
         if split not in SPLITS:
-            raise ConfigError(f"Folder datasets have the splits {' and '.join(SPLITS)}, not '{split}' "
-                              f"(set train_split: train in the pretext config).")
+            raise ConfigError(
+                f"Folder datasets have the splits {' and '.join(SPLITS)}, not '{split}' "
+                f"(set train_split: train in the pretext config)."
+            )
         if labeled not in ("auto", True, False):
             raise ConfigError(f"dataset_kwargs.labeled must be auto, true or false, not {labeled!r}.")
         if not 0 < test_fraction < 1:
             raise ConfigError(f"dataset_kwargs.test_fraction must lie strictly between 0 and 1, not {test_fraction}.")
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-            raise ConfigError(f"dataset_kwargs.image_size must be a positive whole number of pixels (or null), "
-                              f"not {image_size!r}.")
+            raise ConfigError(
+                f"dataset_kwargs.image_size must be a positive whole number of pixels (or null), not {image_size!r}."
+            )
         self.root = resolve_root(root, data_root)
         self.image_size = image_size
         if not self.root.is_dir():
-            raise folder_error(self.root, "folder not found",
-                               "Set dataset_kwargs.root to your image folder (absolute, or relative to data_root).")
+            raise folder_error(
+                self.root,
+                "folder not found",
+                "Set dataset_kwargs.root to your image folder (absolute, or relative to data_root).",
+            )
 
         requested = {"labeled": labeled, "test_fraction": test_fraction, "split_seed": split_seed}
         if split_file is not None and Path(split_file).is_file():
@@ -160,26 +170,33 @@ class FolderDataset(ImageDataset):
         missing = [str(path) for path in self.paths if not path.is_file()]
         if missing:
             raise folder_error(
-                self.root, f"{len(missing)} image(s) of the saved {split} split are gone:\n"
-                f"{_listing(missing)}",
+                self.root,
+                f"{len(missing)} image(s) of the saved {split} split are gone:\n{_listing(missing)}",
                 f"Put them back, or delete {split_file} to split the folder anew (then rerun every stage from "
-                f"simclr.py: the saved neighbours and models refer to the old split).")
+                f"simclr.py: the saved neighbours and models refer to the old split).",
+            )
 
     def _make_split(self, requested: dict) -> dict:
         """Index the folder, skip unreadable files, decide labeled or not, split; returns the record to save."""
         train_dir, test_dir = self.root / "train", self.root / "test"
         if not train_dir.is_dir():
             if test_dir.is_dir():
-                raise folder_error(self.root, "there is a test/ folder but no train/ folder",
-                                   "Add the train/ part, or move all images out of test/.")
+                raise folder_error(
+                    self.root,
+                    "there is a test/ folder but no train/ folder",
+                    "Add the train/ part, or move all images out of test/.",
+                )
             train_dir, test_dir = self.root, None
         elif not test_dir.is_dir():
             test_dir = None
         parts = {"train": find_images(train_dir), "test": find_images(test_dir) if test_dir else []}
         found = parts["train"] + parts["test"]
         if not parts["train"]:
-            raise folder_error(self.root, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {train_dir}",
-                               "Point dataset_kwargs.root at the folder that holds your images.")
+            raise folder_error(
+                self.root,
+                f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {train_dir}",
+                "Point dataset_kwargs.root at the folder that holds your images.",
+            )
 
         unreadable = {}
         for path in tqdm(found, desc=f"Checking the images in {self.root}", leave=False):
@@ -187,22 +204,34 @@ class FolderDataset(ImageDataset):
             if reason is not None:
                 unreadable[path.relative_to(self.root).as_posix()] = reason
         if unreadable:
-            warnings.warn(f"Folder dataset {self.root}: skipping {len(unreadable)} unreadable image file(s):\n"
-                          + _listing([f"{path}: {reason}" for path, reason in unreadable.items()])
-                          + "\nFix or delete them; until then they are left out.", stacklevel=3)
+            warnings.warn(
+                f"Folder dataset {self.root}: skipping {len(unreadable)} unreadable image file(s):\n"
+                + _listing([f"{path}: {reason}" for path, reason in unreadable.items()])
+                + "\nFix or delete them; until then they are left out.",
+                stacklevel=3,
+            )
 
         # Class folder of each image: the first path component inside its part (train_dir or test_dir).
-        folders = {path: path.relative_to(part_dir).parts
-                   for part_dir, paths in ((train_dir, parts["train"]), (test_dir, parts["test"])) for path in paths}
+        folders = {
+            path: path.relative_to(part_dir).parts
+            for part_dir, paths in ((train_dir, parts["train"]), (test_dir, parts["test"]))
+            for path in paths
+        }
         class_names = sorted({parts_[0] for parts_ in folders.values() if len(parts_) > 1})
         loose = [str(path) for path, parts_ in folders.items() if len(parts_) == 1]
         looks_labeled = not loose and len(class_names) >= 2
         if requested["labeled"] is True and not looks_labeled:
-            problem = (f"{len(loose)} image(s) are not inside a class sub-folder:\n{_listing(loose)}" if loose
-                       else f"labeled data needs at least 2 class sub-folders, found {len(class_names)}")
-            raise folder_error(self.root, problem,
-                               "Move every image into the sub-folder of its class, or set dataset_kwargs.labeled: "
-                               "false (or auto) to cluster the images without labels.")
+            problem = (
+                f"{len(loose)} image(s) are not inside a class sub-folder:\n{_listing(loose)}"
+                if loose
+                else f"labeled data needs at least 2 class sub-folders, found {len(class_names)}"
+            )
+            raise folder_error(
+                self.root,
+                problem,
+                "Move every image into the sub-folder of its class, or set dataset_kwargs.labeled: "
+                "false (or auto) to cluster the images without labels.",
+            )
         labeled = looks_labeled if requested["labeled"] == "auto" else requested["labeled"]
 
         class_index = {name: index for index, name in enumerate(class_names)}
@@ -216,11 +245,14 @@ class FolderDataset(ImageDataset):
             usable = self._seeded_split(usable["train"], requested["test_fraction"], requested["split_seed"])
         for name, targets in usable.items():
             if not targets:
-                raise folder_error(self.root, f"the {name} split has no readable images",
-                                   "Add images (or a test/ part), or change dataset_kwargs.test_fraction.")
+                raise folder_error(
+                    self.root,
+                    f"the {name} split has no readable images",
+                    "Add images (or a test/ part), or change dataset_kwargs.test_fraction.",
+                )
         return {
             "about": "Train/test files of a folder dataset: path relative to root -> target (-1: unlabeled). "
-                     "Every stage reads these lists; delete this file to split anew (then rerun all stages).",
+            "Every stage reads these lists; delete this file to split anew (then rerun all stages).",
             "root": str(self.root),
             "labeled": labeled,
             "classes": class_names if labeled else [],
@@ -243,34 +275,46 @@ class FolderDataset(ImageDataset):
         for target in sorted(set(targets.values())):
             members = [path for path, member_target in targets.items() if member_target == target]
             rng.shuffle(members)
-            test_paths.update(members[:round(len(members) * test_fraction)])
-        return {"train": {path: target for path, target in targets.items() if path not in test_paths},
-                "test": {path: target for path, target in targets.items() if path in test_paths}}
+            test_paths.update(members[: round(len(members) * test_fraction)])
+        return {
+            "train": {path: target for path, target in targets.items() if path not in test_paths},
+            "test": {path: target for path, target in targets.items() if path in test_paths},
+        }
 
     def _read_split(self, split_file: Path, requested: dict) -> dict:
         """The saved split, after checking that the config still asks for it and noting any new images."""
         try:
             record = json.loads(split_file.read_text())
         except json.JSONDecodeError as error:
-            raise DatasetNotFoundError(f"The split file {split_file} is not valid JSON ({error}). Delete it to "
-                                       f"split the folder anew (then rerun every stage from simclr.py).") from error
+            raise DatasetNotFoundError(
+                f"The split file {split_file} is not valid JSON ({error}). Delete it to "
+                f"split the folder anew (then rerun every stage from simclr.py)."
+            ) from error
         conflicts = []
         if requested["labeled"] != "auto" and requested["labeled"] != record["labeled"]:
             conflicts.append(f"labeled: {requested['labeled']} (saved: {record['labeled']})")
         if record["test_fraction"] is not None:  # None: the split came from train/ and test/ folders
-            conflicts += [f"{key}: {requested[key]} (saved: {record[key]})" for key in ("test_fraction", "split_seed")
-                          if requested[key] != record[key]]
+            conflicts += [
+                f"{key}: {requested[key]} (saved: {record[key]})"
+                for key in ("test_fraction", "split_seed")
+                if requested[key] != record[key]
+            ]
         if conflicts:
-            raise ConfigError(f"dataset_kwargs ask for another split than the one saved in {split_file}: "
-                              f"{'; '.join(conflicts)}. Restore those settings to keep using the saved split, or "
-                              f"delete {split_file} to split anew (then rerun every stage from simclr.py).")
+            raise ConfigError(
+                f"dataset_kwargs ask for another split than the one saved in {split_file}: "
+                f"{'; '.join(conflicts)}. Restore those settings to keep using the saved split, or "
+                f"delete {split_file} to split anew (then rerun every stage from simclr.py)."
+            )
         known = set(record["train"]) | set(record["test"]) | set(record["unreadable"])
         new = [path for path in find_images(self.root) if path.relative_to(self.root).as_posix() not in known]
         if new:
-            warnings.warn(f"Folder dataset {self.root}: {len(new)} image(s) were added after the split in "
-                          f"{split_file} was made and are not used, e.g. {new[0]}. To train on them, delete the "
-                          f"split file and rerun every stage from simclr.py; predict.py assigns new images to "
-                          f"clusters without retraining.", stacklevel=3)
+            warnings.warn(
+                f"Folder dataset {self.root}: {len(new)} image(s) were added after the split in "
+                f"{split_file} was made and are not used, e.g. {new[0]}. To train on them, delete the "
+                f"split file and rerun every stage from simclr.py; predict.py assigns new images to "
+                f"clusters without retraining.",
+                stacklevel=3,
+            )
         return record
 
     def load_image(self, index: int) -> Image.Image:
@@ -283,8 +327,10 @@ class FolderDataset(ImageDataset):
         try:
             return open_rgb(path, self.image_size)
         except OSError as error:
-            warnings.warn(f"{path} could not be fully decoded ({error}); using the part that could. "
-                          f"Replace or delete the file.")
+            warnings.warn(
+                f"{path} could not be fully decoded ({error}); using the part that could. Replace or delete the file.",
+                stacklevel=2,
+            )
         previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
         try:
             return open_rgb(path, self.image_size)

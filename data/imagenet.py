@@ -4,9 +4,10 @@ Images are resized so the shorter side is 256 as they are read, because every tr
 ImageNet (val centre crop, SimCLR and "ours" augmentations at 224) starts from that size; prototypes drawn
 from ``get_image`` then show what the model saw.
 """
+
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torchvision.transforms.functional as F
 from PIL import Image
@@ -64,8 +65,8 @@ class ImageNet(ImageDataset):
         self,
         root: str | Path,
         split: str = "train",
-        transform: Optional[Callable] = None,
-        subset: Optional[str] = None,
+        transform: Callable | None = None,
+        subset: str | None = None,
     ) -> None:
         super().__init__(transform)
         if split not in SPLIT_FOLDERS:
@@ -83,12 +84,14 @@ class ImageNet(ImageDataset):
             self.classes = [class_name for _, class_name in pairs]
             missing = [wnid for wnid in wnids if not (folder / wnid).is_dir()]
             if len(missing) == len(wnids):
-                raise dataset_error("ImageNet", folder, f"none of the {len(wnids)} {subset} class folders found",
-                                    LAYOUT, HINT)
+                raise dataset_error(
+                    "ImageNet", folder, f"none of the {len(wnids)} {subset} class folders found", LAYOUT, HINT
+                )
             if missing:
                 warnings.warn(
                     f"ImageNet {subset}: {len(missing)} of {len(wnids)} class folders missing in {folder} "
-                    f"(e.g. {missing[0]}); loading the other classes"
+                    f"(e.g. {missing[0]}); loading the other classes",
+                    stacklevel=2,
                 )
 
         self.paths: list[Path] = []

@@ -1,4 +1,5 @@
 """DataLoaders with the original's settings: train shuffles and drops the last partial batch."""
+
 from __future__ import annotations
 
 import warnings
@@ -23,19 +24,31 @@ def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) -
         )
         batch_size = per_process
     sampler = DistributedSampler(dataset, shuffle=True, drop_last=True) if runtime.distributed else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                      num_workers=num_workers, pin_memory=runtime.device.type == "cuda",
-                      drop_last=True, persistent_workers=num_workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=runtime.device.type == "cuda",
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) -> DataLoader:
     """In-order loader over every sample (each process sees the whole split)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=runtime.device.type == "cuda", drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=runtime.device.type == "cuda",
+        drop_last=False,
+    )
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Reshuffle differently each epoch under DistributedSampler."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
-

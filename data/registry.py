@@ -1,8 +1,9 @@
 """Dataset name in a config → dataset object. The one place to add a dataset."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from data.cifar import CIFAR10, CIFAR20
 from data.digits import Digits
@@ -29,15 +30,20 @@ def get_dataset(cfg: dict, name: str, split: str, transform: Callable | None = N
     elif name == "stl-10":
         dataset = STL10(data_root / name, split=split, download=download)
     elif name == "imagenet" or name in IMAGENET_SUBSETS:
-        dataset = ImageNet(data_root / "imagenet", split="val" if split == "test" else split,
-                           subset=None if name == "imagenet" else name)
+        dataset = ImageNet(
+            data_root / "imagenet",
+            split="val" if split == "test" else split,
+            subset=None if name == "imagenet" else name,
+        )
     elif name == "digits":
         dataset = Digits(split=split, **kwargs)
     elif "root" in kwargs:
         from data.folder import FolderDataset
+
         # The split is saved beside the results so that every stage, eval.py and predict.py index the same files.
-        dataset = FolderDataset(data_root=data_root, split=split,
-                                split_file=Path(cfg["root_dir"]) / name / "split.json", **kwargs)
+        dataset = FolderDataset(
+            data_root=data_root, split=split, split_file=Path(cfg["root_dir"]) / name / "split.json", **kwargs
+        )
     else:
         raise ValueError(
             f"Unknown dataset '{name}'. Built-in: {', '.join(BUILTIN)}. "

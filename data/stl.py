@@ -4,8 +4,9 @@ Images are read lazily, one seek per sample, because ``unlabeled_X.bin`` is 2.7 
 (or pickling it into every DataLoader worker) is not an option. A file cut short by a whole number of
 images still loads, so a small copy can stand in for the real one.
 """
+
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -56,7 +57,7 @@ class STL10(ImageDataset):
         self,
         root: str | Path,
         split: str = "train",
-        transform: Optional[Callable] = None,
+        transform: Callable | None = None,
         download: bool = False,
     ) -> None:
         super().__init__(transform)
@@ -67,7 +68,7 @@ class STL10(ImageDataset):
         needed = ["class_names.txt"] + [f"{prefix}_X.bin" for prefix in prefixes]
         needed += [f"{prefix}_y.bin" for prefix in prefixes if prefix != "unlabeled"]
 
-        def find_problem(folder: Path) -> Optional[str]:
+        def find_problem(folder: Path) -> str | None:
             missing = [name for name in needed if not (folder / name).is_file()]
             return f"missing {', '.join(missing)}" if missing else None
 

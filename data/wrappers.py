@@ -1,8 +1,9 @@
 """Datasets that pair views of one image (pretext, self-label) or an image with a neighbour (SCAN)."""
+
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -43,8 +44,9 @@ class NeighborsDataset(Dataset):
     paired with itself, as in the original method.
     """
 
-    def __init__(self, dataset, indices: np.ndarray, num_neighbors: int | None = None,
-                 source: str = "neighbour file") -> None:
+    def __init__(
+        self, dataset, indices: np.ndarray, num_neighbors: int | None = None, source: str = "neighbour file"
+    ) -> None:
         if indices.ndim != 2 or indices.shape[0] != len(dataset):
             raise ValueError(
                 f"The {source} has shape {tuple(indices.shape)} but the dataset has {len(dataset)} images: "
@@ -56,7 +58,7 @@ class NeighborsDataset(Dataset):
                     f"num_neighbors={num_neighbors} needs {num_neighbors + 1} columns but the {source} has "
                     f"{indices.shape[1]}. Lower num_neighbors or mine more neighbours (topk_neighbors_train)."
                 )
-            indices = indices[:, :num_neighbors + 1]
+            indices = indices[:, : num_neighbors + 1]
         self.dataset = dataset
         self.indices = torch.as_tensor(indices, dtype=torch.long)
 

@@ -1,4 +1,5 @@
 """The three SCAN losses (REFERENCE §2), computed in float32 so mixed precision cannot change them."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Backbones and model wrappers; `build_model` turns a config into a model."""
+
 from models.models import ClusteringModel, ContrastiveModel
 from models.resnet import build_backbone
 

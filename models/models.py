@@ -1,4 +1,5 @@
 """The two model wrappers of SCAN; attribute names are the checkpoint keys."""
+
 from __future__ import annotations
 
 import torch

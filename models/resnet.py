@@ -4,6 +4,7 @@ The published checkpoints are plain state dicts, so the attribute names here
 (`conv1`, `bn1`, `layerN.i.shortcut.{0,1}`, ...) are part of the file format and
 must not change. Backbones return pooled, flattened features; no classifier.
 """
+
 from __future__ import annotations
 
 import torch

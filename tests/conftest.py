@@ -1,4 +1,5 @@
 """Shared fixtures: tiny datasets in the real on-disk formats and an env file pointing at them."""
+
 from __future__ import annotations
 
 import pickle
@@ -31,11 +32,20 @@ def write_cifar10(root: Path, train_per_batch: int = 20, test: int = 50, seed: i
         images = class_pattern_images(labels, 32, rng)
         data = images.transpose(0, 3, 1, 2).reshape(n, 3072)  # channel-planar rows, like the real files
         with open(folder / name, "wb") as handle:
-            pickle.dump({"batch_label": name, "labels": labels.tolist(), "data": data,
-                         "filenames": [f"{i}.png" for i in range(n)]}, handle, protocol=2)
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "labels": labels.tolist(),
+                    "data": data,
+                    "filenames": [f"{i}.png" for i in range(n)],
+                },
+                handle,
+                protocol=2,
+            )
     with open(folder / "batches.meta", "wb") as handle:
-        pickle.dump({"label_names": CIFAR10_NAMES, "num_cases_per_batch": train_per_batch, "num_vis": 3072},
-                    handle, protocol=2)
+        pickle.dump(
+            {"label_names": CIFAR10_NAMES, "num_cases_per_batch": train_per_batch, "num_vis": 3072}, handle, protocol=2
+        )
     return folder
 
 
@@ -44,6 +54,9 @@ def tiny_cifar_env(tmp_path: Path) -> Path:
     """An env.yml whose data_root holds a 100-train / 50-test CIFAR-10 copy; results go to tmp_path/results."""
     write_cifar10(tmp_path / "datasets" / "cifar-10")
     env = tmp_path / "env.yml"
-    env.write_text(yaml.safe_dump({"root_dir": str(tmp_path / "results"), "data_root": str(tmp_path / "datasets"),
-                                   "download": False}))
+    env.write_text(
+        yaml.safe_dump(
+            {"root_dir": str(tmp_path / "results"), "data_root": str(tmp_path / "datasets"), "download": False}
+        )
+    )
     return env

@@ -1,4 +1,5 @@
 """Tests for data/augment.py against expectations computed independently of it."""
+
 import random
 
 import numpy as np
@@ -49,31 +50,42 @@ def _op(name: str):
 
 # ---------------------------------------------------------------- op table
 
+
 def test_op_table_matches_reference_ranges():
     ranges = {name: (lo, hi) for name, _, lo, hi in augment.OPS}
     assert len(augment.OPS) == 14
     assert ranges == {
-        "Identity": (0, 1), "AutoContrast": (0, 1), "Equalize": (0, 1),
-        "Rotate": (-30, 30), "Solarize": (0, 256),
-        "Color": (0.05, 0.95), "Contrast": (0.05, 0.95),
-        "Brightness": (0.05, 0.95), "Sharpness": (0.05, 0.95),
-        "ShearX": (-0.1, 0.1), "ShearY": (-0.1, 0.1),
-        "TranslateX": (-0.1, 0.1), "TranslateY": (-0.1, 0.1),
+        "Identity": (0, 1),
+        "AutoContrast": (0, 1),
+        "Equalize": (0, 1),
+        "Rotate": (-30, 30),
+        "Solarize": (0, 256),
+        "Color": (0.05, 0.95),
+        "Contrast": (0.05, 0.95),
+        "Brightness": (0.05, 0.95),
+        "Sharpness": (0.05, 0.95),
+        "ShearX": (-0.1, 0.1),
+        "ShearY": (-0.1, 0.1),
+        "TranslateX": (-0.1, 0.1),
+        "TranslateY": (-0.1, 0.1),
         "Posterize": (4, 8),
     }
 
 
-@pytest.mark.parametrize("name, v, expected", [
-    ("Identity", 0.3, lambda im: im),
-    ("AutoContrast", 0.3, ImageOps.autocontrast),
-    ("Equalize", 0.3, ImageOps.equalize),
-    ("Solarize", 100.5, lambda im: ImageOps.solarize(im, 100.5)),
-    ("Color", 0.3, lambda im: ImageEnhance.Color(im).enhance(0.3)),
-    ("Contrast", 0.3, lambda im: ImageEnhance.Contrast(im).enhance(0.3)),
-    ("Brightness", 0.3, lambda im: ImageEnhance.Brightness(im).enhance(0.3)),
-    ("Sharpness", 0.3, lambda im: ImageEnhance.Sharpness(im).enhance(0.3)),
-    ("Posterize", 5.7, lambda im: ImageOps.posterize(im, 5)),
-])
+@pytest.mark.parametrize(
+    "name, v, expected",
+    [
+        ("Identity", 0.3, lambda im: im),
+        ("AutoContrast", 0.3, ImageOps.autocontrast),
+        ("Equalize", 0.3, ImageOps.equalize),
+        ("Solarize", 100.5, lambda im: ImageOps.solarize(im, 100.5)),
+        ("Color", 0.3, lambda im: ImageEnhance.Color(im).enhance(0.3)),
+        ("Contrast", 0.3, lambda im: ImageEnhance.Contrast(im).enhance(0.3)),
+        ("Brightness", 0.3, lambda im: ImageEnhance.Brightness(im).enhance(0.3)),
+        ("Sharpness", 0.3, lambda im: ImageEnhance.Sharpness(im).enhance(0.3)),
+        ("Posterize", 5.7, lambda im: ImageOps.posterize(im, 5)),
+    ],
+)
 def test_photometric_ops_equal_their_pil_call(name, v, expected):
     img = _image()
     np.testing.assert_array_equal(_pixels(_op(name)(img, v)), _pixels(expected(img)))
@@ -83,13 +95,16 @@ def _affine(coeffs):
     return lambda im: im.transform(im.size, Image.Transform.AFFINE, coeffs)
 
 
-@pytest.mark.parametrize("name, v, expected", [
-    ("Rotate", 17.0, lambda im, s: im.rotate(s * 17.0)),
-    ("ShearX", 0.08, lambda im, s: _affine((1, s * 0.08, 0, 0, 1, 0))(im)),
-    ("ShearY", 0.08, lambda im, s: _affine((1, 0, 0, s * 0.08, 1, 0))(im)),
-    ("TranslateX", 0.25, lambda im, s: _affine((1, 0, s * 0.25 * 8, 0, 1, 0))(im)),
-    ("TranslateY", 0.25, lambda im, s: _affine((1, 0, 0, 0, 1, s * 0.25 * 8))(im)),
-])
+@pytest.mark.parametrize(
+    "name, v, expected",
+    [
+        ("Rotate", 17.0, lambda im, s: im.rotate(s * 17.0)),
+        ("ShearX", 0.08, lambda im, s: _affine((1, s * 0.08, 0, 0, 1, 0))(im)),
+        ("ShearY", 0.08, lambda im, s: _affine((1, 0, 0, s * 0.08, 1, 0))(im)),
+        ("TranslateX", 0.25, lambda im, s: _affine((1, 0, s * 0.25 * 8, 0, 1, 0))(im)),
+        ("TranslateY", 0.25, lambda im, s: _affine((1, 0, 0, 0, 1, s * 0.25 * 8))(im)),
+    ],
+)
 def test_geometric_ops_flip_sign_with_half_probability(monkeypatch, name, v, expected):
     img = _image()
     outputs = set()
@@ -115,15 +130,18 @@ def test_rotate_by_90_is_a_quarter_turn(monkeypatch):
     monkeypatch.setattr(random, "random", lambda: 0.9)
     img = _image()
     out = _pixels(_op("Rotate")(img, 90.0))
-    assert any((out == _pixels(img.transpose(t))).all()
-               for t in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270))
+    assert any(
+        (out == _pixels(img.transpose(t))).all() for t in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
+    )
 
 
 # ---------------------------------------------------------------- StrongAugment
 
+
 def _recording_ops(calls: list) -> list:
     def recorder(name):
         return lambda img, v: calls.append((name, v)) or img
+
     return [(name, recorder(name), lo, hi) for name, _, lo, hi in augment.OPS]
 
 
@@ -151,7 +169,7 @@ def test_strong_augment_magnitudes_lie_in_range_and_ops_repeat(monkeypatch):
     rotations = [v for name, v in calls if name == "Rotate"]
     assert min(rotations) < -20 and max(rotations) > 20  # spread over the whole range
     # With replacement: some call of 4 ops must have drawn the same op twice.
-    draws = [tuple(name for name, _ in calls[i:i + 4]) for i in range(0, len(calls), 4)]
+    draws = [tuple(name for name, _ in calls[i : i + 4]) for i in range(0, len(calls), 4)]
     assert any(len(set(d)) < 4 for d in draws)
 
 
@@ -165,23 +183,27 @@ def test_strong_augment_on_real_ops_keeps_size_and_mode():
 
 # ---------------------------------------------------------------- Cutout
 
+
 def _fix_cutout_draws(monkeypatch, side: int, y: int, x: int) -> None:
     monkeypatch.setattr(random, "randint", lambda a, b: side)
     centre = iter([y, x])
     monkeypatch.setattr(random, "randrange", lambda n: next(centre))
 
 
-@pytest.mark.parametrize("side, y, x, rows, cols", [
-    (6, 10, 12, (7, 13), (9, 15)),    # inside: [y-3, y+3) x [x-3, x+3)
-    (8, 0, 31, (0, 4), (27, 32)),     # clipped at top and right
-    (5, 31, 1, (29, 32), (0, 3)),     # odd side: half = 2, clipped bottom and left
-])
+@pytest.mark.parametrize(
+    "side, y, x, rows, cols",
+    [
+        (6, 10, 12, (7, 13), (9, 15)),  # inside: [y-3, y+3) x [x-3, x+3)
+        (8, 0, 31, (0, 4), (27, 32)),  # clipped at top and right
+        (5, 31, 1, (29, 32), (0, 3)),  # odd side: half = 2, clipped bottom and left
+    ],
+)
 def test_cutout_zeroes_expected_square(monkeypatch, side, y, x, rows, cols):
     _fix_cutout_draws(monkeypatch, side, y, x)
     img = torch.rand(3, 32, 32) + 1.0
     out = augment.Cutout(n_holes=1, length=16, random=True)(img)
     expected = img.clone()
-    expected[:, rows[0]:rows[1], cols[0]:cols[1]] = 0
+    expected[:, rows[0] : rows[1], cols[0] : cols[1]] = 0
     assert torch.equal(out, expected)
     assert (img >= 1).all()  # the input tensor is left untouched
 
@@ -206,6 +228,7 @@ def test_cutout_random_side_within_bounds():
 
 
 # ---------------------------------------------------------------- pipelines
+
 
 def test_val_transform_matches_hand_computation():
     img = _image(36, 40, seed=4)
@@ -252,12 +275,13 @@ def _is_mirrored(out: torch.Tensor) -> bool:
     return bool(out[0, :, 0].mean() > out[0, :, -1].mean())
 
 
-@pytest.mark.parametrize("make_cfg", [
-    lambda **flip: _simclr_cfg(color_jitter_random_apply={"p": 0.0},
-                               random_grayscale={"p": 0.0}, **flip),
-    lambda **flip: _ours_cfg(num_strong_augs=0, cutout_kwargs={"n_holes": 0, "length": 16},
-                             **flip),
-])
+@pytest.mark.parametrize(
+    "make_cfg",
+    [
+        lambda **flip: _simclr_cfg(color_jitter_random_apply={"p": 0.0}, random_grayscale={"p": 0.0}, **flip),
+        lambda **flip: _ours_cfg(num_strong_augs=0, cutout_kwargs={"n_holes": 0, "length": 16}, **flip),
+    ],
+)
 def test_horizontal_flip_can_be_disabled(make_cfg):
     img = _gradient_image()
     unflipped = augment.get_train_transformations(make_cfg(horizontal_flip=False))
@@ -268,5 +292,4 @@ def test_horizontal_flip_can_be_disabled(make_cfg):
 
 def test_unknown_strategy_lists_valid_ones():
     with pytest.raises(ValueError, match="simclr.*ours"):
-        augment.get_train_transformations({"augmentation_strategy": "autoaugment",
-                                           "augmentation_kwargs": {}})
+        augment.get_train_transformations({"augmentation_strategy": "autoaugment", "augmentation_kwargs": {}})

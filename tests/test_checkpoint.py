@@ -1,4 +1,5 @@
 """Checkpoint files: atomic saves, the published legacy format, `module.` prefixes, clear key errors."""
+
 from __future__ import annotations
 
 import io
@@ -95,6 +96,7 @@ def test_shape_mismatch_is_listed():
 
 def test_pretext_into_clustering_allows_only_contrastive_head_unused():
     from models import ContrastiveModel
+
     pretext = ContrastiveModel(build_backbone("resnet18", base_width=2), features_dim=8).state_dict()
     model = tiny_model()
     load_state_dict_checked(model, pretext, allowed_unused=("contrastive_head",), allowed_missing=("cluster_head",))

@@ -1,4 +1,5 @@
 """Config loading: env + experiment + --set overrides, unknown keys, derived paths, shipped configs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,14 +22,22 @@ def env(tmp_path: Path) -> Path:
 
 def test_overrides_parse_yaml_scalars():
     assert parse_overrides(["epochs=2", "optimizer_kwargs.lr=0.1", "use_ema=true", "x=[1, 2]", "name=abc"]) == {
-        "epochs": 2, "optimizer_kwargs.lr": 0.1, "use_ema": True, "x": [1, 2], "name": "abc"}
+        "epochs": 2,
+        "optimizer_kwargs.lr": 0.1,
+        "use_ema": True,
+        "x": [1, 2],
+        "name": "abc",
+    }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["epochs"])
 
 
 def test_set_overrides_nested_and_new_nested_keys(env):
-    cfg = load_config(env, ROOT / "configs/pretext/simclr_cifar10.yml",
-                      ["epochs=2", "batch_size=64", "optimizer_kwargs.lr=0.1", "backbone_kwargs.base_width=8"])
+    cfg = load_config(
+        env,
+        ROOT / "configs/pretext/simclr_cifar10.yml",
+        ["epochs=2", "batch_size=64", "optimizer_kwargs.lr=0.1", "backbone_kwargs.base_width=8"],
+    )
     assert cfg["epochs"] == 2 and cfg["batch_size"] == 64
     assert cfg["optimizer_kwargs"] == {"nesterov": False, "weight_decay": 0.0001, "momentum": 0.9, "lr": 0.1}
     assert cfg["backbone_kwargs"] == {"base_width": 8}
@@ -65,8 +74,14 @@ def test_paths_follow_the_original_output_tree(env, tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_loads(env, path):
     cfg = load_config(env, path)
-    assert cfg["setup"] == {"pretext": cfg["setup"] if cfg["setup"] in ("simclr", "moco") else None,
-                            "scan": "scan", "selflabel": "selflabel"}[path.parent.name]
+    assert (
+        cfg["setup"]
+        == {
+            "pretext": cfg["setup"] if cfg["setup"] in ("simclr", "moco") else None,
+            "scan": "scan",
+            "selflabel": "selflabel",
+        }[path.parent.name]
+    )
 
 
 def test_shipped_configs_hold_the_published_hyper_parameters(env):
@@ -74,20 +89,34 @@ def test_shipped_configs_hold_the_published_hyper_parameters(env):
         return load_config(env, ROOT / "configs" / name)
 
     simclr = load("pretext/simclr_cifar10.yml")
-    assert (simclr["epochs"], simclr["batch_size"], simclr["optimizer"], simclr["optimizer_kwargs"]["lr"],
-            simclr["scheduler"], simclr["criterion_kwargs"]["temperature"]) == (500, 512, "sgd", 0.4, "cosine", 0.1)
+    assert (
+        simclr["epochs"],
+        simclr["batch_size"],
+        simclr["optimizer"],
+        simclr["optimizer_kwargs"]["lr"],
+        simclr["scheduler"],
+        simclr["criterion_kwargs"]["temperature"],
+    ) == (500, 512, "sgd", 0.4, "cosine", 0.1)
     assert load("pretext/simclr_stl10.yml")["train_split"] == "train+unlabeled"
     assert load("pretext/moco_imagenet50.yml")["topk_neighbors_train"] == 50
     scan20 = load("scan/scan_cifar20.yml")
     assert (scan20["epochs"], scan20["batch_size"], scan20["criterion_kwargs"]["entropy_weight"]) == (100, 512, 5.0)
     assert load("scan/scan_stl10.yml")["augmentation_kwargs"]["cutout_kwargs"]["length"] == 32
     imagenet = load("scan/scan_imagenet_100.yml")
-    assert (imagenet["num_heads"], imagenet["num_neighbors"], imagenet["update_cluster_head_only"],
-            imagenet["optimizer_kwargs"]["lr"], imagenet["batch_size"]) == (10, 50, True, 5.0, 1024)
+    assert (
+        imagenet["num_heads"],
+        imagenet["num_neighbors"],
+        imagenet["update_cluster_head_only"],
+        imagenet["optimizer_kwargs"]["lr"],
+        imagenet["batch_size"],
+    ) == (10, 50, True, 5.0, 1024)
     assert load("scan/imagenet_eval.yml")["num_classes"] == 1000
     selflabel = load("selflabel/selflabel_imagenet_50.yml")
-    assert (selflabel["use_ema"], selflabel["criterion_kwargs"]["apply_class_balancing"],
-            selflabel["augmentation_kwargs"]["cutout_kwargs"]["length"]) == (True, False, 75)
+    assert (
+        selflabel["use_ema"],
+        selflabel["criterion_kwargs"]["apply_class_balancing"],
+        selflabel["augmentation_kwargs"]["cutout_kwargs"]["length"],
+    ) == (True, False, 75)
     assert load("selflabel/selflabel_cifar10.yml")["confidence_threshold"] == 0.99
 
 
@@ -95,6 +124,7 @@ def test_repeated_set_flags_accumulate():
     import argparse
 
     from utils.config import add_config_arguments
+
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     args = parser.parse_args(["--config_env", "e", "--config_exp", "x", "--set", "epochs=1", "--set", "seed=3"])

@@ -3,6 +3,7 @@
 One labeled folder (class sub-folders, PNG and JPEG) and one unlabeled folder (loose files, a corrupt one),
 both driven by configs/*/..._custom.yml with only `--set` overrides, as docs/custom_data.md tells users to.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,16 +25,31 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-FAST = ["epochs=1", "num_workers=0", "backbone_kwargs.base_width=8", "backbone_kwargs.stem=cifar", "seed=0",
-        "batch_size=16", "num_classes=3", "transformation_kwargs.crop_size=16", "dataset_kwargs.image_size=16"]
+FAST = [
+    "epochs=1",
+    "num_workers=0",
+    "backbone_kwargs.base_width=8",
+    "backbone_kwargs.stem=cifar",
+    "seed=0",
+    "batch_size=16",
+    "num_classes=3",
+    "transformation_kwargs.crop_size=16",
+    "dataset_kwargs.image_size=16",
+]
 STAGE_SETTINGS = {
     "simclr": ["augmentation_kwargs.random_resized_crop.size=16"],
     "scan": ["augmentation_kwargs.crop_size=16", "augmentation_kwargs.cutout_kwargs.length=4"],
-    "selflabel": ["augmentation_kwargs.crop_size=16", "augmentation_kwargs.cutout_kwargs.length=4",
-                  "confidence_threshold=0.1"],
+    "selflabel": [
+        "augmentation_kwargs.crop_size=16",
+        "augmentation_kwargs.cutout_kwargs.length=4",
+        "confidence_threshold=0.1",
+    ],
 }
-CONFIGS = {"simclr": "pretext/simclr_custom.yml", "scan": "scan/scan_custom.yml",
-           "selflabel": "selflabel/selflabel_custom.yml"}
+CONFIGS = {
+    "simclr": "pretext/simclr_custom.yml",
+    "scan": "scan/scan_custom.yml",
+    "selflabel": "selflabel/selflabel_custom.yml",
+}
 
 
 def write_images(folder: Path, color: tuple[int, int, int], count: int, rng: np.random.Generator) -> None:
@@ -49,19 +65,55 @@ def run_pipeline(env: Path, name: str, root: Path, tmp_path: Path) -> tuple[dict
     """All stages on the folder `root` under dataset name `name`; returns eval's metrics and the results folder."""
     common = [*FAST, f"train_db_name={name}", f"val_db_name={name}", f"dataset_kwargs.root={root}"]
     for stage, module in (("simclr", simclr), ("scan", scan), ("selflabel", selflabel)):
-        module.main(["--config_env", str(env), "--config_exp", str(ROOT / "configs" / CONFIGS[stage]),
-                     "--set", *common, *STAGE_SETTINGS[stage]])
+        module.main(
+            [
+                "--config_env",
+                str(env),
+                "--config_exp",
+                str(ROOT / "configs" / CONFIGS[stage]),
+                "--set",
+                *common,
+                *STAGE_SETTINGS[stage],
+            ]
+        )
     results = tmp_path / "results" / name
     model = results / "selflabel" / "model.pth.tar"
-    metrics = eval_script.main(["--config_env", str(env), "--config_exp", str(ROOT / "configs" / CONFIGS["selflabel"]),
-                                "--model", str(model), "--visualize_prototypes", "--set", *common])
+    metrics = eval_script.main(
+        [
+            "--config_env",
+            str(env),
+            "--config_exp",
+            str(ROOT / "configs" / CONFIGS["selflabel"]),
+            "--model",
+            str(model),
+            "--visualize_prototypes",
+            "--set",
+            *common,
+        ]
+    )
     return metrics, results
 
 
 def predict_rows(env: Path, name: str, root: Path, model: Path, images: list[Path], output: Path) -> list[dict]:
-    predict.main(["--config_env", str(env), "--config_exp", str(ROOT / "configs" / CONFIGS["selflabel"]),
-                  "--model", str(model), "--images", *map(str, images), "--output", str(output),
-                  "--set", *FAST, f"train_db_name={name}", f"val_db_name={name}", f"dataset_kwargs.root={root}"])
+    predict.main(
+        [
+            "--config_env",
+            str(env),
+            "--config_exp",
+            str(ROOT / "configs" / CONFIGS["selflabel"]),
+            "--model",
+            str(model),
+            "--images",
+            *map(str, images),
+            "--output",
+            str(output),
+            "--set",
+            *FAST,
+            f"train_db_name={name}",
+            f"val_db_name={name}",
+            f"dataset_kwargs.root={root}",
+        ]
+    )
     with open(output, newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -69,8 +121,11 @@ def predict_rows(env: Path, name: str, root: Path, model: Path, images: list[Pat
 @pytest.fixture
 def env(tmp_path: Path) -> Path:
     path = tmp_path / "env.yml"
-    path.write_text(yaml.safe_dump({"root_dir": str(tmp_path / "results"), "data_root": str(tmp_path / "datasets"),
-                                    "download": False}))
+    path.write_text(
+        yaml.safe_dump(
+            {"root_dir": str(tmp_path / "results"), "data_root": str(tmp_path / "datasets"), "download": False}
+        )
+    )
     return path
 
 
@@ -96,8 +151,14 @@ def test_labeled_folder(env, tmp_path, capsys):
     write_images(new / "batch", COLORS["red"], 3, rng)
     (new / "batch" / "broken.png").write_bytes(b"\x89PNG not really")
     capsys.readouterr()
-    rows = predict_rows(env, "colors", Path("colors"), results / "selflabel" / "model.pth.tar",
-                        [new, root / "green" / "00.jpg"], tmp_path / "out" / "predictions.csv")
+    rows = predict_rows(
+        env,
+        "colors",
+        Path("colors"),
+        results / "selflabel" / "model.pth.tar",
+        [new, root / "green" / "00.jpg"],
+        tmp_path / "out" / "predictions.csv",
+    )
     assert "Skipped 1 file(s)" in capsys.readouterr().out
     assert [Path(row["path"]).name for row in rows] == ["00.jpg", "01.png", "02.jpg", "00.jpg"]
     matched = {int(cluster): class_index for cluster, class_index in metrics["hungarian_match"]}
@@ -127,6 +188,7 @@ def test_unlabeled_folder(env, tmp_path, capsys):
     for path in ("scan/model.pth.tar", "selflabel/model.pth.tar", "selflabel/model_eval/prototypes.png"):
         assert (results / path).is_file(), path
 
-    rows = predict_rows(env, "snapshots", root, results / "scan" / "model.pth.tar", [root / "day1"],
-                        tmp_path / "predictions.csv")
+    rows = predict_rows(
+        env, "snapshots", root, results / "scan" / "model.pth.tar", [root / "day1"], tmp_path / "predictions.csv"
+    )
     assert len(rows) == 18 and all(row["matched_class"] == "" for row in rows)

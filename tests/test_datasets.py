@@ -4,6 +4,7 @@ Expected values are built independently of the readers: images are generated in 
 serialised the way the official files lay them out (CIFAR: channel planes, row-major; STL-10: channel
 planes, column-major), so a transposition or channel-order bug shows up as a pixel mismatch.
 """
+
 import pickle
 import urllib.error
 from pathlib import Path
@@ -52,10 +53,16 @@ def cifar_rows(images: np.ndarray) -> np.ndarray:
 def write_cifar10(root: Path, batches: dict[str, tuple[np.ndarray, list[int]]]) -> None:
     folder = root / "cifar-10-batches-py"
     for name, (images, labels) in batches.items():
-        write_pickle(folder / name, {"batch_label": name, "labels": labels, "data": cifar_rows(images),
-                                     "filenames": [f"{i}.png" for i in range(len(labels))]})
-    write_pickle(folder / "batches.meta", {"num_cases_per_batch": 10000, "label_names": CIFAR10_NAMES,
-                                           "num_vis": 3072})
+        write_pickle(
+            folder / name,
+            {
+                "batch_label": name,
+                "labels": labels,
+                "data": cifar_rows(images),
+                "filenames": [f"{i}.png" for i in range(len(labels))],
+            },
+        )
+    write_pickle(folder / "batches.meta", {"num_cases_per_batch": 10000, "label_names": CIFAR10_NAMES, "num_vis": 3072})
 
 
 def stl_bytes(images: np.ndarray) -> bytes:
@@ -137,8 +144,11 @@ def test_cifar10_missing_test_batch_is_an_error_even_with_train_batches(tmp_path
 
 @pytest.mark.parametrize(
     "content",
-    [b"not a pickle at all", pickle.dumps({"data": np.zeros((2, 3000), np.uint8), "labels": [0, 1]}),
-     pickle.dumps({"data": np.zeros((2, 3072), np.uint8)})],
+    [
+        b"not a pickle at all",
+        pickle.dumps({"data": np.zeros((2, 3000), np.uint8), "labels": [0, 1]}),
+        pickle.dumps({"data": np.zeros((2, 3072), np.uint8)}),
+    ],
     ids=["garbage", "wrong-row-size", "no-labels"],
 )
 def test_cifar10_malformed_file_names_the_file_and_layout(tmp_path, content):
@@ -191,10 +201,16 @@ def test_cifar10_download_fetches_the_official_archive_into_root(tmp_path, monke
 def test_cifar20_maps_fine_labels_to_the_20_superclasses(tmp_path):
     fine = list(range(100))[::-1]
     images = random_images(100, 32, seed=20)
-    write_pickle(tmp_path / "cifar-100-python" / "train", {
-        "filenames": [f"{i}.png" for i in fine], "batch_label": "training batch 1 of 1",
-        "fine_labels": fine, "coarse_labels": [CIFAR100_COARSE[f] for f in fine], "data": cifar_rows(images),
-    })
+    write_pickle(
+        tmp_path / "cifar-100-python" / "train",
+        {
+            "filenames": [f"{i}.png" for i in fine],
+            "batch_label": "training batch 1 of 1",
+            "fine_labels": fine,
+            "coarse_labels": [CIFAR100_COARSE[f] for f in fine],
+            "data": cifar_rows(images),
+        },
+    )
 
     dataset = CIFAR20(tmp_path, train=True)
 

@@ -3,6 +3,7 @@
 A few epochs only, so this checks the wiring (configs, stage hand-offs, eval with prototypes, the summary
 files), not the quality target; bench/RESULTS.md holds the measured numbers of the full demo.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ pytestmark = pytest.mark.slow
 
 SHORT = ["epochs=1", "num_workers=0", "backbone_kwargs.base_width=8"]
 STAGE_FILES = {
-    "pretext": ("checkpoint.pth.tar", "model.pth.tar", "topk-train-neighbors.npy", "topk-val-neighbors.npy",
-                "metrics.json"),
+    "pretext": (
+        "checkpoint.pth.tar",
+        "model.pth.tar",
+        "topk-train-neighbors.npy",
+        "topk-val-neighbors.npy",
+        "metrics.json",
+    ),
     "scan": ("checkpoint.pth.tar", "model.pth.tar", "confusion_matrix.png", "metrics.json"),
     "selflabel": ("checkpoint.pth.tar", "model.pth.tar", "confusion_matrix.png", "metrics.json"),
     "eval": ("confusion_matrix.png", "prototypes.png", "predictions.csv", "metrics.json"),

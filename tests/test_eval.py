@@ -1,4 +1,5 @@
 """eval.py on every checkpoint format: published SCAN files, self-label and pretext state dicts, bad files."""
+
 from __future__ import annotations
 
 import csv
@@ -25,14 +26,27 @@ def clustering_model(heads: int, clusters: int = 10, seed: int = 0) -> Clusterin
 
 
 def run_eval(env, config, model_path, out, *extra):
-    return eval_script.main(["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(model_path),
-                             "--output_dir", str(out), *extra, "--set", *WIDTH])
+    return eval_script.main(
+        [
+            "--config_env",
+            str(env),
+            "--config_exp",
+            str(ROOT / config),
+            "--model",
+            str(model_path),
+            "--output_dir",
+            str(out),
+            *extra,
+            "--set",
+            *WIDTH,
+        ]
+    )
 
 
 def accuracy_from_csv(out) -> float:
     """ACC recomputed from predictions.csv and the saved matching, by counting rows."""
     match = dict(map(tuple, json.loads((out / "metrics.json").read_text())["hungarian_match"]))
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    rows = list(csv.DictReader((out / "predictions.csv").read_text().splitlines()))
     return sum(match.get(int(r["cluster"]), 0) == int(r["target"]) for r in rows) / len(rows)
 
 
@@ -41,8 +55,9 @@ def test_published_scan_format_evaluates_the_stored_head(tiny_cifar_env, tmp_pat
     torch.nn.init.normal_(model.cluster_head[1].weight, std=5.0)  # make head 1 differ clearly from head 0
     path = tmp_path / "scan_cifar-10.pth.tar"
     path.write_bytes(legacy_cuda_file({"model": model.state_dict(), "head": np.int64(1)}))
-    metrics = run_eval(tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out",
-                       "--visualize_prototypes")
+    metrics = run_eval(
+        tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out", "--visualize_prototypes"
+    )
     out = tmp_path / "out"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["head"] == 1 and saved["matching"] == "hungarian" and saved == {**metrics, "model": str(path)}
@@ -57,7 +72,10 @@ def test_published_scan_format_evaluates_the_stored_head(tiny_cifar_env, tmp_pat
     # The same file naming head 0 must give other assignments: the stored head is the one used.
     path.write_bytes(legacy_cuda_file({"model": model.state_dict(), "head": np.int64(0)}))
     run_eval(tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out0")
-    clusters = [[r["cluster"] for r in csv.DictReader(open(d / "predictions.csv"))] for d in (out, tmp_path / "out0")]
+    clusters = [
+        [r["cluster"] for r in csv.DictReader((d / "predictions.csv").read_text().splitlines())]
+        for d in (out, tmp_path / "out0")
+    ]
     assert clusters[0] != clusters[1]
 
 
@@ -66,9 +84,18 @@ def test_selflabel_state_dict_with_ddp_prefix_and_default_output_dir(tiny_cifar_
     path = tmp_path / "models" / "selflabel_cifar-10.pth.tar"
     path.parent.mkdir()
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, path)
-    metrics = eval_script.main(["--config_env", str(tiny_cifar_env), "--config_exp",
-                                str(ROOT / "configs/selflabel/selflabel_cifar10.yml"), "--model", str(path),
-                                "--set", *WIDTH])
+    metrics = eval_script.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(ROOT / "configs/selflabel/selflabel_cifar10.yml"),
+            "--model",
+            str(path),
+            "--set",
+            *WIDTH,
+        ]
+    )
     out = tmp_path / "models" / "selflabel_cifar-10_eval"
     assert (out / "metrics.json").is_file() and metrics["head"] == 0
     assert metrics["ACC"] == pytest.approx(accuracy_from_csv(out))

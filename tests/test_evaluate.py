@@ -1,4 +1,5 @@
 """Tests of utils/evaluate.py: metrics checked by hand counts, brute force and sklearn."""
+
 import itertools
 import math
 

@@ -1,4 +1,5 @@
 """FolderDataset: layout detection, image formats, the saved split, unreadable files, config plumbing."""
+
 from __future__ import annotations
 
 import io
@@ -88,10 +89,19 @@ def test_only_a_train_folder_is_split(tmp_path):
     assert (len(train), len(test)) == (8, 2) and train.classes == ["a", "b"]
 
 
-@pytest.mark.parametrize("name, mode, fmt", [
-    ("gray.png", "L", None), ("rgba.png", "RGBA", None), ("palette.png", "P", None), ("photo.JPG", "RGB", "JPEG"),
-    ("pic.webp", "RGB", None), ("pic.BMP", "RGB", None), ("cmyk.jpeg", "CMYK", None), ("scan.tiff", "RGB", None),
-])
+@pytest.mark.parametrize(
+    "name, mode, fmt",
+    [
+        ("gray.png", "L", None),
+        ("rgba.png", "RGBA", None),
+        ("palette.png", "P", None),
+        ("photo.JPG", "RGB", "JPEG"),
+        ("pic.webp", "RGB", None),
+        ("pic.BMP", "RGB", None),
+        ("cmyk.jpeg", "CMYK", None),
+        ("scan.tiff", "RGB", None),
+    ],
+)
 def test_formats_are_read_as_rgb(tmp_path, name, mode, fmt):
     path = write_image(tmp_path / name, color=(120, 120, 120), mode=mode, fmt=fmt)
     image = open_rgb(path)
@@ -216,8 +226,18 @@ def test_dataset_stats_prints_the_yaml_to_paste(tmp_path, capsys):
         write_image(tmp_path / "datasets" / "flat" / "train" / f"red{i}.png", color=(255, 0, 0), size=(4, 4))
         write_image(tmp_path / "datasets" / "flat" / "train" / f"blue{i}.png", color=(0, 0, 255), size=(8, 2))
     write_image(tmp_path / "datasets" / "flat" / "test" / "green.png", color=(0, 255, 0))  # not counted
-    stats = dataset_stats.main(["--config_env", str(write_env(tmp_path)), "--config_exp", str(PRETEXT_TEMPLATE),
-                                "--set", "dataset_kwargs.root=flat", "dataset_kwargs.image_size=null", "num_workers=0"])
+    stats = dataset_stats.main(
+        [
+            "--config_env",
+            str(write_env(tmp_path)),
+            "--config_exp",
+            str(PRETEXT_TEMPLATE),
+            "--set",
+            "dataset_kwargs.root=flat",
+            "dataset_kwargs.image_size=null",
+            "num_workers=0",
+        ]
+    )
     assert stats["num_images"] == 6
     assert stats["mean"] == pytest.approx([0.5, 0, 0.5]) and stats["std"] == pytest.approx([0.5, 0, 0.5])
     pasted = yaml.safe_load(capsys.readouterr().out.split("three stages:\n")[1])

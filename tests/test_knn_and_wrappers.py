@@ -1,4 +1,5 @@
 """Neighbour mining, neighbour accuracy, the weighted-kNN monitor, the pair datasets, the LR schedule."""
+
 from __future__ import annotations
 
 import math
@@ -83,9 +84,13 @@ def test_augmented_dataset_applies_each_transform_to_the_raw_image():
 
 
 def test_cosine_schedule_matches_the_formula():
-    cfg = {"optimizer_kwargs": {"lr": 0.4}, "scheduler": "cosine", "scheduler_kwargs": {"lr_decay_rate": 0.1},
-           "epochs": 500}
-    eta_min = 0.4 * 0.1 ** 3
+    cfg = {
+        "optimizer_kwargs": {"lr": 0.4},
+        "scheduler": "cosine",
+        "scheduler_kwargs": {"lr_decay_rate": 0.1},
+        "epochs": 500,
+    }
+    eta_min = 0.4 * 0.1**3
     assert learning_rate(cfg, 0) == pytest.approx(0.4)
     assert learning_rate(cfg, 250) == pytest.approx(eta_min + (0.4 - eta_min) / 2)
     assert learning_rate(cfg, 499) == pytest.approx(eta_min + (0.4 - eta_min) * (1 + math.cos(math.pi * 499 / 500)) / 2)

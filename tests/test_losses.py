@@ -1,4 +1,5 @@
 """Losses against hand-computed values and against a literal transcription of REFERENCE §2."""
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,7 @@ def test_scan_loss_hand_computed():
     anchors = torch.tensor([[0.0, 0.0], [ln3, 0.0]])  # softmax: [.5, .5], [.75, .25]
     neighbors = torch.tensor([[0.0, ln3], [ln3, 0.0]])  # softmax: [.25, .75], [.75, .25]
     total, consistency, entropy = SCANLoss(entropy_weight=5.0)(anchors, neighbors)
-    expected_consistency = -(math.log(0.5) + math.log(0.75 ** 2 + 0.25 ** 2)) / 2
+    expected_consistency = -(math.log(0.5) + math.log(0.75**2 + 0.25**2)) / 2
     expected_entropy = -(0.625 * math.log(0.625) + 0.375 * math.log(0.375))  # of the mean [.625, .375]
     assert consistency.item() == pytest.approx(expected_consistency, rel=1e-6)
     assert entropy.item() == pytest.approx(expected_entropy, rel=1e-6)

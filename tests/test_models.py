@@ -1,4 +1,5 @@
 """State-dict keys and shapes: the model-zoo files only load if these match REFERENCE §3 exactly."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,13 @@ from models import ClusteringModel, ContrastiveModel, build_backbone, build_mode
 
 
 def bn(prefix: str, channels: int) -> dict:
-    return {f"{prefix}.weight": (channels,), f"{prefix}.bias": (channels,), f"{prefix}.running_mean": (channels,),
-            f"{prefix}.running_var": (channels,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (channels,),
+        f"{prefix}.bias": (channels,),
+        f"{prefix}.running_mean": (channels,),
+        f"{prefix}.running_var": (channels,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 def expected_resnet18_keys(prefix: str = "") -> dict:
@@ -50,9 +56,13 @@ def test_resnet18_output_sizes():
 
 def test_contrastive_model_keys_and_normalised_output():
     model = ContrastiveModel(build_backbone("resnet18"), head="mlp", features_dim=128)
-    expected = {**expected_resnet18_keys("backbone."), "contrastive_head.0.weight": (512, 512),
-                "contrastive_head.0.bias": (512,), "contrastive_head.2.weight": (128, 512),
-                "contrastive_head.2.bias": (128,)}
+    expected = {
+        **expected_resnet18_keys("backbone."),
+        "contrastive_head.0.weight": (512, 512),
+        "contrastive_head.0.bias": (512,),
+        "contrastive_head.2.weight": (128, 512),
+        "contrastive_head.2.bias": (128,),
+    }
     assert shapes(model) == expected
     out = model.eval()(torch.randn(3, 3, 32, 32))
     assert out.shape == (3, 128) and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)

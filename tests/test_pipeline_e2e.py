@@ -1,4 +1,5 @@
 """End-to-end: simclr.py → scan.py → selflabel.py → eval.py on a tiny CIFAR-10 copy, through the real configs."""
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,31 @@ FAST = ["num_workers=0", "backbone_kwargs.base_width=8", "seed=0"]
 
 
 def run_pretext(env):
-    return simclr.main(["--config_env", str(env), "--config_exp", str(ROOT / "configs/pretext/simclr_cifar10.yml"),
-                        "--set", "epochs=1", "batch_size=32", *FAST])
+    return simclr.main(
+        [
+            "--config_env",
+            str(env),
+            "--config_exp",
+            str(ROOT / "configs/pretext/simclr_cifar10.yml"),
+            "--set",
+            "epochs=1",
+            "batch_size=32",
+            *FAST,
+        ]
+    )
 
 
 def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     results = tmp_path / "results" / "cifar-10"
     metrics = run_pretext(tiny_cifar_env)
     pretext = results / "pretext"
-    for name in ("checkpoint.pth.tar", "model.pth.tar", "topk-train-neighbors.npy", "topk-val-neighbors.npy",
-                 "metrics.json"):
+    for name in (
+        "checkpoint.pth.tar",
+        "model.pth.tar",
+        "topk-train-neighbors.npy",
+        "topk-val-neighbors.npy",
+        "metrics.json",
+    ):
         assert (pretext / name).is_file(), name
     train_nn, val_nn = np.load(pretext / "topk-train-neighbors.npy"), np.load(pretext / "topk-val-neighbors.npy")
     assert train_nn.shape == (100, 21) and val_nn.shape == (50, 6)
@@ -41,9 +57,19 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     pretext_state = torch.load(pretext / "model.pth.tar", weights_only=True)
     assert "contrastive_head.0.weight" in pretext_state and "backbone.conv1.weight" in pretext_state
 
-    scan_metrics = scan.main(["--config_env", str(tiny_cifar_env), "--config_exp",
-                              str(ROOT / "configs/scan/scan_cifar10.yml"),
-                              "--set", "epochs=1", "batch_size=32", "num_heads=2", *FAST])
+    scan_metrics = scan.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(ROOT / "configs/scan/scan_cifar10.yml"),
+            "--set",
+            "epochs=1",
+            "batch_size=32",
+            "num_heads=2",
+            *FAST,
+        ]
+    )
     scan_dir = results / "scan"
     for name in ("checkpoint.pth.tar", "model.pth.tar", "confusion_matrix.png", "metrics.json"):
         assert (scan_dir / name).is_file(), name
@@ -57,14 +83,35 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     Image.open(scan_dir / "confusion_matrix.png").verify()
 
     # A second run with more epochs resumes: it keeps the best loss so far and trains only epoch 2.
-    scan.main(["--config_env", str(tiny_cifar_env), "--config_exp", str(ROOT / "configs/scan/scan_cifar10.yml"),
-               "--set", "epochs=2", "batch_size=32", "num_heads=2", *FAST])
+    scan.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(ROOT / "configs/scan/scan_cifar10.yml"),
+            "--set",
+            "epochs=2",
+            "batch_size=32",
+            "num_heads=2",
+            *FAST,
+        ]
+    )
     resumed = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
     assert resumed["epoch"] == 2 and resumed["best_loss"] <= scan_checkpoint["best_loss"]
 
-    selflabel_metrics = selflabel.main(["--config_env", str(tiny_cifar_env), "--config_exp",
-                                        str(ROOT / "configs/selflabel/selflabel_cifar10.yml"),
-                                        "--set", "epochs=1", "batch_size=32", "confidence_threshold=0.1", *FAST])
+    selflabel_metrics = selflabel.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(ROOT / "configs/selflabel/selflabel_cifar10.yml"),
+            "--set",
+            "epochs=1",
+            "batch_size=32",
+            "confidence_threshold=0.1",
+            *FAST,
+        ]
+    )
     selflabel_dir = results / "selflabel"
     for name in ("checkpoint.pth.tar", "model.pth.tar", "confusion_matrix.png", "metrics.json"):
         assert (selflabel_dir / name).is_file(), name
@@ -73,10 +120,21 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     assert 0.0 <= selflabel_metrics["ACC"] <= 1.0
 
     out = tmp_path / "eval"
-    eval_metrics = eval_script.main(["--config_env", str(tiny_cifar_env), "--config_exp",
-                                     str(ROOT / "configs/selflabel/selflabel_cifar10.yml"), "--model",
-                                     str(selflabel_dir / "model.pth.tar"), "--output_dir", str(out),
-                                     "--visualize_prototypes", "--set", *FAST])
+    eval_metrics = eval_script.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(ROOT / "configs/selflabel/selflabel_cifar10.yml"),
+            "--model",
+            str(selflabel_dir / "model.pth.tar"),
+            "--output_dir",
+            str(out),
+            "--visualize_prototypes",
+            "--set",
+            *FAST,
+        ]
+    )
     assert eval_metrics["ACC"] == pytest.approx(selflabel_metrics["ACC"])
     written = json.loads((out / "metrics.json").read_text())
     assert {"ACC", "NMI", "ARI", "AMI", "ACC Top-5", "head", "hungarian_match"} <= set(written)

@@ -1,4 +1,5 @@
 """Tests of utils/plots.py: the figures are real PNG files and the matrix is normalised per row."""
+
 import numpy as np
 import pytest
 import torch
@@ -28,8 +29,9 @@ def test_plot_confusion_matrix_writes_png(tmp_path, num_classes):
     targets = rng.integers(0, num_classes, size=300)
     predictions = np.where(rng.random(300) < 0.7, targets, rng.integers(0, num_classes, size=300))
     path = tmp_path / "confusion_matrix.png"
-    plot_confusion_matrix(torch.from_numpy(predictions), torch.from_numpy(targets),
-                          [f"class {i}" for i in range(num_classes)], path)
+    plot_confusion_matrix(
+        torch.from_numpy(predictions), torch.from_numpy(targets), [f"class {i}" for i in range(num_classes)], path
+    )
     assert_valid_png(path)
 
 

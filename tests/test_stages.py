@@ -1,4 +1,5 @@
 """Stage behaviour beyond the happy path: prerequisites, resume, small data, multi-head sums, frozen backbones."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def test_scan_before_pretext_names_the_missing_files_and_the_command(tiny_cifar_
 
 def test_selflabel_before_scan_names_the_missing_file_and_the_command(tiny_cifar_env):
     with pytest.raises(MissingPrerequisiteError, match=r"(?s)scan/model.pth.tar.*scan.py"):
-        selflabel.main(["--config_env", str(tiny_cifar_env), "--config_exp",
-                        str(ROOT / "configs/selflabel/selflabel_cifar10.yml")])
+        selflabel.main(
+            ["--config_env", str(tiny_cifar_env), "--config_exp", str(ROOT / "configs/selflabel/selflabel_cifar10.yml")]
+        )
 
 
 def test_wrong_stage_config_is_refused(tiny_cifar_env):
@@ -52,8 +54,15 @@ def test_batch_larger_than_dataset_is_capped_with_a_warning():
 
 @pytest.mark.slow
 def test_simclr_resumes_from_its_checkpoint(tiny_cifar_env, tmp_path, capsys):
-    args = ["--config_env", str(tiny_cifar_env), "--config_exp", str(ROOT / "configs/pretext/simclr_cifar10.yml"),
-            "--set", "batch_size=50", *FAST]
+    args = [
+        "--config_env",
+        str(tiny_cifar_env),
+        "--config_exp",
+        str(ROOT / "configs/pretext/simclr_cifar10.yml"),
+        "--set",
+        "batch_size=50",
+        *FAST,
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         simclr.main(args + ["epochs=1"])
@@ -91,6 +100,7 @@ def test_scan_step_backpropagates_the_sum_over_heads():
 
 def test_update_cluster_head_only_freezes_backbone_and_its_batchnorm():
     from utils.optim import build_optimizer
+
     cfg = {"update_cluster_head_only": True, "amp": False, "optimizer": "sgd", "optimizer_kwargs": {"lr": 0.5}}
     model = tiny_clustering_model(heads=2)
     before = {key: value.clone() for key, value in model.state_dict().items()}
@@ -122,8 +132,9 @@ def test_selflabel_counts_batches_without_confident_samples_instead_of_crashing(
     batch = {"image": torch.zeros(4, 3, 2, 2), "image_augmented": torch.zeros(4, 3, 2, 2)}
     model = Uniform()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats = selflabel.train_one_epoch([batch, batch], model, ConfidenceBasedCE(0.99, True), optimizer, None, CPU,
-                                      False, 0)
+    stats = selflabel.train_one_epoch(
+        [batch, batch], model, ConfidenceBasedCE(0.99, True), optimizer, None, CPU, False, 0
+    )
     assert stats == {"loss": 0.0, "steps": 0, "skipped": 2}
 
 
@@ -154,8 +165,7 @@ def mocov2_state_dict() -> dict:
 def test_moco_import_converts_keys_and_mines_backbone_neighbours(tmp_path):
     subset_file = ROOT / "data/imagenet_subsets/imagenet_50.txt"
     wnids = [line.split()[0] for line in subset_file.read_text().splitlines()[:3]]
-    write_imagenet_subset(tmp_path / "datasets/imagenet", wnids,
-                          {"ILSVRC2012_img_train": 3, "ILSVRC2012_img_val": 2})
+    write_imagenet_subset(tmp_path / "datasets/imagenet", wnids, {"ILSVRC2012_img_train": 3, "ILSVRC2012_img_val": 2})
     env = tmp_path / "env.yml"
     env.write_text(f"root_dir: {tmp_path / 'results'}\ndata_root: {tmp_path / 'datasets'}\ndownload: false\n")
     config = ROOT / "configs/pretext/moco_imagenet50.yml"
@@ -164,13 +174,26 @@ def test_moco_import_converts_keys_and_mines_backbone_neighbours(tmp_path):
     torch.save({"epoch": 800, "arch": "resnet50", "state_dict": state}, weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the subset copy lacks 47 of its 50 class folders
-        metrics = moco.main(["--config_env", str(env), "--config_exp", str(config), "--moco_weights", str(weights),
-                             "--set", "num_workers=0", "batch_size=4", "topk_neighbors_train=4",
-                             "topk_neighbors_val=2"])
+        metrics = moco.main(
+            [
+                "--config_env",
+                str(env),
+                "--config_exp",
+                str(config),
+                "--moco_weights",
+                str(weights),
+                "--set",
+                "num_workers=0",
+                "batch_size=4",
+                "topk_neighbors_train=4",
+                "topk_neighbors_val=2",
+            ]
+        )
     pretext = tmp_path / "results/imagenet_50/pretext"
     converted = torch.load(pretext / "model.pth.tar", weights_only=True)
-    assert torch.equal(converted["backbone.layer1.0.downsample.0.weight"],
-                       state["module.encoder_q.layer1.0.downsample.0.weight"])
+    assert torch.equal(
+        converted["backbone.layer1.0.downsample.0.weight"], state["module.encoder_q.layer1.0.downsample.0.weight"]
+    )
     assert torch.equal(converted["contrastive_head.2.weight"], state["module.encoder_q.fc.2.weight"])
     assert np.load(pretext / "topk-train-neighbors.npy").shape == (9, 5)
     assert np.load(pretext / "topk-val-neighbors.npy").shape == (6, 3)
@@ -181,5 +204,6 @@ def test_moco_import_converts_keys_and_mines_backbone_neighbours(tmp_path):
     with pytest.raises(CheckpointError, match="not a MoCo checkpoint"):
         moco.main(["--config_env", str(env), "--config_exp", str(config), "--moco_weights", str(not_moco)])
     with pytest.raises(CheckpointError, match="not found.*--moco_weights"):
-        moco.main(["--config_env", str(env), "--config_exp", str(config),
-                   "--moco_weights", str(tmp_path / "missing.pth.tar")])
+        moco.main(
+            ["--config_env", str(env), "--config_exp", str(config), "--moco_weights", str(tmp_path / "missing.pth.tar")]
+        )

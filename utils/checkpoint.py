@@ -4,6 +4,7 @@ Saves are atomic (temporary file + rename), so an interrupted run never leaves a
 truncated model behind. Loads use `weights_only=True` (no arbitrary pickled code),
 with the one numpy scalar type the published SCAN files contain allow-listed.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,12 +64,17 @@ def load_checkpoint(path: str | Path, missing_hint: str = "") -> object:
 def strip_module_prefix(state_dict: dict) -> dict:
     """Drop the `module.` prefix that DataParallel / DistributedDataParallel add to every key."""
     if state_dict and all(key.startswith("module.") for key in state_dict):
-        return {key[len("module."):]: value for key, value in state_dict.items()}
+        return {key[len("module.") :]: value for key, value in state_dict.items()}
     return state_dict
 
 
-def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, allowed_unused: tuple[str, ...] = (),
-                            allowed_missing: tuple[str, ...] = (), source: str = "checkpoint") -> None:
+def load_state_dict_checked(
+    model: torch.nn.Module,
+    state_dict: dict,
+    allowed_unused: tuple[str, ...] = (),
+    allowed_missing: tuple[str, ...] = (),
+    source: str = "checkpoint",
+) -> None:
     """Load weights, failing with the full list of missing / unexpected / mis-shaped keys.
 
     `allowed_unused` lists key prefixes that may be present in the file but unused by the
@@ -79,12 +85,18 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, allowed_un
     expected = model.state_dict()
     missing = [key for key in expected if key not in state_dict and not key.startswith(allowed_missing)]
     unexpected = [key for key in state_dict if key not in expected and not key.startswith(allowed_unused)]
-    mis_shaped = [f"{key}: file {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-                  for key in expected if key in state_dict and hasattr(state_dict[key], "shape")
-                  and tuple(state_dict[key].shape) != tuple(expected[key].shape)]
+    mis_shaped = [
+        f"{key}: file {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state_dict
+        and hasattr(state_dict[key], "shape")
+        and tuple(state_dict[key].shape) != tuple(expected[key].shape)
+    ]
     if missing or unexpected or mis_shaped:
+
         def listing(keys: list[str]) -> str:
             return ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "") if keys else "none"
+
         raise CheckpointError(
             f"The {source} does not fit the model built from the config "
             f"(check backbone, backbone_kwargs, num_classes and num_heads).\n"

@@ -4,6 +4,7 @@ Every hyper-parameter lives in the YAML files; this module only knows which keys
 exist, their defaults, and where each stage writes its files. An unknown key is an
 error, because a silently ignored typo (say `epoch: 5`) costs a whole training run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -163,13 +164,23 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
 def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = True) -> None:
     """The arguments every entry script shares."""
     default_env = Path(__file__).resolve().parents[1] / "configs" / "env.yml"
-    parser.add_argument("--config_env", default=None if env_required else str(default_env), required=env_required,
-                        help="YAML with root_dir (outputs) and data_root (datasets)"
-                             + ("" if env_required else f" (default: {default_env})"))
+    parser.add_argument(
+        "--config_env",
+        default=None if env_required else str(default_env),
+        required=env_required,
+        help="YAML with root_dir (outputs) and data_root (datasets)"
+        + ("" if env_required else f" (default: {default_env})"),
+    )
     parser.add_argument("--config_exp", required=True, help="experiment YAML, e.g. configs/pretext/simclr_cifar10.yml")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config entries, dotted keys for nested ones: "
-                             "--set epochs=2 optimizer_kwargs.lr=0.1")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1",
+    )
 
 
 def format_config(cfg: dict) -> str:

@@ -6,6 +6,7 @@ Normalisation should match the data: ImageNet's statistics suit everyday photos,
 document images. The statistics are taken over every pixel of the training split as the dataset serves it
 (after dataset_kwargs.image_size), before any crop, with pixel values in [0, 1] as ToTensor gives them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,12 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
     dataset = get_train_dataset(cfg, transforms.ToTensor(), split=cfg["train_split"])
     mean, std = channel_stats(dataset, cfg["num_workers"])
-    print(f"\nMean and std per channel (RGB) of the {len(dataset)} training images of {cfg['train_db_name']}.\n"
-          f"Paste these lines under augmentation_kwargs and under transformation_kwargs, in the configs of all "
-          f"three stages:\n"
-          f"   normalize:\n"
-          f"      mean: [{', '.join(f'{value:.4f}' for value in mean)}]\n"
-          f"      std: [{', '.join(f'{value:.4f}' for value in std)}]", flush=True)
+    print(
+        f"\nMean and std per channel (RGB) of the {len(dataset)} training images of {cfg['train_db_name']}.\n"
+        f"Paste these lines under augmentation_kwargs and under transformation_kwargs, in the configs of all "
+        f"three stages:\n"
+        f"   normalize:\n"
+        f"      mean: [{', '.join(f'{value:.4f}' for value in mean)}]\n"
+        f"      std: [{', '.join(f'{value:.4f}' for value in std)}]",
+        flush=True,
+    )
     return {"mean": mean, "std": std, "num_images": len(dataset)}
 
 

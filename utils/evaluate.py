@@ -6,6 +6,7 @@ K = number of distinct targets, scipy's `linear_sum_assignment` on (N − counts
 rows = clusters (tie-breaking included), NMI/ARI/AMI on the raw cluster ids, and
 ACC / ACC Top-5 as integer counts divided by N.
 """
+
 from __future__ import annotations
 
 import numpy as np

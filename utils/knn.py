@@ -1,4 +1,5 @@
 """Features, nearest-neighbour mining (faiss) and the weighted-kNN progress monitor."""
+
 from __future__ import annotations
 
 import faiss
@@ -51,14 +52,21 @@ def neighbor_accuracy(indices: np.ndarray, targets: np.ndarray, k: int | None = 
     targets = np.asarray(targets)
     if (targets < 0).all():
         return None
-    columns = indices[:, 1:] if k is None else indices[:, 1:k + 1]
+    columns = indices[:, 1:] if k is None else indices[:, 1 : k + 1]
     return float((targets[columns] == targets[:, None]).mean())
 
 
 @torch.no_grad()
-def weighted_knn_accuracy(query: torch.Tensor, query_targets: torch.Tensor, bank: torch.Tensor,
-                          bank_targets: torch.Tensor, num_classes: int, k: int = 100,
-                          temperature: float = 0.1, chunk: int = 1024) -> float:
+def weighted_knn_accuracy(
+    query: torch.Tensor,
+    query_targets: torch.Tensor,
+    bank: torch.Tensor,
+    bank_targets: torch.Tensor,
+    num_classes: int,
+    k: int = 100,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> float:
     """Top-1 accuracy of a kNN classifier whose votes weigh exp(similarity / temperature).
 
     The SimCLR stage's progress monitor: test features voted on by the train memory bank.
@@ -66,16 +74,15 @@ def weighted_knn_accuracy(query: torch.Tensor, query_targets: torch.Tensor, bank
     k = min(k, bank.shape[0])
     correct = 0
     for start in range(0, query.shape[0], chunk):
-        similarity = query[start:start + chunk] @ bank.T
+        similarity = query[start : start + chunk] @ bank.T
         top_sim, top_idx = similarity.topk(k, dim=1)
         votes = torch.zeros(top_sim.shape[0], num_classes, device=query.device)
         votes.scatter_add_(1, bank_targets[top_idx], (top_sim / temperature).exp())
-        correct += (votes.argmax(dim=1) == query_targets[start:start + chunk]).sum().item()
+        correct += (votes.argmax(dim=1) == query_targets[start : start + chunk]).sum().item()
     return correct / query.shape[0]
 
 
-def mine_and_save_neighbors(model: torch.nn.Module, train_loader, val_loader, cfg: dict,
-                            device: torch.device) -> dict:
+def mine_and_save_neighbors(model: torch.nn.Module, train_loader, val_loader, cfg: dict, device: torch.device) -> dict:
     """Mine top-k neighbours of the train split and of the test split (each within itself) and save them.
 
     Writes `topk-train-neighbors.npy` [N_train, k_train+1] and `topk-val-neighbors.npy`

@@ -1,4 +1,5 @@
 """Optimizer, learning-rate schedule and parameter EMA, configured as in the original."""
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Everything goes straight to a PNG file with the Agg backend: the scripts run on headless
 machines, where opening a window would fail or hang.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Final evaluation of one clustering head: metrics printed, saved as JSON, confusion matrix as PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ from utils.plots import plot_confusion_matrix
 from utils.results import write_json
 
 
-def clustering_report(head_output: dict, class_names: list[str], out_dir: str | Path, extra: dict | None = None,
-                      title: str = "Clustering") -> dict:
+def clustering_report(
+    head_output: dict, class_names: list[str], out_dir: str | Path, extra: dict | None = None, title: str = "Clustering"
+) -> dict:
     """Score `head_output` (one head of get_predictions) and write metrics.json + confusion_matrix.png.
 
     Without labels (targets −1) the label metrics are skipped with one notice; cluster
@@ -25,15 +27,21 @@ def clustering_report(head_output: dict, class_names: list[str], out_dir: str | 
     metrics["num_samples"] = int(predictions.numel())
     metrics["cluster_sizes"] = torch.bincount(predictions, minlength=num_clusters).tolist()
     if (targets < 0).any():
-        print(f"{title}: the evaluated data has no labels (or only some), so ACC/NMI/ARI are skipped; "
-              f"cluster sizes: {metrics['cluster_sizes']}", flush=True)
+        print(
+            f"{title}: the evaluated data has no labels (or only some), so ACC/NMI/ARI are skipped; "
+            f"cluster sizes: {metrics['cluster_sizes']}",
+            flush=True,
+        )
     else:
         scores = cluster_metrics(predictions, head_output["probabilities"], targets)
         reordered = scores.pop("reordered_predictions")
         metrics.update(scores)
-        print(f"{title}: ACC {100 * scores['ACC']:.2f}  NMI {100 * scores['NMI']:.2f}  ARI {100 * scores['ARI']:.2f}  "
-              f"AMI {100 * scores['AMI']:.2f}  ACC Top-5 {100 * scores['ACC Top-5']:.2f}  "
-              f"({scores['matching']} matching)", flush=True)
+        print(
+            f"{title}: ACC {100 * scores['ACC']:.2f}  NMI {100 * scores['NMI']:.2f}  ARI {100 * scores['ARI']:.2f}  "
+            f"AMI {100 * scores['AMI']:.2f}  ACC Top-5 {100 * scores['ACC Top-5']:.2f}  "
+            f"({scores['matching']} matching)",
+            flush=True,
+        )
         plot_confusion_matrix(reordered.numpy(), targets.numpy(), class_names, out_dir / "confusion_matrix.png")
         print(f"Saved {out_dir / 'confusion_matrix.png'}", flush=True)
     write_json(metrics, out_dir / "metrics.json")

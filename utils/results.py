@@ -1,4 +1,5 @@
 """Readable result files: JSON written atomically, so a reader never sees half a file."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 One code path serves a laptop CPU, one GPU and `torchrun` (DistributedDataParallel):
 stages call these helpers instead of touching CUDA or torch.distributed directly.
 """
+
 from __future__ import annotations
 
 import contextlib

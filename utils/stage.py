@@ -1,4 +1,5 @@
 """What every entry script does before and after its loop: argument parsing, banner, prerequisites."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,9 @@ class MissingPrerequisiteError(FileNotFoundError):
     """A stage was started before the stage it builds on has written its files."""
 
 
-def setup_stage(description: str, argv: list[str] | None, expected_setups: tuple[str, ...],
-                extra_arguments=None) -> tuple[argparse.Namespace, dict, Runtime]:
+def setup_stage(
+    description: str, argv: list[str] | None, expected_setups: tuple[str, ...], extra_arguments=None
+) -> tuple[argparse.Namespace, dict, Runtime]:
     """Parse arguments, load and check the config, pick the device, seed, print what will run."""
     parser = argparse.ArgumentParser(description=description)
     add_config_arguments(parser)
@@ -24,8 +26,10 @@ def setup_stage(description: str, argv: list[str] | None, expected_setups: tuple
     args = parser.parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
     if cfg["setup"] not in expected_setups:
-        raise SystemExit(f"{args.config_exp} has setup '{cfg['setup']}', but this script runs "
-                         f"{' / '.join(expected_setups)}: pick a config from the matching configs/ folder.")
+        raise SystemExit(
+            f"{args.config_exp} has setup '{cfg['setup']}', but this script runs "
+            f"{' / '.join(expected_setups)}: pick a config from the matching configs/ folder."
+        )
     runtime = init_runtime()
     seed_everything(cfg["seed"], runtime.rank)
     if runtime.is_main:
@@ -46,8 +50,10 @@ def stage_command(stage: str, train_db_name: str, config_env: str) -> str:
             script = "moco.py" if cfg.get("setup") == "moco" else STAGE_SCRIPTS[stage]
             extra = " --moco_weights <MoCo v2 checkpoint>" if script == "moco.py" else ""
             return f"python {script} --config_env {config_env} --config_exp configs/{stage}/{path.name}{extra}"
-    return (f"python {STAGE_SCRIPTS[stage]} --config_env {config_env} "
-            f"--config_exp <your {stage} config for {train_db_name}>")
+    return (
+        f"python {STAGE_SCRIPTS[stage]} --config_env {config_env} "
+        f"--config_exp <your {stage} config for {train_db_name}>"
+    )
 
 
 def require_files(paths: list[str], command: str) -> None:
