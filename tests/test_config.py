@@ -129,3 +129,83 @@ def test_repeated_set_flags_accumulate():
     add_config_arguments(parser)
     args = parser.parse_args(["--config_env", "e", "--config_exp", "x", "--set", "epochs=1", "--set", "seed=3"])
     assert args.overrides == ["epochs=1", "seed=3"]
+
+
+# ---------------------------------------------------------------- nested keys and value types
+
+SIMCLR = ROOT / "configs/pretext/simclr_cifar10.yml"
+SCAN = ROOT / "configs/scan/scan_cifar10.yml"
+SELFLABEL = ROOT / "configs/selflabel/selflabel_cifar10.yml"
+DIGITS_SCAN = ROOT / "configs/scan/scan_digits.yml"
+CUSTOM_SCAN = ROOT / "configs/scan/scan_custom.yml"
+
+
+@pytest.mark.parametrize(
+    "config, override, typo, suggestion",
+    [
+        (SIMCLR, "augmentation_kwargs.horizontal_fip=true", "horizontal_fip", "horizontal_flip"),
+        (SIMCLR, "augmentation_kwargs.color_jitter.brightnes=0.2", "brightnes", "brightness"),
+        (SIMCLR, "augmentation_kwargs.random_resized_crop.sise=32", "sise", "size"),
+        (SIMCLR, "optimizer_kwargs.lrr=0.1", "lrr", "lr"),
+        (SIMCLR, "scheduler_kwargs.lr_decay=0.1", "lr_decay", "lr_decay_rate"),
+        (SIMCLR, "criterion_kwargs.temprature=0.5", "temprature", "temperature"),
+        (SIMCLR, "model_kwargs.feature_dim=64", "feature_dim", "features_dim"),
+        (SIMCLR, "backbone_kwargs.base_widht=8", "base_widht", "base_width"),
+        (SCAN, "augmentation_kwargs.cutout_kwargs.lenght=8", "lenght", "length"),
+        (SCAN, "augmentation_kwargs.num_strong_aug=2", "num_strong_aug", "num_strong_augs"),
+        (SCAN, "criterion_kwargs.entropy_weigth=2.0", "entropy_weigth", "entropy_weight"),
+        (SCAN, "transformation_kwargs.crop_sise=32", "crop_sise", "crop_size"),
+        (SELFLABEL, "criterion_kwargs.apply_class_balance=false", "apply_class_balance", "apply_class_balancing"),
+        (SELFLABEL, "optimizer_kwargs.weight_decy=0.0", "weight_decy", "weight_decay"),
+        (DIGITS_SCAN, "dataset_kwargs.image_sise=8", "image_sise", "image_size"),
+        (CUSTOM_SCAN, "dataset_kwargs.test_fractoin=0.3", "test_fractoin", "test_fraction"),
+    ],
+)
+def test_mistyped_nested_key_names_the_closest_valid_one(env, config, override, typo, suggestion):
+    with pytest.raises(ConfigError, match=rf"Unknown config key '{typo}' in .*Did you mean '{suggestion}'\?"):
+        load_config(env, config, [override])
+
+
+def test_mistyped_nested_key_in_a_file_is_an_error(env, tmp_path):
+    cfg = yaml.safe_load(SCAN.read_text())
+    cfg["augmentation_kwargs"]["cutout_kwargs"]["holes"] = 2
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="'holes' in augmentation_kwargs.cutout_kwargs.*n_holes"):
+        load_config(env, bad)
+
+
+def test_kwargs_follow_the_chosen_optimizer_and_criterion(env):
+    # momentum is an SGD setting: with Adam it would be silently meaningless, so it is refused.
+    with pytest.raises(ConfigError, match="'momentum' in optimizer_kwargs"):
+        load_config(env, SCAN, ["optimizer_kwargs.momentum=0.9"])
+    assert load_config(env, SIMCLR, ["optimizer_kwargs.momentum=0.5"])["optimizer_kwargs"]["momentum"] == 0.5
+    with pytest.raises(ConfigError, match="'temperature' in criterion_kwargs"):
+        load_config(env, SCAN, ["criterion_kwargs.temperature=0.1"])
+    with pytest.raises(ConfigError, match="optimizer 'adamw' is not one of sgd, adam"):
+        load_config(env, SCAN, ["optimizer=adamw"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("epochs=ten", r"'epochs' must be a whole number, got 'ten'"),
+        ("epochs=2.5", r"'epochs' must be a whole number, got 2.5"),
+        ("batch_size=0", r"'batch_size' is 0, but it must be 1 or more"),
+        ("batch_size=-4", r"'batch_size' is -4, but it must be 1 or more"),
+        ("num_classes=true", r"'num_classes' must be a whole number, got True"),
+        ("amp=maybe", r"'amp' must be true or false, got 'maybe'"),
+        ("optimizer_kwargs.lr=fast", r"'optimizer_kwargs.lr' must be a whole number or a number, got 'fast'"),
+        ("augmentation_kwargs.horizontal_flip=0", r"'augmentation_kwargs.horizontal_flip' must be true or false"),
+        ("augmentation_kwargs.normalize=0.5", r"'augmentation_kwargs.normalize' must be a mapping"),
+        ("seed=abc", r"'seed' must be a whole number or null"),
+    ],
+)
+def test_wrong_value_types_are_named(env, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(env, SCAN, [override])
+
+
+def test_numbers_accept_ints_and_floats_where_a_number_is_meant(env):
+    cfg = load_config(env, SCAN, ["optimizer_kwargs.lr=1", "criterion_kwargs.entropy_weight=5", "seed=null"])
+    assert cfg["optimizer_kwargs"]["lr"] == 1 and cfg["seed"] is None

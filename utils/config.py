@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from utils.config_schema import SchemaError, check_nested, check_top_level
+
 REQUIRED = object()
 
 # Keys of configs/env.yml: where results go and where datasets are.
@@ -155,6 +157,11 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
         raise ConfigError(f"Config {config_exp} lacks required key(s): {', '.join(missing)}.")
     if cfg["setup"] not in SETUPS:
         raise ConfigError(f"setup '{cfg['setup']}' is not one of {', '.join(SETUPS)}.")
+    try:
+        check_top_level(cfg, known, REQUIRED)
+        check_nested(cfg)
+    except SchemaError as error:
+        raise ConfigError(f"{error} (config: {config_exp}{', with --set overrides' if overrides else ''})") from None
     cfg["root_dir"] = os.path.abspath(os.path.expanduser(str(cfg["root_dir"])))
     cfg["data_root"] = os.path.abspath(os.path.expanduser(str(cfg["data_root"])))
     cfg.update(stage_paths(cfg["root_dir"], cfg["train_db_name"]))

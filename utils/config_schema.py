@@ -1,0 +1,220 @@
+"""The keys and value types of every config block that has a fixed set of keys.
+
+`load_config` checks a merged config against these tables, so that a typo at any depth
+(`augmentation_kwargs.horizontal_fip`, `optimizer_kwargs.lrr`) or a value of the wrong type
+(`epochs: ten`) stops the run before it starts, with the closest valid key named. A silently
+ignored key costs a whole training run, which is why nothing here is free-form.
+
+A schema maps a key to its expected value: a tuple of accepted types, or a nested schema
+(a dict) for a nested block. Which schema a `*_kwargs` block follows can depend on another
+key (the optimizer's, the criterion's, the augmentation strategy's, the backbone's).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+NUMBER = (int, float)
+INT = (int,)
+BOOL = (bool,)
+STR = (str,)
+LIST = (list,)
+OPTIONAL_INT = (int, type(None))
+
+NORMALIZE = {"mean": LIST, "std": LIST}
+
+AUGMENTATION_SCHEMAS: dict[str, dict] = {
+    "simclr": {
+        "random_resized_crop": {"size": INT, "scale": LIST, "ratio": LIST},
+        "horizontal_flip": BOOL,
+        "color_jitter_random_apply": {"p": NUMBER},
+        "color_jitter": {"brightness": NUMBER, "contrast": NUMBER, "saturation": NUMBER, "hue": NUMBER},
+        "random_grayscale": {"p": NUMBER},
+        "normalize": NORMALIZE,
+    },
+    "ours": {
+        "horizontal_flip": BOOL,
+        "crop_size": INT,
+        "num_strong_augs": INT,
+        "normalize": NORMALIZE,
+        "cutout_kwargs": {"n_holes": INT, "length": INT, "random": BOOL},
+    },
+}
+
+TRANSFORMATION_SCHEMA = {"crop_size": INT, "normalize": NORMALIZE}
+
+OPTIMIZER_SCHEMAS: dict[str, dict] = {
+    "sgd": {"lr": NUMBER, "momentum": NUMBER, "weight_decay": NUMBER, "nesterov": BOOL, "dampening": NUMBER},
+    "adam": {"lr": NUMBER, "weight_decay": NUMBER, "betas": LIST, "eps": NUMBER, "amsgrad": BOOL},
+}
+
+SCHEDULER_SCHEMAS: dict[str, dict] = {
+    "constant": {},
+    "cosine": {"lr_decay_rate": NUMBER},
+    "step": {"lr_decay_rate": NUMBER, "lr_decay_epochs": LIST},
+}
+
+CRITERION_SCHEMAS: dict[str, dict] = {
+    "simclr": {"temperature": NUMBER},
+    "scan": {"entropy_weight": NUMBER},
+    "confidence-cross-entropy": {"apply_class_balancing": BOOL},
+}
+
+BACKBONE_SCHEMAS: dict[str, dict] = {
+    "resnet18": {"stem": STR, "base_width": INT},
+    "resnet50": {},
+}
+
+CONTRASTIVE_MODEL_SCHEMA = {"head": STR, "features_dim": INT}
+
+DIGITS_SCHEMA = {"image_size": INT, "seed": INT, "test_fraction": NUMBER}
+FOLDER_SCHEMA = {
+    "root": STR,
+    "labeled": (bool, str),
+    "image_size": OPTIONAL_INT,
+    "test_fraction": NUMBER,
+    "split_seed": INT,
+}
+BUILTIN_ARCHIVES = ("cifar-10", "cifar-20", "stl-10", "imagenet", "imagenet_50", "imagenet_100", "imagenet_200")
+
+# Top-level keys whose default (None or REQUIRED) says nothing about their type.
+TOP_LEVEL_TYPES: dict[str, tuple] = {
+    "setup": STR,
+    "backbone": STR,
+    "num_classes": INT,
+    "train_db_name": STR,
+    "val_db_name": STR,
+    "criterion": STR,
+    "augmentation_strategy": STR,
+    "seed": OPTIONAL_INT,
+}
+
+# Lower bounds that a value of the right type must still respect: (minimum, what it means).
+MINIMUMS: dict[str, tuple[float, str]] = {
+    "num_classes": (1, "at least one cluster"),
+    "num_heads": (1, "at least one head"),
+    "epochs": (0, "zero or more epochs"),
+    "batch_size": (1, "at least one image per batch"),
+    "num_workers": (0, "zero (load in the main process) or more"),
+    "num_neighbors": (1, "at least one neighbour"),
+    "topk_neighbors_train": (1, "at least one neighbour"),
+    "topk_neighbors_val": (1, "at least one neighbour"),
+    "knn_monitor_k": (1, "at least one neighbour"),
+}
+
+
+class SchemaError(ValueError):
+    """A config value or key that does not fit the schema (turned into a ConfigError by the caller)."""
+
+
+def describe_types(types: tuple) -> str:
+    names = {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "null",
+    }
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+def is_instance(value: Any, types: tuple) -> bool:
+    """isinstance, except that true/false is never taken for a number (YAML `epochs: yes` is a mistake)."""
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def unknown_key(key: str, valid: dict | list, where: str) -> SchemaError:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    listing = ", ".join(sorted(valid)) or "none (this block takes no keys)"
+    return SchemaError(f"Unknown config key '{key}' in {where}.{hint} Valid keys: {listing}.")
+
+
+def check_block(block: Any, schema: dict, where: str) -> None:
+    """Check a nested block: a mapping whose keys are in `schema`, each value of its type."""
+    if block is None:
+        return
+    if not isinstance(block, dict):
+        raise SchemaError(f"Config key '{where}' must be a mapping of keys to values, got {block!r}.")
+    for key, value in block.items():
+        if key not in schema:
+            raise unknown_key(key, schema, where)
+        expected = schema[key]
+        if isinstance(expected, dict):
+            check_block(value, expected, f"{where}.{key}")
+        elif not is_instance(value, expected):
+            raise SchemaError(
+                f"Config key '{where}.{key}' must be {describe_types(expected)}, got {value!r} "
+                f"({type(value).__name__})."
+            )
+
+
+def select(schemas: dict[str, dict], choice: Any, chooser: str, block: str) -> dict | None:
+    """The schema chosen by `cfg[chooser]`; an unknown choice is an error only when the block is used."""
+    if choice in schemas:
+        return schemas[choice]
+    raise SchemaError(f"{chooser} '{choice}' is not one of {', '.join(schemas)} (needed to check {block}).")
+
+
+def dataset_schema(name: str) -> dict:
+    if name in BUILTIN_ARCHIVES:
+        return {}
+    if name == "digits":
+        return DIGITS_SCHEMA
+    return FOLDER_SCHEMA
+
+
+def check_top_level(cfg: dict, defaults: dict, required: object) -> None:
+    """Types of the top-level keys: from TOP_LEVEL_TYPES, else from the type of the default."""
+    for key, value in cfg.items():
+        if key in TOP_LEVEL_TYPES:
+            expected = TOP_LEVEL_TYPES[key]
+        elif key in defaults and defaults[key] is not None and defaults[key] is not required:
+            default = defaults[key]
+            expected = NUMBER if isinstance(default, float) else (type(default),)
+        else:
+            continue
+        if value is None and key in defaults and defaults[key] is None:
+            continue
+        if not is_instance(value, expected):
+            raise SchemaError(
+                f"Config key '{key}' must be {describe_types(expected)}, got {value!r} ({type(value).__name__})."
+            )
+        if key in MINIMUMS and value < MINIMUMS[key][0]:
+            minimum, meaning = MINIMUMS[key]
+            raise SchemaError(f"Config key '{key}' is {value}, but it must be {minimum} or more ({meaning}).")
+
+
+def check_nested(cfg: dict) -> None:
+    """Every `*_kwargs` block against the schema its selector key picks."""
+    if cfg.get("augmentation_kwargs"):
+        strategy = cfg.get("augmentation_strategy")
+        check_block(
+            cfg["augmentation_kwargs"],
+            select(AUGMENTATION_SCHEMAS, strategy, "augmentation_strategy", "augmentation_kwargs"),
+            "augmentation_kwargs",
+        )
+    check_block(cfg.get("transformation_kwargs"), TRANSFORMATION_SCHEMA, "transformation_kwargs")
+    if cfg.get("optimizer_kwargs"):
+        schema = select(OPTIMIZER_SCHEMAS, cfg.get("optimizer"), "optimizer", "optimizer_kwargs")
+        check_block(cfg["optimizer_kwargs"], schema, "optimizer_kwargs")
+    if cfg.get("scheduler_kwargs"):
+        schema = select(SCHEDULER_SCHEMAS, cfg.get("scheduler"), "scheduler", "scheduler_kwargs")
+        check_block(cfg["scheduler_kwargs"], schema, "scheduler_kwargs")
+    if cfg.get("criterion_kwargs"):
+        schema = select(CRITERION_SCHEMAS, cfg.get("criterion"), "criterion", "criterion_kwargs")
+        check_block(cfg["criterion_kwargs"], schema, "criterion_kwargs")
+    if cfg.get("backbone_kwargs"):
+        schema = select(BACKBONE_SCHEMAS, cfg.get("backbone"), "backbone", "backbone_kwargs")
+        check_block(cfg["backbone_kwargs"], schema, "backbone_kwargs")
+    if cfg.get("model_kwargs"):
+        # Only the contrastive model of the pretext stages takes keyword arguments.
+        schema = CONTRASTIVE_MODEL_SCHEMA if cfg.get("setup") in ("simclr", "moco") else {}
+        check_block(cfg["model_kwargs"], schema, "model_kwargs")
+    if cfg.get("dataset_kwargs"):
+        check_block(cfg["dataset_kwargs"], dataset_schema(cfg.get("train_db_name")), "dataset_kwargs")
