@@ -1,4 +1,8 @@
-"""The three SCAN losses (REFERENCE §2), computed in float32 so mixed precision cannot change them."""
+"""The three SCAN losses (REFERENCE §2), computed in float32 so mixed precision cannot change them.
+
+Inputs are cast to float32 and autocast is switched off inside every loss, so bf16 activations
+and a loss called inside an autocast region both give the float32 result.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EPS = 1e-8
+
+
+def full_precision(tensor: torch.Tensor):
+    """A region where autocast does not downcast matmuls and softmaxes on `tensor`'s device."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -37,13 +46,14 @@ class SimCLRLoss(nn.Module):
         b, n_views, _ = features.shape
         if n_views != 2:
             raise ValueError(f"SimCLRLoss expects features of shape [b, 2, d], got {tuple(features.shape)}.")
-        features = features.float()
-        anchors = features[:, 0]
-        contrast = torch.cat([features[:, 0], features[:, 1]], dim=0)
-        logits = anchors @ contrast.T / self.temperature
-        index = torch.arange(b, device=features.device)
-        logits[index, index] = float("-inf")
-        return F.cross_entropy(logits, index + b)
+        with full_precision(features):
+            features = features.float()
+            anchors = features[:, 0]
+            contrast = torch.cat([features[:, 0], features[:, 1]], dim=0)
+            logits = anchors @ contrast.T / self.temperature
+            index = torch.arange(b, device=features.device)
+            logits[index, index] = float("-inf")
+            return F.cross_entropy(logits, index + b)
 
 
 class SCANLoss(nn.Module):
@@ -57,6 +67,10 @@ class SCANLoss(nn.Module):
         self.entropy_weight = entropy_weight
 
     def forward(self, anchors: torch.Tensor, neighbors: torch.Tensor):
+        with full_precision(anchors):
+            return self._float32_forward(anchors, neighbors)
+
+    def _float32_forward(self, anchors: torch.Tensor, neighbors: torch.Tensor):
         anchors_prob = F.softmax(anchors.float(), dim=1)
         neighbors_prob = F.softmax(neighbors.float(), dim=1)
         similarity = (anchors_prob * neighbors_prob).sum(dim=1)
@@ -86,6 +100,10 @@ class ConfidenceBasedCE(nn.Module):
         self.apply_class_balancing = apply_class_balancing
 
     def forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
+        with full_precision(anchors_weak):
+            return self._float32_forward(anchors_weak, anchors_strong)
+
+    def _float32_forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
         weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
         max_prob, target = weak_prob.max(dim=1)
         mask = max_prob > self.threshold

@@ -105,3 +105,77 @@ def test_ema_moves_weights_toward_the_new_value():
         model.weight.fill_(2.0)  # as if an optimizer step moved it
     ema.update(model)
     assert model.weight.item() == pytest.approx(0.9 * 1.0 + 0.1 * 2.0)
+
+
+class Labeled:
+    """Sample i is the number i with target 100 + i, so a pair that carries the wrong target is visible."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.transform = n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": float(index), "target": 100 + index, "meta": {"index": index}}
+
+
+def test_neighbors_dataset_carries_the_anchors_target_and_index_never_the_neighbours():
+    # Every anchor's only candidates besides itself are other images, so most draws pick another image.
+    indices = np.array([[i, (i + 1) % 6, (i + 2) % 6] for i in range(6)])
+    dataset = NeighborsDataset(Labeled(6), indices, num_neighbors=2)
+    for index in range(6):
+        for _ in range(20):
+            sample = dataset[index]
+            assert sample["anchor"] == float(index)
+            assert sample["target"] == 100 + index and sample["index"] == index
+            assert sample["neighbor"] in {float(index), float((index + 1) % 6), float((index + 2) % 6)}
+
+
+def test_neighbors_dataset_never_draws_beyond_num_neighbors_columns():
+    # Columns 0..3 hold 0..3, the rest hold 9: with num_neighbors=3 the image 9 must never be drawn.
+    indices = np.array([[0, 1, 2, 3, 9, 9, 9]] * 10)
+    dataset = NeighborsDataset(Labeled(10), indices, num_neighbors=3)
+    drawn = {dataset[0]["neighbor"] for _ in range(400)}
+    assert drawn == {0.0, 1.0, 2.0, 3.0}
+    assert dataset[5]["possible_neighbors"].tolist() == [0, 1, 2, 3]
+
+
+def test_augmented_dataset_carries_the_images_target_and_index():
+    dataset = AugmentedDataset(Labeled(5), lambda x: x, lambda x: x + 0.5)
+    for index in range(5):
+        sample = dataset[index]
+        assert (sample["image"], sample["image_augmented"]) == (float(index), index + 0.5)
+        assert sample["target"] == 100 + index and sample["index"] == index
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+        self.bn = torch.nn.BatchNorm1d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.linear(x))
+
+
+def test_ema_averages_parameters_writes_them_back_every_step_and_leaves_batchnorm_buffers_alone():
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema = EMA(model, alpha=0.9)
+    shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for step in range(3):
+        x = torch.randn(8, 2) + step
+        optimizer.zero_grad()
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+        stepped = {name: p.detach().clone() for name, p in model.named_parameters()}
+        running_mean = model.bn.running_mean.clone()
+        ema.update(model)
+        for name, p in model.named_parameters():
+            shadow[name] = 0.9 * shadow[name] + 0.1 * stepped[name]
+            torch.testing.assert_close(p.detach(), shadow[name])  # written back into the model, every step
+        # BatchNorm running statistics keep what the training step gave them: not averaged, not reset.
+        assert torch.equal(model.bn.running_mean, running_mean)
+        assert model.bn.num_batches_tracked.item() == step + 1

@@ -108,3 +108,43 @@ def test_confidence_threshold_is_strict_and_no_gradient_flows_to_weak_view():
     strong = torch.tensor([[0.0, 1.0]], requires_grad=True)
     ConfidenceBasedCE(0.99, True)(weak, strong).backward()
     assert weak.grad is None and strong.grad is not None
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+def _bf16_inputs(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.nn.functional.normalize(torch.randn(16, 2, 32, generator=generator), dim=2).bfloat16()
+    logits = (3 * torch.randn(16, 10, generator=generator)).bfloat16()
+    neighbors = (3 * torch.randn(16, 10, generator=generator)).bfloat16()
+    return features, logits, neighbors
+
+
+def _all_losses(features, logits, neighbors) -> list[torch.Tensor]:
+    return [
+        SimCLRLoss(0.1)(features),
+        *SCANLoss(5.0)(logits, neighbors),
+        ConfidenceBasedCE(0.3, apply_class_balancing=True)(logits, neighbors),
+    ]
+
+
+def test_losses_on_bfloat16_inputs_equal_the_float32_computation_on_the_same_values():
+    """The README's amp claim: the network may run in bf16, the losses never do."""
+    features, logits, neighbors = _bf16_inputs()
+    from_bf16 = _all_losses(features, logits, neighbors)
+    from_fp32 = _all_losses(features.float(), logits.float(), neighbors.float())
+    for low, full in zip(from_bf16, from_fp32):
+        assert low.dtype == torch.float32
+        assert torch.equal(low, full)
+
+
+def test_losses_inside_an_autocast_region_still_compute_in_float32():
+    """A loss called inside `torch.autocast` must not have its matmuls and softmaxes downcast."""
+    features, logits, neighbors = (x.float() for x in _bf16_inputs(1))
+    outside = _all_losses(features, logits, neighbors)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        inside = _all_losses(features, logits, neighbors)
+    for a, b in zip(inside, outside):
+        assert a.dtype == torch.float32
+        assert torch.equal(a, b)
