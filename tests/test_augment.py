@@ -293,3 +293,119 @@ def test_horizontal_flip_can_be_disabled(make_cfg):
 def test_unknown_strategy_lists_valid_ones():
     with pytest.raises(ValueError, match="simclr.*ours"):
         augment.get_train_transformations({"augmentation_strategy": "autoaugment", "augmentation_kwargs": {}})
+
+
+# ---------------------------------------------------------------- the pipelines of every shipped config
+
+CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+CIFAR20 = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DIGITS = ((0.3098,) * 3, (0.3476,) * 3)
+JITTER = ("ColorJitter", (0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1))
+
+
+def _describe(transform) -> list[tuple]:
+    """Every step of a Compose as (name, parameters...), so order and values are compared together."""
+    steps = []
+    for t in transform.transforms:
+        name = type(t).__name__
+        if name == "RandomResizedCrop":
+            steps.append(
+                (name, tuple(t.size), tuple(t.scale), tuple(round(r, 4) for r in t.ratio), t.interpolation.value)
+            )
+        elif name == "RandomHorizontalFlip":
+            steps.append((name, t.p))
+        elif name == "RandomApply":
+            (jitter,) = t.transforms
+            steps.append(
+                (name, t.p, (type(jitter).__name__, jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue))
+            )
+        elif name == "RandomGrayscale":
+            steps.append((name, t.p))
+        elif name in ("RandomCrop", "CenterCrop"):
+            steps.append((name, tuple(t.size)))
+        elif name == "StrongAugment":
+            steps.append((name, t.n))
+        elif name == "Normalize":
+            steps.append((name, tuple(round(v, 4) for v in t.mean), tuple(round(v, 4) for v in t.std)))
+        elif name == "Cutout":
+            steps.append((name, t.n_holes, t.length, t.random))
+        else:
+            steps.append((name,))
+    return steps
+
+
+def _simclr_steps(size: int, norm: tuple, flip: bool = True, scale=(0.2, 1.0), jitter=JITTER) -> list[tuple]:
+    """REFERENCE §4: RandomResizedCrop → flip → ColorJitter with p 0.8 → grayscale p 0.2 → ToTensor → Normalize."""
+    return [
+        ("RandomResizedCrop", (size, size), scale, (0.75, 1.3333), "bilinear"),
+        *([("RandomHorizontalFlip", 0.5)] if flip else []),
+        ("RandomApply", 0.8, jitter),
+        ("RandomGrayscale", 0.2),
+        ("ToTensor",),
+        ("Normalize", *norm),
+    ]
+
+
+def _ours_steps(size: int, norm: tuple, cutout: int, flip: bool = True) -> list[tuple]:
+    """REFERENCE §4: flip → RandomCrop → 4 strong ops → ToTensor → Normalize → Cutout (after Normalize)."""
+    return [
+        *([("RandomHorizontalFlip", 0.5)] if flip else []),
+        ("RandomCrop", (size, size)),
+        ("StrongAugment", 4),
+        ("ToTensor",),
+        ("Normalize", *norm),
+        ("Cutout", 1, cutout, True),
+    ]
+
+
+def _val_steps(size: int, norm: tuple) -> list[tuple]:
+    return [("CenterCrop", (size, size)), ("ToTensor",), ("Normalize", *norm)]
+
+
+EXPECTED_PIPELINES = {
+    "pretext/simclr_cifar10.yml": (_simclr_steps(32, CIFAR10), _val_steps(32, CIFAR10)),
+    "pretext/simclr_cifar20.yml": (_simclr_steps(32, CIFAR20), _val_steps(32, CIFAR20)),
+    "pretext/simclr_stl10.yml": (_simclr_steps(96, IMAGENET), _val_steps(96, IMAGENET)),
+    "scan/scan_cifar10.yml": (_ours_steps(32, CIFAR10, 16), _val_steps(32, CIFAR10)),
+    "scan/scan_cifar20.yml": (_ours_steps(32, CIFAR20, 16), _val_steps(32, CIFAR20)),
+    "scan/scan_stl10.yml": (_ours_steps(96, IMAGENET, 32), _val_steps(96, IMAGENET)),
+    "scan/scan_imagenet_50.yml": (_simclr_steps(224, IMAGENET), _val_steps(224, IMAGENET)),
+    "scan/scan_imagenet_100.yml": (_simclr_steps(224, IMAGENET), _val_steps(224, IMAGENET)),
+    "scan/scan_imagenet_200.yml": (_simclr_steps(224, IMAGENET), _val_steps(224, IMAGENET)),
+    "selflabel/selflabel_cifar10.yml": (_ours_steps(32, CIFAR10, 16), _val_steps(32, CIFAR10)),
+    "selflabel/selflabel_cifar20.yml": (_ours_steps(32, CIFAR20, 16), _val_steps(32, CIFAR20)),
+    "selflabel/selflabel_stl10.yml": (_ours_steps(96, IMAGENET, 32), _val_steps(96, IMAGENET)),
+    "selflabel/selflabel_imagenet_50.yml": (_ours_steps(224, IMAGENET, 75), _val_steps(224, IMAGENET)),
+    "selflabel/selflabel_imagenet_100.yml": (_ours_steps(224, IMAGENET, 75), _val_steps(224, IMAGENET)),
+    "selflabel/selflabel_imagenet_200.yml": (_ours_steps(224, IMAGENET, 75), _val_steps(224, IMAGENET)),
+    "scan/scan_digits.yml": (_ours_steps(16, DIGITS, 8, flip=False), _val_steps(16, DIGITS)),
+    "selflabel/selflabel_digits.yml": (_ours_steps(16, DIGITS, 8, flip=False), _val_steps(16, DIGITS)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PIPELINES))
+def test_shipped_config_builds_the_reference_pipelines(name):
+    from tests.conftest import ROOT
+    from utils.config import load_config
+
+    cfg = load_config(None, ROOT / "configs" / name)
+    train, val = EXPECTED_PIPELINES[name]
+    assert _describe(augment.get_train_transformations(cfg)) == train
+    assert _describe(augment.get_val_transformations(cfg)) == val
+
+
+def test_digits_pretext_pipeline_is_simclr_without_flips_or_colour():
+    from tests.conftest import ROOT
+    from utils.config import load_config
+
+    cfg = load_config(None, ROOT / "configs/pretext/simclr_digits.yml")
+    steps = _describe(augment.get_train_transformations(cfg))
+    assert [step[0] for step in steps] == [
+        "RandomResizedCrop",
+        "RandomApply",
+        "RandomGrayscale",
+        "ToTensor",
+        "Normalize",
+    ]
+    assert steps[0][1] == (16, 16) and steps[-1] == ("Normalize", *DIGITS)
