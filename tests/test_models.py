@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import ClusteringModel, ContrastiveModel, build_backbone, build_model
+from models.resnet import ResNet18
 
 
 def bn(prefix: str, channels: int) -> dict:
@@ -100,3 +102,82 @@ def test_resnet50_backbone_keys_are_torchvisions():
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="resnet18"):
         build_backbone("vgg16")
+
+
+# ---------------------------------------------------------------- the forward pass itself
+
+
+def _deterministic_weights(model: torch.nn.Module) -> None:
+    """Fill every parameter and BatchNorm buffer from a fixed formula: no RNG, the same on any torch build."""
+    with torch.no_grad():
+        for offset, (name, tensor) in enumerate(sorted(model.state_dict().items())):
+            if name.endswith("num_batches_tracked"):
+                continue
+            wave = torch.sin(torch.arange(tensor.numel(), dtype=torch.float64) * 0.7 + offset).reshape(tensor.shape)
+            if name.endswith("running_var") or (name.endswith("weight") and tensor.dim() == 1):
+                wave = 1.0 + 0.25 * wave  # BN scales and variances stay positive and near 1
+            else:
+                wave = wave * (2.0 / max(tensor[0].numel(), 1)) ** 0.5  # fan-in scaling keeps activations finite
+            tensor.copy_(wave.to(tensor.dtype))
+
+
+def _fixed_input(n: int = 2, size: int = 32) -> torch.Tensor:
+    grid = torch.arange(n * 3 * size * size, dtype=torch.float64).reshape(n, 3, size, size)
+    return torch.cos(grid * 0.013).float()
+
+
+def _reference_resnet18(state: dict, x: torch.Tensor, stem: str) -> torch.Tensor:
+    """ResNet-18 written out with functional ops from the state dict (eval-mode BatchNorm)."""
+
+    def bn(t, prefix):
+        return F.batch_norm(
+            t,
+            state[f"{prefix}.running_mean"],
+            state[f"{prefix}.running_var"],
+            state[f"{prefix}.weight"],
+            state[f"{prefix}.bias"],
+            training=False,
+            eps=1e-5,
+        )
+
+    out = F.relu(bn(F.conv2d(x, state["conv1.weight"], padding=1), "bn1"))
+    if stem == "stl":
+        out = F.max_pool2d(out, kernel_size=2, stride=2, padding=1)
+    for layer, first_stride in zip(range(1, 5), (1, 2, 2, 2)):
+        for block in range(2):
+            p = f"layer{layer}.{block}"
+            stride = first_stride if block == 0 else 1
+            residual = out
+            if f"{p}.shortcut.0.weight" in state:
+                residual = bn(F.conv2d(out, state[f"{p}.shortcut.0.weight"], stride=stride), f"{p}.shortcut.1")
+            y = F.relu(bn(F.conv2d(out, state[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+            y = bn(F.conv2d(y, state[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            out = F.relu(y + residual)
+    if stem == "stl":
+        return F.avg_pool2d(out, 7, stride=1).flatten(1)
+    return out.mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("stem, size", [("cifar", 32), ("stl", 96)])
+def test_resnet18_forward_equals_a_functional_transcription(stem, size):
+    model = ResNet18(stem=stem, base_width=8).eval()
+    _deterministic_weights(model)
+    x = _fixed_input(2, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _reference_resnet18(model.state_dict(), x, stem), rtol=1e-4, atol=1e-5)
+
+
+# Computed once from this network (and checked against the functional transcription above).
+PINNED_CIFAR_FEATURES = [[38274.26, 23719.69, 1258.473, 26392.68], [28142.80, 17876.66, 991.3734, 18559.89]]
+PINNED_CIFAR_SUM = 3210074.25
+
+
+def test_resnet18_forward_matches_pinned_values():
+    """Values of this exact network on fixed weights and input; a missing residual, ReLU or pool changes them."""
+    model = ResNet18(stem="cifar", base_width=8).eval()
+    _deterministic_weights(model)
+    with torch.no_grad():
+        features = model(_fixed_input(2, 32))
+    assert features.shape == (2, 64)
+    torch.testing.assert_close(features[:, :4], torch.tensor(PINNED_CIFAR_FEATURES), rtol=1e-4, atol=1e-5)
+    assert features.sum().item() == pytest.approx(PINNED_CIFAR_SUM, rel=1e-4)
