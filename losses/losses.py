@@ -19,14 +19,12 @@ def full_precision(tensor: torch.Tensor):
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy −Σ p log p of a probability vector (or the mean over rows of a matrix).
+    """Shannon entropy −Σ p log p of a probability vector (the mean prediction over a batch).
 
     Probabilities are clamped at 1e-8 so empty clusters contribute 0 instead of NaN.
     """
     p = probabilities.clamp(min=EPS)
-    if p.dim() == 1:
-        return -(p * p.log()).sum()
-    return -(p * p.log()).sum(dim=1).mean()
+    return -(p * p.log()).sum()
 
 
 class SimCLRLoss(nn.Module):

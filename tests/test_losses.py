@@ -148,3 +148,45 @@ def test_losses_inside_an_autocast_region_still_compute_in_float32():
     for a, b in zip(inside, outside):
         assert a.dtype == torch.float32
         assert torch.equal(a, b)
+
+
+def test_entropy_of_a_vector_with_an_exact_zero_is_finite():
+    from losses.losses import entropy
+
+    assert entropy(torch.tensor([0.5, 0.5, 0.0])).item() == pytest.approx(math.log(2), abs=1e-6)
+    assert entropy(torch.tensor([0.25] * 4)).item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_scan_loss_default_entropy_weight_is_the_papers():
+    assert SCANLoss().entropy_weight == 5.0  # REFERENCE §5: w = 5.0 in every SCAN config
+
+
+def test_scan_consistency_clamps_the_log_at_minus_100_like_bce():
+    # Anchor certain of cluster 0, neighbour certain of cluster 1: the similarity underflows to 0 in float32.
+    anchors = torch.tensor([[200.0, -200.0], [-200.0, 200.0]])
+    neighbors = torch.tensor([[-200.0, 200.0], [-200.0, 200.0]])
+    total, consistency, entropy_loss = SCANLoss(entropy_weight=0.0)(anchors, neighbors)
+    # Row 0: -log(0) clamped to 100; row 1: -log(1) = 0. Mean 50, as torch's BCE gives.
+    assert consistency.item() == pytest.approx(50.0)
+    bce = F.binary_cross_entropy(torch.tensor([0.0, 1.0]), torch.ones(2))
+    assert consistency.item() == pytest.approx(bce.item()) and total.item() == pytest.approx(50.0)
+
+
+def test_confidence_mask_and_targets_come_from_the_float32_softmax():
+    """Many rows sit near the 0.99 threshold, where a bf16 softmax would flip which of them pass."""
+    generator = torch.Generator().manual_seed(3)
+    weak = torch.zeros(2000, 4)
+    weak[:, 0] = 5.2 + 0.6 * torch.rand(2000, generator=generator)  # max prob spans about 0.985 to 0.994
+    weak = weak.bfloat16()
+    strong = torch.randn(2000, 4, generator=generator).bfloat16()
+    max_prob = weak.float().softmax(dim=1).max(dim=1).values
+    assert 100 < (max_prob > 0.99).sum() < 1900  # the case really straddles the threshold
+    for balancing in (False, True):
+        criterion = ConfidenceBasedCE(0.99, apply_class_balancing=balancing)
+        expected = F.cross_entropy(
+            strong.float()[max_prob > 0.99], torch.zeros(int((max_prob > 0.99).sum()), dtype=torch.long)
+        )
+        loss = criterion(weak, strong)
+        assert loss.dtype == torch.float32
+        assert torch.equal(loss, criterion(weak.float(), strong.float()))
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
