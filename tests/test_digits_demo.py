@@ -1,7 +1,13 @@
-"""Smoke test of `make demo`: bench/digits_demo.py runs all four stages on the digits and writes its summary.
+"""Short run of `make demo`: bench/digits_demo.py runs all four stages on the digits, writes its summary, and
+clusters well above chance.
 
-A few epochs only, so this checks the wiring (configs, stage hand-offs, eval with prototypes, the summary
-files), not the quality target; bench/RESULTS.md holds the measured numbers of the full demo.
+Ten epochs per stage at base width 8 (about 1.5 minutes on 2 cores), so this checks the wiring (configs, stage
+hand-offs, eval with prototypes, the summary files) and that the method still learns. The quality floors below
+were measured, not guessed: the same short run over seeds 0, 1, 2 (2-core CPU, torch 2.14.1) gave kNN top-1
+0.75 / 0.87 / 0.76, train-neighbour accuracy 0.68 / 0.83 / 0.70, SCAN ACC 0.64 / 0.81 / 0.73 and self-label
+ACC 0.62 / 0.86 / 0.74 (chance: 0.10). The floors sit a little under the worst seed, so that thread-count
+rounding cannot fail the test while a bug that stops any stage from learning (ACC near 0.1–0.3) does.
+bench/RESULTS.md holds the numbers of the full demo.
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ from bench import digits_demo
 
 pytestmark = pytest.mark.slow
 
-SHORT = ["epochs=1", "num_workers=0", "backbone_kwargs.base_width=8"]
+SHORT = ["epochs=10", "num_workers=0", "backbone_kwargs.base_width=8"]
+FLOORS = {
+    ("pretext", "knn_top1"): 0.65,
+    ("pretext", "train_neighbor_acc"): 0.55,
+    ("scan", "ACC"): 0.50,
+    ("selflabel", "ACC"): 0.50,
+    ("selflabel", "NMI"): 0.55,
+}
 STAGE_FILES = {
     "pretext": (
         "checkpoint.pth.tar",
@@ -61,5 +74,7 @@ def test_demo_runs_every_stage_and_writes_a_summary(tmp_path: Path) -> None:
     run = saved["runs"][0]
     assert run["eval"]["ACC"] == pytest.approx(run["selflabel"]["ACC"])
     assert math.isfinite(run["wall_seconds"]) and run["wall_seconds"] > 0
+    for (step, key), floor in FLOORS.items():
+        assert run[step][key] >= floor, f"{step} {key} = {run[step][key]:.3f} fell below the measured floor {floor}"
     markdown = (output_dir / "summary.md").read_text()
     assert "| selflabel |" in markdown and "bench/digits_demo.py" in markdown
