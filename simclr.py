@@ -20,6 +20,7 @@ from data.wrappers import AugmentedDataset
 from losses import SimCLRLoss
 from models import build_model
 from utils.checkpoint import resume, save_atomic
+from utils.distributed import gather_with_grad
 from utils.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.results import write_json
@@ -27,7 +28,9 @@ from utils.runtime import autocast, barrier, unwrap, wrap_model
 from utils.stage import run_cli, setup_stage
 
 
-def train_one_epoch(loader, model, criterion, optimizer, runtime, amp: bool, epoch: int) -> float:
+def train_one_epoch(
+    loader, model, criterion, optimizer, runtime, amp: bool, epoch: int, gather_negatives: bool = True
+) -> float:
     """One pass of SimCLR over the train split; returns the mean loss."""
     model.train()
     total, steps = 0.0, 0
@@ -39,7 +42,10 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, amp: bool, epo
         inputs = torch.stack([images, augmented], dim=1).flatten(0, 1)  # [2b, C, H, W], views interleaved
         with autocast(runtime, amp):
             features = model(inputs)
-        loss = criterion(features.view(b, 2, -1))
+        features = features.view(b, 2, -1)
+        if gather_negatives:  # under torchrun: contrast with the whole global batch, not this process's slice
+            features = gather_with_grad(features)
+        loss = criterion(features)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(start_epoch, cfg["epochs"]):
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
-        loss = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg["amp"], epoch)
+        loss = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg["amp"], epoch, cfg["gather_negatives"])
         if runtime.is_main:
             knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
             shown = "n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%"

@@ -409,3 +409,15 @@ def test_digits_pretext_pipeline_is_simclr_without_flips_or_colour():
         "Normalize",
     ]
     assert steps[0][1] == (16, 16) and steps[-1] == ("Normalize", *DIGITS)
+
+
+def test_geometric_sign_is_negative_half_of_the_time():
+    """Over 4,000 seeded draws the sign flips with probability 0.5 (3-sigma band: ±0.024)."""
+    random.seed(0)
+    negatives = sum(augment._random_sign(1.0) < 0 for _ in range(4000))
+    assert abs(negatives / 4000 - 0.5) < 0.024
+
+
+def test_cutout_draws_its_side_at_random_by_default():
+    """REFERENCE §4: the side is uniform in 1..length unless the config says otherwise."""
+    assert augment.Cutout(n_holes=1, length=16).random is True

@@ -52,6 +52,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "transformation_kwargs": {},
     "seed": None,  # None: not seeded, like the original
     "amp": False,  # bfloat16 autocast for forward passes
+    "gather_negatives": True,  # SimCLR under torchrun: negatives from every process's batch (global batch)
     # pretext
     "topk_neighbors_train": 20,
     "topk_neighbors_val": 5,
