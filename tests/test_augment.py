@@ -421,3 +421,22 @@ def test_geometric_sign_is_negative_half_of_the_time():
 def test_cutout_draws_its_side_at_random_by_default():
     """REFERENCE §4: the side is uniform in 1..length unless the config says otherwise."""
     assert augment.Cutout(n_holes=1, length=16).random is True
+
+
+def test_translate_uses_width_for_x_and_height_for_y_on_a_wide_image(monkeypatch):
+    img = _image(h=8, w=16, seed=3)  # PIL size is (16, 8)
+    src = _pixels(img)
+    monkeypatch.setattr(random, "random", lambda: 0.9)  # keep the sign positive
+    shifted_x, shifted_y = np.zeros_like(src), np.zeros_like(src)
+    shifted_x[:, :12] = src[:, 4:]  # 0.25 of the width (16) = 4 px
+    shifted_y[:6] = src[2:]  # 0.25 of the height (8) = 2 px
+    assert np.array_equal(_pixels(_op("TranslateX")(img, 0.25)), shifted_x)
+    assert np.array_equal(_pixels(_op("TranslateY")(img, 0.25)), shifted_y)
+
+
+def test_cutout_centre_ranges_follow_height_and_width_of_a_wide_image(monkeypatch):
+    monkeypatch.setattr(random, "randrange", lambda n: n - 1)  # the last row and the last column
+    out = augment.Cutout(n_holes=1, length=4, random=False)(torch.ones(1, 4, 12))
+    expected = torch.ones(1, 4, 12)
+    expected[:, 1:4, 9:12] = 0  # centre (3, 11), half-side 2, clipped at the borders
+    assert torch.equal(out, expected)
