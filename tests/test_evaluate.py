@@ -344,3 +344,15 @@ def test_get_predictions_feeds_scan_evaluate():
     result = scan_evaluate(heads)
     assert len(result["scan"]) == 2
     assert result["lowest_loss_head"] in (0, 1)
+
+
+def test_prototypes_average_the_ten_most_confident_members_by_default():
+    # One cluster of 12 members whose confidence falls with the index (REFERENCE: the 10 most confident count).
+    confidence = torch.linspace(0.99, 0.5, 12)
+    probs = torch.stack([confidence, 1 - confidence], dim=1)
+    values = [0.0, 1.0, 2.0, 3.0, 4.0, 13.0, 6.0, 7.0, 8.0, 100.0, -50.0, -50.0]
+    features = torch.tensor([[v, 0.0] for v in values])
+    # Top 10: mean of values[:10] = 144 / 10 = 14.4, nearest member 5 (13.0).
+    assert get_prototype_indices(probs, features)[0] == 5
+    # Top 11 would give mean 94 / 11 = 8.5, nearest member 8 (8.0).
+    assert get_prototype_indices(probs, features, topk=11)[0] == 8
