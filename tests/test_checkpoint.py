@@ -103,3 +103,10 @@ def test_pretext_into_clustering_allows_only_contrastive_head_unused():
     assert torch.equal(model.state_dict()["backbone.conv1.weight"], pretext["backbone.conv1.weight"])
     with pytest.raises(CheckpointError, match="unexpected keys: contrastive_head"):
         load_state_dict_checked(tiny_model(), pretext, allowed_missing=("cluster_head",))
+
+
+def test_save_atomic_creates_missing_parent_folders(tmp_path):
+    path = tmp_path / "a" / "b" / "model.pth.tar"
+    save_atomic({"x": torch.ones(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+    assert [p.name for p in path.parent.iterdir()] == ["model.pth.tar"]  # no temporary file left behind

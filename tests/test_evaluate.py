@@ -356,3 +356,22 @@ def test_prototypes_average_the_ten_most_confident_members_by_default():
     assert get_prototype_indices(probs, features)[0] == 5
     # Top 11 would give mean 94 / 11 = 8.5, nearest member 8 (8.0).
     assert get_prototype_indices(probs, features, topk=11)[0] == 8
+
+
+class Bfloat16Model(nn.Module):
+    """A model that runs in bf16, as under autocast: its logits and features come out in bfloat16."""
+
+    def forward(self, x, forward_pass="default"):
+        features = x.flatten(1).bfloat16()
+        logits = [features[:, :3] * 7.3]
+        return {"features": features, "output": logits} if forward_pass == "return_all" else logits
+
+
+def test_predictions_of_a_bf16_model_are_float32_softmaxes_of_its_logits():
+    images = torch.randn(6, 4)
+    loader = DataLoader(DictDataset(images, list(range(6)), "image"), batch_size=4)
+    heads, features = get_predictions(Bfloat16Model(), loader, "cpu", return_features=True)
+    logits = (images.bfloat16()[:, :3] * 7.3).float()
+    assert heads[0]["probabilities"].dtype == torch.float32 and features.dtype == torch.float32
+    assert torch.equal(heads[0]["probabilities"], F.softmax(logits, dim=1))
+    assert torch.equal(features, images.bfloat16().float())
