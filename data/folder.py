@@ -19,7 +19,8 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,11 @@ from utils.results import write_json
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # compared in lower case
 SPLITS = ("train", "test")
 MAX_LISTED = 20  # files named in a message; the split file lists them all
+# Above this many images a saved split is trusted as it is: the folder is not walked again for new images and
+# the files are not stat'ed up front (a million of each costs minutes on network storage); a file that has gone
+# is then reported when it is read, with the same message.
+LARGE_SPLIT = 100_000
+VERIFY_THREADS = 8  # header checks when the split is made are I/O bound: threads overlap the reads
 
 LAYOUT = """\
 {root}/
@@ -109,6 +115,32 @@ def _listing(lines: list[str]) -> str:
     return shown + (f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else "")
 
 
+class PathList(Sequence):
+    """Absolute image paths kept as plain strings and handed out as Path objects.
+
+    A million Path objects take ~500 MB; their strings ~100 MB, which is what bounds the memory of a
+    large folder dataset (and of every DataLoader worker that copies it).
+    """
+
+    def __init__(self, root: Path, relative_paths) -> None:
+        prefix = str(root) + os.sep
+        self._paths = [prefix + relative for relative in relative_paths]
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [Path(path) for path in self._paths[index]]
+        return Path(self._paths[index])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def missing(self) -> list[str]:
+        return [path for path in self._paths if not os.path.isfile(path)]
+
+
 class FolderDataset(ImageDataset):
     """Images below ``root``, split into train and test, labeled by first-level sub-folder or unlabeled.
 
@@ -165,16 +197,21 @@ class FolderDataset(ImageDataset):
 
         self.labeled: bool = record["labeled"]
         self.classes = record["classes"]
-        self.paths = [self.root / relative for relative in record[split]]
+        self.split, self.split_file = split, split_file
+        self.paths = PathList(self.root, record[split])
         self.targets = list(record[split].values())
-        missing = [str(path) for path in self.paths if not path.is_file()]
-        if missing:
-            raise folder_error(
-                self.root,
-                f"{len(missing)} image(s) of the saved {split} split are gone:\n{_listing(missing)}",
-                f"Put them back, or delete {split_file} to split the folder anew (then rerun every stage from "
-                f"simclr.py: the saved neighbours and models refer to the old split).",
-            )
+        if len(self.paths) <= LARGE_SPLIT:
+            missing = self.paths.missing()
+            if missing:
+                raise self._gone_error(missing)
+
+    def _gone_error(self, missing: list) -> DatasetNotFoundError:
+        return folder_error(
+            self.root,
+            f"{len(missing)} image(s) of the saved {self.split} split are gone:\n{_listing([str(m) for m in missing])}",
+            f"Put them back, or delete {self.split_file} to split the folder anew (then rerun every stage from "
+            f"simclr.py: the saved neighbours and models refer to the old split).",
+        )
 
     def _make_split(self, requested: dict) -> dict:
         """Index the folder, skip unreadable files, decide labeled or not, split; returns the record to save."""
@@ -199,10 +236,11 @@ class FolderDataset(ImageDataset):
             )
 
         unreadable = {}
-        for path in tqdm(found, desc=f"Checking the images in {self.root}", leave=False):
-            reason = unreadable_reason(path)
-            if reason is not None:
-                unreadable[path.relative_to(self.root).as_posix()] = reason
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            reasons = pool.map(unreadable_reason, found, chunksize=256)
+            for path, reason in zip(found, tqdm(reasons, total=len(found), desc=f"Checking {self.root}", leave=False)):
+                if reason is not None:
+                    unreadable[path.relative_to(self.root).as_posix()] = reason
         if unreadable:
             warnings.warn(
                 f"Folder dataset {self.root}: skipping {len(unreadable)} unreadable image file(s):\n"
@@ -305,6 +343,8 @@ class FolderDataset(ImageDataset):
                 f"{'; '.join(conflicts)}. Restore those settings to keep using the saved split, or "
                 f"delete {split_file} to split anew (then rerun every stage from simclr.py)."
             )
+        if len(record["train"]) + len(record["test"]) > LARGE_SPLIT:
+            return record  # trusted as saved: see LARGE_SPLIT
         known = set(record["train"]) | set(record["test"]) | set(record["unreadable"])
         new = [path for path in find_images(self.root) if path.relative_to(self.root).as_posix() not in known]
         if new:
@@ -326,6 +366,8 @@ class FolderDataset(ImageDataset):
         path = self.paths[index]
         try:
             return open_rgb(path, self.image_size)
+        except FileNotFoundError:
+            raise self._gone_error([path]) from None
         except OSError as error:
             warnings.warn(
                 f"{path} could not be fully decoded ({error}); using the part that could. Replace or delete the file.",

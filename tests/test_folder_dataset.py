@@ -249,3 +249,34 @@ def test_knn_monitor_counts_label_classes_not_clusters():
     batches = [{"image": torch.eye(4), "target": torch.tensor([0, 1, 2, 3])}]
     cfg = {"num_classes": 2, "knn_monitor_k": 1, "criterion_kwargs": {"temperature": 0.1}}
     assert simclr.knn_monitor(torch.nn.Identity(), batches, batches, cfg, torch.device("cpu")) == 1.0
+
+
+def test_a_large_saved_split_is_trusted_without_walking_the_folder_again(tmp_path, monkeypatch):
+    from data import folder
+
+    root, split_file = tmp_path / "data", tmp_path / "split.json"
+    make_classes(root, {"a": 6, "b": 6})
+    first = FolderDataset(root, split="train", split_file=split_file)
+    monkeypatch.setattr(folder, "LARGE_SPLIT", 5)  # as if the 12 images were millions
+
+    def no_walk(_):
+        raise AssertionError("a large saved split must not list the folder again")
+
+    monkeypatch.setattr(folder, "find_images", no_walk)
+    make_classes(root, {"a": 9})  # new images: not scanned for
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = FolderDataset(root, split="train", split_file=split_file)
+    assert again.paths == first.paths and again.targets == first.targets
+    # A file that has gone is reported when it is read, with the saved split's message instead of a traceback.
+    again.paths[0].unlink()
+    with pytest.raises(DatasetNotFoundError, match=f"(?s)are gone.*{again.paths[0].name}.*delete {split_file}"):
+        again[0]
+
+
+def test_paths_are_held_as_strings_and_handed_out_as_paths(tmp_path):
+    make_classes(tmp_path / "data", {"a": 5, "b": 5})
+    dataset = FolderDataset(tmp_path / "data", split="train")
+    assert all(type(path) is str for path in dataset.paths._paths)
+    assert isinstance(dataset.paths[0], Path) and dataset.paths[0].is_file()
+    assert dataset.paths[:2] == [dataset.paths[0], dataset.paths[1]]
