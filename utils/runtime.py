@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,30 @@ class Runtime:
         return self.rank == 0
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[03-05,09],cpu1' -> 'gpu03' (zero padding kept)."""
+    prefix, ranges = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist).groups()
+    return prefix if ranges is None else prefix + ranges.split(",")[0].split("-")[0]
+
+
+def adopt_slurm_environment(environ: dict = os.environ) -> None:
+    """Under `srun python simclr.py ...` (one task per GPU, no torchrun) take rank and world from SLURM.
+
+    torchrun's variables win when present (`srun torchrun ...` sets them per process). The rendezvous is
+    the first node of the job on MASTER_PORT (default 29500), as torchrun's static rendezvous would use.
+    """
+    if "RANK" in environ or "SLURM_PROCID" not in environ or int(environ.get("SLURM_NTASKS", "1")) < 2:
+        return
+    environ["RANK"] = environ["SLURM_PROCID"]
+    environ["WORLD_SIZE"] = environ["SLURM_NTASKS"]
+    environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
+    environ.setdefault("MASTER_ADDR", first_host(environ.get("SLURM_JOB_NODELIST", environ.get("SLURM_NODELIST", ""))))
+    environ.setdefault("MASTER_PORT", "29500")
+
+
 def init_runtime() -> Runtime:
-    """CUDA when present, else CPU; joins the process group when launched by torchrun."""
+    """CUDA when present, else CPU; joins the process group when launched by torchrun or srun."""
+    adopt_slurm_environment()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
