@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 from pathlib import Path
 
 from data.augment import get_val_transformations
 from data.loaders import eval_loader
 from data.registry import get_val_dataset
-from models import ClusteringModel, build_backbone, build_model
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, strip_module_prefix
 from utils.config import add_config_arguments, format_config, load_config
 from utils.evaluate import get_predictions, get_prototype_indices
 from utils.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
+from utils.model_files import load_model_file
 from utils.plots import plot_prototypes
 from utils.report import clustering_report
 from utils.results import write_json
@@ -42,55 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_model_file(path: str) -> tuple[dict, int | None]:
-    """(state dict, stored head or None) from any of the published or resumable formats."""
-    checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.")
-    if "model" in checkpoint and isinstance(checkpoint["model"], dict):  # SCAN {'model', 'head'} or a checkpoint
-        head = checkpoint.get("head", checkpoint.get("best_loss_head"))
-        return strip_module_prefix(checkpoint["model"]), None if head is None else int(head)
-    return strip_module_prefix(checkpoint), None
-
-
 def default_output_dir(model_path: str | Path) -> Path:
     """`<model dir>/<model file stem>_eval`: where results go without --output_dir, and where predict.py looks."""
     return Path(model_path).parent / (Path(model_path).name.split(".")[0] + "_eval")
 
 
-def count_heads(state_dict: dict) -> int:
-    return len({key.split(".")[1] for key in state_dict if re.match(r"cluster_head\.\d+\.weight$", key)})
-
-
-def clustering_model_from_file(
-    cfg: dict, state_dict: dict, stored_head: int | None, model_path: str
-) -> tuple[ClusteringModel, int]:
-    """The loaded clustering model a file describes, and the head to use (the stored one, else 0).
-
-    The file decides how many heads and clusters there are: a self-label file (1 head) also fits a SCAN
-    config, and an over-clustering model (more clusters than classes) is evaluated by majority mapping.
-    """
-    num_heads = max(count_heads(state_dict), 1)
-    num_clusters = (
-        state_dict["cluster_head.0.weight"].shape[0] if "cluster_head.0.weight" in state_dict else cfg["num_classes"]
-    )
-    if num_clusters != cfg["num_classes"]:
-        print(
-            f"Note: the model has {num_clusters} clusters, the config says num_classes {cfg['num_classes']}.",
-            flush=True,
-        )
-    model = ClusteringModel(build_backbone(cfg["backbone"], **cfg["backbone_kwargs"]), num_clusters, num_heads)
-    load_state_dict_checked(model, state_dict, source=f"model {model_path}")
-    head = stored_head if stored_head is not None else 0
-    if head >= num_heads:
-        raise CheckpointError(f"{model_path} names head {head} but holds only {num_heads} head(s).")
-    return model, head
-
-
-def evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir: Path, model_path: str) -> dict:
+def evaluate_pretext(cfg, model, dataset, runtime, out_dir: Path, model_path: str) -> dict:
     """Neighbour accuracy of the contrastive features on the test split, for k = 1, 5, 20."""
-    model = build_model({**cfg, "setup": "simclr"})
-    load_state_dict_checked(model, state_dict, source=f"pretext model {model_path}")
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     features, targets = extract_features(model.to(runtime.device), loader, runtime.device)
     indices, _ = mine_nearest_neighbors(features, targets, max(PRETEXT_KS))
@@ -135,17 +91,16 @@ def main(argv: list[str] | None = None) -> dict:
     model_path = args.model
     out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_dict, stored_head = read_model_file(model_path)
+    model, head = load_model_file(cfg, model_path)
     dataset = get_val_dataset(cfg, get_val_transformations(cfg))
     print(
         f"Evaluating {model_path} on {len(dataset)} test images of {cfg['val_db_name']}; writing to {out_dir}",
         flush=True,
     )
 
-    if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in ("simclr", "moco"):
-        return evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir, model_path)
+    if head is None:  # a pretext model
+        return evaluate_pretext(cfg, model, dataset, runtime, out_dir, model_path)
 
-    model, head = clustering_model_from_file(cfg, state_dict, stored_head, model_path)
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     head_outputs, features = get_predictions(
         model.to(runtime.device), loader, runtime.device, return_features=args.visualize_prototypes

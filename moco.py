@@ -3,7 +3,8 @@
     python moco.py --config_env configs/env.yml --config_exp configs/pretext/moco_imagenet50.yml \
                    --moco_weights moco_v2_800ep_pretrain.pth.tar
 
-Writes <root_dir>/<db>/pretext/{model.pth.tar, topk-train-neighbors.npy, topk-val-neighbors.npy, metrics.json}.
+Writes <root_dir>/<db>/pretext/{model.pth.tar + model.pth.tar.arch.json, topk-train-neighbors.npy,
+topk-val-neighbors.npy, metrics.json}.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from data.augment import get_val_transformations
 from data.loaders import eval_loader
 from data.registry import get_train_dataset, get_val_dataset
 from models import build_model
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_atomic
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 from utils.knn import mine_and_save_neighbors
+from utils.model_files import architecture_record, save_state_dict_file
 from utils.results import write_json
 from utils.stage import run_cli, setup_stage
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(cfg)
     load_state_dict_checked(model, convert_moco_state_dict(state_dict), source=f"MoCo checkpoint {args.moco_weights}")
     Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
-    save_atomic(model.state_dict(), cfg["pretext_model"])
+    save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg))
     print(f"Saved the converted pretext model to {cfg['pretext_model']}", flush=True)
 
     # Neighbours come from the 2048-d backbone features (before the MLP head), L2-normalised by the model.

@@ -27,9 +27,10 @@ from tqdm import tqdm
 from data.augment import get_val_transformations
 from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
 from data.registry import get_val_dataset
-from eval import clustering_model_from_file, default_output_dir, read_model_file
+from eval import default_output_dir
 from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
+from utils.model_files import load_model_file
 from utils.runtime import init_runtime
 from utils.stage import run_cli
 
@@ -124,12 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
     runtime = init_runtime()
 
-    state_dict, stored_head = read_model_file(args.model)
-    if any(key.startswith("contrastive_head") for key in state_dict):
+    model, head = load_model_file(cfg, args.model)
+    if head is None:
         raise CheckpointError(
             f"{args.model} is a pretext model without cluster heads: pass the SCAN or self-label model.pth.tar."
         )
-    model, head = clustering_model_from_file(cfg, state_dict, stored_head, args.model)
     model = model.to(runtime.device).eval()
     metrics_path = Path(args.metrics) if args.metrics else default_output_dir(args.model) / "metrics.json"
     cluster_to_class = matched_classes(metrics_path, args.metrics is not None, cfg, head)

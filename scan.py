@@ -3,7 +3,7 @@
     python scan.py --config_env configs/env.yml --config_exp configs/scan/scan_cifar10.yml
 
 Needs the pretext stage's model.pth.tar and neighbour files. Writes <root_dir>/<db>/scan/
-{checkpoint.pth.tar, model.pth.tar ({'model', 'head'}), confusion_matrix.png, metrics.json}.
+{checkpoint.pth.tar, model.pth.tar ({'model', 'head', 'architecture'}), confusion_matrix.png, metrics.json}.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from losses import SCANLoss
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_state_dict_checked, resume, save_atomic
 from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
+from utils.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
@@ -90,6 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
 
+    require_matching_architecture(
+        read_sidecar(cfg["pretext_model"]),
+        cfg,
+        ("backbone", "backbone_kwargs"),
+        source=f"pretext model {cfg['pretext_model']}",
+    )
     model = build_model(cfg)
     # A pretext model seeds the backbone: only its contrastive head may go unused, only the heads stay new.
     load_state_dict_checked(
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(summary, flush=True)
             if head_loss < best_loss:
                 best_loss, best_loss_head = head_loss, head
-                save_atomic({"model": unwrap(model).state_dict(), "head": head}, cfg["scan_model"])
+                save_scan_file(unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg))
                 print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
             save_atomic(
                 {

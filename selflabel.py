@@ -3,21 +3,29 @@
     python selflabel.py --config_env configs/env.yml --config_exp configs/selflabel/selflabel_cifar10.yml
 
 Starts from the best head of scan/model.pth.tar (as head 0). Writes <root_dir>/<db>/selflabel/
-{checkpoint.pth.tar, model.pth.tar (plain state dict), confusion_matrix.png, metrics.json}.
+{checkpoint.pth.tar, model.pth.tar (plain state dict) + model.pth.tar.arch.json, confusion_matrix.png, metrics.json}.
+
+Every epoch logs the cluster sizes on the test split, the pseudo-labels each cluster got, and a warning for a
+cluster that emptied or shrank (utils/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the
+paper; `best` keeps the epoch with the lowest SCAN loss on the test neighbours whose clusters all survived,
+the SCAN model itself (epoch 0) included. `pseudo_labels: per_cluster` gives every cluster its share of targets.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.augment import get_train_transformations, get_val_transformations
 from data.loaders import eval_loader, set_epoch, train_loader
 from data.registry import get_train_dataset, get_val_dataset
 from data.wrappers import AugmentedDataset
-from losses import ConfidenceBasedCE, NoConfidentSamplesError
+from losses import ConfidenceBasedCE, NoConfidentSamplesError, PerClusterConfidenceCE, pseudo_labels
 from models import build_model
 from utils.checkpoint import (
     CheckpointError,
@@ -27,7 +35,10 @@ from utils.checkpoint import (
     save_atomic,
     strip_module_prefix,
 )
+from utils.cluster_watch import SelfLabelWatch
+from utils.config import ConfigError
 from utils.evaluate import cluster_metrics, get_predictions
+from utils.model_files import architecture_record, require_matching_architecture, save_state_dict_file
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
@@ -43,10 +54,25 @@ def best_head_state_dict(scan_checkpoint: dict) -> dict:
     return state
 
 
+def build_criterion(cfg: dict) -> torch.nn.Module:
+    """The paper's threshold rule, or balanced per-cluster pseudo-labels."""
+    if cfg["pseudo_labels"] == "threshold":
+        return ConfidenceBasedCE(cfg["confidence_threshold"], **cfg["criterion_kwargs"])
+    if cfg["pseudo_labels"] == "per_cluster":
+        return PerClusterConfidenceCE(
+            cfg["confidence_threshold"], cfg["pseudo_label_fraction"], **cfg["criterion_kwargs"]
+        )
+    raise ConfigError(f"pseudo_labels '{cfg['pseudo_labels']}' is not one of: threshold, per_cluster.")
+
+
 def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool, epoch: int) -> dict:
-    """Cross-entropy of the strong view toward the weak view's confident predictions."""
+    """Cross-entropy of the strong view toward the weak view's confident predictions.
+
+    Also counts, per cluster, the train images predicted in it (weak view) and those that became targets.
+    """
     model.train()
     total, steps, skipped = 0.0, 0, 0
+    predicted, targets = None, None
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         images = batch["image"].to(runtime.device, non_blocking=True)
@@ -55,6 +81,15 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
             with torch.no_grad():
                 weak_output = model(images)[0]
             strong_output = model(augmented)[0]
+        # The criterion's own rule (per-cluster share only for PerClusterConfidenceCE), for the per-epoch log.
+        cluster, mask = pseudo_labels(
+            F.softmax(weak_output.float(), dim=1), criterion.threshold, getattr(criterion, "fraction", None)
+        )
+        if predicted is None:
+            predicted = torch.zeros(weak_output.shape[1], dtype=torch.long, device=weak_output.device)
+            targets = torch.zeros_like(predicted)
+        predicted += torch.bincount(cluster, minlength=predicted.numel())
+        targets += torch.bincount(cluster[mask], minlength=targets.numel())
         confident = True
         try:
             loss = criterion(weak_output, strong_output)
@@ -73,13 +108,52 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         if confident:
             total, steps = total + loss.item(), steps + 1
             progress.set_postfix(loss=f"{loss.item():.4f}")
-    return {"loss": total / max(steps, 1), "steps": steps, "skipped": skipped}
+    if runtime.distributed and predicted is not None:
+        dist.all_reduce(predicted)
+        dist.all_reduce(targets)
+    return {
+        "loss": total / max(steps, 1),
+        "steps": steps,
+        "skipped": skipped,
+        "train_cluster_sizes": [] if predicted is None else predicted.tolist(),
+        "pseudo_labels_per_cluster": [] if targets is None else targets.tolist(),
+    }
+
+
+def watch_epoch(watch, epoch: int, model, val_loader, val_neighbors, runtime, extra: dict) -> dict:
+    """Predict the test split, record the epoch in `watch`, and print its sizes, warnings and score."""
+    head_output = get_predictions(model, val_loader, runtime.device)[0][0]
+    predictions, targets = head_output["predictions"], head_output["targets"]
+    if not (targets < 0).any():  # labels, when there are any, only go into the log, never into the choice
+        extra = {**extra, "ACC": cluster_metrics(predictions, head_output["probabilities"], targets)["ACC"]}
+    record = watch.observe(epoch, head_output, val_neighbors, extra)
+    line = f"  test cluster sizes {record['cluster_sizes']}"
+    if "pseudo_labels_per_cluster" in record:
+        line += (
+            f"\n  train: pseudo-labels per cluster {record['pseudo_labels_per_cluster']} "
+            f"of predicted {record['train_cluster_sizes']}"
+        )
+    if record["score"] is not None:
+        line += f"\n  SCAN loss on the test neighbours {record['score']:.4f}" + (
+            "  (best so far)" if record["improved"] else ""
+        )
+    if "ACC" in record:
+        line += f"  ACC {100 * record['ACC']:.2f}"
+    print("\n".join([line, *watch.warning_lines(record)]), flush=True)
+    return record
 
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("Self-labeling", argv, ("selflabel",))
     scan_command = stage_command("scan", cfg["train_db_name"], args.config_env)
     require_files([cfg["scan_model"]], scan_command)
+    if cfg["selflabel_keep"] not in ("last", "best"):
+        raise ConfigError(f"selflabel_keep '{cfg['selflabel_keep']}' is not one of: last, best.")
+    if cfg["selflabel_keep"] == "best":  # the selection criterion needs the test split's neighbours
+        require_files(
+            [cfg["topk_neighbors_val_path"]],
+            stage_command("pretext", cfg["train_db_name"], args.config_env) + "\n(or set selflabel_keep: last)",
+        )
     Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
 
     # Weak view: the val transform; strong view: the training augmentation.
@@ -89,6 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
     val_dataset = get_val_dataset(cfg, get_val_transformations(cfg))
     loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    val_neighbors = None  # optional with selflabel_keep: last (a model-zoo SCAN file comes without them)
+    if Path(cfg["topk_neighbors_val_path"]).is_file():
+        val_neighbors = torch.as_tensor(np.load(cfg["topk_neighbors_val_path"]), dtype=torch.long)
+        if val_neighbors.shape[0] != len(val_dataset):
+            raise ConfigError(
+                f"{cfg['topk_neighbors_val_path']} holds neighbours of {val_neighbors.shape[0]} test images, the "
+                f"test split has {len(val_dataset)}: it was mined on other data. Re-run the pretext stage."
+            )
     if runtime.is_main:
         print(
             f"Train: {len(train_dataset)} images, test: {len(val_dataset)}. Writing to {cfg['selflabel_dir']}",
@@ -99,13 +181,33 @@ def main(argv: list[str] | None = None) -> dict:
     scan_checkpoint = load_checkpoint(cfg["scan_model"], scan_command)
     if not isinstance(scan_checkpoint, dict) or not {"model", "head"} <= scan_checkpoint.keys():
         raise CheckpointError(f"{cfg['scan_model']} is not a SCAN model file (a dict with 'model' and 'head').")
+    require_matching_architecture(
+        scan_checkpoint.get("architecture"),
+        cfg,
+        ("backbone", "backbone_kwargs", "num_classes"),
+        source=f"SCAN model {cfg['scan_model']}",
+    )
     load_state_dict_checked(model, best_head_state_dict(scan_checkpoint), source=f"SCAN model {cfg['scan_model']}")
     model = wrap_model(model, runtime)
-    criterion = ConfidenceBasedCE(cfg["confidence_threshold"], **cfg["criterion_kwargs"])
+    criterion = build_criterion(cfg)
     optimizer = build_optimizer(cfg, model)
+    architecture = architecture_record(cfg, num_heads=1)
 
-    start_epoch = resume(cfg["selflabel_checkpoint"], unwrap(model), optimizer, runtime.is_main)["epoch"]
+    checkpoint = resume(cfg["selflabel_checkpoint"], unwrap(model), optimizer, runtime.is_main)
+    start_epoch = checkpoint["epoch"]
+    watch = SelfLabelWatch(cfg["cluster_warning_fraction"], checkpoint.get("watch"))
     ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None  # averages from the resumed weights
+    keep_best = cfg["selflabel_keep"] == "best"
+
+    if runtime.is_main and not watch.history:  # a fresh run, or a checkpoint written before the watch existed
+        # Epoch 0 is the SCAN model: the reference sizes for the warnings and the bar for `best`.
+        print("Epoch 0 (the SCAN model)", flush=True)
+        scan_model = build_model(cfg).to(runtime.device)
+        scan_model.load_state_dict(best_head_state_dict(scan_checkpoint))
+        watch_epoch(watch, 0, scan_model, val_loader, val_neighbors, runtime, {})
+        if keep_best:
+            save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture)
+    barrier(runtime)
 
     for epoch in range(start_epoch, cfg["epochs"]):
         set_epoch(loader, epoch)
@@ -118,18 +220,27 @@ def main(argv: list[str] | None = None) -> dict:
                     f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
                     f"above confidence {cfg['confidence_threshold']})"
                 )
-            head_output = get_predictions(unwrap(model), val_loader, runtime.device)[0][0]
-            if not (head_output["targets"] < 0).any():
-                accuracy = cluster_metrics(
-                    head_output["predictions"], head_output["probabilities"], head_output["targets"]
-                )["ACC"]
-                summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
+            record = watch_epoch(
+                watch,
+                epoch + 1,
+                unwrap(model),
+                val_loader,
+                val_neighbors,
+                runtime,
+                {key: stats[key] for key in ("loss", "train_cluster_sizes", "pseudo_labels_per_cluster")},
+            )
             save_atomic(
-                {"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "model": unwrap(model).state_dict(),
+                    "epoch": epoch + 1,
+                    "watch": watch.state_dict(),
+                },
                 cfg["selflabel_checkpoint"],
             )
-            save_atomic(unwrap(model).state_dict(), cfg["selflabel_model"])
+            if not keep_best or record["improved"]:
+                save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
         barrier(runtime)
 
     metrics = {}
@@ -138,11 +249,24 @@ def main(argv: list[str] | None = None) -> dict:
             [cfg["selflabel_model"]],
             f"python selflabel.py --config_env {args.config_env} --config_exp {args.config_exp}",
         )
+        if keep_best:
+            kept_epoch, reason = watch.best_epoch, watch.kept_reason()
+        else:
+            kept_epoch, reason = cfg["epochs"], "the last epoch (selflabel_keep: last)"
+        print(f"Kept epoch {kept_epoch}: {reason}. {len(watch.all_warnings())} cluster warning(s).", flush=True)
         final_model = build_model(cfg).to(runtime.device)
         load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
         head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]
+        extra = {
+            "selflabel_keep": cfg["selflabel_keep"],
+            "pseudo_labels": cfg["pseudo_labels"],
+            "kept_epoch": kept_epoch,
+            "kept_reason": reason,
+            "cluster_warnings": watch.all_warnings(),
+            "epochs": watch.history,
+        }
         metrics = clustering_report(
-            head_output, val_dataset.classes, cfg["selflabel_dir"], title="Self-label on the test split"
+            head_output, val_dataset.classes, cfg["selflabel_dir"], extra=extra, title="Self-label on the test split"
         )
     barrier(runtime)
     return metrics

@@ -2,8 +2,9 @@
 
     python simclr.py --config_env configs/env.yml --config_exp configs/pretext/simclr_cifar10.yml
 
-Writes <root_dir>/<db>/pretext/{checkpoint.pth.tar, model.pth.tar, topk-train-neighbors.npy,
-topk-val-neighbors.npy, metrics.json}. Resumes from checkpoint.pth.tar when it exists.
+Writes <root_dir>/<db>/pretext/{checkpoint.pth.tar, model.pth.tar (plain state dict) + model.pth.tar.arch.json
+(its architecture), topk-train-neighbors.npy, topk-val-neighbors.npy, metrics.json}. Resumes from
+checkpoint.pth.tar when it exists.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from models import build_model
 from utils.checkpoint import resume, save_atomic
 from utils.distributed import gather_with_grad
 from utils.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
+from utils.model_files import architecture_record, save_state_dict_file
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.results import write_json
 from utils.runtime import autocast, barrier, unwrap, wrap_model
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     metrics = {}
     if runtime.is_main:
-        save_atomic(unwrap(model).state_dict(), cfg["pretext_model"])
+        save_state_dict_file(unwrap(model).state_dict(), cfg["pretext_model"], architecture_record(cfg))
         print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
         metrics = mine_and_save_neighbors(unwrap(model), base_loader, val_loader, cfg, runtime.device)
         metrics["knn_top1"] = knn_top1

@@ -1,5 +1,21 @@
 """Losses of the three SCAN stages."""
 
-from losses.losses import ConfidenceBasedCE, NoConfidentSamplesError, SCANLoss, SimCLRLoss, entropy
+from losses.losses import (
+    ConfidenceBasedCE,
+    NoConfidentSamplesError,
+    PerClusterConfidenceCE,
+    SCANLoss,
+    SimCLRLoss,
+    entropy,
+    pseudo_labels,
+)
 
-__all__ = ["ConfidenceBasedCE", "NoConfidentSamplesError", "SCANLoss", "SimCLRLoss", "entropy"]
+__all__ = [
+    "ConfidenceBasedCE",
+    "NoConfidentSamplesError",
+    "PerClusterConfidenceCE",
+    "SCANLoss",
+    "SimCLRLoss",
+    "entropy",
+    "pseudo_labels",
+]

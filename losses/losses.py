@@ -117,3 +117,63 @@ class ConfidenceBasedCE(nn.Module):
             weight = torch.ones(weak_prob.shape[1], device=weak_prob.device)
             weight[classes] = target_masked.numel() / counts.float()
         return F.cross_entropy(anchors_strong.float()[mask], target_masked, weight=weight, reduction="mean")
+
+
+def pseudo_labels(
+    probabilities: torch.Tensor, threshold: float, per_cluster_fraction: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster of every sample, mask of those that become self-labeling targets).
+
+    The cluster is the argmax of `probabilities` [B, C].
+    Without `per_cluster_fraction`: those whose max probability is strictly above `threshold`, the
+    paper's rule (ConfidenceBasedCE's). With it, each cluster c also gets its most confident
+    ceil(fraction · n_c) members, n_c = the batch's samples predicted as c, ties at the cut included:
+    a per-cluster threshold min(threshold, q_c), q_c the confidence of that last member. A cluster whose
+    samples are less sure than `threshold` thus still gets its share of targets instead of none.
+    """
+    max_prob, target = probabilities.max(dim=1)
+    mask = max_prob > threshold
+    if per_cluster_fraction is None or max_prob.numel() == 0:
+        return target, mask
+    num_clusters = probabilities.shape[1]
+    # Rank of every sample among its cluster's members, most confident first.
+    order = torch.argsort(max_prob, descending=True, stable=True)
+    members = F.one_hot(target[order], num_clusters)  # [B, C], sorted by confidence
+    rank = (members.cumsum(dim=0) * members).sum(dim=1) - 1
+    share = torch.ceil(per_cluster_fraction * members.sum(dim=0).double()).long()  # targets per cluster
+    within_share = rank < share[target[order]]
+    # q_c: the lowest confidence within cluster c's share (+inf for clusters without members).
+    cut = torch.full((num_clusters,), float("inf"), dtype=max_prob.dtype, device=max_prob.device)
+    cut.scatter_reduce_(0, target[order][within_share], max_prob[order][within_share], reduce="amin")
+    return target, mask | (max_prob >= cut[target])
+
+
+class PerClusterConfidenceCE(nn.Module):
+    """ConfidenceBasedCE with balanced pseudo-labels: every predicted cluster gets its share of targets.
+
+    At a high threshold (the paper's 0.99) a few confident clusters can supply all targets; trained only
+    toward those, the model moves the other clusters' samples into them until some clusters empty. Here a
+    sample is a target when it is above `threshold` or among the most confident `fraction` of its
+    cluster in the batch (see `pseudo_labels`); class balancing is as in ConfidenceBasedCE.
+    """
+
+    def __init__(self, threshold: float, fraction: float, apply_class_balancing: bool) -> None:
+        super().__init__()
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"The per-cluster pseudo-label fraction must be in (0, 1], got {fraction}.")
+        self.threshold = threshold
+        self.fraction = fraction
+        self.apply_class_balancing = apply_class_balancing
+
+    def forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
+        weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
+        target, mask = pseudo_labels(weak_prob, self.threshold, self.fraction)
+        if not mask.any():  # only an empty batch selects nothing
+            raise NoConfidentSamplesError("The batch is empty: no pseudo-labels to train on.")
+        target_masked = target[mask]
+        weight = None
+        if self.apply_class_balancing:
+            classes, counts = torch.unique(target_masked, return_counts=True)
+            weight = torch.ones(weak_prob.shape[1], device=weak_prob.device)
+            weight[classes] = target_masked.numel() / counts.float()
+        return F.cross_entropy(anchors_strong.float()[mask], target_masked, weight=weight, reduction="mean")

@@ -15,6 +15,7 @@ from models import ClusteringModel, ContrastiveModel, build_backbone
 from tests.conftest import ROOT
 from tests.test_checkpoint import legacy_cuda_file
 from utils.checkpoint import CheckpointError
+from utils.model_files import architecture_record, save_scan_file
 
 pytestmark = pytest.mark.slow
 WIDTH = ["backbone_kwargs.base_width=8", "num_workers=0"]
@@ -125,3 +126,26 @@ def test_checkpoint_of_another_architecture_lists_the_bad_keys(tiny_cifar_env, t
     torch.save(ClusteringModel(build_backbone("resnet18", base_width=16), 10, 1).state_dict(), path)
     with pytest.raises(CheckpointError, match=r"(?s)does not fit.*shape mismatches: backbone.conv1.weight"):
         run_eval(tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out")
+
+
+def test_recorded_architecture_wins_over_the_config(tiny_cifar_env, tmp_path, capsys):
+    model = clustering_model(heads=2)
+    path = tmp_path / "model.pth.tar"
+    cfg = {"setup": "scan", "backbone": "resnet18", "backbone_kwargs": {"base_width": 8}, "num_classes": 10}
+    save_scan_file(model.state_dict(), 1, path, architecture_record({**cfg, "num_heads": 2}))
+    metrics = eval_script.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(ROOT / "configs/scan/scan_cifar10.yml"),
+            "--model",
+            str(path),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--set",
+            "num_workers=0",  # the config's width (64) is not the file's (8)
+        ]
+    )
+    assert metrics["head"] == 1 and metrics["ACC"] == pytest.approx(accuracy_from_csv(tmp_path / "out"))
+    assert "backbone_kwargs.base_width: file 8, config 64" in capsys.readouterr().out

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import ConfidenceBasedCE, NoConfidentSamplesError, SCANLoss, SimCLRLoss
+from losses import (
+    ConfidenceBasedCE,
+    NoConfidentSamplesError,
+    PerClusterConfidenceCE,
+    SCANLoss,
+    SimCLRLoss,
+    pseudo_labels,
+)
 
 
 def test_simclr_loss_hand_computed():
@@ -190,3 +197,70 @@ def test_confidence_mask_and_targets_come_from_the_float32_softmax():
         assert loss.dtype == torch.float32
         assert torch.equal(loss, criterion(weak.float(), strong.float()))
         assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# Seven samples, three clusters (argmax). Cluster 0: confidences 0.995, 0.9, 0.8; cluster 1: 0.7, 0.6;
+# cluster 2: 0.5, 0.5 (a tie).
+SEVEN = torch.tensor(
+    [
+        [0.995, 0.004, 0.001],
+        [0.9, 0.05, 0.05],
+        [0.8, 0.1, 0.1],
+        [0.2, 0.7, 0.1],
+        [0.3, 0.6, 0.1],
+        [0.25, 0.25, 0.5],
+        [0.3, 0.2, 0.5],
+    ]
+)
+
+
+def test_threshold_pseudo_labels_are_the_strictly_confident_argmax():
+    target, mask = pseudo_labels(SEVEN, threshold=0.9)
+    assert target.tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert mask.tolist() == [True, False, False, False, False, False, False]  # 0.9 is not above 0.9
+
+
+def test_per_cluster_pseudo_labels_give_every_cluster_its_most_confident_share():
+    # fraction 0.5 → shares ceil(1.5) = 2, ceil(1.0) = 1, ceil(1.0) = 1: cluster 0 keeps 0.995 and 0.9,
+    # cluster 1 keeps 0.7, cluster 2's share of one is a tie at 0.5, so both are kept.
+    _, mask = pseudo_labels(SEVEN, threshold=0.99, per_cluster_fraction=0.5)
+    assert mask.tolist() == [True, True, False, True, False, True, True]
+    # A small share never drops a sample above the threshold: cluster 0's share is ceil(0.3) = 1 sample,
+    # and both samples above 0.85 stay.
+    _, mask = pseudo_labels(SEVEN, threshold=0.85, per_cluster_fraction=0.1)
+    assert mask.tolist() == [True, True, False, True, False, True, True]
+    _, mask = pseudo_labels(SEVEN, threshold=0.99, per_cluster_fraction=1.0)
+    assert mask.all()
+
+
+def test_per_cluster_confidence_ce_hand_computed():
+    # Weak view: cluster 0 has two members (softmax maxima 0.99991 and 0.731), cluster 1 one (0.576);
+    # nobody in cluster 1 is above 0.99, so the threshold rule would give it no target.
+    weak = torch.tensor([[10.0, 0.0], [1.0, 0.0], [0.0, 0.3]])
+    strong = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+
+    def nll(logits, target):
+        return -(logits[target] - math.log(sum(math.exp(v) for v in logits)))
+
+    # fraction 0.5: shares ceil(1.0) = 1 (cluster 0: the 0.99991 sample) and ceil(0.5) = 1 (cluster 1: its one).
+    # Targets [0, 1], n = 2 → class weights 2/1 each, so the weighted mean is the plain mean.
+    loss = PerClusterConfidenceCE(0.99, 0.5, apply_class_balancing=True)(weak, strong)
+    assert loss.item() == pytest.approx((nll([1.0, 0.0], 0) + nll([3.0, 0.0], 1)) / 2, rel=1e-6)
+    # fraction 1: all three, targets [0, 0, 1] → weights 3/2, 3/2, 3/1.
+    loss = PerClusterConfidenceCE(0.99, 1.0, apply_class_balancing=True)(weak, strong)
+    terms = [(1.5, nll([1.0, 0.0], 0)), (1.5, nll([0.0, 2.0], 0)), (3.0, nll([3.0, 0.0], 1))]
+    assert loss.item() == pytest.approx(sum(w * v for w, v in terms) / sum(w for w, _ in terms), rel=1e-6)
+    unbalanced = PerClusterConfidenceCE(0.99, 1.0, apply_class_balancing=False)(weak, strong)
+    assert unbalanced.item() == pytest.approx(sum(v for _, v in terms) / 3, rel=1e-6)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        PerClusterConfidenceCE(0.99, 0.0, True)
+
+
+def test_per_cluster_ce_agrees_with_confidence_ce_when_every_cluster_is_confident():
+    # Each cluster's share (fraction 0.5) lies above the threshold: both rules select the same targets.
+    torch.manual_seed(0)
+    weak = torch.tensor([[9.0, 0, 0], [8.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0], [1.0, 0, 0]])
+    strong = torch.randn(5, 3)
+    expected = ConfidenceBasedCE(0.99, True)(weak, strong)
+    assert PerClusterConfidenceCE(0.99, 0.5, True)(weak, strong).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert pseudo_labels(weak.softmax(1), 0.99)[1].tolist() == [True, True, True, True, False]

@@ -14,6 +14,8 @@ import scan
 import selflabel
 import simclr
 from tests.conftest import ROOT
+from utils.checkpoint import load_checkpoint
+from utils.model_files import read_model_file
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +58,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     assert set(checkpoint) == {"optimizer", "model", "epoch"} and checkpoint["epoch"] == 1
     pretext_state = torch.load(pretext / "model.pth.tar", weights_only=True)
     assert "contrastive_head.0.weight" in pretext_state and "backbone.conv1.weight" in pretext_state
+    assert read_model_file(pretext / "model.pth.tar").architecture["backbone_kwargs"]["base_width"] == 8
 
     scan_metrics = scan.main(
         [
@@ -74,7 +77,8 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     for name in ("checkpoint.pth.tar", "model.pth.tar", "confusion_matrix.png", "metrics.json"):
         assert (scan_dir / name).is_file(), name
     scan_model = torch.load(scan_dir / "model.pth.tar", weights_only=True)
-    assert set(scan_model) == {"model", "head"} and scan_model["head"] in (0, 1)
+    assert set(scan_model) == {"model", "head", "architecture"} and scan_model["head"] in (0, 1)
+    assert scan_model["architecture"]["num_heads"] == 2
     assert "cluster_head.1.weight" in scan_model["model"]
     scan_checkpoint = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
     assert set(scan_checkpoint) == {"optimizer", "model", "epoch", "best_loss", "best_loss_head"}
@@ -118,6 +122,14 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     state = torch.load(selflabel_dir / "model.pth.tar", weights_only=True)
     assert "cluster_head.0.weight" in state and "cluster_head.1.weight" not in state
     assert 0.0 <= selflabel_metrics["ACC"] <= 1.0
+    # The paper's config keeps the last epoch; epoch 0 (the SCAN model) and epoch 1 are both watched.
+    assert selflabel_metrics["selflabel_keep"] == "last" and selflabel_metrics["kept_epoch"] == 1
+    assert [record["epoch"] for record in selflabel_metrics["epochs"]] == [0, 1]
+    assert all(sum(record["cluster_sizes"]) == 50 for record in selflabel_metrics["epochs"])
+    assert torch.equal(
+        state["cluster_head.0.weight"],
+        load_checkpoint(selflabel_dir / "checkpoint.pth.tar")["model"]["cluster_head.0.weight"],
+    )
 
     out = tmp_path / "eval"
     eval_metrics = eval_script.main(
@@ -142,3 +154,70 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
         Image.open(out / name).verify()
     rows = (out / "predictions.csv").read_text().strip().splitlines()
     assert len(rows) == 51 and rows[0].startswith("index,")
+
+    # The model file says it is a width-8 ResNet: eval.py builds it without the run's --set.
+    plain = eval_script.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(ROOT / "configs/selflabel/selflabel_cifar10.yml"),
+            "--model",
+            str(selflabel_dir / "model.pth.tar"),
+            "--output_dir",
+            str(tmp_path / "eval_plain"),
+            "--set",
+            "num_workers=0",
+        ]
+    )
+    assert plain["ACC"] == eval_metrics["ACC"]
+
+
+def test_selflabel_keeps_the_best_epoch_across_a_resume(tiny_cifar_env, tmp_path):
+    results = tmp_path / "results" / "cifar-10"
+    run_pretext(tiny_cifar_env)
+    scan.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(ROOT / "configs/scan/scan_cifar10.yml"),
+            "--set",
+            "epochs=1",
+            "batch_size=32",
+            *FAST,
+        ]
+    )
+
+    def run_selflabel(epochs: int) -> dict:
+        return selflabel.main(
+            [
+                "--config_env",
+                str(tiny_cifar_env),
+                "--config_exp",
+                str(ROOT / "configs/selflabel/selflabel_cifar10.yml"),
+                "--set",
+                f"epochs={epochs}",
+                "batch_size=32",
+                "selflabel_keep=best",
+                "pseudo_labels=per_cluster",
+                "optimizer_kwargs.lr=0.01",
+                *FAST,
+            ]
+        )
+
+    run_selflabel(1)
+    metrics = run_selflabel(3)
+    history = metrics["epochs"]
+    assert [record["epoch"] for record in history] == [0, 1, 2, 3]  # epoch 0 and 1 come from the checkpoint
+    scores = [record["score"] for record in history]
+    eligible = [epoch for epoch, record in enumerate(history) if not record["warnings"]]
+    best = min(eligible, key=lambda epoch: scores[epoch])
+    assert metrics["kept_epoch"] == best and f"epoch {best}" in metrics["kept_reason"]
+    # The written model is the kept epoch's: its test predictions give that epoch's cluster sizes.
+    assert metrics["cluster_sizes"] == history[best]["cluster_sizes"]
+    assert metrics["cluster_warnings"] == [
+        {"epoch": record["epoch"], **warning} for record in history for warning in record["warnings"]
+    ]
+    checkpoint = load_checkpoint(results / "selflabel" / "checkpoint.pth.tar")
+    assert checkpoint["watch"]["best_epoch"] == best and checkpoint["epoch"] == 3

@@ -15,7 +15,7 @@ import scan
 import selflabel
 import simclr
 from data.loaders import train_loader
-from losses import ConfidenceBasedCE, SCANLoss
+from losses import ConfidenceBasedCE, PerClusterConfidenceCE, SCANLoss
 from models import ClusteringModel, ContrastiveModel, build_backbone
 from tests.conftest import ROOT
 from utils.checkpoint import CheckpointError
@@ -135,7 +135,38 @@ def test_selflabel_counts_batches_without_confident_samples_instead_of_crashing(
     stats = selflabel.train_one_epoch(
         [batch, batch], model, ConfidenceBasedCE(0.99, True), optimizer, None, CPU, False, 0
     )
-    assert stats == {"loss": 0.0, "steps": 0, "skipped": 2}
+    assert stats == {
+        "loss": 0.0,
+        "steps": 0,
+        "skipped": 2,
+        "train_cluster_sizes": [8, 0, 0, 0],  # uniform rows: argmax is the first cluster
+        "pseudo_labels_per_cluster": [0, 0, 0, 0],
+    }
+
+
+def test_selflabel_epoch_counts_predictions_and_pseudo_labels_per_cluster():
+    class Fixed(torch.nn.Module):
+        """Logits per image read from its first pixel: images 0–2 → cluster 0 (sure, sure, unsure), 3 → cluster 1."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.logits = torch.tensor([[9.0, 0.0, 0.0], [8.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+        def forward(self, x):
+            return [self.logits[x[:, 0, 0, 0].long()] + self.w]
+
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    batch = {"image": images, "image_augmented": images}
+    optimizer = torch.optim.SGD(Fixed().parameters(), lr=0.0)
+    threshold = selflabel.train_one_epoch(
+        [batch], Fixed(), ConfidenceBasedCE(0.99, True), optimizer, None, CPU, False, 0
+    )
+    assert threshold["train_cluster_sizes"] == [3, 1, 0] and threshold["pseudo_labels_per_cluster"] == [2, 0, 0]
+    per_cluster = selflabel.train_one_epoch(
+        [batch], Fixed(), PerClusterConfidenceCE(0.99, 0.5, True), optimizer, None, CPU, False, 0
+    )  # shares: ceil(1.5) = 2 of cluster 0 (both above 0.99 anyway), ceil(0.5) = 1 of cluster 1
+    assert per_cluster["pseudo_labels_per_cluster"] == [2, 1, 0] and per_cluster["steps"] == 1
 
 
 def write_imagenet_subset(root, wnids, per_class: dict[str, int]):

@@ -64,6 +64,11 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "confidence_threshold": 0.99,
     "use_ema": False,
     "ema_alpha": 0.999,
+    # selflabel robustness (README "Self-labeling: watched, balanced, best epoch kept")
+    "pseudo_labels": "threshold",  # threshold (paper: above confidence_threshold) | per_cluster
+    "pseudo_label_fraction": 0.5,  # per_cluster: each cluster's most confident share of its batch members
+    "selflabel_keep": "last",  # last (paper) | best: lowest SCAN loss on the test neighbours, no cluster collapsed
+    "cluster_warning_fraction": 0.25,  # warn when a cluster falls below this share of its size after SCAN
 }
 
 SETUPS = ("simclr", "moco", "scan", "selflabel")

@@ -1,0 +1,80 @@
+"""The self-label watch: cluster warnings, the label-free score, and which epoch is kept (hand-counted cases)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from utils.cluster_watch import SelfLabelWatch, neighbour_agreement, selection_score, shrunken_clusters
+
+
+def test_emptied_and_shrunken_clusters_are_found():
+    after_scan = [40, 40, 40, 0]
+    assert shrunken_clusters([40, 9, 0, 3], after_scan, 0.25) == [
+        {"cluster": 1, "size": 9, "size_after_scan": 40, "kind": "shrunk"},  # 9 < 0.25 · 40
+        {"cluster": 2, "size": 0, "size_after_scan": 40, "kind": "emptied"},
+    ]  # cluster 3 was empty after SCAN already: nothing to report
+    assert shrunken_clusters([40, 10, 50, 0], after_scan, 0.25) == []  # 10 is not below 10
+
+
+def test_selection_score_is_the_scan_loss_over_the_neighbours():
+    # p0 = [1, 0], p1 = [0.5, 0.5]; neighbours (self first): 0 → (0, 1), 1 → (1, 0).
+    # Similarities 1, 0.5, 0.5, 0.5 → consistency −(ln 1 + 3 ln 0.5) / 4; mean p = [0.75, 0.25].
+    probabilities = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    head = {"predictions": torch.tensor([0, 0]), "probabilities": probabilities, "targets": torch.tensor([0, 1])}
+    consistency = 0.75 * math.log(2)
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert selection_score(head, torch.tensor([[0, 1], [1, 0]])) == pytest.approx(consistency - entropy, rel=1e-5)
+
+
+def test_neighbour_agreement_counts_pairs_without_the_image_itself():
+    predictions = torch.tensor([0, 0, 1])
+    neighbors = torch.tensor([[0, 1, 2], [1, 0, 2], [2, 1, 0]])  # 6 pairs, 2 agree (0–1 and 1–0)
+    assert neighbour_agreement(predictions, neighbors) == pytest.approx(2 / 6)
+
+
+def head_output(predictions: list[int], confidence: float = 0.9) -> dict:
+    """Two clusters; cluster c's samples get probability `confidence` on c."""
+    predictions = torch.tensor(predictions)
+    probabilities = torch.full((len(predictions), 2), 1 - confidence)
+    probabilities[torch.arange(len(predictions)), predictions] = confidence
+    return {"predictions": predictions, "probabilities": probabilities, "targets": torch.zeros_like(predictions)}
+
+
+# Eight images in two groups of four; each image's neighbours are itself and the rest of its group.
+GROUPS = torch.tensor([[i] + [j for j in range(4 * (i // 4), 4 * (i // 4) + 4) if j != i] for i in range(8)])
+
+
+def test_the_best_epoch_with_all_clusters_intact_is_kept_and_the_state_survives_a_resume():
+    watch = SelfLabelWatch(warning_fraction=0.5)
+    start = watch.observe(0, head_output([0, 0, 0, 1, 1, 1, 1, 1]), GROUPS, {})  # the SCAN model
+    assert start["improved"] and watch.best_epoch == 0 and start["cluster_sizes"] == [3, 5]
+    better = watch.observe(1, head_output([0, 0, 0, 0, 1, 1, 1, 1], 0.99), GROUPS, {"ACC": 1.0})
+    assert better["improved"] and better["score"] < start["score"] and better["ACC"] == 1.0
+    # Epoch 2 puts everything in cluster 1: its consistency is perfect, but cluster 0 emptied.
+    collapsed = watch.observe(2, head_output([1] * 8, 0.99), GROUPS, {})
+    assert not collapsed["improved"] and collapsed["warnings"][0]["kind"] == "emptied"
+    assert watch.best_epoch == 1 and "epoch 1 has the lowest SCAN loss" in watch.kept_reason()
+    assert watch.all_warnings() == [{"epoch": 2, "cluster": 0, "size": 0, "size_after_scan": 3, "kind": "emptied"}]
+    assert any("cluster 0 emptied" in line for line in watch.warning_lines(collapsed))
+
+    resumed = SelfLabelWatch(0.5, watch.state_dict())
+    assert resumed.best_epoch == 1 and resumed.best_score == watch.best_score
+    worse = resumed.observe(3, head_output([0, 0, 0, 0, 1, 1, 1, 1], 0.9), GROUPS, {})
+    assert not worse["improved"] and resumed.best_epoch == 1 and len(resumed.history) == 4
+
+
+def test_the_scan_head_is_kept_when_no_epoch_beats_it():
+    watch = SelfLabelWatch(warning_fraction=0.25)
+    watch.observe(0, head_output([0, 0, 0, 0, 1, 1, 1, 1], 0.99), GROUPS, {})
+    watch.observe(1, head_output([0, 1, 0, 1, 0, 1, 0, 1], 0.99), GROUPS, {})  # balanced but inconsistent
+    assert watch.best_epoch == 0 and "kept the SCAN head (epoch 0)" in watch.kept_reason()
+
+
+def test_without_neighbours_epochs_are_watched_but_not_scored():
+    watch = SelfLabelWatch(warning_fraction=0.25)
+    watch.observe(0, head_output([0, 1]), None, {})
+    record = watch.observe(1, head_output([1, 1]), None, {})
+    assert record["score"] is None and not record["improved"] and record["warnings"][0]["kind"] == "emptied"

@@ -1,0 +1,261 @@
+"""Model files that say which architecture they hold, so eval.py and predict.py need not guess it.
+
+A stage's `model.pth.tar` is what users keep, share and evaluate, often with a config that is not the one they
+trained with (a `--set backbone_kwargs.base_width=16` run, a copied template). The weights alone do not say
+which backbone width or stem built them, and a wrong guess ends in a page of shape mismatches. So every model
+file we write records its architecture:
+
+- SCAN files are dicts already ({'model': state dict, 'head': int}); they get a third key, 'architecture'.
+  The original code reads only 'model' and 'head', so it still loads them.
+- Pretext and self-label files must stay plain state dicts: the original loads them with
+  `model.load_state_dict(state)`, which rejects any extra key. Their record is a sidecar JSON beside the file,
+  `<file>.arch.json`, holding the SHA-256 of the model file it describes: a sidecar left over from another
+  file (say a model-zoo file copied over ours) is recognised and ignored rather than trusted.
+
+Files without a record (model zoo, older runs) are read as before: the config describes the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models import ClusteringModel, ContrastiveModel, build_backbone
+from models.resnet import ResNet18, resnet50
+from utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    save_atomic,
+    strip_module_prefix,
+)
+from utils.results import write_json
+
+RECORD_FORMAT = 1
+BACKBONE_BUILDERS = {"resnet18": ResNet18, "resnet50": resnet50}  # whose keyword defaults the record spells out
+
+
+@dataclass
+class ModelFile:
+    """What a model file holds: weights, the stored head (SCAN files) and the architecture (when recorded)."""
+
+    state_dict: dict
+    head: int | None
+    architecture: dict | None
+
+
+def backbone_kwargs_with_defaults(backbone: str, kwargs: dict) -> dict:
+    """The backbone's keyword arguments with its defaults filled in ({} → {'stem': 'cifar', 'base_width': 64}).
+
+    Spelled out so that a record and a config compare equal whether or not the config wrote a default.
+    """
+    builder = BACKBONE_BUILDERS.get(backbone)
+    if builder is None:
+        return dict(kwargs)
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(builder).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **kwargs}
+
+
+def architecture_record(cfg: dict, num_heads: int | None = None) -> dict:
+    """The architecture a stage's model was built with, from its config.
+
+    `num_heads` overrides the config's where the file holds another count (self-labeling keeps one head).
+    """
+    contrastive = cfg["setup"] in ("simclr", "moco")
+    record = {
+        "format": RECORD_FORMAT,
+        "kind": "contrastive" if contrastive else "clustering",
+        "backbone": cfg["backbone"],
+        "backbone_kwargs": backbone_kwargs_with_defaults(cfg["backbone"], cfg.get("backbone_kwargs") or {}),
+    }
+    if contrastive:
+        record["model_kwargs"] = dict(cfg.get("model_kwargs") or {})
+    else:
+        record["num_classes"] = int(cfg["num_classes"])
+        record["num_heads"] = int(num_heads if num_heads is not None else cfg.get("num_heads", 1))
+    return record
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """`model.pth.tar` → `model.pth.tar.arch.json`, the record of a plain state-dict file."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".arch.json")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_state_dict_file(state_dict: dict, path: str | Path, architecture: dict) -> None:
+    """A plain state dict (loadable by the original code) plus its sidecar record."""
+    save_atomic(state_dict, path)
+    write_json(
+        {"model_file": Path(path).name, "sha256": file_sha256(path), "architecture": architecture},
+        sidecar_path(path),
+    )
+
+
+def save_scan_file(state_dict: dict, head: int, path: str | Path, architecture: dict) -> None:
+    """The SCAN format {'model', 'head'} with the record as a third key."""
+    save_atomic({"model": state_dict, "head": int(head), "architecture": architecture}, path)
+
+
+def read_sidecar(path: str | Path) -> dict | None:
+    """The recorded architecture of a plain state-dict file, or None when there is no valid record for it."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        content = json.loads(sidecar.read_text())
+        recorded_sha, architecture = content["sha256"], content["architecture"]
+    except (ValueError, KeyError, TypeError) as error:
+        print(f"Note: ignoring {sidecar}, which is not an architecture record ({error}).", flush=True)
+        return None
+    if recorded_sha != file_sha256(path):
+        print(
+            f"Note: ignoring {sidecar}: it describes another version of {Path(path).name} "
+            "(the file was replaced after it was written). The config describes the model.",
+            flush=True,
+        )
+        return None
+    return architecture
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Weights, stored head and recorded architecture from any published, stage-written or resumable file."""
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.")
+    if "model" in checkpoint and isinstance(checkpoint["model"], dict):  # SCAN {'model', 'head'} or a checkpoint
+        head = checkpoint.get("head", checkpoint.get("best_loss_head"))
+        head = None if head is None else int(head)
+        return ModelFile(strip_module_prefix(checkpoint["model"]), head, checkpoint.get("architecture"))
+    return ModelFile(strip_module_prefix(checkpoint), None, read_sidecar(path))
+
+
+def architecture_differences(recorded: dict, cfg: dict, keys: tuple[str, ...]) -> list[str]:
+    """'key: file X, config Y' for each of `keys` where the record and the config disagree.
+
+    backbone_kwargs are compared entry by entry (defaults filled in on both sides), so the message names
+    e.g. `backbone_kwargs.base_width` rather than the whole mapping.
+    """
+    config_side = architecture_record(cfg)
+    differences = []
+    for key in keys:
+        if key not in recorded or key not in config_side:  # e.g. model_kwargs: contrastive models only
+            continue
+        file_value, config_value = recorded[key], config_side[key]
+        if key == "backbone_kwargs" and recorded.get("backbone") == config_side["backbone"]:
+            for name in sorted(set(file_value) | set(config_value)):
+                if file_value.get(name) != config_value.get(name):
+                    differences.append(
+                        f"backbone_kwargs.{name}: file {file_value.get(name)!r}, config {config_value.get(name)!r}"
+                    )
+        elif file_value != config_value:
+            differences.append(f"{key}: file {file_value!r}, config {config_value!r}")
+    return differences
+
+
+def require_matching_architecture(recorded: dict | None, cfg: dict, keys: tuple[str, ...], source: str) -> None:
+    """For a stage that trains on from a file: the config must build the architecture the file recorded."""
+    if recorded is None:
+        return
+    differences = architecture_differences(recorded, cfg, keys)
+    if differences:
+        overrides = " ".join(
+            f"{line.split(':')[0]}={recorded_value(recorded, line.split(':')[0])}" for line in differences
+        )
+        raise CheckpointError(
+            f"The {source} was trained with another architecture than this config builds:\n  "
+            + "\n  ".join(differences)
+            + f"\nMake the config match the file (e.g. --set {overrides}) or retrain the earlier stage."
+        )
+
+
+def recorded_value(recorded: dict, dotted_key: str) -> object:
+    """The value under 'a.b' in the record, written as a `--set` value."""
+    value = recorded
+    for part in dotted_key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def build_from_architecture(architecture: dict) -> torch.nn.Module:
+    """The (untrained) model a record describes."""
+    backbone = build_backbone(architecture["backbone"], **architecture["backbone_kwargs"])
+    if architecture["kind"] == "contrastive":
+        return ContrastiveModel(backbone, **architecture.get("model_kwargs", {}))
+    return ClusteringModel(backbone, architecture["num_classes"], architecture["num_heads"])
+
+
+def count_heads(state_dict: dict) -> int:
+    return len({key.split(".")[1] for key in state_dict if re.match(r"cluster_head\.\d+\.weight$", key)})
+
+
+def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) -> torch.nn.Module:
+    """The untrained model to load `model_file` into: the recorded architecture, else the config's.
+
+    With a record the file decides, and a config that disagrees gets a note naming the differing keys (the
+    weights are what they are). Without one, the config gives the backbone and the weights give the number
+    of heads and clusters: a self-label file (1 head) also fits a SCAN config, and an over-clustering model
+    (more clusters than classes) is evaluated by majority mapping.
+    """
+    state_dict, recorded = model_file.state_dict, model_file.architecture
+    if recorded is not None:
+        differences = architecture_differences(recorded, cfg, ("backbone", "backbone_kwargs", "model_kwargs"))
+        if differences:
+            print(
+                f"Note: {model_path} records the architecture it was trained with, and the config differs in:\n  "
+                + "\n  ".join(differences)
+                + "\nBuilding the model the file describes.",
+                flush=True,
+            )
+        model = build_from_architecture(recorded)
+    elif any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in ("simclr", "moco"):
+        backbone = build_backbone(cfg["backbone"], **cfg["backbone_kwargs"])
+        model = ContrastiveModel(backbone, **cfg.get("model_kwargs", {}))
+    else:
+        num_clusters = (
+            state_dict["cluster_head.0.weight"].shape[0]
+            if "cluster_head.0.weight" in state_dict
+            else cfg["num_classes"]
+        )
+        backbone = build_backbone(cfg["backbone"], **cfg["backbone_kwargs"])
+        model = ClusteringModel(backbone, num_clusters, max(count_heads(state_dict), 1))
+    if isinstance(model, ClusteringModel) and model.cluster_head[0].out_features != cfg["num_classes"]:
+        print(
+            f"Note: the model has {model.cluster_head[0].out_features} clusters, "
+            f"the config says num_classes {cfg['num_classes']}.",
+            flush=True,
+        )
+    return model
+
+
+def load_model_file(cfg: dict, model_path: str | Path) -> tuple[torch.nn.Module, int | None]:
+    """The loaded model a file holds, and for clustering models the head to use (the stored one, else 0).
+
+    Returns (ContrastiveModel, None) for a pretext file and (ClusteringModel, head) otherwise.
+    """
+    model_file = read_model_file(model_path)
+    model = model_from_file(cfg, model_file, model_path)
+    load_state_dict_checked(model, model_file.state_dict, source=f"model {model_path}")
+    if isinstance(model, ContrastiveModel):
+        return model, None
+    head = model_file.head if model_file.head is not None else 0
+    if head >= model.num_heads:
+        raise CheckpointError(f"{model_path} names head {head} but holds only {model.num_heads} head(s).")
+    return model, head
