@@ -7,7 +7,8 @@ Starts from the best head of scan/model.pth.tar (as head 0). Writes <root_dir>/<
 
 Every epoch logs the cluster sizes on the test split, the pseudo-labels each cluster got, and a warning for a
 cluster that emptied or shrank (utils/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the
-paper; `best` keeps the epoch with the lowest SCAN loss on the test neighbours whose clusters all survived,
+paper; `best` keeps the epoch with the lowest SCAN loss of the cluster assignments on the test neighbours
+whose clusters all survived,
 the SCAN model itself (epoch 0) included. `pseudo_labels: per_cluster` gives every cluster its share of targets.
 """
 
@@ -134,8 +135,10 @@ def watch_epoch(watch, epoch: int, model, val_loader, val_neighbors, runtime, ex
             f"of predicted {record['train_cluster_sizes']}"
         )
     if record["score"] is not None:
-        line += f"\n  SCAN loss on the test neighbours {record['score']:.4f}" + (
-            "  (best so far)" if record["improved"] else ""
+        line += (
+            f"\n  assignment SCAN loss on the test neighbours {record['score']:.4f} (neighbour agreement "
+            f"{record['neighbour_agreement']:.4f}, size entropy {record['size_entropy']:.4f})"
+            + ("  best so far" if record["improved"] else "")
         )
     if "ACC" in record:
         line += f"  ACC {100 * record['ACC']:.2f}"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from utils.cluster_watch import SelfLabelWatch, neighbour_agreement, selection_score, shrunken_clusters
+from utils.cluster_watch import SelfLabelWatch, assignment_scan_loss, neighbour_agreement, shrunken_clusters
 
 
 def test_emptied_and_shrunken_clusters_are_found():
@@ -19,14 +19,13 @@ def test_emptied_and_shrunken_clusters_are_found():
     assert shrunken_clusters([40, 10, 50, 0], after_scan, 0.25) == []  # 10 is not below 10
 
 
-def test_selection_score_is_the_scan_loss_over_the_neighbours():
-    # p0 = [1, 0], p1 = [0.5, 0.5]; neighbours (self first): 0 → (0, 1), 1 → (1, 0).
-    # Similarities 1, 0.5, 0.5, 0.5 → consistency −(ln 1 + 3 ln 0.5) / 4; mean p = [0.75, 0.25].
-    probabilities = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
-    head = {"predictions": torch.tensor([0, 0]), "probabilities": probabilities, "targets": torch.tensor([0, 1])}
-    consistency = 0.75 * math.log(2)
-    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-    assert selection_score(head, torch.tensor([[0, 1], [1, 0]])) == pytest.approx(consistency - entropy, rel=1e-5)
+def test_selection_score_is_the_scan_loss_of_the_assignments():
+    # Clusters [0, 0, 1]; 2 of the 6 (image, neighbour) pairs agree; sizes 2/3, 1/3.
+    predictions, neighbors = torch.tensor([0, 0, 1]), torch.tensor([[0, 1, 2], [1, 0, 2], [2, 1, 0]])
+    size_entropy = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    criterion = assignment_scan_loss(predictions, neighbors, num_clusters=3)  # cluster 2 empty: adds 0
+    assert criterion["score"] == pytest.approx(-math.log(2 / 6) - size_entropy, rel=1e-6)
+    assert criterion["size_entropy"] == pytest.approx(size_entropy, rel=1e-6)
 
 
 def test_neighbour_agreement_counts_pairs_without_the_image_itself():
@@ -56,7 +55,7 @@ def test_the_best_epoch_with_all_clusters_intact_is_kept_and_the_state_survives_
     # Epoch 2 puts everything in cluster 1: its consistency is perfect, but cluster 0 emptied.
     collapsed = watch.observe(2, head_output([1] * 8, 0.99), GROUPS, {})
     assert not collapsed["improved"] and collapsed["warnings"][0]["kind"] == "emptied"
-    assert watch.best_epoch == 1 and "epoch 1 has the lowest SCAN loss" in watch.kept_reason()
+    assert watch.best_epoch == 1 and "epoch 1 has the lowest assignment SCAN loss" in watch.kept_reason()
     assert watch.all_warnings() == [{"epoch": 2, "cluster": 0, "size": 0, "size_after_scan": 3, "kind": "emptied"}]
     assert any("cluster 0 emptied" in line for line in watch.warning_lines(collapsed))
 
