@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     checkpoint = resume(cfg["selflabel_checkpoint"], unwrap(model), optimizer, runtime.is_main)
     start_epoch = checkpoint["epoch"]
+    if checkpoint.get("selflabel_keep", cfg["selflabel_keep"]) != cfg["selflabel_keep"]:
+        raise ConfigError(
+            f"{cfg['selflabel_checkpoint']} belongs to a run with selflabel_keep: {checkpoint['selflabel_keep']}, "
+            f"and model.pth.tar holds that run's choice. Resume with that setting, or delete the checkpoint to "
+            f"start over with selflabel_keep: {cfg['selflabel_keep']}."
+        )
     watch = SelfLabelWatch(cfg["cluster_warning_fraction"], checkpoint.get("watch"))
     ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None  # averages from the resumed weights
     keep_best = cfg["selflabel_keep"] == "best"
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "model": unwrap(model).state_dict(),
                     "epoch": epoch + 1,
                     "watch": watch.state_dict(),
+                    "selflabel_keep": cfg["selflabel_keep"],
                 },
                 cfg["selflabel_checkpoint"],
             )

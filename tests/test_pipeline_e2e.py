@@ -15,6 +15,7 @@ import selflabel
 import simclr
 from tests.conftest import ROOT
 from utils.checkpoint import load_checkpoint
+from utils.config import ConfigError
 from utils.model_files import read_model_file
 
 pytestmark = pytest.mark.slow
@@ -189,7 +190,7 @@ def test_selflabel_keeps_the_best_epoch_across_a_resume(tiny_cifar_env, tmp_path
         ]
     )
 
-    def run_selflabel(epochs: int) -> dict:
+    def run_selflabel(epochs: int, keep: str = "best") -> dict:
         return selflabel.main(
             [
                 "--config_env",
@@ -199,7 +200,7 @@ def test_selflabel_keeps_the_best_epoch_across_a_resume(tiny_cifar_env, tmp_path
                 "--set",
                 f"epochs={epochs}",
                 "batch_size=32",
-                "selflabel_keep=best",
+                f"selflabel_keep={keep}",
                 "pseudo_labels=per_cluster",
                 "optimizer_kwargs.lr=0.01",
                 *FAST,
@@ -221,3 +222,6 @@ def test_selflabel_keeps_the_best_epoch_across_a_resume(tiny_cifar_env, tmp_path
     ]
     checkpoint = load_checkpoint(results / "selflabel" / "checkpoint.pth.tar")
     assert checkpoint["watch"]["best_epoch"] == best and checkpoint["epoch"] == 3
+    # model.pth.tar holds the best epoch: resuming with selflabel_keep: last would mislabel it.
+    with pytest.raises(ConfigError, match="selflabel_keep: best"):
+        run_selflabel(4, keep="last")
