@@ -166,6 +166,10 @@ class PerClusterConfidenceCE(nn.Module):
         self.apply_class_balancing = apply_class_balancing
 
     def forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
+        with full_precision(anchors_weak):
+            return self._float32_forward(anchors_weak, anchors_strong)
+
+    def _float32_forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
         weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
         target, mask = pseudo_labels(weak_prob, self.threshold, self.fraction)
         if not mask.any():  # only an empty batch selects nothing

@@ -133,6 +133,7 @@ def _all_losses(features, logits, neighbors) -> list[torch.Tensor]:
         SimCLRLoss(0.1)(features),
         *SCANLoss(5.0)(logits, neighbors),
         ConfidenceBasedCE(0.3, apply_class_balancing=True)(logits, neighbors),
+        PerClusterConfidenceCE(0.9, 0.5, apply_class_balancing=True)(logits, neighbors),
     ]
 
 

@@ -19,6 +19,7 @@ from losses import ConfidenceBasedCE, PerClusterConfidenceCE, SCANLoss
 from models import ClusteringModel, ContrastiveModel, build_backbone
 from tests.conftest import ROOT
 from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
 from utils.runtime import Runtime
 from utils.stage import MissingPrerequisiteError
 
@@ -238,3 +239,16 @@ def test_moco_import_converts_keys_and_mines_backbone_neighbours(tmp_path):
         moco.main(
             ["--config_env", str(env), "--config_exp", str(config), "--moco_weights", str(tmp_path / "missing.pth.tar")]
         )
+
+
+def test_selflabel_criterion_follows_pseudo_labels_and_refuses_unknown_rules():
+    cfg = {
+        "confidence_threshold": 0.99,
+        "pseudo_label_fraction": 0.25,
+        "criterion_kwargs": {"apply_class_balancing": True},
+    }
+    assert type(selflabel.build_criterion({**cfg, "pseudo_labels": "threshold"})) is ConfidenceBasedCE
+    per_cluster = selflabel.build_criterion({**cfg, "pseudo_labels": "per_cluster"})
+    assert isinstance(per_cluster, PerClusterConfidenceCE) and per_cluster.fraction == 0.25
+    with pytest.raises(ConfigError, match="threshold, per_cluster"):
+        selflabel.build_criterion({**cfg, "pseudo_labels": "balanced"})
