@@ -9,7 +9,8 @@ Starts from finished pretext runs (`<pretext_root>/seed_<s>/digits/pretext/`, as
 1. `scan.py` (configs/scan/scan_digits.yml) once per `--heads` value, in `<output_dir>/seed_<s>/scan_heads<h>/`;
    the lowest-loss head is kept, as always.
 2. `selflabel.py` (configs/selflabel/selflabel_digits.yml) once per `--variants` entry `<pseudo_labels>@<threshold>`,
-   from the SCAN model with `--selflabel_heads` heads, in `<output_dir>/seed_<s>/selflabel_<variant>/`.
+   from the SCAN model of every `--selflabel_heads` value, in
+   `<output_dir>/seed_<s>/selflabel_heads<h>_<pseudo_labels>_<threshold>/`.
    Each run uses `selflabel_keep: best` and logs every epoch (utils/cluster_watch.py); which model is written
    does not change the training, so one run gives both results: "last" is the last epoch's test evaluation,
    "best" the kept epoch's.
@@ -21,12 +22,15 @@ Writes `<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--selflabel_heads",
         type=int,
+        nargs="+",
         default=None,
-        help="self-label from the SCAN model with this many heads (default: num_heads of scan_digits.yml)",
+        help="self-label from the SCAN models with these head counts (default: num_heads of scan_digits.yml)",
     )
     parser.add_argument("--config_env", default=str(ROOT / "configs/env.yml"))
     parser.add_argument(
@@ -112,9 +117,10 @@ def run_scan(seed: int, heads: int, pretext: Path, out: Path, args) -> dict:
     }
 
 
-def run_selflabel(seed: int, variant: str, scan_root: Path, pretext: Path, out: Path, args) -> dict:
+def run_selflabel(seed: int, heads: int, variant: str, pretext: Path, out: Path, args) -> dict:
     pseudo_labels, threshold = variant.split("@")
-    root = out / f"seed_{seed}" / f"selflabel_{pseudo_labels}_{threshold}"
+    scan_root = out / f"seed_{seed}" / f"scan_heads{heads}"
+    root = out / f"seed_{seed}" / f"selflabel_heads{heads}_{pseudo_labels}_{threshold}"
     copy_files(pretext, root / DB_NAME / "pretext", ("topk-val-neighbors.npy",))
     copy_files(scan_root / DB_NAME / "scan", root / DB_NAME / "scan", ("model.pth.tar",))
     start = time.perf_counter()
@@ -191,27 +197,28 @@ def format_markdown(study: dict) -> str:
             + f" | {sum(runs[str(s)]['empty_clusters'] for s in seeds)} | "
             f"{statistics.fmean(runs[str(s)]['seconds'] for s in seeds):.0f} |"
         )
-    for variant, runs in study["selflabel"].items():
-        pseudo_labels, threshold = variant.split("@")
-        lines += [
-            "",
-            f"**Self-labeling, pseudo_labels: {pseudo_labels}, confidence_threshold {threshold}** "
-            f"(from the {study['selflabel_heads']}-head SCAN model)",
-            "",
-            "| Model | ACC | worst seed | per seed | seeds below SCAN | empty clusters | kept epochs |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        scan_accs = {seed: runs[str(seed)]["scan"]["ACC"] for seed in seeds}
-        for row, label in (("scan", "SCAN (start, epoch 0)"), ("last", "last epoch"), ("best", "best epoch")):
-            accs = {seed: runs[str(seed)][row]["ACC"] for seed in seeds}
-            below = sum(accs[seed] < scan_accs[seed] for seed in seeds)
-            kept = " ".join(str(runs[str(seed)][row]["epoch"]) for seed in seeds)
-            lines.append(
-                f"| {label} | {stats(list(accs.values()))} | {worst(accs)} | "
-                + " ".join(f"{acc:.3f}" for acc in accs.values())
-                + f" | {'–' if row == 'scan' else below} | "
-                f"{sum(runs[str(s)][row]['empty_clusters'] for s in seeds)} | {kept} |"
-            )
+    lines += [
+        "",
+        "**Self-labeling (configs/selflabel/selflabel_digits.yml with the rule and threshold shown)**: ACC of "
+        "the SCAN model it starts from (epoch 0), of its last epoch and of the epoch `selflabel_keep: best` keeps; "
+        "seeds below SCAN: seeds where that model's ACC is lower than the SCAN model's.",
+        "",
+        "| SCAN heads | pseudo_labels @ threshold | model | ACC | worst seed | per seed | seeds below SCAN "
+        "| empty clusters | kept epoch per seed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for heads, variants in study["selflabel"].items():
+        for variant, runs in variants.items():
+            scan_accs = {seed: runs[str(seed)]["scan"]["ACC"] for seed in seeds}
+            for row, label in (("scan", "SCAN (epoch 0)"), ("last", "last epoch"), ("best", "best epoch")):
+                accs = {seed: runs[str(seed)][row]["ACC"] for seed in seeds}
+                below = "–" if row == "scan" else sum(accs[seed] < scan_accs[seed] for seed in seeds)
+                kept = " ".join(str(runs[str(seed)][row]["epoch"]) for seed in seeds)
+                lines.append(
+                    f"| {heads} | {variant} | {label} | {stats(list(accs.values()))} | {worst(accs)} | "
+                    + " ".join(f"{acc:.3f}" for acc in accs.values())
+                    + f" | {below} | {sum(runs[str(s)][row]['empty_clusters'] for s in seeds)} | {kept} |"
+                )
     lines += ["", f"Command: `{study['command']}`", ""]
     return "\n".join(lines)
 
@@ -219,14 +226,15 @@ def format_markdown(study: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir).resolve()
-    selflabel_heads = args.selflabel_heads or int(yaml.safe_load(SCAN_CONFIG.read_text()).get("num_heads", 1))
-    heads = list(dict.fromkeys([*args.heads, selflabel_heads]))
+    selflabel_heads = args.selflabel_heads or [int(yaml.safe_load(SCAN_CONFIG.read_text()).get("num_heads", 1))]
+    heads = list(dict.fromkeys([*selflabel_heads, *args.heads]))
     study = {
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), torch {torch.__version__}",
         "command": " ".join(["python bench/selflabel_study.py", *(argv if argv is not None else sys.argv[1:])]),
         "seeds": args.seeds,
         "selflabel_heads": selflabel_heads,
         "scan": {str(h): {} for h in heads},
-        "selflabel": {variant: {} for variant in args.variants},
+        "selflabel": {str(h): {variant: {} for variant in args.variants} for h in selflabel_heads},
     }
     pretext = {seed: Path(args.pretext_root) / f"seed_{seed}" / DB_NAME / "pretext" for seed in args.seeds}
     for seed, folder in pretext.items():
@@ -243,16 +251,18 @@ def main(argv: list[str] | None = None) -> dict:
             study["scan"][str(h)][str(seed)] = run_scan(seed, h, pretext[seed], out, args)
             write_json(study, out / "study.json")
 
-    # The SCAN models self-labeling starts from, then self-labeling, then the other head counts.
-    scan_runs(selflabel_heads)
-    for variant in args.variants:
-        for seed in args.seeds:
-            print(f"=== Self-label {variant}, seed {seed} ===", flush=True)
-            scan_root = out / f"seed_{seed}" / f"scan_heads{selflabel_heads}"
-            study["selflabel"][variant][str(seed)] = run_selflabel(seed, variant, scan_root, pretext[seed], out, args)
-            write_json(study, out / "study.json")
+    # Each SCAN model self-labeling starts from, then self-labeling from it; then the other head counts.
+    for h in selflabel_heads:
+        scan_runs(h)
+        for variant in args.variants:
+            for seed in args.seeds:
+                print(f"=== Self-label from the {h}-head SCAN model, {variant}, seed {seed} ===", flush=True)
+                study["selflabel"][str(h)][variant][str(seed)] = run_selflabel(
+                    seed, h, variant, pretext[seed], out, args
+                )
+                write_json(study, out / "study.json")
     for h in heads:
-        if h != selflabel_heads:
+        if h not in selflabel_heads:
             scan_runs(h)
     save()
     print(format_markdown(study), flush=True)

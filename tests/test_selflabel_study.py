@@ -49,12 +49,12 @@ def test_study_runs_scan_per_head_count_and_selflabel_per_variant(tmp_path: Path
         ]
     )
     assert json.loads((out / "study.json").read_text()) == json.loads(json.dumps(study))
-    assert set(study["scan"]) == {"1", "2"} and study["selflabel_heads"] == 1
+    assert set(study["scan"]) == {"1", "2"} and study["selflabel_heads"] == [1]
     for variant in ("threshold@0.99", "per_cluster@0.99"):
-        run = study["selflabel"][variant]["0"]
+        run = study["selflabel"]["1"][variant]["0"]
         assert [record["epoch"] for record in run["history"]] == [0, 1]
         assert run["scan"]["ACC"] == pytest.approx(study["scan"]["1"]["0"]["ACC"])  # epoch 0 is that SCAN model
         assert run["best"]["ACC"] == pytest.approx(run["final_ACC"])  # the written model is the kept epoch
         assert run["last"]["epoch"] == 1 and run["best"]["epoch"] in (0, 1)
     markdown = (out / "study.md").read_text()
-    assert "| 2 |" in markdown and "pseudo_labels: per_cluster" in markdown and "| best epoch |" in markdown
+    assert "| 2 |" in markdown and "| 1 | per_cluster@0.99 | best epoch |" in markdown
