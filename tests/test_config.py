@@ -209,3 +209,9 @@ def test_wrong_value_types_are_named(env, override, message):
 def test_numbers_accept_ints_and_floats_where_a_number_is_meant(env):
     cfg = load_config(env, SCAN, ["optimizer_kwargs.lr=1", "criterion_kwargs.entropy_weight=5", "seed=null"])
     assert cfg["optimizer_kwargs"]["lr"] == 1 and cfg["seed"] is None
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar20", "stl10", "imagenet_50", "imagenet_100", "imagenet_200"])
+def test_paper_selflabel_configs_keep_the_papers_rule_and_last_epoch(env, name):
+    cfg = load_config(env, ROOT / "configs" / "selflabel" / f"selflabel_{name}.yml")
+    assert (cfg["pseudo_labels"], cfg["selflabel_keep"], cfg["confidence_threshold"]) == ("threshold", "last", 0.99)
