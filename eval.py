@@ -26,7 +26,7 @@ from utils.evaluate import get_predictions, get_prototype_indices
 from utils.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
 from utils.plots import plot_prototypes
 from utils.report import clustering_report
-from utils.results import write_json
+from utils.results import atomic_write, write_json
 from utils.runtime import init_runtime
 from utils.stage import run_cli
 
@@ -108,7 +108,7 @@ def write_predictions_csv(path: Path, dataset, head_output: dict, cluster_to_cla
     """One row per evaluated image: its cluster, confidence and (when matched) class name."""
     paths = getattr(dataset, "paths", None)
     confidence = head_output["probabilities"].max(dim=1).values
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "path", "cluster", "confidence", "target", "matched_class"])
         for i, (cluster, conf, target) in enumerate(

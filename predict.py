@@ -30,6 +30,7 @@ from data.registry import get_val_dataset
 from eval import clustering_model_from_file, default_output_dir, read_model_file
 from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
+from utils.results import atomic_write
 from utils.runtime import init_runtime
 from utils.stage import run_cli
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="") as handle:
+    with atomic_write(output, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "cluster", "confidence", "matched_class"])
         for index in sorted(rows):

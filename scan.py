@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -21,12 +20,14 @@ from data.registry import get_train_dataset, get_val_dataset
 from data.wrappers import NeighborsDataset
 from losses import SCANLoss
 from models import build_model
-from utils.checkpoint import load_checkpoint, load_state_dict_checked, resume, save_atomic
+from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_atomic
 from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
+from utils.guard import TrainingGuard, finite_loss
+from utils.knn import load_neighbors
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import require_files, run_cli, setup_stage, stage_command
+from utils.stage import check_cluster_count, require_files, run_cli, setup_stage, stage_command
 
 
 def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epoch: int) -> dict:
@@ -54,7 +55,7 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
         total_loss.backward()
         optimizer.step()
         steps += 1
-        sums["total"] += total_loss.item()
+        sums["total"] += finite_loss(total_loss, epoch, steps)
         sums["consistency"] += sum(c.item() for _, c, _ in losses) / len(losses)
         sums["entropy"] += sum(e.item() for _, _, e in losses) / len(losses)
         progress.set_postfix(loss=f"{total_loss.item():.4f}")
@@ -71,15 +72,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_dataset = NeighborsDataset(
         get_train_dataset(cfg, get_train_transformations(cfg)),
-        np.load(cfg["topk_neighbors_train_path"]),
+        load_neighbors(cfg["topk_neighbors_train_path"]),
         cfg["num_neighbors"],
         source=cfg["topk_neighbors_train_path"],
     )
     val_dataset = NeighborsDataset(
         get_val_dataset(cfg, get_val_transformations(cfg)),
-        np.load(cfg["topk_neighbors_val_path"]),
+        load_neighbors(cfg["topk_neighbors_val_path"]),
         source=cfg["topk_neighbors_val_path"],
     )
+    check_cluster_count(cfg["num_classes"], len(train_dataset))
     loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     class_names = val_dataset.dataset.classes
@@ -103,14 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = SCANLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
 
-    checkpoint = resume(cfg["scan_checkpoint"], unwrap(model), optimizer, runtime.is_main)
-    start_epoch, best_loss = checkpoint["epoch"], checkpoint.get("best_loss", math.inf)
-    best_loss_head = checkpoint.get("best_loss_head")
+    guard = TrainingGuard(cfg, runtime, cfg["scan_checkpoint"], unwrap(model), optimizer)
+    checkpoint = guard.resume()
+    best_loss, best_loss_head = checkpoint.get("best_loss", math.inf), checkpoint.get("best_loss_head")
 
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in guard.epochs():
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
-        losses = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg, epoch)
+        losses = train_one_epoch(guard.batches(loader), model, criterion, optimizer, runtime, cfg, epoch)
 
         if runtime.is_main:
             # Pick the head with the lowest SCAN loss on the test neighbours (no labels used).
@@ -131,17 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
                 best_loss, best_loss_head = head_loss, head
                 save_atomic({"model": unwrap(model).state_dict(), "head": head}, cfg["scan_model"])
                 print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
-            save_atomic(
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "model": unwrap(model).state_dict(),
-                    "epoch": epoch + 1,
-                    "best_loss": best_loss,
-                    "best_loss_head": best_loss_head,
-                },
-                cfg["scan_checkpoint"],
-            )
-        barrier(runtime)
+        guard.save_checkpoint(epoch + 1, best_loss=best_loss, best_loss_head=best_loss_head)
 
     metrics = {}
     if runtime.is_main:

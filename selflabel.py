@@ -23,15 +23,15 @@ from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_state_dict_checked,
-    resume,
     save_atomic,
     strip_module_prefix,
 )
 from utils.evaluate import cluster_metrics, get_predictions
+from utils.guard import TrainingGuard, finite_loss
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import require_files, run_cli, setup_stage, stage_command
+from utils.stage import check_cluster_count, require_files, run_cli, setup_stage, stage_command
 
 
 def best_head_state_dict(scan_checkpoint: dict) -> dict:
@@ -71,7 +71,7 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         if ema is not None:
             ema.update(unwrap(model))
         if confident:
-            total, steps = total + loss.item(), steps + 1
+            total, steps = total + finite_loss(loss, epoch, steps + skipped + 1), steps + 1
             progress.set_postfix(loss=f"{loss.item():.4f}")
     return {"loss": total / max(steps, 1), "steps": steps, "skipped": skipped}
 
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         get_train_dataset(cfg), get_val_transformations(cfg), get_train_transformations(cfg)
     )
     val_dataset = get_val_dataset(cfg, get_val_transformations(cfg))
+    check_cluster_count(cfg["num_classes"], len(train_dataset))
     loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     if runtime.is_main:
@@ -104,13 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = ConfidenceBasedCE(cfg["confidence_threshold"], **cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
 
-    start_epoch = resume(cfg["selflabel_checkpoint"], unwrap(model), optimizer, runtime.is_main)["epoch"]
-    ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None  # averages from the resumed weights
+    guard = TrainingGuard(cfg, runtime, cfg["selflabel_checkpoint"], unwrap(model), optimizer)
+    guard.resume()
+    # EMA writes its average back into the model after every step, so the resumed weights are its state.
+    ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None
 
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in guard.epochs():
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
-        stats = train_one_epoch(loader, model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
+        stats = train_one_epoch(guard.batches(loader), model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
             if stats["skipped"]:
@@ -125,12 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
                 )["ACC"]
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
-            save_atomic(
-                {"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
-                cfg["selflabel_checkpoint"],
-            )
             save_atomic(unwrap(model).state_dict(), cfg["selflabel_model"])
-        barrier(runtime)
+        guard.save_checkpoint(epoch + 1)
 
     metrics = {}
     if runtime.is_main:

@@ -19,8 +19,9 @@ from data.registry import get_train_dataset, get_val_dataset
 from data.wrappers import AugmentedDataset
 from losses import SimCLRLoss
 from models import build_model
-from utils.checkpoint import resume, save_atomic
+from utils.checkpoint import save_atomic
 from utils.distributed import gather_with_grad
+from utils.guard import TrainingGuard, finite_loss
 from utils.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.results import write_json
@@ -49,7 +50,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, steps = total + loss.item(), steps + 1
+        total, steps = total + finite_loss(loss, epoch, steps + 1), steps + 1
         progress.set_postfix(loss=f"{loss.item():.4f}")
     return total / max(steps, 1)
 
@@ -96,22 +97,20 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = SimCLRLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
 
-    start_epoch = resume(cfg["pretext_checkpoint"], unwrap(model), optimizer, runtime.is_main)["epoch"]
+    guard = TrainingGuard(cfg, runtime, cfg["pretext_checkpoint"], unwrap(model), optimizer)
+    knn_top1 = guard.resume().get("knn_top1")
 
-    knn_top1 = None
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in guard.epochs():
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
-        loss = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg["amp"], epoch, cfg["gather_negatives"])
+        loss = train_one_epoch(
+            guard.batches(loader), model, criterion, optimizer, runtime, cfg["amp"], epoch, cfg["gather_negatives"]
+        )
         if runtime.is_main:
             knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
             shown = "n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%"
             print(f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}  kNN top-1 {shown}", flush=True)
-            save_atomic(
-                {"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
-                cfg["pretext_checkpoint"],
-            )
-        barrier(runtime)
+        guard.save_checkpoint(epoch + 1, knn_top1=knn_top1)
 
     metrics = {}
     if runtime.is_main:

@@ -53,6 +53,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "seed": None,  # None: not seeded, like the original
     "amp": False,  # bfloat16 autocast for forward passes
     "gather_negatives": True,  # SimCLR under torchrun: negatives from every process's batch (global batch)
+    "resume": True,  # continue from the stage's checkpoint.pth.tar; false: start over (it is overwritten)
     # pretext
     "topk_neighbors_train": 20,
     "topk_neighbors_val": 5,

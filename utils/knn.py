@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from data.wrappers import NeighborsFileError
+from utils.results import save_numpy
 
 
 @torch.no_grad()
@@ -95,9 +100,26 @@ def mine_and_save_neighbors(model: torch.nn.Module, train_loader, val_loader, cf
     ):
         features, targets = extract_features(model, loader, device, desc=f"features ({split})")
         indices, accuracy = mine_nearest_neighbors(features, targets, topk)
-        np.save(path, indices)
+        save_numpy(indices, path)
         shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
         print(f"Top-{topk} {split} neighbours: accuracy {shown}, saved {indices.shape} to {path}", flush=True)
         results[f"{split}_neighbor_acc"] = accuracy
         results[f"topk_{split}"] = topk
     return results
+
+
+def load_neighbors(path: str | Path) -> np.ndarray:
+    """A neighbour file written by mine_and_save_neighbors: an [N, k+1] integer array (nothing pickled)."""
+    try:
+        indices = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise NeighborsFileError(
+            f"Could not read the neighbour file {path}: it is truncated or not a .npy array ({error}). "
+            f"Re-run the pretext stage (simclr.py --fresh, or moco.py) to mine it again."
+        ) from error
+    if indices.ndim != 2 or not np.issubdtype(indices.dtype, np.integer):
+        raise NeighborsFileError(
+            f"The neighbour file {path} holds a {indices.dtype} array of shape {indices.shape}, not [images, k+1] "
+            f"integer indices. Re-run the pretext stage to mine it again."
+        )
+    return indices

@@ -82,6 +82,64 @@ def seed_everything(seed: int | None, rank: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """This process's random generators (python, numpy, torch CPU and CUDA), in a form torch.save keeps
+    and `torch.load(weights_only=True)` reads back."""
+    name, key, position, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, key.tolist(), position, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put every generator back where `rng_state()` found it, so the following draws repeat exactly."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, key, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states(runtime: Runtime, state: dict | None = None) -> list[dict]:
+    """Every process's generator state (`state`, default the current one), in rank order.
+
+    A collective under torchrun: all processes must call it.
+    """
+    state = rng_state() if state is None else state
+    if not runtime.distributed:
+        return [state]
+    states: list = [None] * runtime.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_states(states: list[dict], runtime: Runtime) -> None:
+    """Take this rank's state from `gather_rng_states`' list (with a note when the process count changed)."""
+    if len(states) != runtime.world_size and runtime.is_main:
+        print(
+            f"Note: the checkpoint was written by {len(states)} process(es), this run has {runtime.world_size}: "
+            "random streams (augmentations, shuffling) differ from an uninterrupted run.",
+            flush=True,
+        )
+    set_rng_state(states[runtime.rank % len(states)])
+
+
+def any_process(flag: bool, runtime: Runtime) -> bool:
+    """True on every process when `flag` is true on any (so that all stop at the same step)."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def wrap_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
     """Move to the device; wrap in DDP when distributed (BatchNorm synced across GPUs)."""
     model = model.to(runtime.device)
