@@ -26,7 +26,7 @@ from utils.evaluate import get_predictions, get_prototype_indices
 from utils.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
 from utils.plots import plot_prototypes
 from utils.report import clustering_report
-from utils.results import atomic_write, write_json
+from utils.results import atomic_write, check_writable, write_json
 from utils.runtime import init_runtime
 from utils.stage import run_cli
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_config(cfg), flush=True)
     model_path = args.model
     out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     state_dict, stored_head = read_model_file(model_path)
     dataset = get_val_dataset(cfg, get_val_transformations(cfg))
     print(

@@ -16,6 +16,7 @@ silently shifting every index. Unreadable files are found once, when the split i
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import warnings
@@ -287,6 +288,19 @@ class FolderDataset(ImageDataset):
                     self.root,
                     f"the {name} split has no readable images",
                     "Add images (or a test/ part), or change dataset_kwargs.test_fraction.",
+                )
+            absent = sorted(set(class_names) - {class_names[t] for t in targets.values()}) if labeled else []
+            if absent:
+                warnings.warn(
+                    f"Folder dataset {self.root}: class folder(s) {', '.join(absent)} have no image in the {name} "
+                    f"split (too few images to split). "
+                    + (
+                        "The test metrics do not cover them: give every class at least "
+                        f"{math.ceil(0.5 / requested['test_fraction'])} images, or add a test/ part."
+                        if name == "test"
+                        else "Training never sees them: add their images to train/."
+                    ),
+                    stacklevel=3,
                 )
         return {
             "about": "Train/test files of a folder dataset: path relative to root -> target (-1: unlabeled). "
