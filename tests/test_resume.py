@@ -97,7 +97,8 @@ def outputs(cfg: dict, stage_dir: str) -> dict:
         elif path.endswith(".npy"):
             files[path] = torch.from_numpy(np.load(full))
         elif path.endswith(".json"):
-            files[path] = json.loads(open(full).read())
+            with open(full) as handle:
+                files[path] = json.load(handle)
     return files
 
 

@@ -55,7 +55,7 @@ MODEL_AND_DATA_KEYS = (
 )
 # Keys that may change on resume without a word (how long to train, how to load). Every other key may
 # change too, with a note that the result will differ from an uninterrupted run.
-FREELY_CHANGED_KEYS = ("epochs", "num_workers", "resume", "knn_monitor_k", "topk_neighbors_train", "topk_neighbors_val")
+FREELY_CHANGED_KEYS = ("epochs", "resume", "knn_monitor_k", "topk_neighbors_train", "topk_neighbors_val")
 
 
 class CheckpointError(RuntimeError):
@@ -182,14 +182,22 @@ def load_state_dict_checked(
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} → {'a.b': 1}; an empty mapping stays as one entry so that its key is still seen."""
+    """{'a': {'b': 1}, 'c': {}} → {'a.b': 1}; an empty mapping, like a missing one, adds nothing."""
     flat = {}
     for key, value in cfg.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_UNSET = _Unset()
 
 
 def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -215,7 +223,7 @@ def config_changes(saved: dict, cfg: dict) -> tuple[list[str], list[str]]:
     before, after = _flatten(saved), _flatten(config_record(cfg))
     refused, noted = [], []
     for key in sorted(set(before) | set(after)):
-        old, new = before.get(key), after.get(key)
+        old, new = before.get(key, _UNSET), after.get(key, _UNSET)
         if old == new or _covered(key, FREELY_CHANGED_KEYS):
             continue
         line = f"{key}: checkpoint {old!r}, now {new!r}"

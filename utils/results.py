@@ -58,6 +58,17 @@ def _remove_stale_temporaries(path: Path) -> None:
             pass  # the process exists (owned by someone else): leave its file alone
 
 
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The operating-system error behind `error`: torch.save reports a full disk as a RuntimeError raised
+    while handling the OSError, so the chain of causes is searched."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make a rename durable. Some filesystems cannot fsync a folder; the file itself is already safe."""
     try:
@@ -93,10 +104,11 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[
         os.replace(tmp, path)
         tmp = None
         _fsync_folder(path.parent)
-    except OSError as error:
-        if isinstance(error, WriteError):
+    except Exception as error:
+        cause = _os_error_behind(error)
+        if cause is None or isinstance(error, WriteError):
             raise
-        raise _write_error(path, error, existed) from error
+        raise _write_error(path, cause, existed) from error
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

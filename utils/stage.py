@@ -110,10 +110,13 @@ def user_message(error: BaseException) -> str:
     text = str(error)
     marker = "Original Traceback (most recent call last):"
     if marker in text:
+        kind = type(error)
+        heads = (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__name__}: ")
         lines = text.split(marker, 1)[1].splitlines()
-        start = next((i for i, line in enumerate(lines) if line.startswith(f"{type(error).__name__}: ")), None)
-        if start is not None:
-            text = "\n".join(lines[start:])[len(type(error).__name__) + 2 :].strip()
+        for i, line in enumerate(lines):
+            head = next((head for head in heads if line.startswith(head)), None)
+            if head is not None:
+                return "\n".join([line[len(head) :], *lines[i + 1 :]]).strip()
     return text
 
 
