@@ -54,8 +54,8 @@ def finite_loss(loss, epoch: int, step: int) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise NonFiniteLossError(
             f"The loss is {value} at epoch {epoch + 1}, step {step}: training diverged and the stage stops. "
-            f"No checkpoint was written with these weights; the last one (end of the previous epoch) is "
-            f"unchanged. {DIVERGENCE_HINT}"
+            f"Nothing of this epoch was saved: checkpoint.pth.tar, if any, still holds the end of the previous "
+            f"epoch. {DIVERGENCE_HINT}"
         )
     return value
 
