@@ -9,6 +9,7 @@ their time is importing torch; each test then checks its own row.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -471,7 +472,11 @@ def outcomes(request, tmp_path_factory) -> dict[str, dict]:
     rows = [row for row in ROWS if row.bad_input in selected]
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = pool.map(lambda pair: run_row(pair[1], base / f"row{pair[0]}"), enumerate(rows))
-        return {row.bad_input: result for row, result in zip(rows, results)}
+        outcomes = {row.bad_input: result for row, result in zip(rows, results)}
+    if os.environ.get("BAD_INPUT_LOG"):  # what the user saw, row by row: the source of the README's table
+        tails = {name: outcome.get("output", "")[-1500:] for name, outcome in outcomes.items()}
+        Path(os.environ["BAD_INPUT_LOG"]).write_text(json.dumps(tails, indent=2))
+    return outcomes
 
 
 @pytest.mark.parametrize("row", [row.bad_input for row in ROWS])

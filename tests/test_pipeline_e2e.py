@@ -53,7 +53,8 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     saved = json.loads((pretext / "metrics.json").read_text())
     assert 0.0 <= saved["train_neighbor_acc"] <= 1.0 and saved == metrics
     checkpoint = torch.load(pretext / "checkpoint.pth.tar", weights_only=True)
-    assert set(checkpoint) == {"optimizer", "model", "epoch"} and checkpoint["epoch"] == 1
+    assert {"optimizer", "model", "epoch", "step", "rng", "config", "fingerprint"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 0 and checkpoint["config"]["setup"] == "simclr"
     pretext_state = torch.load(pretext / "model.pth.tar", weights_only=True)
     assert "contrastive_head.0.weight" in pretext_state and "backbone.conv1.weight" in pretext_state
 
@@ -77,7 +78,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     assert set(scan_model) == {"model", "head"} and scan_model["head"] in (0, 1)
     assert "cluster_head.1.weight" in scan_model["model"]
     scan_checkpoint = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
-    assert set(scan_checkpoint) == {"optimizer", "model", "epoch", "best_loss", "best_loss_head"}
+    assert {"optimizer", "model", "epoch", "best_loss", "best_loss_head", "rng", "config"} <= set(scan_checkpoint)
     for key in ("ACC", "NMI", "ARI", "ACC Top-5"):
         assert 0.0 <= scan_metrics[key] <= 1.0
     Image.open(scan_dir / "confusion_matrix.png").verify()
