@@ -243,10 +243,11 @@ def training_checkpoint(cfg: dict, model: torch.nn.Module, optimizer: torch.opti
     }
 
 
-def check_resumable(checkpoint: dict, cfg: dict, path: str | Path) -> None:
-    """Refuse a checkpoint written under other model/data settings; note other changed settings."""
+def check_resumable(checkpoint: dict, cfg: dict, path: str | Path, verbose: bool = True) -> None:
+    """Refuse a checkpoint written under other model/data settings; note (when `verbose`) other changes."""
     if "config" not in checkpoint:
-        print(f"Note: {path} records no config (written by an older version): it is resumed unchecked.", flush=True)
+        if verbose:
+            print(f"Note: {path} records no config (written by an older version): resumed unchecked.", flush=True)
         return
     refused, noted = config_changes(checkpoint["config"], cfg)
     folder = Path(path).parent
@@ -258,7 +259,7 @@ def check_resumable(checkpoint: dict, cfg: dict, path: str | Path) -> None:
             f"  --fresh            moves {folder}/ aside (renamed with a timestamp, nothing deleted) and starts anew\n"
             f"  --set resume=false  trains from scratch here, overwriting {Path(path).name} after the first epoch"
         )
-    if noted:
+    if noted and verbose:
         print(
             "Note: resuming with changed settings; the result will differ from an uninterrupted run:\n  "
             + "\n  ".join(noted),
@@ -292,7 +293,7 @@ def resume(
             f"Start over with --fresh or --set resume=false."
         )
     if cfg is not None:
-        check_resumable(checkpoint, cfg, path)
+        check_resumable(checkpoint, cfg, path, verbose)
     load_state_dict_checked(model, checkpoint["model"], source=f"checkpoint {path}")
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])

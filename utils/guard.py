@@ -178,14 +178,20 @@ class TrainingGuard:
         )
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self._signal is not None:  # asked twice: stop at once (the last checkpoint stays as it was)
-            raise KeyboardInterrupt
+        """A first signal asks for the stop; a second Ctrl-C stops at once (the last checkpoint stays as it
+        was). A repeated SIGTERM is not a second request: schedulers and torchrun send it to every process
+        of a job, and torchrun forwards its own copy to its workers."""
+        if self._signal is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self._signal = signum
         if self.runtime.is_main:  # os.write: print() may not be re-entered from a signal handler
+            again = " (press Ctrl-C again to stop at once, without saving)" if signum == signal.SIGINT else ""
             os.write(
                 2,
                 f"\n{signal.Signals(signum).name} received: stopping after the current step and saving a "
-                f"checkpoint (send it again to stop at once, without saving).\n".encode(),
+                f"checkpoint{again}.\n".encode(),
             )
 
     def _install_handlers(self) -> None:

@@ -4,6 +4,7 @@ turning the user's mistakes into one clear message instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -143,7 +144,8 @@ def run_cli(main) -> None:
     try:
         main()
     except TrainingStopped as stop:
-        print(stop, file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; one says so
+            print(stop, file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         print(
