@@ -111,6 +111,21 @@ def folder_error(root: Path, problem: str, hint: str) -> DatasetNotFoundError:
     return dataset_error("Folder dataset", root, problem, LAYOUT.format(root=root.name), hint)
 
 
+def _absent_classes(absent: list[str], split: str, requested: dict, test_dir: Path | None) -> str:
+    """Why some classes have no image in a split, what that costs, and the fix."""
+    names = ", ".join(absent)
+    if split == "train":
+        return f"class folder(s) {names} have no image in train/. Training never sees them: add images to train/."
+    if test_dir is not None:
+        return f"class folder(s) {names} have no image in test/. The test metrics do not cover them: add some."
+    enough = math.ceil(0.5 / requested["test_fraction"])
+    return (
+        f"class folder(s) {names} have no image in the test split (too few images to split off a "
+        f"test_fraction of {requested['test_fraction']}). The test metrics do not cover them: give every class "
+        f"at least {enough} images, or add a test/ part."
+    )
+
+
 def _listing(lines: list[str]) -> str:
     shown = "\n".join(f"  {line}" for line in lines[:MAX_LISTED])
     return shown + (f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else "")
@@ -292,15 +307,7 @@ class FolderDataset(ImageDataset):
             absent = sorted(set(class_names) - {class_names[t] for t in targets.values()}) if labeled else []
             if absent:
                 warnings.warn(
-                    f"Folder dataset {self.root}: class folder(s) {', '.join(absent)} have no image in the {name} "
-                    f"split (too few images to split). "
-                    + (
-                        "The test metrics do not cover them: give every class at least "
-                        f"{math.ceil(0.5 / requested['test_fraction'])} images, or add a test/ part."
-                        if name == "test"
-                        else "Training never sees them: add their images to train/."
-                    ),
-                    stacklevel=3,
+                    f"Folder dataset {self.root}: {_absent_classes(absent, name, requested, test_dir)}", stacklevel=3
                 )
         return {
             "about": "Train/test files of a folder dataset: path relative to root -> target (-1: unlabeled). "
