@@ -33,6 +33,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils.results import write_json  # noqa: E402
+
 STAGES = (
     ("pretext", "simclr.py", "configs/pretext/simclr_digits.yml", ()),
     ("scan", "scan.py", "configs/scan/scan_digits.yml", ()),
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "identical": identical,
         "trials": trials,
     }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(summary, output_dir / "summary.json")
     print(f"{identical} of {len(trials)} interrupted runs resumed to files identical to the uninterrupted run")
     return summary
 
