@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from data.augment import get_val_transformations
 from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
@@ -30,6 +29,7 @@ from data.registry import get_val_dataset
 from eval import clustering_model_from_file, default_output_dir, read_model_file
 from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
+from utils.progress import tqdm
 from utils.runtime import init_runtime
 from utils.stage import run_cli
 

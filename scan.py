@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data.augment import get_train_transformations, get_val_transformations
 from data.loaders import eval_loader, set_epoch, train_loader
@@ -23,7 +22,9 @@ from losses import SCANLoss
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_state_dict_checked, resume, save_atomic
 from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
+from utils.history import History
 from utils.optim import adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
 from utils.stage import require_files, run_cli, setup_stage, stage_command
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint = resume(cfg["scan_checkpoint"], unwrap(model), optimizer, runtime.is_main)
     start_epoch, best_loss = checkpoint["epoch"], checkpoint.get("best_loss", math.inf)
     best_loss_head = checkpoint.get("best_loss_head")
+    history = History(cfg["scan_dir"], start_epoch, cfg["tensorboard"], enabled=runtime.is_main)
 
     for epoch in range(start_epoch, cfg["epochs"]):
         set_epoch(loader, epoch)
@@ -122,11 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
                 f"(consistency {losses['consistency']:.4f}, entropy {losses['entropy']:.4f})  "
                 f"best head {head} val loss {head_loss:.4f}"
             )
-            chosen = head_outputs[head]
+            chosen, accuracy = head_outputs[head], None
             if not (chosen["targets"] < 0).any():
                 accuracy = cluster_metrics(chosen["predictions"], chosen["probabilities"], chosen["targets"])["ACC"]
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
+            history.log(epoch + 1, **losses, lr=lr, val_loss=head_loss, head=head, ACC=accuracy)
             if head_loss < best_loss:
                 best_loss, best_loss_head = head_loss, head
                 save_atomic({"model": unwrap(model).state_dict(), "head": head}, cfg["scan_model"])

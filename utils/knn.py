@@ -5,7 +5,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import torch
-from tqdm import tqdm
+
+from utils.progress import tqdm
 
 
 @torch.no_grad()
