@@ -143,6 +143,19 @@ def test_labeled_folder(env, tmp_path, capsys):
     eval_dir = results / "selflabel" / "model_eval"
     for name in ("confusion_matrix.png", "prototypes.png"):
         Image.open(eval_dir / name).verify()
+    expected_keys = {
+        "pretext": {"loss", "lr", "knn_top1"},
+        "scan": {"total", "consistency", "entropy", "lr", "val_loss", "ACC"},
+        "selflabel": {"loss", "lr", "confident_fraction", "skipped_batches", "ACC"},
+    }
+    for stage, keys in expected_keys.items():
+        (record,) = [json.loads(line) for line in (results / stage / "history.jsonl").read_text().splitlines()]
+        assert keys | {"epoch", "time_s"} <= set(record) and record["epoch"] == 1, stage
+        assert 0 <= record.get("ACC", record.get("knn_top1")) <= 1
+        Image.open(results / stage / "curves.png").verify()
+    report = (eval_dir / "report.html").read_text()
+    assert all(f"<h3>{stage} (1 epoch)</h3>" in report for stage in expected_keys)
+    assert "Confusion matrix" in report and report.count("<details class='cluster'") == 3
     with open(eval_dir / "predictions.csv", newline="") as handle:
         evaluated = list(csv.DictReader(handle))
     assert len(evaluated) == 6 and all(Path(row["path"]).parent.name in COLORS for row in evaluated)

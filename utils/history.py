@@ -96,6 +96,9 @@ def plot_history(records: list[dict], title: str = "") -> bytes:
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        first, last = min(r["epoch"] for r in records), max(r["epoch"] for r in records)
+        if last - first < 2:  # one or two epochs: whole-number ticks need some room around the points
+            ax.set_xlim(first - 1, last + 1)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if len(keys) > 1:
