@@ -109,9 +109,10 @@ def test_the_printed_commands_run_as_printed(tmp_path, env):
     shell_env["OMP_NUM_THREADS"] = "1"
 
     def shell(command: str) -> str:
+        """stdout and stderr of `command`, both going to a pipe (as to a log file: no terminal)."""
         done = subprocess.run(command, shell=True, cwd=ROOT, env=shell_env, capture_output=True, text=True)
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        return done.stdout
+        return done.stdout + done.stderr
 
     printed = shell(
         f"python -m utils.new_dataset --name colours --images {shlex.quote(str(tmp_path / 'photos'))} "
@@ -121,6 +122,9 @@ def test_the_printed_commands_run_as_printed(tmp_path, env):
     assert [command.split()[1] for command in commands] == ["simclr.py", "scan.py", "selflabel.py", "eval.py"]
     for command in commands:
         log = shell(command)
+        assert "\r" not in log  # no progress-bar fragments in a log that is not a terminal
+        if command.split()[1] != "eval.py":
+            assert len([line for line in log.splitlines() if line.startswith("Epoch ")]) == 1  # one per epoch
     assert "ACC" in log
     report = tmp_path / "results" / "colours_quick" / "selflabel" / "model_eval" / "report.html"
     assert report.is_file() and f"open {report}" in printed
