@@ -204,6 +204,7 @@ img.figure { max-width: min(100%, 800px); } img.curves { max-width: 900px; width
 details { border: 1px solid #ddd; border-radius: 4px; margin: 6px 0; padding: 4px 8px; }
 summary { cursor: pointer; font-weight: 600; }
 h4 { margin: 8px 0 2px; font-weight: 500; color: #444; }
+.galleries { display: flex; flex-wrap: wrap; column-gap: 28px; }
 .gallery { display: flex; flex-wrap: wrap; gap: 6px; margin: 4px 0 8px; }
 figure { margin: 0; text-align: center; font-size: 11px; }
 figure img { object-fit: contain; background: #eee; display: block; }
@@ -386,9 +387,10 @@ def _cluster_sections(
         if not c["size"]:
             body = "<p class='note'>No image was assigned to this cluster.</p>"
         elif load_image is not None:
-            body = f"<h4>Most confident</h4>{gallery(c['top'], cluster, cls)}"
+            body = f"<div><h4>Most confident</h4>{gallery(c['top'], cluster, cls)}</div>"
             if c["size"] > len(c["top"]) and c["random"]:  # otherwise every member is shown already
-                body += f"<h4>Random sample</h4>{gallery(c['random'], cluster, cls)}"
+                body += f"<div><h4>Random sample</h4>{gallery(c['random'], cluster, cls)}</div>"
+            body = f"<div class='galleries'>{body}</div>"
         is_open = " open" if num_clusters <= OPEN_UP_TO else ""
         sections.append(
             f"<details class='cluster' id='cluster-{cluster}'{is_open}><summary>{html.escape(summary)}</summary>"
