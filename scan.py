@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint = resume(cfg["scan_checkpoint"], unwrap(model), optimizer, runtime.is_main)
     start_epoch, best_loss = checkpoint["epoch"], checkpoint.get("best_loss", math.inf)
     best_loss_head = checkpoint.get("best_loss_head")
-    history = History(cfg["scan_dir"], start_epoch, cfg["tensorboard"], enabled=runtime.is_main)
+    history = History(cfg["scan_dir"], start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
 
     for epoch in range(start_epoch, cfg["epochs"]):
         set_epoch(loader, epoch)

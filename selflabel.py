@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     start_epoch = resume(cfg["selflabel_checkpoint"], unwrap(model), optimizer, runtime.is_main)["epoch"]
     ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None  # averages from the resumed weights
-    history = History(cfg["selflabel_dir"], start_epoch, cfg["tensorboard"], enabled=runtime.is_main)
+    history = History(cfg["selflabel_dir"], start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
 
     for epoch in range(start_epoch, cfg["epochs"]):
         set_epoch(loader, epoch)

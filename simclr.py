@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     start_epoch = resume(cfg["pretext_checkpoint"], unwrap(model), optimizer, runtime.is_main)["epoch"]
 
-    history = History(cfg["pretext_dir"], start_epoch, cfg["tensorboard"], enabled=runtime.is_main)
+    history = History(cfg["pretext_dir"], start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
     knn_top1 = None
     for epoch in range(start_epoch, cfg["epochs"]):
         set_epoch(loader, epoch)

@@ -81,3 +81,31 @@ def test_tensorboard_without_the_package_says_what_to_install(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
     with pytest.raises(ImportError, match="requirements-extra.txt"):
         History(tmp_path, tensorboard=True)
+
+
+def test_curves_are_redrawn_when_cheap_enough_and_after_the_last_epoch(tmp_path, monkeypatch):
+    """A fake clock: drawing takes 1 s; epochs of 2 s skip drawings, epochs of 30 s draw every time."""
+    import utils.history as history_module
+
+    clock, drawn = [0.0], []
+
+    def fake_plot(records, title=""):
+        clock[0] += 1.0
+        drawn.append(records[-1]["epoch"])
+        return b"png"
+
+    monkeypatch.setattr(history_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(history_module, "plot_history", fake_plot)
+    history = History(tmp_path / "fast", epochs=30)
+    for epoch in range(1, 31):
+        clock[0] += 2.0
+        history.log(epoch, loss=1.0)
+    # Drawn at 1, then each time >= 20 s have passed since the previous drawing ended (every 10th epoch), and at 30.
+    assert drawn == [1, 11, 21, 30]
+    assert len(lines(tmp_path / "fast")) == 30  # every epoch is logged all the same
+    drawn.clear()
+    history = History(tmp_path / "slow", epochs=3)
+    for epoch in (1, 2, 3):
+        clock[0] += 30.0
+        history.log(epoch, loss=1.0)
+    assert drawn == [1, 2, 3]
