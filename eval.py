@@ -6,6 +6,7 @@
 Clustering models: ACC, NMI, ARI, AMI, ACC Top-5 and the Hungarian match in DIR/metrics.json,
 DIR/confusion_matrix.png, DIR/predictions.csv, and with --visualize_prototypes DIR/prototypes.png.
 Pretext models: neighbour accuracy for k = 1, 5, 20 in DIR/metrics.json.
+Both: DIR/report.html, one offline page with the metrics, training curves and (clustering) per-cluster galleries.
 DIR defaults to a folder beside the model file.
 """
 
