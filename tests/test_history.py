@@ -109,3 +109,36 @@ def test_curves_are_redrawn_when_cheap_enough_and_after_the_last_epoch(tmp_path,
         clock[0] += 30.0
         history.log(epoch, loss=1.0)
     assert drawn == [1, 2, 3]
+
+
+def test_selflabel_reports_the_fraction_of_confident_weak_views():
+    """Rows of fixed logits: 3 of 4 have a max probability above 0.9 (a counted case)."""
+    import torch
+
+    import selflabel
+    from losses import ConfidenceBasedCE
+    from utils.runtime import Runtime
+
+    logits = torch.tensor([[9.0, 0.0, 0.0], [0.0, 9.0, 0.0], [0.0, 0.0, 9.0], [1.0, 1.0, 1.0]])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return [logits + self.w]
+
+    batch = {"image": torch.zeros(4, 3, 2, 2), "image_augmented": torch.zeros(4, 3, 2, 2)}
+    model = Fixed()
+    stats = selflabel.train_one_epoch(
+        [batch, batch],
+        model,
+        ConfidenceBasedCE(0.9, False),
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        None,
+        Runtime(device=torch.device("cpu")),
+        False,
+        0,
+    )
+    assert stats["confident"] == 0.75 and stats["steps"] == 2 and stats["skipped"] == 0
