@@ -6,6 +6,7 @@
 Clustering models: ACC, NMI, ARI, AMI, ACC Top-5 and the Hungarian match in DIR/metrics.json,
 DIR/confusion_matrix.png, DIR/predictions.csv, and with --visualize_prototypes DIR/prototypes.png.
 Pretext models: neighbour accuracy for k = 1, 5, 20 in DIR/metrics.json.
+Both: DIR/report.html, one offline page with the metrics, training curves and (clustering) per-cluster galleries.
 DIR defaults to a folder beside the model file.
 """
 
@@ -23,6 +24,7 @@ from models import ClusteringModel, build_backbone, build_model
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, strip_module_prefix
 from utils.config import add_config_arguments, format_config, load_config
 from utils.evaluate import get_predictions, get_prototype_indices
+from utils.html_report import add_report_arguments, gallery_options, write_eval_report
 from utils.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
 from utils.plots import plot_prototypes
 from utils.report import clustering_report
@@ -39,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
     parser.add_argument("--output_dir", default=None, help="where results go (default: beside the model file)")
     parser.add_argument("--visualize_prototypes", action="store_true", help="also save prototypes.png")
+    add_report_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -143,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in ("simclr", "moco"):
-        return evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir, model_path)
+        metrics = evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir, model_path)
+        write_eval_report(out_dir, model_path, metrics)
+        return metrics
 
     model, head = clustering_model_from_file(cfg, state_dict, stored_head, model_path)
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
@@ -171,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         plot_prototypes(images, titles, out_dir / "prototypes.png")
         print(f"Saved {out_dir / 'prototypes.png'} ({len(shown)} non-empty clusters)", flush=True)
+    write_eval_report(out_dir, model_path, metrics, dataset, head_output, gallery_options(args))
     return metrics
 
 

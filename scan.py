@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from data.augment import get_train_transformations, get_val_transformations
 from data.loaders import eval_loader, set_epoch, train_loader
@@ -23,8 +22,10 @@ from models import build_model
 from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_atomic
 from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
 from utils.guard import TrainingGuard, finite_loss
+from utils.history import History
 from utils.knn import load_neighbors
 from utils.optim import adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
 from utils.stage import check_cluster_count, require_files, run_cli, setup_stage, stage_command
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     guard = TrainingGuard(cfg, runtime, cfg["scan_checkpoint"], unwrap(model), optimizer)
     checkpoint = guard.resume()
     best_loss, best_loss_head = checkpoint.get("best_loss", math.inf), checkpoint.get("best_loss_head")
+    history = History(cfg["scan_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
 
     for epoch in guard.epochs():
         set_epoch(loader, epoch)
@@ -124,11 +126,12 @@ def main(argv: list[str] | None = None) -> dict:
                 f"(consistency {losses['consistency']:.4f}, entropy {losses['entropy']:.4f})  "
                 f"best head {head} val loss {head_loss:.4f}"
             )
-            chosen = head_outputs[head]
+            chosen, accuracy = head_outputs[head], None
             if not (chosen["targets"] < 0).any():
                 accuracy = cluster_metrics(chosen["predictions"], chosen["probabilities"], chosen["targets"])["ACC"]
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
+            history.log(epoch + 1, **losses, lr=lr, val_loss=head_loss, head=head, ACC=accuracy)
             if head_loss < best_loss:
                 best_loss, best_loss_head = head_loss, head
                 save_atomic({"model": unwrap(model).state_dict(), "head": head}, cfg["scan_model"])

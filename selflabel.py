@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from data.augment import get_train_transformations, get_val_transformations
 from data.loaders import eval_loader, set_epoch, train_loader
@@ -28,7 +27,9 @@ from utils.checkpoint import (
 )
 from utils.evaluate import cluster_metrics, get_predictions
 from utils.guard import TrainingGuard, finite_loss
+from utils.history import History
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
 from utils.stage import check_cluster_count, require_files, run_cli, setup_stage, stage_command
@@ -46,7 +47,7 @@ def best_head_state_dict(scan_checkpoint: dict) -> dict:
 def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool, epoch: int) -> dict:
     """Cross-entropy of the strong view toward the weak view's confident predictions."""
     model.train()
-    total, steps, skipped = 0.0, 0, 0
+    total, steps, skipped, confident_samples, samples = 0.0, 0, 0, 0, 0
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         images = batch["image"].to(runtime.device, non_blocking=True)
@@ -55,6 +56,8 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
             with torch.no_grad():
                 weak_output = model(images)[0]
             strong_output = model(augmented)[0]
+        confident_samples += (weak_output.float().softmax(dim=1).max(dim=1).values > criterion.threshold).sum()
+        samples += weak_output.shape[0]
         confident = True
         try:
             loss = criterion(weak_output, strong_output)
@@ -73,7 +76,8 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         if confident:
             total, steps = total + finite_loss(loss, epoch, steps + skipped + 1), steps + 1
             progress.set_postfix(loss=f"{loss.item():.4f}")
-    return {"loss": total / max(steps, 1), "steps": steps, "skipped": skipped}
+    confident_fraction = int(confident_samples) / max(samples, 1)
+    return {"loss": total / max(steps, 1), "steps": steps, "skipped": skipped, "confident": confident_fraction}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     guard.resume()
     # EMA writes its average back into the model after every step, so the resumed weights are its state.
     ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None
+    history = History(cfg["selflabel_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
 
     for epoch in guard.epochs():
         set_epoch(loader, epoch)
@@ -121,13 +126,21 @@ def main(argv: list[str] | None = None) -> dict:
                     f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
                     f"above confidence {cfg['confidence_threshold']})"
                 )
-            head_output = get_predictions(unwrap(model), val_loader, runtime.device)[0][0]
+            head_output, accuracy = get_predictions(unwrap(model), val_loader, runtime.device)[0][0], None
             if not (head_output["targets"] < 0).any():
                 accuracy = cluster_metrics(
                     head_output["predictions"], head_output["probabilities"], head_output["targets"]
                 )["ACC"]
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
+            history.log(
+                epoch + 1,
+                loss=stats["loss"],
+                lr=lr,
+                confident_fraction=stats["confident"],
+                skipped_batches=stats["skipped"],
+                ACC=accuracy,
+            )
             save_atomic(unwrap(model).state_dict(), cfg["selflabel_model"])
         guard.save_checkpoint(epoch + 1)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from data.augment import get_train_transformations, get_val_transformations
 from data.loaders import eval_loader, set_epoch, train_loader
@@ -22,8 +21,10 @@ from models import build_model
 from utils.checkpoint import save_atomic
 from utils.distributed import gather_with_grad
 from utils.guard import TrainingGuard, finite_loss
+from utils.history import History
 from utils.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
 from utils.optim import adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
 from utils.results import write_json
 from utils.runtime import autocast, barrier, unwrap, wrap_model
 from utils.stage import run_cli, setup_stage
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     guard = TrainingGuard(cfg, runtime, cfg["pretext_checkpoint"], unwrap(model), optimizer)
     knn_top1 = guard.resume().get("knn_top1")
 
+    history = History(cfg["pretext_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
     for epoch in guard.epochs():
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
             shown = "n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%"
             print(f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}  kNN top-1 {shown}", flush=True)
+            history.log(epoch + 1, loss=loss, lr=lr, knn_top1=knn_top1)
         guard.save_checkpoint(epoch + 1, knn_top1=knn_top1)
 
     metrics = {}

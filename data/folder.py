@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torchvision.transforms.functional as F
 from PIL import Image, ImageFile, ImageOps
-from tqdm import tqdm
 
 from data.base import UNLABELED, DatasetNotFoundError, ImageDataset, dataset_error
 from utils.config import ConfigError
+from utils.progress import tqdm
 from utils.results import write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # compared in lower case

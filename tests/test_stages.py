@@ -135,7 +135,7 @@ def test_selflabel_counts_batches_without_confident_samples_instead_of_crashing(
     stats = selflabel.train_one_epoch(
         [batch, batch], model, ConfidenceBasedCE(0.99, True), optimizer, None, CPU, False, 0
     )
-    assert stats == {"loss": 0.0, "steps": 0, "skipped": 2}
+    assert stats == {"loss": 0.0, "steps": 0, "skipped": 2, "confident": 0.0}
 
 
 def write_imagenet_subset(root, wnids, per_class: dict[str, int]):

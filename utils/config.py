@@ -46,7 +46,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "scheduler": "constant",
     "scheduler_kwargs": {},
     "batch_size": 128,
-    "num_workers": 8,
+    "num_workers": 8,  # data loading processes; `auto`: the CPU cores this process may use, at most 8
     "augmentation_strategy": None,
     "augmentation_kwargs": {},
     "transformation_kwargs": {},
@@ -54,6 +54,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "amp": False,  # bfloat16 autocast for forward passes
     "gather_negatives": True,  # SimCLR under torchrun: negatives from every process's batch (global batch)
     "resume": True,  # continue from the stage's checkpoint.pth.tar; false: start over (it is overwritten)
+    "tensorboard": False,  # also log each epoch's history.jsonl values to <stage dir>/tensorboard (needs tensorboard)
     # pretext
     "topk_neighbors_train": 20,
     "topk_neighbors_val": 5,
@@ -137,6 +138,12 @@ def stage_paths(root_dir: str | Path, train_db_name: str) -> dict[str, str]:
     }
 
 
+def auto_num_workers(max_workers: int = 8) -> int:
+    """`num_workers: auto`: the cores this process may run on, shared among torchrun's processes on the node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(max_workers, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[str] | None = None) -> dict:
     """Merge defaults, env file, experiment file and `--set` overrides; validate; add paths.
 
@@ -159,6 +166,8 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
         raise ConfigError(f"Config {config_exp} lacks required key(s): {', '.join(missing)}.")
     if cfg["setup"] not in SETUPS:
         raise ConfigError(f"setup '{cfg['setup']}' is not one of {', '.join(SETUPS)}.")
+    if cfg["num_workers"] == "auto":
+        cfg["num_workers"] = auto_num_workers()
     try:
         check_top_level(cfg, known, REQUIRED)
         check_nested(cfg)

@@ -7,9 +7,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data.wrappers import NeighborsFileError
+from utils.progress import tqdm
 from utils.results import save_numpy
 
 
