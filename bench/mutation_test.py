@@ -37,11 +37,23 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "losses/losses.py": (["tests/test_losses.py", "tests/test_stages.py"], []),
     "data/augment.py": (["tests/test_augment.py"], []),
     "data/wrappers.py": (["tests/test_knn_and_wrappers.py"], ["tests/test_stage_behaviour.py"]),
-    "utils/checkpoint.py": (["tests/test_checkpoint.py", "tests/test_stages.py"], ["tests/test_eval.py"]),
+    "utils/checkpoint.py": (
+        ["tests/test_checkpoint.py", "tests/test_guard.py", "tests/test_stages.py"],
+        ["tests/test_resume.py", "tests/test_eval.py"],
+    ),
     "utils/evaluate.py": (["tests/test_evaluate.py"], ["tests/test_stage_behaviour.py", "tests/test_eval.py"]),
-    "simclr.py": (["tests/test_stages.py"], ["tests/test_stage_behaviour.py", "tests/test_pipeline_e2e.py"]),
-    "scan.py": (["tests/test_stages.py"], ["tests/test_stage_behaviour.py", "tests/test_pipeline_e2e.py"]),
-    "selflabel.py": (["tests/test_stages.py"], ["tests/test_stage_behaviour.py", "tests/test_pipeline_e2e.py"]),
+    "simclr.py": (
+        ["tests/test_stages.py", "tests/test_guard.py"],
+        ["tests/test_stage_behaviour.py", "tests/test_resume.py"],
+    ),
+    "scan.py": (
+        ["tests/test_stages.py", "tests/test_guard.py"],
+        ["tests/test_stage_behaviour.py", "tests/test_resume.py"],
+    ),
+    "selflabel.py": (
+        ["tests/test_stages.py", "tests/test_guard.py"],
+        ["tests/test_stage_behaviour.py", "tests/test_resume.py"],
+    ),
 }
 
 COMPARISON_SWAPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
