@@ -55,6 +55,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "gather_negatives": True,  # SimCLR under torchrun: negatives from every process's batch (global batch)
     "resume": True,  # continue from the stage's checkpoint.pth.tar; false: start over (it is overwritten)
     "tensorboard": False,  # also log each epoch's history.jsonl values to <stage dir>/tensorboard (needs tensorboard)
+    # Where images are augmented: pil (per image, in DataLoader workers; the faithful path) | batched (whole
+    # batches on the device, data/batch_augment.py) | auto (batched on CUDA, pil on CPU).
+    "augmentation_backend": "auto",
     # pretext
     "topk_neighbors_train": 20,
     "topk_neighbors_val": 5,
