@@ -45,6 +45,12 @@ def _per_image(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, 1, 1, 1)
 
 
+@functools.cache
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant tensor made once per device: a host → device copy on every call would wait for the GPU."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """PIL's ``convert('L')``: (19595 R + 38470 G + 7471 B + 2^15) >> 16, exact in float32 (sums < 2^24)."""
     weighted = x[:, 0:1] * 19595.0 + x[:, 1:2] * 38470.0 + x[:, 2:3] * 7471.0
@@ -270,13 +276,12 @@ def geometric_matrices(op: torch.Tensor, v: torch.Tensor, height: int, width: in
     about the image centre (w/2, h/2), coefficients rounded to 15 decimals like PIL.
     """
     v = v.double()
-    eye = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64, device=v.device)
-    coeffs = eye.repeat(op.shape[0], 1)
     angle = -torch.deg2rad(v)
     cos, sin = torch.round(torch.cos(angle) * 1e15) / 1e15, torch.round(torch.sin(angle) * 1e15) / 1e15
     cx, cy = width / 2.0, height / 2.0
     rotation = torch.stack([cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy], dim=1)
     ones, zeros = torch.ones_like(v), torch.zeros_like(v)
+    coeffs = torch.stack([ones, zeros, zeros, zeros, ones, zeros], dim=1)  # identity
     candidates = {
         "Rotate": rotation,
         "ShearX": torch.stack([ones, v, zeros, zeros, ones, zeros], dim=1),
@@ -372,17 +377,22 @@ def random_resized_crop_boxes(
 
 
 def random_crop_boxes(heights: torch.Tensor, widths: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """torchvision's RandomCrop(size) (no padding) offsets per image → boxes [B, 4]."""
-    if bool((heights < size[0]).any() | (widths < size[1]).any()):
-        raise ValueError(
-            f"RandomCrop: crop size {size} is larger than an input image ({int(heights.min())}×{int(widths.min())}): "
-            "lower augmentation_kwargs.crop_size or use larger images."
-        )
+    """torchvision's RandomCrop(size) (no padding) offsets per image → boxes [B, 4]; images must be large enough."""
     b, device = heights.shape[0], heights.device
     top = torch.floor(torch.rand(b, dtype=torch.float64, device=device) * (heights - size[0] + 1))
     left = torch.floor(torch.rand(b, dtype=torch.float64, device=device) * (widths - size[1] + 1))
     full = torch.ones_like(top)
     return torch.stack([top, left, full * size[0], full * size[1]], dim=1)
+
+
+def _check_crop_fits(images: torch.Tensor, sizes: torch.Tensor | None, size: tuple[int, int]) -> None:
+    """torchvision's RandomCrop error for an image smaller than the crop (per image only for mixed sizes)."""
+    smallest = (images.shape[-2], images.shape[-1]) if sizes is None else tuple(sizes.min(dim=0).values.tolist())
+    if smallest[0] < size[0] or smallest[1] < size[1]:
+        raise ValueError(
+            f"RandomCrop: crop size {size} is larger than an input image ({smallest[0]}×{smallest[1]}): "
+            "lower augmentation_kwargs.crop_size or use larger images."
+        )
 
 
 def random_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
@@ -391,34 +401,39 @@ def random_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     return torch.where(_per_image(flip), x.flip(-1), x)
 
 
-def cutout(x: torch.Tensor, n_holes: int, length: int, random_size: bool) -> torch.Tensor:
-    """augment.Cutout per image: zero a square of side randint(1, length) (or length) centred anywhere.
+def cutout_hole(h: int, w: int, y: torch.Tensor, x: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] mask of augment.Cutout's hole: rows max(y − side//2, 0) .. min(y + side//2, h) − 1, likewise columns.
 
-    Rows max(y − side//2, 0) .. min(y + side//2, h) − 1 (likewise columns), as the PIL path slices.
+    A side of 1 gives an empty hole (half = 0), as the PIL path's slices do.
     """
+    rows = torch.arange(h, device=y.device)[None, :, None]
+    cols = torch.arange(w, device=y.device)[None, None, :]
+    half = torch.div(side, 2, rounding_mode="floor")[:, None, None]
+    y, x = y[:, None, None], x[:, None, None]
+    in_rows = (rows >= (y - half).clamp(min=0)) & (rows < (y + half).clamp(max=h))
+    return in_rows & (cols >= (x - half).clamp(min=0)) & (cols < (x + half).clamp(max=w))
+
+
+def cutout(x: torch.Tensor, n_holes: int, length: int, random_size: bool) -> torch.Tensor:
+    """augment.Cutout per image: zero ``n_holes`` squares of side randint(1, length) (or length) centred anywhere."""
     b, _, h, w = x.shape
     device = x.device
-    rows = torch.arange(h, device=device)[None, :, None]
-    cols = torch.arange(w, device=device)[None, None, :]
     keep = torch.ones(b, h, w, dtype=torch.bool, device=device)
     for _ in range(n_holes):
-        side = (
-            torch.randint(1, length + 1, (b,), device=device)
-            if random_size
-            else torch.full((b,), length, device=device)
-        )
-        y, xc = torch.randint(0, h, (b,), device=device), torch.randint(0, w, (b,), device=device)
-        half = torch.div(side, 2, rounding_mode="floor")
-        y0, y1 = (y - half).clamp(min=0), (y + half).clamp(max=h)
-        x0, x1 = (xc - half).clamp(min=0), (xc + half).clamp(max=w)
-        hole = (rows >= y0[:, None, None]) & (rows < y1[:, None, None]) & (cols >= x0[:, None, None])
-        keep &= ~(hole & (cols < x1[:, None, None]))
+        if random_size:
+            side = torch.randint(1, length + 1, (b,), device=device)
+        else:
+            side = torch.full((b,), length, device=device)
+        y, x_centre = torch.randint(0, h, (b,), device=device), torch.randint(0, w, (b,), device=device)
+        keep &= ~cutout_hole(h, w, y, x_centre, side)
     return x * keep[:, None].to(x.dtype)
 
 
 def _normalize(levels: torch.Tensor, normalize: dict) -> torch.Tensor:
-    """ToTensor (÷255) then Normalize, as the PIL path does."""
-    return TF.normalize(levels / 255.0, mean=list(normalize["mean"]), std=list(normalize["std"]))
+    """ToTensor (÷255) then Normalize, with the same float operations as the PIL path (bit-identical)."""
+    mean = _constant(tuple(normalize["mean"]), levels.device).view(-1, 1, 1)
+    std = _constant(tuple(normalize["std"]), levels.device).view(-1, 1, 1)
+    return (levels / 255.0).sub_(mean).div_(std)
 
 
 def _pair(size) -> tuple[int, int]:
@@ -520,9 +535,11 @@ class SimCLRBatchTransform:
         x = resized_crop(x, random_resized_crop_boxes(heights, widths, self.scale, self.ratio), self.size)
         if self.flip:
             x = random_flip(x)
-        x = self.color_jitter(x)
-        gray = torch.rand(x.shape[0], device=x.device) < self.grayscale_p
-        x = torch.where(_per_image(gray), grayscale(x).expand_as(x), x)
+        if self.jitter_p > 0:
+            x = self.color_jitter(x)
+        if self.grayscale_p > 0:
+            gray = torch.rand(x.shape[0], device=x.device) < self.grayscale_p
+            x = torch.where(_per_image(gray), grayscale(x).expand_as(x), x)
         return _normalize(x, self.normalize)
 
 
@@ -547,10 +564,9 @@ class StrongBatchTransform:
         self.normalize = kwargs["normalize"]
         cutout_kwargs = kwargs["cutout_kwargs"]
         self.cutout = (int(cutout_kwargs["n_holes"]), int(cutout_kwargs["length"]), cutout_kwargs.get("random", True))
-        dtype = torch.float64
-        self.low = torch.tensor([low for _, _, low, _ in OPS], dtype=dtype)
-        self.high = torch.tensor([high for _, _, _, high in OPS], dtype=dtype)
-        self.signed = torch.tensor([name in GEOMETRIC_OPS for name in OP_NAMES])
+        self.low = tuple(float(low) for _, _, low, _ in OPS)
+        self.high = tuple(float(high) for _, _, _, high in OPS)
+        self.signed = tuple(name in GEOMETRIC_OPS for name in OP_NAMES)
 
     def strong_step(self, x: torch.Tensor, op: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One op per image (``op`` [B] indices into OPS, ``v`` [B] magnitudes); ops are grouped by kind."""
@@ -577,13 +593,15 @@ class StrongBatchTransform:
         return x
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        _check_crop_fits(images, sizes, self.size)
         x = images.float()
         heights, widths = _image_sizes(x, sizes)
         x = resized_crop(x, random_crop_boxes(heights, widths, self.size), self.size)
         if self.flip:
             x = random_flip(x)
         b, device = x.shape[0], x.device
-        low, high, signed = self.low.to(device), self.high.to(device), self.signed.to(device)
+        low, high = _constant(self.low, device, torch.float64), _constant(self.high, device, torch.float64)
+        signed = _constant(self.signed, device, torch.bool)
         for _ in range(self.num_ops):
             op = torch.randint(0, len(OPS), (b,), device=device)
             v = low[op] + torch.rand(b, dtype=torch.float64, device=device) * (high[op] - low[op])
