@@ -386,12 +386,12 @@ def random_crop_boxes(heights: torch.Tensor, widths: torch.Tensor, size: tuple[i
 
 
 def _check_crop_fits(images: torch.Tensor, sizes: torch.Tensor | None, size: tuple[int, int]) -> None:
-    """torchvision's RandomCrop error for an image smaller than the crop (per image only for mixed sizes)."""
+    """An image smaller than the crop is an error, as in torchvision's RandomCrop (checked per image on a canvas)."""
     smallest = (images.shape[-2], images.shape[-1]) if sizes is None else tuple(sizes.min(dim=0).values.tolist())
     if smallest[0] < size[0] or smallest[1] < size[1]:
         raise ValueError(
-            f"RandomCrop: crop size {size} is larger than an input image ({smallest[0]}×{smallest[1]}): "
-            "lower augmentation_kwargs.crop_size or use larger images."
+            f"The crop size {size} is larger than an input image ({smallest[0]}×{smallest[1]}): lower crop_size "
+            "(augmentation_kwargs or transformation_kwargs) or use larger images."
         )
 
 
@@ -611,16 +611,25 @@ class StrongBatchTransform:
 
 
 class ValBatchTransform:
-    """CenterCrop → ToTensor → Normalize on a batch (torchvision's center_crop: same offsets, zero padding)."""
+    """CenterCrop → ToTensor → Normalize on a batch (torchvision's center_crop: same offsets, zero padding).
+
+    On a canvas of mixed sizes (``sizes`` given) each image is centre-cropped inside its own size, which must
+    then be at least the crop size.
+    """
 
     def __init__(self, kwargs: dict) -> None:
-        self.size = list(_pair(kwargs["crop_size"]))
+        self.size = _pair(kwargs["crop_size"])
         self.normalize = kwargs["normalize"]
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
-        if sizes is not None:
-            raise ValueError("The val transform needs images of one size (the decoding loader centre-crops them).")
-        return _normalize(TF.center_crop(images, self.size).float(), self.normalize)
+        if sizes is None:
+            return _normalize(TF.center_crop(images, list(self.size)).float(), self.normalize)
+        _check_crop_fits(images, sizes, self.size)
+        heights, widths = _image_sizes(images, sizes)
+        full = torch.ones_like(heights)
+        top, left = torch.round((heights - self.size[0]) / 2), torch.round((widths - self.size[1]) / 2)
+        boxes = torch.stack([top, left, full * self.size[0], full * self.size[1]], dim=1)
+        return _normalize(resized_crop(images.float(), boxes, self.size), self.normalize)
 
 
 def get_batch_transformations(cfg: dict, train: bool = True) -> Callable[..., torch.Tensor]:

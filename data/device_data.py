@@ -45,7 +45,7 @@ def load_uint8_images(dataset, max_bytes: int = MAX_IN_MEMORY_BYTES) -> torch.Te
         image = first if index == 0 else dataset.get_image(index)
         if image.shape[:2] != (height, width):
             return None
-        images[index] = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        images[index] = torch.tensor(image).permute(2, 0, 1)
     return images
 
 
