@@ -69,7 +69,7 @@ def test_cifar_images_come_from_the_array_it_holds(tmp_path):
     images = load_uint8_images(dataset)
     assert images.shape == (20, 3, 32, 32) and images.dtype == torch.uint8
     for index in (0, 7, 19):
-        assert torch.equal(images[index], torch.from_numpy(dataset.get_image(index).copy()).permute(2, 0, 1))
+        assert torch.equal(images[index], torch.tensor(dataset.get_image(index)).permute(2, 0, 1))
 
 
 def test_stl10_is_read_image_by_image(tmp_path):
@@ -77,7 +77,7 @@ def test_stl10_is_read_image_by_image(tmp_path):
     dataset = STL10(tmp_path, split="train+unlabeled")
     images = load_uint8_images(dataset)
     assert images.shape == (7, 3, 96, 96)
-    assert all(torch.equal(images[i], torch.from_numpy(dataset.get_image(i)).permute(2, 0, 1)) for i in range(7))
+    assert all(torch.equal(images[i], torch.tensor(dataset.get_image(i)).permute(2, 0, 1)) for i in range(7))
     assert load_uint8_images(dataset, max_bytes=6 * 3 * 96 * 96) is None  # too big: stays on disk
 
 
@@ -93,7 +93,7 @@ def test_folders_of_one_size_are_held_and_mixed_sizes_are_not(tmp_path):
     same = _folder(tmp_path / "same", [(12, 8)] * 8)
     images = load_uint8_images(same)
     assert images.shape == (len(same), 3, 8, 12)
-    assert torch.equal(images[2], torch.from_numpy(same.get_image(2)).permute(2, 0, 1))
+    assert torch.equal(images[2], torch.tensor(same.get_image(2)).permute(2, 0, 1))
     mixed = _folder(tmp_path / "mixed", [(12, 8), (12, 8), (12, 8), (9, 9)] * 2)
     assert load_uint8_images(mixed) is None
 
@@ -119,7 +119,7 @@ def test_pad_collate_keeps_each_image_at_the_top_left_with_its_size():
 def test_decoded_images_are_the_raw_image_or_its_centre_crop(tmp_path):
     dataset = _folder(tmp_path, [(12, 8)] * 4)
     raw, cropped = DecodedImages(dataset)[1], DecodedImages(dataset, crop_size=6)[1]
-    assert torch.equal(raw["image"], torch.from_numpy(dataset.get_image(1)).permute(2, 0, 1))
+    assert torch.equal(raw["image"], torch.tensor(dataset.get_image(1)).permute(2, 0, 1))
     expected = np.asarray(TVF.center_crop(dataset.load_image(1), 6))
-    assert torch.equal(cropped["image"], torch.from_numpy(expected).permute(2, 0, 1))
+    assert torch.equal(cropped["image"], torch.tensor(expected).permute(2, 0, 1))
     assert raw["target"] == dataset.targets[1] and raw["index"] == 1
