@@ -172,7 +172,7 @@ def eval_batches(
     key = "image" if paired is None else "anchor"
     if _check_backend(cfg) == "pil":
         dataset.transform = get_val_transformations(cfg)
-        loader = eval_loader(paired or dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+        loader = eval_loader(paired if paired is not None else dataset, cfg["batch_size"], cfg["num_workers"], runtime)
         return Batches(loader, lambda batch: batch, runtime)
 
     transform = get_batch_transformations(cfg, train=False)
