@@ -39,6 +39,11 @@ class Batches:
     def __len__(self) -> int:
         return len(self.source)
 
+    @property
+    def batch_size(self) -> int:
+        """Images per batch (capped on tiny data), as on a DataLoader: the training guard counts images with it."""
+        return self.source.batch_size
+
     def set_epoch(self, epoch: int) -> None:
         set_epoch(self.source, epoch)
 
@@ -72,6 +77,10 @@ class _MemoryBatches:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def batch_size(self) -> int:
+        return self.indices.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.indices.set_epoch(epoch)
