@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from data.augment import get_train_transformations, get_val_transformations
-from data.loaders import eval_loader, set_epoch, train_loader
+from data.batches import eval_batches, train_batches
+from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
-from data.wrappers import NeighborsDataset
 from losses import SCANLoss
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_state_dict_checked, save_atomic
@@ -71,21 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     Path(cfg["scan_dir"]).mkdir(parents=True, exist_ok=True)
 
-    train_dataset = NeighborsDataset(
-        get_train_dataset(cfg, get_train_transformations(cfg)),
-        load_neighbors(cfg["topk_neighbors_train_path"]),
-        cfg["num_neighbors"],
-        source=cfg["topk_neighbors_train_path"],
+    train_dataset, val_dataset = get_train_dataset(cfg), get_val_dataset(cfg)
+    train_neighbors, val_neighbors = cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]
+    loader = train_batches(
+        cfg, train_dataset, runtime, neighbors=load_neighbors(train_neighbors), source=train_neighbors
     )
-    val_dataset = NeighborsDataset(
-        get_val_dataset(cfg, get_val_transformations(cfg)),
-        load_neighbors(cfg["topk_neighbors_val_path"]),
-        source=cfg["topk_neighbors_val_path"],
-    )
+    val_loader = eval_batches(cfg, val_dataset, runtime, neighbors=load_neighbors(val_neighbors), source=val_neighbors)
     check_cluster_count(cfg["num_classes"], len(train_dataset))
-    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    class_names = val_dataset.dataset.classes
+    class_names = val_dataset.classes
     if runtime.is_main:
         print(
             f"Train: {len(train_dataset)} images with {cfg['num_neighbors']} neighbours each, "

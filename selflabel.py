@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from data.augment import get_train_transformations, get_val_transformations
-from data.loaders import eval_loader, set_epoch, train_loader
+from data.batches import eval_batches, train_batches
+from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
-from data.wrappers import AugmentedDataset
 from losses import ConfidenceBasedCE, NoConfidentSamplesError
 from models import build_model
 from utils.checkpoint import (
@@ -87,13 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
 
     # Weak view: the val transform; strong view: the training augmentation.
-    train_dataset = AugmentedDataset(
-        get_train_dataset(cfg), get_val_transformations(cfg), get_train_transformations(cfg)
-    )
-    val_dataset = get_val_dataset(cfg, get_val_transformations(cfg))
+    train_dataset, val_dataset = get_train_dataset(cfg), get_val_dataset(cfg)
     check_cluster_count(cfg["num_classes"], len(train_dataset))
-    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    loader = train_batches(cfg, train_dataset, runtime, views=("val", "train"))
+    val_loader = eval_batches(cfg, val_dataset, runtime)
     if runtime.is_main:
         print(
             f"Train: {len(train_dataset)} images, test: {len(val_dataset)}. Writing to {cfg['selflabel_dir']}",

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from data.augment import get_train_transformations, get_val_transformations
-from data.loaders import eval_loader, set_epoch, train_loader
+from data.batches import eval_batches, train_batches
+from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
-from data.wrappers import AugmentedDataset
 from losses import SimCLRLoss
 from models import build_model
 from utils.checkpoint import save_atomic
@@ -80,13 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
     Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
 
     model = build_model(cfg)
-    train_transform, val_transform = get_train_transformations(cfg), get_val_transformations(cfg)
-    train_dataset = AugmentedDataset(get_train_dataset(cfg, split=cfg["train_split"]), train_transform)
-    base_dataset = get_train_dataset(cfg, val_transform)  # train split, val transform: memory bank + mining
-    val_dataset = get_val_dataset(cfg, val_transform)
-    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    base_loader = eval_loader(base_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    train_dataset = get_train_dataset(cfg, split=cfg["train_split"])
+    base_dataset = get_train_dataset(cfg)  # train split, val transform: memory bank + mining
+    val_dataset = get_val_dataset(cfg)
+    loader = train_batches(cfg, train_dataset, runtime, views=("train", "train"))
+    base_loader = eval_batches(cfg, base_dataset, runtime)
+    val_loader = eval_batches(cfg, val_dataset, runtime)
     if runtime.is_main:
         print(
             f"Train ({cfg['train_split']}): {len(train_dataset)} images, memory bank: {len(base_dataset)}, "
@@ -109,9 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
             guard.batches(loader), model, criterion, optimizer, runtime, cfg["amp"], epoch, cfg["gather_negatives"]
         )
         if runtime.is_main:
-            knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
-            shown = "n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%"
-            print(f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}  kNN top-1 {shown}", flush=True)
+            summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}"
+            if (epoch + 1) % cfg["knn_every"] == 0 or epoch + 1 == cfg["epochs"]:
+                knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
+                summary += "  kNN top-1 " + ("n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%")
+            print(summary, flush=True)
             history.log(epoch + 1, loss=loss, lr=lr, knn_top1=knn_top1)
         guard.save_checkpoint(epoch + 1, knn_top1=knn_top1)
 

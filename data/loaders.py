@@ -17,7 +17,7 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) -> DataLoader:
+def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
     """Shuffled loader that drops the last partial batch.
 
     With fewer samples than one (per-process) batch, dropping it would run zero steps, so
@@ -43,10 +43,11 @@ def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) -
         pin_memory=runtime.device.type == "cuda",
         drop_last=True,
         worker_init_fn=ignore_stop_signals,
+        collate_fn=collate_fn,
     )
 
 
-def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) -> DataLoader:
+def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
     """In-order loader over every sample (each process sees the whole split)."""
     return DataLoader(
         dataset,
@@ -56,10 +57,13 @@ def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) ->
         pin_memory=runtime.device.type == "cuda",
         drop_last=False,
         worker_init_fn=ignore_stop_signals,
+        collate_fn=collate_fn,
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle differently each epoch under DistributedSampler."""
-    if isinstance(loader.sampler, DistributedSampler):
+def set_epoch(loader, epoch: int) -> None:
+    """Reshuffle differently each epoch: under DistributedSampler, or through the loader's own set_epoch."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    elif isinstance(getattr(loader, "sampler", None), DistributedSampler):
         loader.sampler.set_epoch(epoch)

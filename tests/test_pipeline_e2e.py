@@ -1,4 +1,7 @@
-"""End-to-end: simclr.py → scan.py → selflabel.py → eval.py on a tiny CIFAR-10 copy, through the real configs."""
+"""End-to-end: simclr.py → scan.py → selflabel.py → eval.py on a tiny CIFAR-10 copy, through the real configs.
+
+Run once with each augmentation backend: PIL in workers (the faithful path) and batched on the device.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ pytestmark = pytest.mark.slow
 FAST = ["num_workers=0", "backbone_kwargs.base_width=8", "seed=0"]
 
 
-def run_pretext(env):
+def run_pretext(env, fast):
     return simclr.main(
         [
             "--config_env",
@@ -30,14 +33,16 @@ def run_pretext(env):
             "--set",
             "epochs=1",
             "batch_size=32",
-            *FAST,
+            *fast,
         ]
     )
 
 
-def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
+@pytest.mark.parametrize("backend", ["pil", "batched"])
+def test_three_stages_and_eval(tiny_cifar_env, tmp_path, backend):
+    fast = [*FAST, f"augmentation_backend={backend}"]
     results = tmp_path / "results" / "cifar-10"
-    metrics = run_pretext(tiny_cifar_env)
+    metrics = run_pretext(tiny_cifar_env, fast)
     pretext = results / "pretext"
     for name in (
         "checkpoint.pth.tar",
@@ -68,7 +73,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
             "epochs=1",
             "batch_size=32",
             "num_heads=2",
-            *FAST,
+            *fast,
         ]
     )
     scan_dir = results / "scan"
@@ -94,7 +99,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
             "epochs=2",
             "batch_size=32",
             "num_heads=2",
-            *FAST,
+            *fast,
         ]
     )
     resumed = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
@@ -110,7 +115,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
             "epochs=1",
             "batch_size=32",
             "confidence_threshold=0.1",
-            *FAST,
+            *fast,
         ]
     )
     selflabel_dir = results / "selflabel"
@@ -133,7 +138,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
             str(out),
             "--visualize_prototypes",
             "--set",
-            *FAST,
+            *fast,
         ]
     )
     assert eval_metrics["ACC"] == pytest.approx(selflabel_metrics["ACC"])

@@ -144,13 +144,15 @@ def make_env(tmp_path, name: str):
     return env
 
 
-def test_simclr_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["pil", "batched"])
+def test_simclr_resumes_mid_epoch_exactly(tmp_path, monkeypatch, backend):
     straight, interrupted = make_env(tmp_path, "straight"), make_env(tmp_path, "interrupted")
-    metrics = run(simclr.main, stage_args(straight, PRETEXT))
+    backend_arg = f"augmentation_backend={backend}"
+    metrics = run(simclr.main, stage_args(straight, PRETEXT, backend_arg))
     cfg = load_config(interrupted, PRETEXT, TINY)
     resumed = interrupted_then_resumed(
         simclr.main,
-        stage_args(interrupted, PRETEXT),
+        stage_args(interrupted, PRETEXT, backend_arg),
         monkeypatch,
         simclr,
         "SimCLRLoss",
@@ -164,14 +166,18 @@ def test_simclr_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     assert_identical(expected, got)
 
 
-def test_scan_resumes_mid_epoch_exactly_with_its_best_loss_and_head(tmp_path, monkeypatch, scripted_scan_losses):
+@pytest.mark.parametrize("backend", ["pil", "batched"])
+def test_scan_resumes_mid_epoch_exactly_with_its_best_loss_and_head(
+    tmp_path, monkeypatch, scripted_scan_losses, backend
+):
     straight, interrupted = make_env(tmp_path, "straight"), make_env(tmp_path, "interrupted")
     for env in (straight, interrupted):
         write_pretext_outputs(env)
-    metrics = run(scan.main, stage_args(straight, SCAN))
+    backend_arg = f"augmentation_backend={backend}"
+    metrics = run(scan.main, stage_args(straight, SCAN, backend_arg))
     cfg = load_config(interrupted, SCAN, TINY)
     resumed = interrupted_then_resumed(
-        scan.main, stage_args(interrupted, SCAN), monkeypatch, scan, "SCANLoss", cfg, "scan_checkpoint"
+        scan.main, stage_args(interrupted, SCAN, backend_arg), monkeypatch, scan, "SCANLoss", cfg, "scan_checkpoint"
     )
     assert resumed == metrics and metrics["best_loss"] == 0.3
     expected, got = outputs(load_config(straight, SCAN, TINY), "scan_dir"), outputs(cfg, "scan_dir")

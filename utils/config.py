@@ -51,14 +51,21 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "augmentation_kwargs": {},
     "transformation_kwargs": {},
     "seed": None,  # None: not seeded, like the original
-    "amp": False,  # bfloat16 autocast for forward passes
+    # Speed (README "Speed"): each `auto` means on / batched with CUDA, off / pil on a CPU.
+    "amp": "auto",  # bfloat16 autocast for forward passes: true | false | auto
+    "channels_last": "auto",  # NHWC memory format for the model and image batches: true | false | auto
+    "compile": False,  # torch.compile the model (a minute of compiling, then faster steps)
     "gather_negatives": True,  # SimCLR under torchrun: negatives from every process's batch (global batch)
     "resume": True,  # continue from the stage's checkpoint.pth.tar; false: start over (it is overwritten)
     "tensorboard": False,  # also log each epoch's history.jsonl values to <stage dir>/tensorboard (needs tensorboard)
+    # Where images are augmented: pil (per image, in DataLoader workers; the faithful path) | batched (whole
+    # batches on the device, data/batch_augment.py) | auto.
+    "augmentation_backend": "auto",
     # pretext
     "topk_neighbors_train": 20,
     "topk_neighbors_val": 5,
     "knn_monitor_k": 100,  # weighted-kNN progress monitor of the pretext stage
+    "knn_every": 10,  # run that monitor every this many epochs, and always after the last one
     # scan
     "num_neighbors": 20,
     "update_cluster_head_only": False,

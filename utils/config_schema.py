@@ -88,6 +88,8 @@ TOP_LEVEL_TYPES: dict[str, tuple] = {
     "criterion": STR,
     "augmentation_strategy": STR,
     "seed": OPTIONAL_INT,
+    "amp": (bool, str),  # true | false | auto
+    "channels_last": (bool, str),  # true | false | auto
 }
 
 # Lower bounds that a value of the right type must still respect: (minimum, what it means).
@@ -101,6 +103,7 @@ MINIMUMS: dict[str, tuple[float, str]] = {
     "topk_neighbors_train": (1, "at least one neighbour"),
     "topk_neighbors_val": (1, "at least one neighbour"),
     "knn_monitor_k": (1, "at least one neighbour"),
+    "knn_every": (1, "the kNN monitor every epoch at most"),
 }
 
 

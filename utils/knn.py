@@ -1,16 +1,17 @@
-"""Features, nearest-neighbour mining (faiss) and the weighted-kNN progress monitor."""
+"""Features, exact nearest-neighbour mining (faiss or chunked torch top-k) and the weighted-kNN progress monitor."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from data.wrappers import NeighborsFileError
 from utils.progress import tqdm
 from utils.results import save_numpy
+
+SCORES_PER_CHUNK = 2**27  # similarity scores held at once by the chunked top-k (512 MB in float32)
 
 
 @torch.no_grad()
@@ -21,31 +22,64 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device, desc:
     for batch in tqdm(loader, desc=desc, leave=False):
         output = model(batch["image"].to(device, non_blocking=True))
         features.append(output.float().cpu())
-        targets.append(batch["target"])
+        targets.append(batch["target"].cpu())
     return torch.cat(features).numpy(), torch.cat(targets).numpy().astype(np.int64)
 
 
-def _flat_ip_index(dim: int):
-    """Exact inner-product index, on the GPU when faiss was built with GPU support and CUDA is present."""
-    index = faiss.IndexFlatIP(dim)
-    if torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    return index
+def _faiss():
+    """The faiss module, or None where it is not installed (it is optional on GPU machines)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
 
 
-def mine_nearest_neighbors(features: np.ndarray, targets: np.ndarray, topk: int):
+def _faiss_search(faiss, features: np.ndarray, k: int, on_gpu: bool) -> np.ndarray:
+    """Exact inner-product search of every row among all rows with a flat index (moved to the GPU if asked)."""
+    index = faiss.IndexFlatIP(features.shape[1])
+    if on_gpu:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), torch.cuda.current_device(), index)
+    index.add(features)
+    return index.search(features, k)[1]
+
+
+@torch.no_grad()
+def topk_inner_product(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [N, k] of the k largest inner products of every row with all rows, in descending order.
+
+    Exact, like faiss's flat index: query rows are scored against all rows in chunks (at most
+    SCORES_PER_CHUNK scores at a time) on the features' device.
+    """
+    chunk = max(1, SCORES_PER_CHUNK // features.shape[0])
+    indices = [
+        (features[start : start + chunk] @ features.T).topk(k, dim=1).indices
+        for start in range(0, features.shape[0], chunk)
+    ]
+    return torch.cat(indices)
+
+
+def mine_nearest_neighbors(features: np.ndarray, targets: np.ndarray, topk: int, device: torch.device | None = None):
     """Top-(k+1) neighbours of every row among all rows by exact inner product.
 
-    Returns (indices [N, topk+1] int64, where column 0 is normally the sample itself,
-    neighbour accuracy or None). Accuracy is the fraction of the k neighbours (column 0
-    excluded) that share the anchor's label; None when the data has no labels (−1).
+    Searched where the run is: on CUDA with faiss's GPU index when that faiss build is installed, else with the
+    chunked torch top-k on the GPU; on a CPU with faiss (or the torch top-k without faiss). All are exact and
+    agree up to the order of tied scores.
+
+    Returns (indices [N, topk+1] int64, where column 0 is normally the sample itself, neighbour accuracy or
+    None). Accuracy is the fraction of the k neighbours (column 0 excluded) that share the anchor's label; None
+    when the data has no labels (−1).
     """
     features = np.ascontiguousarray(features, dtype=np.float32)
     n = features.shape[0]
     k = min(topk + 1, n)
-    index = _flat_ip_index(features.shape[1])
-    index.add(features)
-    _, indices = index.search(features, k)
+    device = device or torch.device("cpu")
+    faiss = _faiss()
+    faiss_gpu = faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if faiss is not None and (device.type == "cpu" or (device.type == "cuda" and faiss_gpu)):
+        indices = _faiss_search(faiss, features, k, on_gpu=device.type == "cuda")
+    else:
+        indices = topk_inner_product(torch.from_numpy(features).to(device), k).cpu().numpy()
     indices = indices.astype(np.int64)
     if k < topk + 1:  # fewer samples than neighbours asked for: repeat the last column
         indices = np.concatenate([indices, np.repeat(indices[:, -1:], topk + 1 - k, axis=1)], axis=1)
@@ -99,7 +133,7 @@ def mine_and_save_neighbors(model: torch.nn.Module, train_loader, val_loader, cf
         ("val", val_loader, cfg["topk_neighbors_val"], cfg["topk_neighbors_val_path"]),
     ):
         features, targets = extract_features(model, loader, device, desc=f"features ({split})")
-        indices, accuracy = mine_nearest_neighbors(features, targets, topk)
+        indices, accuracy = mine_nearest_neighbors(features, targets, topk, device)
         save_numpy(indices, path)
         shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
         print(f"Top-{topk} {split} neighbours: accuracy {shown}, saved {indices.shape} to {path}", flush=True)

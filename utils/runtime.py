@@ -23,6 +23,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    channels_last: bool = False  # model and image batches in NHWC memory format (config `channels_last`)
+    compile: bool = False  # torch.compile the model (config `compile`)
 
     @property
     def distributed(self) -> bool:
@@ -70,6 +72,28 @@ def init_runtime() -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def resolve_fast_path(cfg: dict, runtime: Runtime) -> None:
+    """Turn the config's ``auto`` speed settings into what this run does, in ``cfg`` (the log shows it) and ``runtime``.
+
+    ``amp`` and ``channels_last``: on for CUDA, off on CPU (bfloat16 autocast is slow on most CPUs).
+    ``augmentation_backend``: batched on CUDA; pil, the faithful path, on CPU (where the batched backend gains
+    little, and loses for ``ours`` at small batches: README "Speed"). load_config has checked the types.
+    """
+    from utils.config import ConfigError
+
+    cuda = runtime.device.type == "cuda"
+    for key in ("amp", "channels_last"):
+        if cfg[key] == "auto":
+            cfg[key] = cuda
+        elif not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true, false or auto, not {cfg[key]!r}.")
+    if cfg["augmentation_backend"] == "auto":
+        cfg["augmentation_backend"] = "batched" if cuda else "pil"
+    elif cfg["augmentation_backend"] not in ("pil", "batched"):
+        raise ConfigError(f"augmentation_backend must be pil, batched or auto, not {cfg['augmentation_backend']!r}.")
+    runtime.channels_last, runtime.compile = cfg["channels_last"], cfg["compile"]
 
 
 def seed_everything(seed: int | None, rank: int = 0) -> None:
@@ -141,18 +165,24 @@ def any_process(flag: bool, runtime: Runtime) -> bool:
 
 
 def wrap_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
-    """Move to the device; wrap in DDP when distributed (BatchNorm synced across GPUs)."""
+    """Move to the device (channels_last when asked); wrap in DDP when distributed (BatchNorm synced across GPUs);
+    compile when asked."""
     model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if runtime.distributed:
         if runtime.device.type == "cuda":  # SyncBatchNorm has no CPU implementation
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if runtime.compile:
+        model = torch.compile(model)
     return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model behind a DDP wrapper, whose state dict has no `module.` prefix."""
+    """The bare model behind torch.compile and DDP wrappers, whose state dict has no `_orig_mod.` / `module.` prefix."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 

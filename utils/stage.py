@@ -13,7 +13,7 @@ import yaml
 
 from utils.config import ConfigError, add_config_arguments, format_config, load_config
 from utils.results import check_writable
-from utils.runtime import Runtime, barrier, init_runtime, seed_everything
+from utils.runtime import Runtime, barrier, init_runtime, resolve_fast_path, seed_everything
 
 # Where each setup writes: the folder --fresh moves aside.
 STAGE_DIRS = {"simclr": "pretext_dir", "moco": "pretext_dir", "scan": "scan_dir", "selflabel": "selflabel_dir"}
@@ -44,6 +44,7 @@ def setup_stage(
             f"{' / '.join(expected_setups)}: pick a config from the matching configs/ folder."
         )
     runtime = init_runtime()
+    resolve_fast_path(cfg, runtime)
     stage_dir = Path(cfg[STAGE_DIRS[cfg["setup"]]])
     if runtime.is_main:
         if args.fresh:
