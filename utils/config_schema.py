@@ -92,6 +92,13 @@ TOP_LEVEL_TYPES: dict[str, tuple] = {
     "channels_last": (bool, str),  # true | false | auto
 }
 
+# Keys that take a word: the words allowed (besides true/false where the type allows booleans).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "amp": ("auto",),
+    "channels_last": ("auto",),
+    "augmentation_backend": ("pil", "batched", "auto"),
+}
+
 # Lower bounds that a value of the right type must still respect: (minimum, what it means).
 MINIMUMS: dict[str, tuple[float, str]] = {
     "num_classes": (1, "at least one cluster"),
@@ -188,6 +195,9 @@ def check_top_level(cfg: dict, defaults: dict, required: object) -> None:
             raise SchemaError(
                 f"Config key '{key}' must be {describe_types(expected)}, got {value!r} ({type(value).__name__})."
             )
+        if key in CHOICES and isinstance(value, str) and value not in CHOICES[key]:
+            allowed = ", ".join(CHOICES[key]) + (", true, false" if bool in expected else "")
+            raise SchemaError(f"Config key '{key}' is '{value}', but it must be one of {allowed}.")
         if key in MINIMUMS and value < MINIMUMS[key][0]:
             minimum, meaning = MINIMUMS[key]
             raise SchemaError(f"Config key '{key}' is {value}, but it must be {minimum} or more ({meaning}).")
