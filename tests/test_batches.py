@@ -112,8 +112,8 @@ def test_auto_settings_turn_the_fast_path_on_for_cuda(tiny_cifar_env):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("augmentation_backend=kornia", "augmentation_backend must be pil, batched or auto"),
-        ("amp=fast", "amp must be true, false or auto"),
+        ("augmentation_backend=kornia", "'augmentation_backend' is 'kornia', but it must be one of pil, batched, auto"),
+        ("amp=fast", "'amp' is 'fast', but it must be one of auto, true, false"),
         ("knn_every=0", "'knn_every' is 0, but it must be 1 or more"),
         ("channels_last=[1]", "'channels_last' must be true or false or a string"),
     ],
