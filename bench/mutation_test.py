@@ -215,9 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     workdir = Path(tempfile.mkdtemp(prefix="mutants_"))
     shutil.copytree(ROOT, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".venv", ".git", "results"))
-    baseline = run_tests_forked(workdir, sorted({t for m in args.modules for t in TARGETS[m][0]}), args.timeout)
+    baseline_tests = sorted({t for m in args.modules for t in TARGETS[m][0]})
+    baseline = run_tests_forked(workdir, baseline_tests, 10 * args.timeout)  # every module's tests at once
     if baseline != "survived":
-        raise SystemExit("The unmutated tree fails its own tests; fix that first.")
+        raise SystemExit(f"The unmutated tree does not pass {' '.join(baseline_tests)} ({baseline}); fix that first.")
 
     mutants: list[Mutant] = []
     started = time.perf_counter()
