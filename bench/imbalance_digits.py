@@ -49,11 +49,9 @@ def mine_thinned_digits(source: Path, root: Path, config_env: str, thinned: list
     model = build_model(cfg)
     model.load_state_dict(load_checkpoint(cfg["pretext_model"]))
     transform = get_val_transformations(cfg)
-    loaders = [
-        eval_loader(dataset, cfg["batch_size"], 0, init_runtime())
-        for dataset in (get_train_dataset(cfg, transform), get_val_dataset(cfg, transform))
-    ]
-    mine_and_save_neighbors(model, *loaders, cfg, "cpu")
+    datasets = get_train_dataset(cfg, transform), get_val_dataset(cfg, transform)
+    loaders = [eval_loader(dataset, cfg["batch_size"], 0, init_runtime()) for dataset in datasets]
+    mine_and_save_neighbors(model, *loaders, cfg, "cpu", classes=datasets[1].classes)
 
 
 def settings(digit: int, fraction: float) -> dict[str, list[str]]:

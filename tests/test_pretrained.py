@@ -321,3 +321,19 @@ def test_build_model_for_a_pretrained_setup_has_no_projection_head():
     with torch.no_grad():
         out = model.eval()(torch.randn(2, 3, 32, 32))
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))  # L2-normalised backbone features
+
+
+def test_library_preprocessing_keeps_the_pil_backend_on_a_gpu():
+    from utils.runtime import Runtime, resolve_fast_path
+
+    base = {"amp": "auto", "channels_last": "auto", "compile": False, "transformation_kwargs": {}}
+    cuda = Runtime(device=torch.device("cuda"))  # only its device type is read
+    cfg = {**base, "backbone": "torchvision:resnet18", "augmentation_backend": "auto"}
+    resolve_fast_path(cfg, cuda)
+    assert cfg["augmentation_backend"] == "pil"  # the library's Resize/CenterCrop exist as PIL transforms only
+    own = {"crop_size": 32, "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+    cfg = {**base, "backbone": "torchvision:resnet18", "augmentation_backend": "auto", "transformation_kwargs": own}
+    resolve_fast_path(cfg, cuda)
+    assert cfg["augmentation_backend"] == "batched"
+    with pytest.raises(ConfigError, match="pil backend only"):
+        resolve_fast_path({**base, "backbone": "timm:resnet10t", "augmentation_backend": "batched"}, cuda)

@@ -138,12 +138,15 @@ def weighted_knn_accuracy(
     return correct / query.shape[0]
 
 
-def mine_and_save_neighbors(model: torch.nn.Module, train_loader, val_loader, cfg: dict, device: torch.device) -> dict:
+def mine_and_save_neighbors(
+    model: torch.nn.Module, train_loader, val_loader, cfg: dict, device: torch.device, classes: list[str] | None = None
+) -> dict:
     """Mine top-k neighbours of the train split and of the test split (each within itself) and save them.
 
     Writes `topk-train-neighbors.npy` [N_train, k_train+1] and `topk-val-neighbors.npy`
     [N_test, k_val+1]; returns the neighbour accuracies (None without labels). With `save_features: true`
-    the backbone features of both splits are saved beside them (data/cached_features.py), from the same pass.
+    the backbone features of both splits are saved beside them (data/cached_features.py), from the same pass,
+    with the dataset's `classes` (names for later reports).
     """
     save_features = cfg.get("save_features", False)
     results = {}
@@ -160,7 +163,7 @@ def mine_and_save_neighbors(model: torch.nn.Module, train_loader, val_loader, cf
         results[f"{split}_neighbor_acc"] = accuracy
         results[f"topk_{split}"] = topk
         if save_features:
-            save_split_features(cfg, split, extracted[2], targets, getattr(loader.dataset, "classes", None))
+            save_split_features(cfg, split, extracted[2], targets, classes)
     return results
 
 

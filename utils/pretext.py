@@ -38,6 +38,7 @@ def mine_pretext_files(model: ContrastiveModel, cfg: dict, runtime: Runtime, ext
         eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
         cfg,
         runtime.device,
+        classes=val_dataset.classes,
     )
     metrics.update(extra or {})
     write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
