@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test browser demo bench clean-venv
+.PHONY: test browser demo demo-features bench clean-venv
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ browser:
 # The whole method on scikit-learn's bundled digits, CPU only (about 7 minutes on 2 cores); see bench/RESULTS.md.
 demo: $(VENV)/.installed
 	$(PY) bench/digits_demo.py --seeds 0 --output_dir results/digits_demo
+
+# SCAN heads on cached features of the demo's pretext model (reused from `make demo` when it ran), and with
+# WEIGHTS=path/to/weights.pth (BACKBONE=torchvision:resnet18 by default, or e.g. timm:resnet50) from that model.
+demo-features: $(VENV)/.installed
+	$(PY) bench/digits_features_demo.py --output_dir results/digits_features \
+		$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(BACKBONE),--backbone $(BACKBONE))
 
 bench: $(VENV)/.installed
 	$(PY) bench/digits_demo.py --seeds 0 1 2 --output_dir results/digits_bench

@@ -92,7 +92,7 @@ def clustering_model_from_file(
 
 def evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir: Path, model_path: str) -> dict:
     """Neighbour accuracy of the contrastive features on the test split, for k = 1, 5, 20."""
-    model = build_model({**cfg, "setup": "simclr"})
+    model = build_model({**cfg, "setup": "pretrained" if cfg["setup"] == "pretrained" else "simclr"})
     load_state_dict_checked(model, state_dict, source=f"pretext model {model_path}")
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     features, targets = extract_features(model.to(runtime.device), loader, runtime.device)
@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
 
-    if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in ("simclr", "moco"):
+    if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in (
+        "simclr",
+        "moco",
+        "pretrained",
+    ):
         metrics = evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir, model_path)
         write_eval_report(out_dir, model_path, metrics)
         return metrics

@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     if runtime.is_main:
         save_atomic(unwrap(model).state_dict(), cfg["pretext_model"])
         print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
-        metrics = mine_and_save_neighbors(unwrap(model), base_loader, val_loader, cfg, runtime.device)
+        metrics = mine_and_save_neighbors(
+            unwrap(model), base_loader, val_loader, cfg, runtime.device, classes=val_dataset.classes
+        )
         metrics["knn_top1"] = knn_top1
         write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
     barrier(runtime)

@@ -18,6 +18,8 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms
 
+from models.library import is_library_backbone, library_transform
+
 STRATEGIES = ("simclr", "ours")
 
 
@@ -192,8 +194,14 @@ def get_train_transformations(cfg: dict) -> Callable:
 
 
 def get_val_transformations(cfg: dict) -> Callable:
-    """Deterministic transform for evaluation, feature mining and the weak self-label view."""
+    """Deterministic transform for evaluation, feature mining and the weak self-label view.
+
+    A torchvision:/timm: backbone without `transformation_kwargs` gets its library's own preprocessing
+    (resize, center crop, mean/std of its weights), so every stage feeds it what it was trained on.
+    """
     kwargs = cfg["transformation_kwargs"]
+    if not kwargs and is_library_backbone(cfg.get("backbone", "")):
+        return library_transform(cfg["backbone"])
     return transforms.Compose(
         [
             transforms.CenterCrop(kwargs["crop_size"]),

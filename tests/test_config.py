@@ -77,7 +77,7 @@ def test_every_shipped_config_loads(env, path):
     assert (
         cfg["setup"]
         == {
-            "pretext": cfg["setup"] if cfg["setup"] in ("simclr", "moco") else None,
+            "pretext": cfg["setup"] if cfg["setup"] in ("simclr", "moco", "pretrained") else None,
             "scan": "scan",
             "selflabel": "selflabel",
         }[path.parent.name]

@@ -51,11 +51,20 @@ MODEL_AND_DATA_KEYS = (
     "transformation_kwargs.crop_size",
     "num_neighbors",
     "update_cluster_head_only",  # which parameters the optimizer holds
+    "head_input",  # images or cached features: what the heads train on
     "optimizer",  # another optimizer cannot take over the saved one's state
 )
 # Keys that may change on resume without a word (how long to train, how to load). Every other key may
 # change too, with a note that the result will differ from an uninterrupted run.
-FREELY_CHANGED_KEYS = ("epochs", "resume", "knn_monitor_k", "knn_every", "topk_neighbors_train", "topk_neighbors_val")
+FREELY_CHANGED_KEYS = (
+    "epochs",
+    "resume",
+    "knn_monitor_k",
+    "knn_every",
+    "topk_neighbors_train",
+    "topk_neighbors_val",
+    "save_features",  # only what is extracted after training: a finished run re-mines and caches its features
+)
 
 
 class CheckpointError(RuntimeError):

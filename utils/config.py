@@ -28,8 +28,8 @@ ENV_DEFAULTS: dict[str, Any] = {
 
 # Every key an experiment config may hold, with its default (REQUIRED: must be given).
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "setup": REQUIRED,  # simclr | moco | scan | selflabel
-    "backbone": REQUIRED,  # resnet18 | resnet50
+    "setup": REQUIRED,  # simclr | moco | pretrained | scan | selflabel
+    "backbone": REQUIRED,  # resnet18 | resnet50 | torchvision:<name> | timm:<name>
     "backbone_kwargs": {},  # e.g. {stem: stl, base_width: 64}
     "model_kwargs": {},  # ContrastiveModel: {head: mlp, features_dim: 128}
     "num_classes": REQUIRED,
@@ -73,9 +73,13 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "confidence_threshold": 0.99,
     "use_ema": False,
     "ema_alpha": 0.999,
+    # pretrained backbones and cached features (pretrained.py; scan.py head_input; estimate_k.py)
+    "pretrained": None,  # pretrained.py: weights file of a torchvision:/timm: backbone, or `default` (library's own)
+    "save_features": False,  # pretext stages: also save backbone features features-{train,val}.npy (float16)
+    "head_input": "images",  # scan.py head-only training on: images (the paper) | cached_features
 }
 
-SETUPS = ("simclr", "moco", "scan", "selflabel")
+SETUPS = ("simclr", "moco", "pretrained", "scan", "selflabel")
 
 
 class ConfigError(ValueError):

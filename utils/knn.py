@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.cached_features import save_split_features
 from data.wrappers import NeighborsFileError
 from utils.progress import tqdm
 from utils.results import save_numpy
@@ -15,15 +16,31 @@ SCORES_PER_CHUNK = 2**27  # similarity scores held at once by the chunked top-k 
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, loader, device: torch.device, desc: str = "features"):
-    """Run `model` over `loader` (eval mode) → (features [N, D] float32 numpy, targets [N] int64 numpy)."""
+def extract_features(
+    model: torch.nn.Module, loader, device: torch.device, desc: str = "features", backbone_features: bool = False
+):
+    """Run `model` over `loader` (eval mode) → (features [N, D] float32 numpy, targets [N] int64 numpy).
+
+    With `backbone_features`, also returns what `model.backbone` output in the same pass (the input of the
+    cluster heads, before any projection head or normalisation), as a third array.
+    """
     model.eval()
-    features, targets = [], []
-    for batch in tqdm(loader, desc=desc, leave=False):
-        output = model(batch["image"].to(device, non_blocking=True))
-        features.append(output.float().cpu())
-        targets.append(batch["target"].cpu())
-    return torch.cat(features).numpy(), torch.cat(targets).numpy().astype(np.int64)
+    features, targets, captured = [], [], []
+    hook = None
+    if backbone_features:
+        hook = model.backbone.register_forward_hook(
+            lambda module, inputs, output: captured.append(output.float().cpu())
+        )
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False):
+            output = model(batch["image"].to(device, non_blocking=True))
+            features.append(output.float().cpu())
+            targets.append(batch["target"].cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
+    result = torch.cat(features).numpy(), torch.cat(targets).numpy().astype(np.int64)
+    return (*result, torch.cat(captured).numpy()) if backbone_features else result
 
 
 def _faiss():
@@ -121,24 +138,32 @@ def weighted_knn_accuracy(
     return correct / query.shape[0]
 
 
-def mine_and_save_neighbors(model: torch.nn.Module, train_loader, val_loader, cfg: dict, device: torch.device) -> dict:
+def mine_and_save_neighbors(
+    model: torch.nn.Module, train_loader, val_loader, cfg: dict, device: torch.device, classes: list[str] | None = None
+) -> dict:
     """Mine top-k neighbours of the train split and of the test split (each within itself) and save them.
 
     Writes `topk-train-neighbors.npy` [N_train, k_train+1] and `topk-val-neighbors.npy`
-    [N_test, k_val+1]; returns the neighbour accuracies (None without labels).
+    [N_test, k_val+1]; returns the neighbour accuracies (None without labels). With `save_features: true`
+    the backbone features of both splits are saved beside them (data/cached_features.py), from the same pass,
+    with the dataset's `classes` (names for later reports).
     """
+    save_features = cfg.get("save_features", False)
     results = {}
     for split, loader, topk, path in (
         ("train", train_loader, cfg["topk_neighbors_train"], cfg["topk_neighbors_train_path"]),
         ("val", val_loader, cfg["topk_neighbors_val"], cfg["topk_neighbors_val_path"]),
     ):
-        features, targets = extract_features(model, loader, device, desc=f"features ({split})")
+        extracted = extract_features(model, loader, device, desc=f"features ({split})", backbone_features=save_features)
+        features, targets = extracted[:2]
         indices, accuracy = mine_nearest_neighbors(features, targets, topk, device)
         save_numpy(indices, path)
         shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
         print(f"Top-{topk} {split} neighbours: accuracy {shown}, saved {indices.shape} to {path}", flush=True)
         results[f"{split}_neighbor_acc"] = accuracy
         results[f"topk_{split}"] = topk
+        if save_features:
+            save_split_features(cfg, split, extracted[2], targets, classes)
     return results
 
 

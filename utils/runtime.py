@@ -89,10 +89,19 @@ def resolve_fast_path(cfg: dict, runtime: Runtime) -> None:
             cfg[key] = cuda
         elif not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true, false or auto, not {cfg[key]!r}.")
+    from models.library import is_library_backbone
+
+    # A torchvision/timm model's own preprocessing (resize, crop: models/library.py) exists only as PIL transforms.
+    library_preprocessing = is_library_backbone(cfg["backbone"]) and not cfg["transformation_kwargs"]
     if cfg["augmentation_backend"] == "auto":
-        cfg["augmentation_backend"] = "batched" if cuda else "pil"
+        cfg["augmentation_backend"] = "batched" if cuda and not library_preprocessing else "pil"
     elif cfg["augmentation_backend"] not in ("pil", "batched"):
         raise ConfigError(f"augmentation_backend must be pil, batched or auto, not {cfg['augmentation_backend']!r}.")
+    elif cfg["augmentation_backend"] == "batched" and library_preprocessing:
+        raise ConfigError(
+            f"{cfg['backbone']} uses its library's preprocessing, which runs on the pil backend only: set "
+            "augmentation_backend: pil (or auto), or give transformation_kwargs (crop_size, normalize)."
+        )
     runtime.channels_last, runtime.compile = cfg["channels_last"], cfg["compile"]
 
 

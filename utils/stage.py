@@ -16,7 +16,13 @@ from utils.results import check_writable
 from utils.runtime import Runtime, barrier, init_runtime, resolve_fast_path, seed_everything
 
 # Where each setup writes: the folder --fresh moves aside.
-STAGE_DIRS = {"simclr": "pretext_dir", "moco": "pretext_dir", "scan": "scan_dir", "selflabel": "selflabel_dir"}
+STAGE_DIRS = {
+    "simclr": "pretext_dir",
+    "moco": "pretext_dir",
+    "pretrained": "pretext_dir",
+    "scan": "scan_dir",
+    "selflabel": "selflabel_dir",
+}
 
 
 class MissingPrerequisiteError(FileNotFoundError):
@@ -82,16 +88,24 @@ def check_cluster_count(num_classes: int, num_images: int) -> None:
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 STAGE_SCRIPTS = {"pretext": "simclr.py", "scan": "scan.py", "selflabel": "selflabel.py"}
+SETUP_SCRIPTS = {"moco": "moco.py", "pretrained": "pretrained.py"}  # pretext setups with their own script
 
 
-def stage_command(stage: str, train_db_name: str, config_env: str) -> str:
-    """The command that runs `stage` for this dataset, using the shipped config that trains on it."""
+def stage_command(stage: str, train_db_name: str, config_env: str, backbone: str | None = None) -> str:
+    """The command that runs `stage` for this dataset, using the shipped config that trains on it.
+
+    With `backbone`, a config with that backbone is preferred (the digits have a SimCLR and a pretrained pretext).
+    """
+    candidates = []
     for path in sorted((CONFIG_DIR / stage).glob("*.yml")):
         cfg = yaml.safe_load(path.read_text()) or {}
         if cfg.get("train_db_name") == train_db_name:
-            script = "moco.py" if cfg.get("setup") == "moco" else STAGE_SCRIPTS[stage]
-            extra = " --moco_weights <MoCo v2 checkpoint>" if script == "moco.py" else ""
-            return f"python {script} --config_env {config_env} --config_exp configs/{stage}/{path.name}{extra}"
+            candidates.append((backbone is not None and cfg.get("backbone") != backbone, path, cfg))
+    if candidates:
+        _, path, cfg = min(candidates, key=lambda candidate: candidate[0])
+        script = SETUP_SCRIPTS.get(cfg.get("setup"), STAGE_SCRIPTS[stage])
+        extra = " --moco_weights <MoCo v2 checkpoint>" if script == "moco.py" else ""
+        return f"python {script} --config_env {config_env} --config_exp configs/{stage}/{path.name}{extra}"
     return (
         f"python {STAGE_SCRIPTS[stage]} --config_env {config_env} "
         f"--config_exp <your {stage} config for {train_db_name}>"
