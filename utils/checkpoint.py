@@ -111,7 +111,7 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
     if isinstance(error, (EOFError, RuntimeError)) or "zip archive" in text:
         return CheckpointError(
             f"Could not read checkpoint {path}: the file is truncated or corrupt ({type(error).__name__}: "
-            f"{text.splitlines()[0] if text else 'unexpected end of file'}). If it is a stage's checkpoint.pth.tar, "
+            f"{text.split('. ')[0] if text else 'unexpected end of file'}). If it is a stage's checkpoint.pth.tar, "
             f"start that stage over with --fresh (moves the folder aside) or --set resume=false."
         )
     return CheckpointError(
