@@ -55,7 +55,15 @@ MODEL_AND_DATA_KEYS = (
 )
 # Keys that may change on resume without a word (how long to train, how to load). Every other key may
 # change too, with a note that the result will differ from an uninterrupted run.
-FREELY_CHANGED_KEYS = ("epochs", "resume", "knn_monitor_k", "knn_every", "topk_neighbors_train", "topk_neighbors_val")
+FREELY_CHANGED_KEYS = (
+    "epochs",
+    "resume",
+    "knn_monitor_k",
+    "knn_every",
+    "tensorboard",
+    "topk_neighbors_train",
+    "topk_neighbors_val",
+)
 
 
 class CheckpointError(RuntimeError):
