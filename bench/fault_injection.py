@@ -5,12 +5,12 @@ with exactly the files of an uninterrupted run.
 
 A short CPU pipeline (simclr.py → scan.py → selflabel.py on scikit-learn's digits, tiny network, two epochs
 each, seeded) runs once uninterrupted as the reference. Then, for each kill point, a fresh copy runs the
-same commands as separate processes, and at a random moment of the pipeline's wall time (uniform over the
-reference's duration, process start-up included) the running stage's process group receives SIGKILL,
-SIGTERM or SIGINT (chosen at random); the pipeline is then run again from its first command, as a user
-would, and every file it leaves is compared with the reference bit for bit: the three model files, the
-neighbour files, the resumable checkpoints (weights, optimizer state, position, RNG states, extras) and
-the metrics.json files.
+same commands as separate processes, and at a random moment (a stage drawn in proportion to its wall time in
+the reference, a time uniform within it, process start-up included) that stage's process group receives
+SIGKILL, SIGTERM or SIGINT (chosen at random; a stage that ends before the moment is drawn again). The
+pipeline is then run again from its first command, as a user would, and every file it leaves is compared
+with the reference bit for bit: the three model files, the neighbour files, the resumable checkpoints
+(weights, optimizer state, position, RNG states, extras) and the metrics.json files.
 
 Writes `<output_dir>/summary.json` (every trial: kill time, signal, stage, identical or what differed) and
 prints the count of identical runs.
@@ -64,24 +64,30 @@ def commands(root: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run_pipeline(root: Path, kill_at: float | None = None, signum: int = signal.SIGKILL) -> str | None:
-    """Run every stage in turn; with `kill_at`, signal the running stage that many seconds after the start.
+def run_pipeline(root: Path, kill: tuple[str, float, int] | None = None) -> dict[str, float]:
+    """Run every stage in turn, each as its own process; returns each stage's wall time.
 
-    Returns the stage that was signalled (None when the pipeline ran through).
+    With `kill` = (stage, seconds, signal), that stage's process group gets the signal that many seconds
+    after the process started, and the pipeline stops there (the returned dict then ends with that stage).
     """
-    start = time.monotonic()
+    durations = {}
     with open(root / "log.txt", "a") as log:
         for name, command in commands(root):
+            start = time.monotonic()
             process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
             while process.poll() is None:
-                if kill_at is not None and time.monotonic() - start >= kill_at:
-                    os.killpg(process.pid, signum)
+                if kill is not None and kill[0] == name and time.monotonic() - start >= kill[1]:
+                    os.killpg(process.pid, kill[2])
                     process.wait()
-                    return name
+                    durations[name] = time.monotonic() - start
+                    return durations
                 time.sleep(0.005)
+            durations[name] = time.monotonic() - start
             if process.returncode != 0:
                 raise RuntimeError(f"{name} failed (exit {process.returncode}); see {root / 'log.txt'}")
-    return None
+            if kill is not None and kill[0] == name:
+                return durations  # finished before the kill time: no fault injected
+    return durations
 
 
 def final_files(root: Path) -> dict:
@@ -123,34 +129,39 @@ def main(argv: list[str] | None = None) -> dict:
 
     reference_root = output_dir / "reference"
     reference_root.mkdir()
-    start = time.monotonic()
-    run_pipeline(reference_root)
-    duration = time.monotonic() - start
+    durations = run_pipeline(reference_root)
     reference = final_files(reference_root)
-    print(f"Reference pipeline: {duration:.1f} s, {len(reference)} files", flush=True)
+    print(f"Reference pipeline: {durations} s, {len(reference)} files", flush=True)
 
-    trials = []
-    for trial in range(args.kills):
-        root = output_dir / f"trial_{trial:02d}"
+    trials, missed = [], 0
+    while len(trials) < args.kills:
+        root = output_dir / f"trial_{len(trials) + missed:02d}"
         root.mkdir()
-        kill_at, signame = rng.uniform(0, duration), rng.choice(args.signals)
-        stage = run_pipeline(root, kill_at, SIGNALS[signame])
+        # A stage drawn in proportion to its wall time, a moment within it (its process start-up included).
+        stage = rng.choices(list(durations), weights=list(durations.values()))[0]
+        kill_at, signame = rng.uniform(0, 0.95 * durations[stage]), rng.choice(args.signals)
+        reached = run_pipeline(root, (stage, kill_at, SIGNALS[signame]))
+        if reached.get(stage, 0) < kill_at:  # the stage ended sooner this time: no fault, draw again
+            missed += 1
+            shutil.rmtree(root)
+            continue
         run_pipeline(root)  # the user's rerun: every stage resumes or starts, as its files say
         diff = differences(reference, final_files(root))
-        trials.append({"kill_at_s": round(kill_at, 2), "signal": signame, "stage": stage, "identical": not diff})
+        trials.append({"stage": stage, "kill_at_s": round(kill_at, 2), "signal": signame, "identical": not diff})
         if diff:
             trials[-1]["differs"] = diff[:20]
         else:
             shutil.rmtree(root)
         shown = "identical" if not diff else f"DIFFERENT: {', '.join(diff[:3])}"
-        print(f"Kill {trial + 1}/{args.kills}: SIG{signame} at {kill_at:.1f} s ({stage or 'after the end'}): {shown}")
+        print(f"Kill {len(trials)}/{args.kills}: SIG{signame} {kill_at:.1f} s into {stage}: {shown}", flush=True)
 
     identical = sum(trial["identical"] for trial in trials)
     summary = {
         "command": "python bench/fault_injection.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "overrides": list(OVERRIDES),
-        "reference_seconds": round(duration, 1),
+        "reference_seconds": {name: round(seconds, 1) for name, seconds in durations.items()},
         "kills": len(trials),
+        "redrawn_because_the_stage_ended_first": missed,
         "identical": identical,
         "trials": trials,
     }

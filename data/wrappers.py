@@ -51,6 +51,7 @@ class NeighborsDataset(Dataset):
     def __init__(
         self, dataset, indices: np.ndarray, num_neighbors: int | None = None, source: str = "neighbour file"
     ) -> None:
+        source = source if source.startswith("neighbour file") else f"neighbour file {source}"
         in_range = indices.size == 0 or (indices.min() >= 0 and indices.max() < len(dataset))
         if indices.ndim != 2 or indices.shape[0] != len(dataset) or not in_range:
             span = f" and indices {indices.min()}..{indices.max()}" if indices.size else ""

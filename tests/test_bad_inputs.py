@@ -394,7 +394,8 @@ ROWS = [
     Row(
         "neighbour file of another dataset",
         neighbours_other_dataset,
-        r"topk-train-neighbors.npy has shape \(60, 21\).*but the dataset has 100 images.*mined on other data",
+        r"The neighbour file .*topk-train-neighbors.npy has shape \(60, 21\).*but the dataset has 100 images.*"
+        r"mined on other data",
     ),
     Row("truncated neighbour file", neighbours_corrupt, r"Could not read the neighbour file .*truncated"),
     Row(
@@ -420,7 +421,7 @@ ROWS = [
     Row(
         "output folder not writable",
         not_writable,
-        r"Could not write .*results.*: (Read-only file system|Permission denied)\..*Choose an output folder",
+        r"error: Could not write .*results.*: (Read-only file system|Permission denied)\..*Choose an output folder",
     ),
     Row(
         "disk full while saving a checkpoint",

@@ -156,7 +156,9 @@ def test_a_failing_write_keeps_the_previous_file_and_says_why(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(WriteError, match=r"No space left on device\. The previous checkpoint.pth.tar is unchanged\."):
+    with pytest.raises(
+        WriteError, match=r"^Could not write .*No space left on device\. The previous checkpoint.pth.tar is unchanged\."
+    ):
         save_atomic({"w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))

@@ -61,6 +61,7 @@ FREELY_CHANGED_KEYS = (
     "resume",
     "knn_monitor_k",
     "knn_every",
+    "tensorboard",
     "topk_neighbors_train",
     "topk_neighbors_val",
     "save_features",  # only what is extracted after training: a finished run re-mines and caches its features
@@ -120,7 +121,7 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
     if isinstance(error, (EOFError, RuntimeError)) or "zip archive" in text:
         return CheckpointError(
             f"Could not read checkpoint {path}: the file is truncated or corrupt ({type(error).__name__}: "
-            f"{text.splitlines()[0] if text else 'unexpected end of file'}). If it is a stage's checkpoint.pth.tar, "
+            f"{text.split('. ')[0] if text else 'unexpected end of file'}). If it is a stage's checkpoint.pth.tar, "
             f"start that stage over with --fresh (moves the folder aside) or --set resume=false."
         )
     return CheckpointError(

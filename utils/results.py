@@ -36,7 +36,9 @@ def _write_error(path: Path, error: OSError, existed: bool) -> WriteError:
         hint = "Choose an output folder you can write to (root_dir in configs/env.yml, or --output / --output_dir)."
     else:
         hint = "Check the folder and the disk, then rerun: stages resume from their last checkpoint."
-    return WriteError(error.errno, f"Could not write {path}: {reason}. {kept} {hint}")
+    failure = WriteError(f"Could not write {path}: {reason}. {kept} {hint}")
+    failure.errno = error.errno
+    return failure
 
 
 def _temporary_prefix(path: Path) -> str:
