@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Module → (fast tests, slow tests that also cover it). Paths relative to the repository root. test_guard.py sits
 # with the slow ones: its signal tests do not pass in a child forked from this script, only in their own process.
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
-    "losses/losses.py": (["tests/test_losses.py", "tests/test_stages.py"], []),
+    "losses/losses.py": (["tests/test_losses.py", "tests/test_imbalance.py", "tests/test_stages.py"], []),
     "data/augment.py": (["tests/test_augment.py"], []),
     "data/wrappers.py": (["tests/test_knn_and_wrappers.py"], ["tests/test_stage_behaviour.py"]),
     "utils/checkpoint.py": (
