@@ -42,7 +42,7 @@ from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
 from utils.results import write_json  # noqa: E402
-from utils.runtime import init_runtime  # noqa: E402
+from utils.runtime import init_runtime, resolve_fast_path  # noqa: E402
 
 CONFIG = ROOT / "configs/scan/scan_cifar10.yml"
 
@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
         write_cifar10_copy(tmp / "datasets", per_batch=200)
         env = tmp / "env.yml"
         env.write_text(f"root_dir: {tmp / 'results'}\ndata_root: {tmp / 'datasets'}\ndownload: false\n")
-        overrides = ["update_cluster_head_only=true", "num_workers=0", "seed=0"]
+        overrides = ["update_cluster_head_only=true", "num_workers=0", "seed=0", "augmentation_backend=pil"]
         cfg = load_config(env, CONFIG, overrides)
+        resolve_fast_path(cfg, runtime)  # amp / channels_last "auto" → what this device does (CPU: off)
         model = build_model(cfg).to(runtime.device)
         torch.manual_seed(0)
 

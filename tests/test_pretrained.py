@@ -17,6 +17,7 @@ import torchvision
 import yaml
 from PIL import Image
 
+import eval as eval_script
 import pretrained
 import scan
 import selflabel
@@ -156,6 +157,22 @@ def test_timm_backbone_weights_and_preprocessing(tmp_path):
         assert vit(tensor[None]).shape == (1, vit.out_dim)
 
 
+def test_timm_default_weights_offline_say_where_to_get_them(monkeypatch):
+    timm = pytest.importorskip("timm", reason="timm is optional (requirements-extra.txt); not installed")
+    create = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(PretrainedWeightsError) as error:
+        load_pretrained_weights(build_backbone("timm:test_resnet"), "timm:test_resnet", "default")
+    message = str(error.value)
+    assert "https://huggingface.co/timm/test_resnet.r160_in1k" in message and "pretrained: /path/to" in message
+
+
 def test_config_accepts_library_backbones_and_refuses_mistakes(tmp_path):
     env = tmp_path / "env.yml"
     env.write_text(yaml.safe_dump({"root_dir": str(tmp_path / "out"), "data_root": str(tmp_path / "data")}))
@@ -249,6 +266,21 @@ def test_pretrained_pretext_mines_with_the_library_preprocessing_and_caches_feat
         expected = backbone(library_transform("torchvision:resnet18")(image)[None])[0].numpy()
     np.testing.assert_allclose(features[0].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
     assert json.loads((pretext / "features.json").read_text())["classes"] == ["bright", "dark"]
+
+    # eval.py scores the imported pretext model like a SimCLR one: neighbour accuracy on the test split.
+    evaluated = eval_script.main(
+        [
+            "--config_env",
+            str(env),
+            "--config_exp",
+            str(ROOT / "configs/pretext/pretrained_digits.yml"),
+            "--model",
+            str(pretext / "model.pth.tar"),
+            "--set",
+            *FOLDER,
+        ]
+    )
+    assert set(evaluated["neighbor_acc"]) == {"1", "5", "20"}
 
 
 @pytest.mark.slow
