@@ -6,6 +6,7 @@
 Clustering models: ACC, NMI, ARI, AMI, ACC Top-5 and the Hungarian match in DIR/metrics.json,
 DIR/confusion_matrix.png, DIR/predictions.csv, and with --visualize_prototypes DIR/prototypes.png.
 Pretext models: neighbour accuracy for k = 1, 5, 20 in DIR/metrics.json.
+Both: DIR/report.html, one offline page with the metrics, training curves and (clustering) per-cluster galleries.
 DIR defaults to a folder beside the model file.
 """
 
@@ -20,11 +21,12 @@ from data.loaders import eval_loader
 from data.registry import get_val_dataset
 from utils.config import add_config_arguments, format_config, load_config
 from utils.evaluate import get_predictions, get_prototype_indices
+from utils.html_report import add_report_arguments, gallery_options, write_eval_report
 from utils.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
 from utils.model_files import load_model_file
 from utils.plots import plot_prototypes
 from utils.report import clustering_report
-from utils.results import write_json
+from utils.results import atomic_write, check_writable, write_json
 from utils.runtime import init_runtime
 from utils.stage import run_cli
 
@@ -37,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
     parser.add_argument("--output_dir", default=None, help="where results go (default: beside the model file)")
     parser.add_argument("--visualize_prototypes", action="store_true", help="also save prototypes.png")
+    add_report_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -64,7 +67,7 @@ def write_predictions_csv(path: Path, dataset, head_output: dict, cluster_to_cla
     """One row per evaluated image: its cluster, confidence and (when matched) class name."""
     paths = getattr(dataset, "paths", None)
     confidence = head_output["probabilities"].max(dim=1).values
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "path", "cluster", "confidence", "target", "matched_class"])
         for i, (cluster, conf, target) in enumerate(
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_config(cfg), flush=True)
     model_path = args.model
     out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     model, head = load_model_file(cfg, model_path)
     dataset = get_val_dataset(cfg, get_val_transformations(cfg))
     print(
@@ -99,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     if head is None:  # a pretext model
-        return evaluate_pretext(cfg, model, dataset, runtime, out_dir, model_path)
+        metrics = evaluate_pretext(cfg, model, dataset, runtime, out_dir, model_path)
+        write_eval_report(out_dir, model_path, metrics)
+        return metrics
 
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     head_outputs, features = get_predictions(
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         plot_prototypes(images, titles, out_dir / "prototypes.png")
         print(f"Saved {out_dir / 'prototypes.png'} ({len(shown)} non-empty clusters)", flush=True)
+    write_eval_report(out_dir, model_path, metrics, dataset, head_output, gallery_options(args))
     return metrics
 
 

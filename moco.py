@@ -1,5 +1,7 @@
 """ImageNet pretext: import MoCo v2 weights, then mine neighbours on the backbone features.
 
+The MoCo case of pretrained.py: only the weights file (a MoCo checkpoint with its own key names) differs.
+
     python moco.py --config_env configs/env.yml --config_exp configs/pretext/moco_imagenet50.yml \
                    --moco_weights moco_v2_800ep_pretrain.pth.tar
 
@@ -11,16 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from data.augment import get_val_transformations
-from data.loaders import eval_loader
-from data.registry import get_train_dataset, get_val_dataset
 from models import build_model
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
-from utils.knn import mine_and_save_neighbors
 from utils.model_files import architecture_record, save_state_dict_file
-from utils.results import write_json
+from utils.pretext import backbone_feature_model, mine_pretext_files
 from utils.stage import run_cli, setup_stage
 
 ENCODER, FC = "module.encoder_q.", "module.encoder_q.fc."
@@ -66,20 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Saved the converted pretext model to {cfg['pretext_model']}", flush=True)
 
     # Neighbours come from the 2048-d backbone features (before the MLP head), L2-normalised by the model.
-    model.contrastive_head = torch.nn.Identity()
-    model = model.to(runtime.device)
-    val_transform = get_val_transformations(cfg)
-    train_dataset, val_dataset = get_train_dataset(cfg, val_transform), get_val_dataset(cfg, val_transform)
-    print(f"Mining neighbours of {len(train_dataset)} train and {len(val_dataset)} val images", flush=True)
-    metrics = mine_and_save_neighbors(
-        model,
-        eval_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
-        eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
-        cfg,
-        runtime.device,
-    )
-    write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
-    return metrics
+    return mine_pretext_files(backbone_feature_model(model), cfg, runtime)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ predictions.csv gets one row per image: path, cluster, confidence (the cluster's
 matched_class, the class eval.py matched to that cluster, read from the `hungarian_match` of --metrics
 (default: the metrics.json eval.py writes beside the model). Without a labeled evaluation it stays empty.
 Files that cannot be read are listed and skipped; the others are still written.
+--sort_into DIR also copies (--link: symlinks) the images into DIR/cluster_03_<matched class>/, one folder per cluster.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from data.augment import get_val_transformations
 from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
@@ -31,7 +31,10 @@ from eval import default_output_dir
 from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
 from utils.model_files import load_model_file
+from utils.progress import tqdm
+from utils.results import atomic_write
 from utils.runtime import init_runtime
+from utils.sort_images import check_target_folder, sort_into
 from utils.stage import run_cli
 
 
@@ -49,7 +52,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="eval.py's metrics.json for this model, to name the clusters "
         "(default: <model dir>/<model file stem>_eval/metrics.json)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--sort_into",
+        metavar="DIR",
+        default=None,
+        help="also copy the images into one folder per cluster below DIR (new or empty), e.g. DIR/cluster_03_cat/",
+    )
+    parser.add_argument("--link", action="store_true", help="with --sort_into: symlink the images instead of copying")
+    args = parser.parse_args(argv)
+    if args.link and not args.sort_into:
+        parser.error("--link needs --sort_into DIR")
+    if args.sort_into:
+        check_target_folder(args.sort_into)  # before the work, not after
+    return args
 
 
 def collect_images(paths: list[str]) -> list[Path]:
@@ -154,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="") as handle:
+    with atomic_write(output, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "cluster", "confidence", "matched_class"])
         for index in sorted(rows):
@@ -171,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
         minlength=model.cluster_head[head].out_features,
     ).tolist()
     print(f"Saved {output}: {len(rows)} image(s), cluster sizes {sizes}", flush=True)
+    if args.sort_into:
+        assignments = [(paths[index], rows[index][0]) for index in sorted(rows)]
+        sort_into(assignments, args.sort_into, len(sizes), cluster_to_class, link=args.link)
+        print(f"{'Linked' if args.link else 'Copied'} them into one folder per cluster in {args.sort_into}", flush=True)
     return {"output": str(output), "num_images": len(rows), "num_failed": len(failed), "cluster_sizes": sizes}
 
 

@@ -4,35 +4,44 @@
 
 Needs the pretext stage's model.pth.tar and neighbour files. Writes <root_dir>/<db>/scan/
 {checkpoint.pth.tar, model.pth.tar ({'model', 'head', 'architecture'}), confusion_matrix.png, metrics.json}.
+With `update_cluster_head_only: true` and `head_input: cached_features`, the heads train on the backbone
+features the pretext stage saved (`save_features: true`) instead of on images (data/cached_features.py).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from data.augment import get_train_transformations, get_val_transformations
-from data.loaders import eval_loader, set_epoch, train_loader
+from data.batches import eval_batches, train_batches
+from data.cached_features import CachedPairLoader, check_cached_mode, head_predictions, load_cached_split
+from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
-from data.wrappers import NeighborsDataset
 from losses import SCANLoss
 from models import build_model
-from utils.checkpoint import load_checkpoint, load_state_dict_checked, resume, save_atomic
+from utils.checkpoint import load_checkpoint, load_state_dict_checked
 from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
+from utils.guard import TrainingGuard, finite_loss
+from utils.history import History
+from utils.knn import load_neighbors
 from utils.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
 from utils.optim import adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import require_files, run_cli, setup_stage, stage_command
+from utils.stage import check_cluster_count, require_files, run_cli, setup_stage, stage_command
 
 
 def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epoch: int) -> dict:
-    """One pass over (anchor, neighbour) pairs; every head's loss is summed for backprop."""
+    """One pass over (anchor, neighbour) pairs; every head's loss is summed for backprop.
+
+    With `head_input: cached_features` the batches already hold backbone features, so only the heads run.
+    """
     head_only = cfg["update_cluster_head_only"]
+    cached = cfg.get("head_input") == "cached_features"
     model.train(not head_only)  # a frozen backbone runs in eval mode and keeps its BatchNorm statistics
     sums = {"total": 0.0, "consistency": 0.0, "entropy": 0.0}
     steps = 0
@@ -42,9 +51,11 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
         neighbors = batch["neighbor"].to(runtime.device, non_blocking=True)
         with autocast(runtime, cfg["amp"]):
             if head_only:
-                with torch.no_grad():
-                    anchor_features = model(anchors, forward_pass="backbone")
-                    neighbor_features = model(neighbors, forward_pass="backbone")
+                anchor_features, neighbor_features = anchors, neighbors
+                if not cached:
+                    with torch.no_grad():
+                        anchor_features = model(anchors, forward_pass="backbone")
+                        neighbor_features = model(neighbors, forward_pass="backbone")
                 anchors_output = model(anchor_features, forward_pass="head")
                 neighbors_output = model(neighbor_features, forward_pass="head")
             else:
@@ -55,7 +66,7 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
         total_loss.backward()
         optimizer.step()
         steps += 1
-        sums["total"] += total_loss.item()
+        sums["total"] += finite_loss(total_loss, epoch, steps)
         sums["consistency"] += sum(c.item() for _, c, _ in losses) / len(losses)
         sums["entropy"] += sum(e.item() for _, _, e in losses) / len(losses)
         progress.set_postfix(loss=f"{total_loss.item():.4f}")
@@ -64,30 +75,41 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("SCAN clustering", argv, ("scan",))
-    pretext_command = stage_command("pretext", cfg["train_db_name"], args.config_env)
+    pretext_command = stage_command("pretext", cfg["train_db_name"], args.config_env, cfg["backbone"])
     require_files(
         [cfg["pretext_model"], cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]], pretext_command
     )
     Path(cfg["scan_dir"]).mkdir(parents=True, exist_ok=True)
+    check_cached_mode(cfg)
+    cached = cfg["head_input"] == "cached_features"
 
-    train_dataset = NeighborsDataset(
-        get_train_dataset(cfg, get_train_transformations(cfg)),
-        np.load(cfg["topk_neighbors_train_path"]),
-        cfg["num_neighbors"],
-        source=cfg["topk_neighbors_train_path"],
-    )
-    val_dataset = NeighborsDataset(
-        get_val_dataset(cfg, get_val_transformations(cfg)),
-        np.load(cfg["topk_neighbors_val_path"]),
-        source=cfg["topk_neighbors_val_path"],
-    )
-    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    class_names = val_dataset.dataset.classes
+    if cached:  # backbone features saved by the pretext stage: no image decoded, no backbone forward pass
+        train_data = load_cached_split(cfg, "train", pretext_command, cfg["num_neighbors"])
+        val_data = load_cached_split(cfg, "val", pretext_command)
+        check_cluster_count(cfg["num_classes"], len(train_data.targets))
+        loader = CachedPairLoader(train_data, cfg["batch_size"], runtime.device, runtime.world_size)
+        class_names, num_train, num_val = val_data.classes, len(train_data.targets), len(val_data.targets)
+    else:
+        train_dataset, val_dataset = get_train_dataset(cfg), get_val_dataset(cfg)
+        train_neighbors, val_neighbors = cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]
+        loader = train_batches(
+            cfg, train_dataset, runtime, neighbors=load_neighbors(train_neighbors), source=train_neighbors
+        )
+        val_loader = eval_batches(
+            cfg, val_dataset, runtime, neighbors=load_neighbors(val_neighbors), source=val_neighbors
+        )
+        check_cluster_count(cfg["num_classes"], len(train_dataset))
+        class_names, num_train, num_val = val_dataset.classes, len(train_dataset), len(val_dataset)
+
+    def val_predictions(model) -> list[dict]:
+        if cached:
+            return head_predictions(model, val_data, runtime.device)
+        return get_predictions(model, val_loader, runtime.device)[0]
+
     if runtime.is_main:
         print(
-            f"Train: {len(train_dataset)} images with {cfg['num_neighbors']} neighbours each, "
-            f"test: {len(val_dataset)}. Writing to {cfg['scan_dir']}",
+            f"Train: {num_train} {'cached features' if cached else 'images'} with {cfg['num_neighbors']} "
+            f"neighbours each, test: {num_val}. Writing to {cfg['scan_dir']}",
             flush=True,
         )
 
@@ -110,45 +132,39 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = SCANLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
 
-    checkpoint = resume(cfg["scan_checkpoint"], unwrap(model), optimizer, runtime.is_main)
-    start_epoch, best_loss = checkpoint["epoch"], checkpoint.get("best_loss", math.inf)
-    best_loss_head = checkpoint.get("best_loss_head")
+    guard = TrainingGuard(cfg, runtime, cfg["scan_checkpoint"], unwrap(model), optimizer)
+    checkpoint = guard.resume()
+    best_loss, best_loss_head = checkpoint.get("best_loss", math.inf), checkpoint.get("best_loss_head")
+    history = History(cfg["scan_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
 
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in guard.epochs():
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
-        losses = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg, epoch)
+        start = time.perf_counter()
+        losses = train_one_epoch(guard.batches(loader), model, criterion, optimizer, runtime, cfg, epoch)
+        pairs_per_second = len(loader) * loader.batch_size / (time.perf_counter() - start)
 
         if runtime.is_main:
             # Pick the head with the lowest SCAN loss on the test neighbours (no labels used).
-            head_outputs, _ = get_predictions(unwrap(model), val_loader, runtime.device)
+            head_outputs = val_predictions(unwrap(model))
             scores = scan_evaluate(head_outputs)
             head, head_loss = scores["lowest_loss_head"], scores["lowest_loss"]
             summary = (
                 f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  train loss {losses['total']:.4f} "
                 f"(consistency {losses['consistency']:.4f}, entropy {losses['entropy']:.4f})  "
-                f"best head {head} val loss {head_loss:.4f}"
+                f"best head {head} val loss {head_loss:.4f}  ({pairs_per_second:.0f} pairs/s)"
             )
-            chosen = head_outputs[head]
+            chosen, accuracy = head_outputs[head], None
             if not (chosen["targets"] < 0).any():
                 accuracy = cluster_metrics(chosen["predictions"], chosen["probabilities"], chosen["targets"])["ACC"]
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
+            history.log(epoch + 1, **losses, lr=lr, val_loss=head_loss, head=head, ACC=accuracy)
             if head_loss < best_loss:
                 best_loss, best_loss_head = head_loss, head
                 save_scan_file(unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg))
                 print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
-            save_atomic(
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "model": unwrap(model).state_dict(),
-                    "epoch": epoch + 1,
-                    "best_loss": best_loss,
-                    "best_loss_head": best_loss_head,
-                },
-                cfg["scan_checkpoint"],
-            )
-        barrier(runtime)
+        guard.save_checkpoint(epoch + 1, best_loss=best_loss, best_loss_head=best_loss_head)
 
     metrics = {}
     if runtime.is_main:
@@ -158,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         best = load_checkpoint(cfg["scan_model"])
         final_model = build_model(cfg).to(runtime.device)
         load_state_dict_checked(final_model, best["model"], source=cfg["scan_model"])
-        head_outputs, _ = get_predictions(final_model, val_loader, runtime.device)
+        head_outputs = val_predictions(final_model)
         metrics = clustering_report(
             head_outputs[int(best["head"])],
             class_names,

@@ -20,30 +20,29 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from data.augment import get_train_transformations, get_val_transformations
-from data.loaders import eval_loader, set_epoch, train_loader
+from data.batches import eval_batches, train_batches
+from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
-from data.wrappers import AugmentedDataset
 from losses import ConfidenceBasedCE, NoConfidentSamplesError, PerClusterConfidenceCE, pseudo_labels
 from models import build_model
 from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_state_dict_checked,
-    resume,
-    save_atomic,
     strip_module_prefix,
 )
 from utils.cluster_watch import SelfLabelWatch
 from utils.config import ConfigError
 from utils.evaluate import cluster_metrics, get_predictions
+from utils.guard import TrainingGuard, finite_loss
+from utils.history import History
 from utils.model_files import architecture_record, require_matching_architecture, save_state_dict_file
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
 from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import require_files, run_cli, setup_stage, stage_command
+from utils.stage import check_cluster_count, require_files, run_cli, setup_stage, stage_command
 
 
 def best_head_state_dict(scan_checkpoint: dict) -> dict:
@@ -107,7 +106,7 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         if ema is not None:
             ema.update(unwrap(model))
         if confident:
-            total, steps = total + loss.item(), steps + 1
+            total, steps = total + finite_loss(loss, epoch, steps + skipped + 1), steps + 1
             progress.set_postfix(loss=f"{loss.item():.4f}")
     if runtime.distributed and predicted is not None:
         dist.all_reduce(predicted)
@@ -118,6 +117,8 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         "skipped": skipped,
         "train_cluster_sizes": [] if predicted is None else predicted.tolist(),
         "pseudo_labels_per_cluster": [] if targets is None else targets.tolist(),
+        # The fraction of train images that became targets (for `threshold`: those above the threshold).
+        "confident": 0.0 if predicted is None else int(targets.sum()) / max(int(predicted.sum()), 1),
     }
 
 
@@ -150,8 +151,6 @@ def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("Self-labeling", argv, ("selflabel",))
     scan_command = stage_command("scan", cfg["train_db_name"], args.config_env)
     require_files([cfg["scan_model"]], scan_command)
-    if cfg["selflabel_keep"] not in ("last", "best"):
-        raise ConfigError(f"selflabel_keep '{cfg['selflabel_keep']}' is not one of: last, best.")
     if cfg["selflabel_keep"] == "best":  # the selection criterion needs the test split's neighbours
         require_files(
             [cfg["topk_neighbors_val_path"]],
@@ -160,12 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
     Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
 
     # Weak view: the val transform; strong view: the training augmentation.
-    train_dataset = AugmentedDataset(
-        get_train_dataset(cfg), get_val_transformations(cfg), get_train_transformations(cfg)
-    )
-    val_dataset = get_val_dataset(cfg, get_val_transformations(cfg))
-    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    train_dataset, val_dataset = get_train_dataset(cfg), get_val_dataset(cfg)
+    check_cluster_count(cfg["num_classes"], len(train_dataset))
+    loader = train_batches(cfg, train_dataset, runtime, views=("val", "train"))
+    val_loader = eval_batches(cfg, val_dataset, runtime)
     val_neighbors = None  # optional with selflabel_keep: last (a model-zoo SCAN file comes without them)
     if Path(cfg["topk_neighbors_val_path"]).is_file():
         val_neighbors = torch.as_tensor(np.load(cfg["topk_neighbors_val_path"]), dtype=torch.long)
@@ -196,8 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = build_optimizer(cfg, model)
     architecture = architecture_record(cfg, num_heads=1)
 
-    checkpoint = resume(cfg["selflabel_checkpoint"], unwrap(model), optimizer, runtime.is_main)
-    start_epoch = checkpoint["epoch"]
+    guard = TrainingGuard(cfg, runtime, cfg["selflabel_checkpoint"], unwrap(model), optimizer)
+    checkpoint = guard.resume()
     if checkpoint.get("selflabel_keep", cfg["selflabel_keep"]) != cfg["selflabel_keep"]:
         raise ConfigError(
             f"{cfg['selflabel_checkpoint']} belongs to a run with selflabel_keep: {checkpoint['selflabel_keep']}, "
@@ -205,7 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"start over with selflabel_keep: {cfg['selflabel_keep']}."
         )
     watch = SelfLabelWatch(cfg["cluster_warning_fraction"], checkpoint.get("watch"))
-    ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None  # averages from the resumed weights
+    # EMA writes its average back into the model after every step, so the resumed weights are its state.
+    ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None
+    history = History(cfg["selflabel_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
     keep_best = cfg["selflabel_keep"] == "best"
 
     if runtime.is_main and not watch.history:  # a fresh run, or a checkpoint written before the watch existed
@@ -218,10 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
             save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture)
     barrier(runtime)
 
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in guard.epochs():
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
-        stats = train_one_epoch(loader, model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
+        stats = train_one_epoch(guard.batches(loader), model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
             if stats["skipped"]:
@@ -239,19 +238,17 @@ def main(argv: list[str] | None = None) -> dict:
                 runtime,
                 {key: stats[key] for key in ("loss", "train_cluster_sizes", "pseudo_labels_per_cluster")},
             )
-            save_atomic(
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "model": unwrap(model).state_dict(),
-                    "epoch": epoch + 1,
-                    "watch": watch.state_dict(),
-                    "selflabel_keep": cfg["selflabel_keep"],
-                },
-                cfg["selflabel_checkpoint"],
+            history.log(
+                epoch + 1,
+                loss=stats["loss"],
+                lr=lr,
+                confident_fraction=stats["confident"],
+                skipped_batches=stats["skipped"],
+                ACC=record.get("ACC"),
             )
             if not keep_best or record["improved"]:
                 save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
-        barrier(runtime)
+        guard.save_checkpoint(epoch + 1, watch=watch.state_dict(), selflabel_keep=cfg["selflabel_keep"])
 
     metrics = {}
     if runtime.is_main:

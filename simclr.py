@@ -12,19 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from data.augment import get_train_transformations, get_val_transformations
-from data.loaders import eval_loader, set_epoch, train_loader
+from data.batches import eval_batches, train_batches
+from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
-from data.wrappers import AugmentedDataset
 from losses import SimCLRLoss
 from models import build_model
-from utils.checkpoint import resume, save_atomic
 from utils.distributed import gather_with_grad
+from utils.guard import TrainingGuard, finite_loss
+from utils.history import History
 from utils.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
 from utils.model_files import architecture_record, save_state_dict_file
 from utils.optim import adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
 from utils.results import write_json
 from utils.runtime import autocast, barrier, unwrap, wrap_model
 from utils.stage import run_cli, setup_stage
@@ -51,7 +51,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, steps = total + loss.item(), steps + 1
+        total, steps = total + finite_loss(loss, epoch, steps + 1), steps + 1
         progress.set_postfix(loss=f"{loss.item():.4f}")
     return total / max(steps, 1)
 
@@ -80,13 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
 
     model = build_model(cfg)
-    train_transform, val_transform = get_train_transformations(cfg), get_val_transformations(cfg)
-    train_dataset = AugmentedDataset(get_train_dataset(cfg, split=cfg["train_split"]), train_transform)
-    base_dataset = get_train_dataset(cfg, val_transform)  # train split, val transform: memory bank + mining
-    val_dataset = get_val_dataset(cfg, val_transform)
-    loader = train_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    base_loader = eval_loader(base_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    val_loader = eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime)
+    train_dataset = get_train_dataset(cfg, split=cfg["train_split"])
+    base_dataset = get_train_dataset(cfg)  # train split, val transform: memory bank + mining
+    val_dataset = get_val_dataset(cfg)
+    loader = train_batches(cfg, train_dataset, runtime, views=("train", "train"))
+    base_loader = eval_batches(cfg, base_dataset, runtime)
+    val_loader = eval_batches(cfg, val_dataset, runtime)
     if runtime.is_main:
         print(
             f"Train ({cfg['train_split']}): {len(train_dataset)} images, memory bank: {len(base_dataset)}, "
@@ -98,28 +97,32 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = SimCLRLoss(**cfg["criterion_kwargs"])
     optimizer = build_optimizer(cfg, model)
 
-    start_epoch = resume(cfg["pretext_checkpoint"], unwrap(model), optimizer, runtime.is_main)["epoch"]
+    guard = TrainingGuard(cfg, runtime, cfg["pretext_checkpoint"], unwrap(model), optimizer)
+    knn_top1 = guard.resume().get("knn_top1")
 
-    knn_top1 = None
-    for epoch in range(start_epoch, cfg["epochs"]):
+    history = History(cfg["pretext_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
+    for epoch in guard.epochs():
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
-        loss = train_one_epoch(loader, model, criterion, optimizer, runtime, cfg["amp"], epoch, cfg["gather_negatives"])
+        loss = train_one_epoch(
+            guard.batches(loader), model, criterion, optimizer, runtime, cfg["amp"], epoch, cfg["gather_negatives"]
+        )
         if runtime.is_main:
-            knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
-            shown = "n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%"
-            print(f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}  kNN top-1 {shown}", flush=True)
-            save_atomic(
-                {"optimizer": optimizer.state_dict(), "model": unwrap(model).state_dict(), "epoch": epoch + 1},
-                cfg["pretext_checkpoint"],
-            )
-        barrier(runtime)
+            summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}"
+            if (epoch + 1) % cfg["knn_every"] == 0 or epoch + 1 == cfg["epochs"]:
+                knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
+                summary += "  kNN top-1 " + ("n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%")
+            print(summary, flush=True)
+            history.log(epoch + 1, loss=loss, lr=lr, knn_top1=knn_top1)
+        guard.save_checkpoint(epoch + 1, knn_top1=knn_top1)
 
     metrics = {}
     if runtime.is_main:
         save_state_dict_file(unwrap(model).state_dict(), cfg["pretext_model"], architecture_record(cfg))
         print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
-        metrics = mine_and_save_neighbors(unwrap(model), base_loader, val_loader, cfg, runtime.device)
+        metrics = mine_and_save_neighbors(
+            unwrap(model), base_loader, val_loader, cfg, runtime.device, classes=val_dataset.classes
+        )
         metrics["knn_top1"] = knn_top1
         write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
     barrier(runtime)

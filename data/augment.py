@@ -18,6 +18,8 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms
 
+from models.library import is_library_backbone, library_transform
+
 STRATEGIES = ("simclr", "ours")
 
 
@@ -192,8 +194,14 @@ def get_train_transformations(cfg: dict) -> Callable:
 
 
 def get_val_transformations(cfg: dict) -> Callable:
-    """Deterministic transform for evaluation, feature mining and the weak self-label view."""
+    """Deterministic transform for evaluation, feature mining and the weak self-label view.
+
+    A torchvision:/timm: backbone without `transformation_kwargs` gets its library's own preprocessing
+    (resize, center crop, mean/std of its weights), so every stage feeds it what it was trained on.
+    """
     kwargs = cfg["transformation_kwargs"]
+    if not kwargs and is_library_backbone(cfg.get("backbone", "")):
+        return library_transform(cfg["backbone"])
     return transforms.Compose(
         [
             transforms.CenterCrop(kwargs["crop_size"]),
@@ -201,3 +209,14 @@ def get_val_transformations(cfg: dict) -> Callable:
             transforms.Normalize(**kwargs["normalize"]),
         ]
     )
+
+
+def get_batch_transformations(cfg: dict, train: bool = True) -> Callable:
+    """The batched backend's transform (data/batch_augment.py): uint8 [B, 3, H, W] on any device → normalised views.
+
+    ``train`` gives the strategy's training augmentation, else the val transform. Imported on use because
+    data.batch_augment reads ``OPS`` from this module.
+    """
+    from data import batch_augment
+
+    return batch_augment.get_batch_transformations(cfg, train)

@@ -16,6 +16,7 @@ silently shifting every index. Unreadable files are found once, when the split i
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import warnings
@@ -26,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torchvision.transforms.functional as F
 from PIL import Image, ImageFile, ImageOps
-from tqdm import tqdm
 
 from data.base import UNLABELED, DatasetNotFoundError, ImageDataset, dataset_error
 from utils.config import ConfigError
+from utils.progress import tqdm
 from utils.results import write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # compared in lower case
@@ -108,6 +109,21 @@ def resolve_root(root: str | Path, data_root: str | Path) -> Path:
 def folder_error(root: Path, problem: str, hint: str) -> DatasetNotFoundError:
     """The reader's error: what is wrong with ``root``, the layouts it accepts, what to do."""
     return dataset_error("Folder dataset", root, problem, LAYOUT.format(root=root.name), hint)
+
+
+def _absent_classes(absent: list[str], split: str, requested: dict, test_dir: Path | None) -> str:
+    """Why some classes have no image in a split, what that costs, and the fix."""
+    names = ", ".join(absent)
+    if split == "train":
+        return f"class folder(s) {names} have no image in train/. Training never sees them: add images to train/."
+    if test_dir is not None:
+        return f"class folder(s) {names} have no image in test/. The test metrics do not cover them: add some."
+    enough = math.ceil(0.5 / requested["test_fraction"])
+    return (
+        f"class folder(s) {names} have no image in the test split (too few images to split off a "
+        f"test_fraction of {requested['test_fraction']}). The test metrics do not cover them: give every class "
+        f"at least {enough} images, or add a test/ part."
+    )
 
 
 def _listing(lines: list[str]) -> str:
@@ -287,6 +303,11 @@ class FolderDataset(ImageDataset):
                     self.root,
                     f"the {name} split has no readable images",
                     "Add images (or a test/ part), or change dataset_kwargs.test_fraction.",
+                )
+            absent = sorted(set(class_names) - {class_names[t] for t in targets.values()}) if labeled else []
+            if absent:
+                warnings.warn(
+                    f"Folder dataset {self.root}: {_absent_classes(absent, name, requested, test_dir)}", stacklevel=3
                 )
         return {
             "about": "Train/test files of a folder dataset: path relative to root -> target (-1: unlabeled). "

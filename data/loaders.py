@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 
 from torch.utils.data import DataLoader, DistributedSampler
@@ -9,11 +10,20 @@ from torch.utils.data import DataLoader, DistributedSampler
 from utils.runtime import Runtime
 
 
-def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) -> DataLoader:
+def ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave Ctrl-C / SIGTERM to the main process, which stops cleanly between steps and then
+    shuts them down; a worker killed by the signal would instead crash the batch being loaded."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
     """Shuffled loader that drops the last partial batch.
 
     With fewer samples than one (per-process) batch, dropping it would run zero steps, so
-    the batch is capped at the dataset size with a warning.
+    the batch is capped at the dataset size with a warning. Workers start anew each epoch (as in the
+    original), seeded from torch's generator: an epoch's augmentations then follow from the generator
+    state at its start, which checkpoints save, so a resumed run repeats them exactly.
     """
     per_process = max(1, len(dataset) // runtime.world_size)
     if per_process < batch_size:
@@ -32,11 +42,12 @@ def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) -
         num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda",
         drop_last=True,
-        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
+        collate_fn=collate_fn,
     )
 
 
-def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) -> DataLoader:
+def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
     """In-order loader over every sample (each process sees the whole split)."""
     return DataLoader(
         dataset,
@@ -45,10 +56,14 @@ def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime) ->
         num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda",
         drop_last=False,
+        worker_init_fn=ignore_stop_signals,
+        collate_fn=collate_fn,
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle differently each epoch under DistributedSampler."""
-    if isinstance(loader.sampler, DistributedSampler):
+def set_epoch(loader, epoch: int) -> None:
+    """Reshuffle differently each epoch: under DistributedSampler, or through the loader's own set_epoch."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    elif isinstance(getattr(loader, "sampler", None), DistributedSampler):
         loader.sampler.set_epoch(epoch)

@@ -10,6 +10,10 @@ import torch
 from torch.utils.data import Dataset
 
 
+class NeighborsFileError(ValueError):
+    """A neighbour file that does not belong to the dataset it is used with."""
+
+
 class AugmentedDataset(Dataset):
     """Returns {'image': image_transform(x), 'image_augmented': augment_transform(x), 'target'}.
 
@@ -47,14 +51,17 @@ class NeighborsDataset(Dataset):
     def __init__(
         self, dataset, indices: np.ndarray, num_neighbors: int | None = None, source: str = "neighbour file"
     ) -> None:
-        if indices.ndim != 2 or indices.shape[0] != len(dataset):
-            raise ValueError(
-                f"The {source} has shape {tuple(indices.shape)} but the dataset has {len(dataset)} images: "
+        source = source if source.startswith("neighbour file") else f"neighbour file {source}"
+        in_range = indices.size == 0 or (indices.min() >= 0 and indices.max() < len(dataset))
+        if indices.ndim != 2 or indices.shape[0] != len(dataset) or not in_range:
+            span = f" and indices {indices.min()}..{indices.max()}" if indices.size else ""
+            raise NeighborsFileError(
+                f"The {source} has shape {tuple(indices.shape)}{span}, but the dataset has {len(dataset)} images: "
                 "it was mined on other data. Re-run the pretext stage (simclr.py or moco.py) on this dataset."
             )
         if num_neighbors is not None:
             if num_neighbors + 1 > indices.shape[1]:
-                raise ValueError(
+                raise NeighborsFileError(
                     f"num_neighbors={num_neighbors} needs {num_neighbors + 1} columns but the {source} has "
                     f"{indices.shape[1]}. Lower num_neighbors or mine more neighbours (topk_neighbors_train)."
                 )

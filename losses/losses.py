@@ -58,11 +58,23 @@ class SCANLoss(nn.Module):
     """Consistency with a mined neighbour minus weighted entropy of the mean prediction.
 
     Returns (total, consistency, entropy), each a scalar.
+
+    The entropy term pulls the clusters toward equal sizes. When they are known to be unequal, a
+    `target_prior` (relative cluster sizes, e.g. [5, 5, 5, 1]) replaces it by minus the KL divergence of the
+    mean prediction from that prior, KL(sort(p̄) ‖ sort(prior)), both sorted by size, so the prior says how
+    large the clusters are, not which cluster is which. The third value is then −KL. With a uniform prior this
+    is the entropy minus log K: the same gradients. Without a prior (the default) the loss is the paper's.
     """
 
-    def __init__(self, entropy_weight: float = 5.0) -> None:
+    def __init__(self, entropy_weight: float = 5.0, target_prior: list[float] | None = None) -> None:
         super().__init__()
         self.entropy_weight = entropy_weight
+        self.target_prior = None
+        if target_prior is not None:
+            prior = torch.as_tensor(target_prior, dtype=torch.float32)
+            if prior.ndim != 1 or prior.numel() < 2 or not (prior > 0).all():
+                raise ValueError(f"target_prior must list one positive size per cluster, got {target_prior}.")
+            self.target_prior = (prior / prior.sum()).sort(descending=True).values
 
     def forward(self, anchors: torch.Tensor, neighbors: torch.Tensor):
         with full_precision(anchors):
@@ -74,9 +86,24 @@ class SCANLoss(nn.Module):
         similarity = (anchors_prob * neighbors_prob).sum(dim=1)
         # Binary cross-entropy against 1, with BCE's clamp of the log at -100.
         consistency_loss = -similarity.log().clamp(min=-100).mean()
-        entropy_loss = entropy(anchors_prob.mean(dim=0))
+        if self.target_prior is None:
+            entropy_loss = entropy(anchors_prob.mean(dim=0))
+        else:
+            entropy_loss = -prior_divergence(anchors_prob.mean(dim=0), self.target_prior.to(anchors.device))
         total_loss = consistency_loss - self.entropy_weight * entropy_loss
         return total_loss, consistency_loss, entropy_loss
+
+
+def prior_divergence(mean_prob: torch.Tensor, sorted_prior: torch.Tensor) -> torch.Tensor:
+    """KL(sort(p̄) ‖ prior) with both sorted by size: how far the cluster sizes are from the prior's, whatever
+    cluster plays which part. Empty clusters contribute 0, as in entropy()."""
+    if mean_prob.numel() != sorted_prior.numel():
+        raise ValueError(
+            f"target_prior lists {sorted_prior.numel()} cluster sizes but the model has {mean_prob.numel()} "
+            "clusters: give one size per cluster (num_classes)."
+        )
+    p = mean_prob.sort(descending=True).values.clamp(min=EPS)
+    return (p * (p.log() - sorted_prior.log())).sum()
 
 
 class NoConfidentSamplesError(ValueError):

@@ -11,7 +11,8 @@ class ContrastiveModel(nn.Module):
     """Backbone + projection head whose output is L2-normalised (pretext stage).
 
     `head='mlp'` gives Linear(dim, dim) → ReLU → Linear(dim, features_dim) (keys
-    `contrastive_head.0.*`, `contrastive_head.2.*`); `head='linear'` a single Linear.
+    `contrastive_head.0.*`, `contrastive_head.2.*`); `head='linear'` a single Linear; `head='none'` no
+    projection, for imported backbones whose own features are compared (pretrained.py).
     """
 
     def __init__(self, backbone: nn.Module, head: str = "mlp", features_dim: int = 128) -> None:
@@ -22,8 +23,10 @@ class ContrastiveModel(nn.Module):
             self.contrastive_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, features_dim))
         elif head == "linear":
             self.contrastive_head = nn.Linear(dim, features_dim)
+        elif head == "none":
+            self.contrastive_head = nn.Identity()
         else:
-            raise ValueError(f"Unknown contrastive head '{head}': use 'mlp' or 'linear'.")
+            raise ValueError(f"Unknown contrastive head '{head}': use 'mlp', 'linear' or 'none'.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.contrastive_head(self.backbone(x)), dim=1)

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from models.library import build_library_backbone, is_library_backbone
+
 
 class BasicBlock(nn.Module):
     """Two 3×3 convolutions with a residual connection (He et al., 2016)."""
@@ -86,11 +88,20 @@ def resnet50() -> nn.Module:
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
-    """Backbone by config name; the module gets an `out_dim` attribute."""
+    """Backbone by config name; the module gets an `out_dim` attribute.
+
+    `torchvision:<name>` / `timm:<name>` are the libraries' models without classifier (models/library.py).
+    """
+    if is_library_backbone(name):
+        if kwargs:
+            raise ValueError(f"{name} takes no backbone_kwargs, got {sorted(kwargs)}.")
+        return build_library_backbone(name)
     if name == "resnet18":
         return ResNet18(**kwargs)
     if name == "resnet50":
         if kwargs:
             raise ValueError(f"resnet50 takes no backbone_kwargs, got {sorted(kwargs)}.")
         return resnet50()
-    raise ValueError(f"Unknown backbone '{name}': use 'resnet18' or 'resnet50'.")
+    raise ValueError(
+        f"Unknown backbone '{name}': use 'resnet18', 'resnet50', 'torchvision:<model name>' or 'timm:<model name>'."
+    )

@@ -77,7 +77,7 @@ def test_every_shipped_config_loads(env, path):
     assert (
         cfg["setup"]
         == {
-            "pretext": cfg["setup"] if cfg["setup"] in ("simclr", "moco") else None,
+            "pretext": cfg["setup"] if cfg["setup"] in ("simclr", "moco", "pretrained") else None,
             "scan": "scan",
             "selflabel": "selflabel",
         }[path.parent.name]
@@ -194,7 +194,8 @@ def test_kwargs_follow_the_chosen_optimizer_and_criterion(env):
         ("batch_size=0", r"'batch_size' is 0, but it must be 1 or more"),
         ("batch_size=-4", r"'batch_size' is -4, but it must be 1 or more"),
         ("num_classes=true", r"'num_classes' must be a whole number, got True"),
-        ("amp=maybe", r"'amp' must be true or false, got 'maybe'"),
+        ("amp=maybe", r"'amp' is 'maybe', but it must be one of auto, true, false"),
+        ("augmentation_backend=gpu", r"'augmentation_backend' is 'gpu', but it must be one of pil, batched, auto"),
         ("optimizer_kwargs.lr=fast", r"'optimizer_kwargs.lr' must be a whole number or a number, got 'fast'"),
         ("augmentation_kwargs.horizontal_flip=0", r"'augmentation_kwargs.horizontal_flip' must be true or false"),
         ("augmentation_kwargs.normalize=0.5", r"'augmentation_kwargs.normalize' must be a mapping"),

@@ -94,7 +94,9 @@ def run_pipeline(env: Path, name: str, root: Path, tmp_path: Path) -> tuple[dict
     return metrics, results
 
 
-def predict_rows(env: Path, name: str, root: Path, model: Path, images: list[Path], output: Path) -> list[dict]:
+def predict_rows(
+    env: Path, name: str, root: Path, model: Path, images: list[Path], output: Path, *extra: str
+) -> list[dict]:
     predict.main(
         [
             "--config_env",
@@ -107,6 +109,7 @@ def predict_rows(env: Path, name: str, root: Path, model: Path, images: list[Pat
             *map(str, images),
             "--output",
             str(output),
+            *extra,
             "--set",
             *FAST,
             f"train_db_name={name}",
@@ -143,6 +146,19 @@ def test_labeled_folder(env, tmp_path, capsys):
     eval_dir = results / "selflabel" / "model_eval"
     for name in ("confusion_matrix.png", "prototypes.png"):
         Image.open(eval_dir / name).verify()
+    expected_keys = {
+        "pretext": {"loss", "lr", "knn_top1"},
+        "scan": {"total", "consistency", "entropy", "lr", "val_loss", "ACC"},
+        "selflabel": {"loss", "lr", "confident_fraction", "skipped_batches", "ACC"},
+    }
+    for stage, keys in expected_keys.items():
+        (record,) = [json.loads(line) for line in (results / stage / "history.jsonl").read_text().splitlines()]
+        assert keys | {"epoch", "time_s"} <= set(record) and record["epoch"] == 1, stage
+        assert 0 <= record.get("ACC", record.get("knn_top1")) <= 1
+        Image.open(results / stage / "curves.png").verify()
+    report = (eval_dir / "report.html").read_text()
+    assert all(f"<h3>{stage} (1 epoch)</h3>" in report for stage in expected_keys)
+    assert "Confusion matrix" in report and report.count("<details class='cluster'") == 3
     with open(eval_dir / "predictions.csv", newline="") as handle:
         evaluated = list(csv.DictReader(handle))
     assert len(evaluated) == 6 and all(Path(row["path"]).parent.name in COLORS for row in evaluated)
@@ -158,6 +174,8 @@ def test_labeled_folder(env, tmp_path, capsys):
         results / "selflabel" / "model.pth.tar",
         [new, root / "green" / "00.jpg"],
         tmp_path / "out" / "predictions.csv",
+        "--sort_into",
+        str(tmp_path / "sorted"),
     )
     assert "Skipped 1 file(s)" in capsys.readouterr().out
     assert [Path(row["path"]).name for row in rows] == ["00.jpg", "01.png", "02.jpg", "00.jpg"]
@@ -165,6 +183,16 @@ def test_labeled_folder(env, tmp_path, capsys):
     for row in rows:
         assert 0 <= int(row["cluster"]) < 3 and 0 < float(row["confidence"]) <= 1
         assert row["matched_class"] == split["classes"][matched[int(row["cluster"])]]
+    # --sort_into: every readable image copied into its cluster's folder, named by cluster and matched class.
+    sorted_files = {
+        folder.name: sorted(path.read_bytes() for path in folder.iterdir())
+        for folder in (tmp_path / "sorted").iterdir()
+    }
+    expected: dict[str, list[bytes]] = {}
+    for row in rows:
+        folder = f"cluster_{int(row['cluster']):02d}_{row['matched_class']}"
+        expected.setdefault(folder, []).append(Path(row["path"]).read_bytes())
+    assert sorted_files == {folder: sorted(files) for folder, files in expected.items()}
 
 
 def test_unlabeled_folder(env, tmp_path, capsys):

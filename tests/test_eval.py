@@ -69,6 +69,7 @@ def test_published_scan_format_evaluates_the_stored_head(tiny_cifar_env, tmp_pat
     for name in ("confusion_matrix.png", "prototypes.png"):
         with Image.open(out / name) as image:
             image.verify()
+    assert (out / "report.html").read_text().count("<details class='cluster'") == 10
 
     # The same file naming head 0 must give other assignments: the stored head is the one used.
     path.write_bytes(legacy_cuda_file({"model": model.state_dict(), "head": np.int64(0)}))
@@ -111,6 +112,8 @@ def test_pretext_model_gives_neighbour_accuracy(tiny_cifar_env, tmp_path):
     assert set(metrics["neighbor_acc"]) == {"1", "5", "20"}
     assert all(0.0 <= v <= 1.0 for v in metrics["neighbor_acc"].values())
     assert json.loads((tmp_path / "out/metrics.json").read_text())["neighbor_acc"] == metrics["neighbor_acc"]
+    report = (tmp_path / "out/report.html").read_text()  # a pretext report: the metrics, no clusters
+    assert "top-20 neighbour accuracy" in report and "class='cluster'" not in report
 
 
 def test_over_clustering_uses_majority_mapping(tiny_cifar_env, tmp_path):

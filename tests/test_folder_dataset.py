@@ -280,3 +280,10 @@ def test_paths_are_held_as_strings_and_handed_out_as_paths(tmp_path):
     assert all(type(path) is str for path in dataset.paths._paths)
     assert isinstance(dataset.paths[0], Path) and dataset.paths[0].is_file()
     assert dataset.paths[:2] == [dataset.paths[0], dataset.paths[1]]
+
+
+def test_classes_missing_from_a_split_are_reported(tmp_path):
+    make_classes(tmp_path / "data", {"a": 6, "b": 6, "lonely": 1})
+    with pytest.warns(UserWarning, match=r"lonely have no image in the test split.*give every class at least 3 images"):
+        test = FolderDataset(tmp_path / "data", split="test")
+    assert sorted(set(test.targets)) == [0, 1]  # the lone image stays in the train split

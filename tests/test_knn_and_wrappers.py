@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from data.wrappers import AugmentedDataset, NeighborsDataset
+from utils import knn
 from utils.knn import mine_nearest_neighbors, neighbor_accuracy, weighted_knn_accuracy
 from utils.optim import EMA, learning_rate
 
@@ -24,6 +25,20 @@ def test_mining_equals_brute_force_inner_product():
     assert np.array_equal(indices, brute)
     assert (indices[:, 0] == np.arange(60)).all()
     assert accuracy == pytest.approx((targets[brute[:, 1:]] == targets[:, None]).mean())
+
+
+def test_chunked_torch_mining_returns_faiss_neighbours(monkeypatch):
+    """The torch top-k (GPU machines without faiss-gpu) against faiss's flat index on a fixed case without ties."""
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(300, 16)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    targets = np.arange(300) % 4
+    with_faiss, accuracy = mine_nearest_neighbors(features, targets, topk=20)
+    monkeypatch.setattr(knn, "SCORES_PER_CHUNK", 300 * 7)  # chunks of 7 queries, the last one partial
+    monkeypatch.setattr(knn, "_faiss", lambda: None)
+    with_torch, torch_accuracy = mine_nearest_neighbors(features, targets, topk=20)
+    assert np.array_equal(with_torch, with_faiss) and torch_accuracy == accuracy
+    assert np.array_equal(knn.topk_inner_product(torch.from_numpy(features), 21).numpy(), with_faiss)
 
 
 def test_neighbor_accuracy_counts_by_hand():

@@ -183,8 +183,9 @@ def test_scan_consistency_clamps_the_log_at_minus_100_like_bce():
 def test_confidence_mask_and_targets_come_from_the_float32_softmax():
     """Many rows sit near the 0.99 threshold, where a bf16 softmax would flip which of them pass."""
     generator = torch.Generator().manual_seed(3)
-    weak = torch.zeros(2000, 4)
-    weak[:, 0] = 5.2 + 0.6 * torch.rand(2000, generator=generator)  # max prob spans about 0.985 to 0.994
+    # bf16 logits are coarse (steps of 1/32 near 5), so every column varies: thousands of distinct max probabilities.
+    weak = 0.3 * torch.randn(2000, 4, generator=generator)
+    weak[:, 0] += 5.6  # max prob spans about 0.98 to 0.996
     weak = weak.bfloat16()
     strong = torch.randn(2000, 4, generator=generator).bfloat16()
     max_prob = weak.float().softmax(dim=1).max(dim=1).values

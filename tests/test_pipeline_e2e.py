@@ -1,4 +1,7 @@
-"""End-to-end: simclr.py → scan.py → selflabel.py → eval.py on a tiny CIFAR-10 copy, through the real configs."""
+"""End-to-end: simclr.py → scan.py → selflabel.py → eval.py on a tiny CIFAR-10 copy, through the real configs.
+
+Run once with each augmentation backend: PIL in workers (the faithful path) and batched on the device.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ pytestmark = pytest.mark.slow
 FAST = ["num_workers=0", "backbone_kwargs.base_width=8", "seed=0"]
 
 
-def run_pretext(env):
+def run_pretext(env, fast):
     return simclr.main(
         [
             "--config_env",
@@ -33,14 +36,16 @@ def run_pretext(env):
             "--set",
             "epochs=1",
             "batch_size=32",
-            *FAST,
+            *fast,
         ]
     )
 
 
-def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
+@pytest.mark.parametrize("backend", ["pil", "batched"])
+def test_three_stages_and_eval(tiny_cifar_env, tmp_path, backend):
+    fast = [*FAST, f"augmentation_backend={backend}"]
     results = tmp_path / "results" / "cifar-10"
-    metrics = run_pretext(tiny_cifar_env)
+    metrics = run_pretext(tiny_cifar_env, fast)
     pretext = results / "pretext"
     for name in (
         "checkpoint.pth.tar",
@@ -56,7 +61,8 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     saved = json.loads((pretext / "metrics.json").read_text())
     assert 0.0 <= saved["train_neighbor_acc"] <= 1.0 and saved == metrics
     checkpoint = torch.load(pretext / "checkpoint.pth.tar", weights_only=True)
-    assert set(checkpoint) == {"optimizer", "model", "epoch"} and checkpoint["epoch"] == 1
+    assert {"optimizer", "model", "epoch", "step", "rng", "config", "fingerprint"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 0 and checkpoint["config"]["setup"] == "simclr"
     pretext_state = torch.load(pretext / "model.pth.tar", weights_only=True)
     assert "contrastive_head.0.weight" in pretext_state and "backbone.conv1.weight" in pretext_state
     assert read_model_file(pretext / "model.pth.tar").architecture["backbone_kwargs"]["base_width"] == 8
@@ -71,7 +77,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
             "epochs=1",
             "batch_size=32",
             "num_heads=2",
-            *FAST,
+            *fast,
         ]
     )
     scan_dir = results / "scan"
@@ -82,7 +88,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
     assert scan_model["architecture"]["num_heads"] == 2
     assert "cluster_head.1.weight" in scan_model["model"]
     scan_checkpoint = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
-    assert set(scan_checkpoint) == {"optimizer", "model", "epoch", "best_loss", "best_loss_head"}
+    assert {"optimizer", "model", "epoch", "best_loss", "best_loss_head", "rng", "config"} <= set(scan_checkpoint)
     for key in ("ACC", "NMI", "ARI", "ACC Top-5"):
         assert 0.0 <= scan_metrics[key] <= 1.0
     Image.open(scan_dir / "confusion_matrix.png").verify()
@@ -98,7 +104,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
             "epochs=2",
             "batch_size=32",
             "num_heads=2",
-            *FAST,
+            *fast,
         ]
     )
     resumed = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
@@ -114,7 +120,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
             "epochs=1",
             "batch_size=32",
             "confidence_threshold=0.1",
-            *FAST,
+            *fast,
         ]
     )
     selflabel_dir = results / "selflabel"
@@ -145,7 +151,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path):
             str(out),
             "--visualize_prototypes",
             "--set",
-            *FAST,
+            *fast,
         ]
     )
     assert eval_metrics["ACC"] == pytest.approx(selflabel_metrics["ACC"])

@@ -142,6 +142,7 @@ def test_selflabel_counts_batches_without_confident_samples_instead_of_crashing(
         "skipped": 2,
         "train_cluster_sizes": [8, 0, 0, 0],  # uniform rows: argmax is the first cluster
         "pseudo_labels_per_cluster": [0, 0, 0, 0],
+        "confident": 0.0,
     }
 
 
@@ -168,6 +169,7 @@ def test_selflabel_epoch_counts_predictions_and_pseudo_labels_per_cluster():
         [batch], Fixed(), PerClusterConfidenceCE(0.99, 0.5, True), optimizer, None, CPU, False, 0
     )  # shares: ceil(1.5) = 2 of cluster 0 (both above 0.99 anyway), ceil(0.5) = 1 of cluster 1
     assert per_cluster["pseudo_labels_per_cluster"] == [2, 1, 0] and per_cluster["steps"] == 1
+    assert threshold["confident"] == 2 / 4 and per_cluster["confident"] == 3 / 4
 
 
 def write_imagenet_subset(root, wnids, per_class: dict[str, int]):

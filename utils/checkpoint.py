@@ -1,18 +1,24 @@
 """Saving and loading checkpoints safely.
 
-Saves are atomic (temporary file + rename), so an interrupted run never leaves a
-truncated model behind. Loads use `weights_only=True` (no arbitrary pickled code),
-with the one numpy scalar type the published SCAN files contain allow-listed.
+Saves are atomic and durable (utils/results.py: temporary file, fsync, rename), so an interrupted run
+never leaves a truncated model behind, and they refuse non-finite weights, so a diverged run never
+replaces a good file. Loads use `weights_only=True` (no arbitrary pickled code), with the one numpy
+scalar type the published SCAN files contain allow-listed. A resumable `checkpoint.pth.tar` records
+the config that wrote it; resuming under a config that would change the model or the data is refused.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
+import json
+import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from utils.results import atomic_write
 
 # The published SCAN checkpoints (torch 1.4, numpy 1) store the best head as a numpy.int64,
 # pickled as `numpy.core.multiarray.scalar(dtype, bytes)`. Allow exactly that reconstruction
@@ -26,24 +32,102 @@ _SAFE_GLOBALS = [
     type(np.dtype(np.int32)),
 ]
 
+# Config keys (dotted for nested ones; a key covers everything below it) that decide the model or the
+# data. A checkpoint written under other values describes another experiment: resuming it is refused.
+MODEL_AND_DATA_KEYS = (
+    "setup",
+    "backbone",
+    "backbone_kwargs",
+    "model_kwargs",
+    "num_classes",
+    "num_heads",
+    "train_db_name",
+    "val_db_name",
+    "train_split",
+    "dataset_kwargs",
+    "augmentation_strategy",
+    "augmentation_kwargs.random_resized_crop.size",
+    "augmentation_kwargs.crop_size",
+    "transformation_kwargs.crop_size",
+    "num_neighbors",
+    "update_cluster_head_only",  # which parameters the optimizer holds
+    "head_input",  # images or cached features: what the heads train on
+    "optimizer",  # another optimizer cannot take over the saved one's state
+)
+# Keys that may change on resume without a word (how long to train, how to load). Every other key may
+# change too, with a note that the result will differ from an uninterrupted run.
+FREELY_CHANGED_KEYS = (
+    "epochs",
+    "resume",
+    "knn_monitor_k",
+    "knn_every",
+    "tensorboard",
+    "topk_neighbors_train",
+    "topk_neighbors_val",
+    "save_features",  # only what is extracted after training: a finished run re-mines and caches its features
+)
+
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing or does not fit the model described by the config."""
+    """A checkpoint that is missing, unreadable, or does not fit the model described by the config."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training diverged (NaN or infinite loss or weights); nothing good on disk was replaced."""
+
+
+def non_finite_tensors(obj: object, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors inside `obj` (nested dicts / lists) holding NaN or infinity."""
+    if isinstance(obj, torch.Tensor):
+        return [prefix or "tensor"] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    if isinstance(obj, dict):
+        return [name for key, value in obj.items() for name in non_finite_tensors(value, f"{prefix}{key}.")]
+    if isinstance(obj, (list, tuple)):
+        return [name for i, value in enumerate(obj) for name in non_finite_tensors(value, f"{prefix}{i}.")]
+    return []
 
 
 def save_atomic(obj: object, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    Refuses objects with NaN or infinite weights: a diverged run must not replace the last good file.
+    """
+    bad = non_finite_tensors(obj)
+    if bad:
+        raise NonFiniteError(
+            f"Not saving {path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:5]).rstrip('.')}"
+            f"{', ...' if len(bad) > 5 else ''}); training diverged. The file on disk is unchanged. {DIVERGENCE_HINT}"
+        )
+    with atomic_write(path, "wb") as file:
+        torch.save(obj, file)
+
+
+DIVERGENCE_HINT = (
+    "Usual causes: a learning rate too high (lower optimizer_kwargs.lr), mixed precision (try amp=false), "
+    "or broken input images. Rerunning resumes from the last good checkpoint."
+)
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    """Say what is wrong with an unreadable file in the user's terms, not the unpickler's."""
+    text = str(error)
+    if "GLOBAL" in text:
+        blocked = next(line.strip() for line in text.splitlines() if "GLOBAL" in line)
+        return CheckpointError(
+            f"Refused to load {path}: it holds pickled Python objects, which could run code when loaded "
+            f"({blocked}). Only plain weight files are read: use a checkpoint written by these scripts or a "
+            f"published model-zoo file."
+        )
+    if isinstance(error, (EOFError, RuntimeError)) or "zip archive" in text:
+        return CheckpointError(
+            f"Could not read checkpoint {path}: the file is truncated or corrupt ({type(error).__name__}: "
+            f"{text.split('. ')[0] if text else 'unexpected end of file'}). If it is a stage's checkpoint.pth.tar, "
+            f"start that stage over with --fresh (moves the folder aside) or --set resume=false."
+        )
+    return CheckpointError(
+        f"Could not read checkpoint {path}: it is not a PyTorch checkpoint ({type(error).__name__}). "
+        f"Check that the path names a model file written by these scripts or the published model zoo."
+    )
 
 
 def load_checkpoint(path: str | Path, missing_hint: str = "") -> object:
@@ -54,11 +138,12 @@ def load_checkpoint(path: str | Path, missing_hint: str = "") -> object:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path}. {missing_hint}".strip())
-    with torch.serialization.safe_globals(_SAFE_GLOBALS):
+    with torch.serialization.safe_globals(_SAFE_GLOBALS), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a note on files we refuse anyway
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for unreadable files
-            raise CheckpointError(f"Could not read checkpoint {path}: {error}") from error
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError, AttributeError) as error:
+            raise _unreadable(path, error) from error
 
 
 def strip_module_prefix(state_dict: dict) -> dict:
@@ -106,17 +191,128 @@ def load_state_dict_checked(
     model.load_state_dict({key: state_dict[key] for key in expected if key in state_dict}, strict=not allowed_missing)
 
 
-def resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, verbose: bool = True) -> dict:
+def _flatten(cfg: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}, 'c': {}} → {'a.b': 1}; an empty mapping, like a missing one, adds nothing."""
+    flat = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_UNSET = _Unset()
+
+
+def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
+def config_record(cfg: dict) -> dict:
+    """The experiment part of a config (no paths, no machine settings), as stored in a checkpoint."""
+    from utils.config import EXPERIMENT_DEFAULTS
+
+    return {key: cfg[key] for key in EXPERIMENT_DEFAULTS if key in cfg}
+
+
+def config_fingerprint(cfg: dict) -> str:
+    """A short hash of the model-and-data keys: equal fingerprints, same model and same data."""
+    flat = _flatten(config_record(cfg))
+    chosen = {key: value for key, value in flat.items() if _covered(key, MODEL_AND_DATA_KEYS)}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_changes(saved: dict, cfg: dict) -> tuple[list[str], list[str]]:
+    """(refused, noted): `key: checkpoint value, now value` lines for keys that differ from a checkpoint's."""
+    before, after = _flatten(saved), _flatten(config_record(cfg))
+    refused, noted = [], []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key, _UNSET), after.get(key, _UNSET)
+        if old == new or _covered(key, FREELY_CHANGED_KEYS):
+            continue
+        line = f"{key}: checkpoint {old!r}, now {new!r}"
+        (refused if _covered(key, MODEL_AND_DATA_KEYS) else noted).append(line)
+    return refused, noted
+
+
+def training_checkpoint(cfg: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **state) -> dict:
+    """What `checkpoint.pth.tar` holds: weights, optimizer state, the config that wrote it, and `state`
+    (epoch, step, RNG states, stage extras such as SCAN's best loss)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "config": config_record(cfg),
+        "fingerprint": config_fingerprint(cfg),
+        **state,
+    }
+
+
+def check_resumable(checkpoint: dict, cfg: dict, path: str | Path, verbose: bool = True) -> None:
+    """Refuse a checkpoint written under other model/data settings; note (when `verbose`) other changes."""
+    if "config" not in checkpoint:
+        if verbose:
+            print(f"Note: {path} records no config (written by an older version): resumed unchecked.", flush=True)
+        return
+    refused, noted = config_changes(checkpoint["config"], cfg)
+    folder = Path(path).parent
+    if refused:
+        raise CheckpointError(
+            f"{path} was written with other model or data settings, so resuming it would mix two experiments:\n  "
+            + "\n  ".join(refused)
+            + "\nSet these keys back to the checkpoint's values to continue that run, or start over:\n"
+            f"  --fresh            moves {folder}/ aside (renamed with a timestamp, nothing deleted) and starts anew\n"
+            f"  --set resume=false  trains from scratch here, overwriting {Path(path).name} after the first epoch"
+        )
+    if noted and verbose:
+        print(
+            "Note: resuming with changed settings; the result will differ from an uninterrupted run:\n  "
+            + "\n  ".join(noted),
+            flush=True,
+        )
+
+
+def resume(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: dict | None = None,
+    verbose: bool = True,
+) -> dict:
     """Restore model and optimizer from a resumable `checkpoint.pth.tar` if it exists.
 
-    Returns the checkpoint (its 'epoch' is the next epoch to run, plus any stage extras),
-    or {'epoch': 0} when there is nothing to resume.
+    Returns the checkpoint (its 'epoch' is the next epoch to run, 'step' the steps of that epoch already
+    done, plus RNG states and any stage extras), or {'epoch': 0} when there is nothing to resume. With a
+    `cfg`, a checkpoint written under other model or data settings is refused (CheckpointError).
     """
     if not Path(path).is_file():
         return {"epoch": 0}
+    if cfg is not None and not cfg.get("resume", True):
+        if verbose:
+            print(f"resume: false — ignoring {path}; it is overwritten after the first epoch.", flush=True)
+        return {"epoch": 0}
     checkpoint = load_checkpoint(path)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    if not isinstance(checkpoint, dict) or not {"model", "optimizer", "epoch"} <= checkpoint.keys():
+        raise CheckpointError(
+            f"{path} is not a resumable checkpoint (a dict with 'model', 'optimizer' and 'epoch'). "
+            f"Start over with --fresh or --set resume=false."
+        )
+    if cfg is not None:
+        check_resumable(checkpoint, cfg, path, verbose)
+    load_state_dict_checked(model, checkpoint["model"], source=f"checkpoint {path}")
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"The optimizer state in {path} does not fit this run's optimizer ({error}). "
+            f"Start over with --fresh or --set resume=false."
+        ) from error
     if verbose:
-        print(f"Resuming from {path} at epoch {checkpoint['epoch']}", flush=True)
+        where = f"epoch {checkpoint['epoch']}" + (f", step {checkpoint['step']}" if checkpoint.get("step") else "")
+        print(f"Resuming from {path} at {where}", flush=True)
     return checkpoint

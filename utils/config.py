@@ -28,8 +28,8 @@ ENV_DEFAULTS: dict[str, Any] = {
 
 # Every key an experiment config may hold, with its default (REQUIRED: must be given).
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "setup": REQUIRED,  # simclr | moco | scan | selflabel
-    "backbone": REQUIRED,  # resnet18 | resnet50
+    "setup": REQUIRED,  # simclr | moco | pretrained | scan | selflabel
+    "backbone": REQUIRED,  # resnet18 | resnet50 | torchvision:<name> | timm:<name>
     "backbone_kwargs": {},  # e.g. {stem: stl, base_width: 64}
     "model_kwargs": {},  # ContrastiveModel: {head: mlp, features_dim: 128}
     "num_classes": REQUIRED,
@@ -46,17 +46,26 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "scheduler": "constant",
     "scheduler_kwargs": {},
     "batch_size": 128,
-    "num_workers": 8,
+    "num_workers": 8,  # data loading processes; `auto`: the CPU cores this process may use, at most 8
     "augmentation_strategy": None,
     "augmentation_kwargs": {},
     "transformation_kwargs": {},
     "seed": None,  # None: not seeded, like the original
-    "amp": False,  # bfloat16 autocast for forward passes
+    # Speed (README "Speed"): each `auto` means on / batched with CUDA, off / pil on a CPU.
+    "amp": "auto",  # bfloat16 autocast for forward passes: true | false | auto
+    "channels_last": "auto",  # NHWC memory format for the model and image batches: true | false | auto
+    "compile": False,  # torch.compile the model (a minute of compiling, then faster steps)
     "gather_negatives": True,  # SimCLR under torchrun: negatives from every process's batch (global batch)
+    "resume": True,  # continue from the stage's checkpoint.pth.tar; false: start over (it is overwritten)
+    "tensorboard": False,  # also log each epoch's history.jsonl values to <stage dir>/tensorboard (needs tensorboard)
+    # Where images are augmented: pil (per image, in DataLoader workers; the faithful path) | batched (whole
+    # batches on the device, data/batch_augment.py) | auto.
+    "augmentation_backend": "auto",
     # pretext
     "topk_neighbors_train": 20,
     "topk_neighbors_val": 5,
     "knn_monitor_k": 100,  # weighted-kNN progress monitor of the pretext stage
+    "knn_every": 10,  # run that monitor every this many epochs, and always after the last one
     # scan
     "num_neighbors": 20,
     "update_cluster_head_only": False,
@@ -69,9 +78,13 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "pseudo_label_fraction": 0.5,  # per_cluster: each cluster's most confident share of its batch members
     "selflabel_keep": "last",  # last (paper) | best: lowest SCAN loss on the test neighbours, no cluster collapsed
     "cluster_warning_fraction": 0.25,  # warn when a cluster falls below this share of its size after SCAN
+    # pretrained backbones and cached features (pretrained.py; scan.py head_input; estimate_k.py)
+    "pretrained": None,  # pretrained.py: weights file of a torchvision:/timm: backbone, or `default` (library's own)
+    "save_features": False,  # pretext stages: also save backbone features features-{train,val}.npy (float16)
+    "head_input": "images",  # scan.py head-only training on: images (the paper) | cached_features
 }
 
-SETUPS = ("simclr", "moco", "scan", "selflabel")
+SETUPS = ("simclr", "moco", "pretrained", "scan", "selflabel")
 
 
 class ConfigError(ValueError):
@@ -141,6 +154,12 @@ def stage_paths(root_dir: str | Path, train_db_name: str) -> dict[str, str]:
     }
 
 
+def auto_num_workers(max_workers: int = 8) -> int:
+    """`num_workers: auto`: the cores this process may run on, shared among torchrun's processes on the node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(max_workers, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[str] | None = None) -> dict:
     """Merge defaults, env file, experiment file and `--set` overrides; validate; add paths.
 
@@ -163,6 +182,8 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
         raise ConfigError(f"Config {config_exp} lacks required key(s): {', '.join(missing)}.")
     if cfg["setup"] not in SETUPS:
         raise ConfigError(f"setup '{cfg['setup']}' is not one of {', '.join(SETUPS)}.")
+    if cfg["num_workers"] == "auto":
+        cfg["num_workers"] = auto_num_workers()
     try:
         check_top_level(cfg, known, REQUIRED)
         check_nested(cfg)

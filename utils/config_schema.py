@@ -57,7 +57,7 @@ SCHEDULER_SCHEMAS: dict[str, dict] = {
 
 CRITERION_SCHEMAS: dict[str, dict] = {
     "simclr": {"temperature": NUMBER},
-    "scan": {"entropy_weight": NUMBER},
+    "scan": {"entropy_weight": NUMBER, "target_prior": (list, type(None))},
     "confidence-cross-entropy": {"apply_class_balancing": BOOL},
 }
 
@@ -68,7 +68,7 @@ BACKBONE_SCHEMAS: dict[str, dict] = {
 
 CONTRASTIVE_MODEL_SCHEMA = {"head": STR, "features_dim": INT}
 
-DIGITS_SCHEMA = {"image_size": INT, "seed": INT, "test_fraction": NUMBER}
+DIGITS_SCHEMA = {"image_size": INT, "seed": INT, "test_fraction": NUMBER, "class_fraction": (dict,)}
 FOLDER_SCHEMA = {
     "root": STR,
     "labeled": (bool, str),
@@ -88,7 +88,21 @@ TOP_LEVEL_TYPES: dict[str, tuple] = {
     "criterion": STR,
     "augmentation_strategy": STR,
     "seed": OPTIONAL_INT,
+    "amp": (bool, str),  # true | false | auto
+    "channels_last": (bool, str),  # true | false | auto
+    "pretrained": (str, type(None)),
 }
+
+# Keys that take a word: the words allowed (besides true/false where the type allows booleans).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "amp": ("auto",),
+    "channels_last": ("auto",),
+    "augmentation_backend": ("pil", "batched", "auto"),
+    "head_input": ("images", "cached_features"),
+    "pseudo_labels": ("threshold", "per_cluster"),
+    "selflabel_keep": ("last", "best"),
+}
+LIBRARY_PREFIXES = ("torchvision:", "timm:")
 
 # Lower bounds that a value of the right type must still respect: (minimum, what it means).
 MINIMUMS: dict[str, tuple[float, str]] = {
@@ -101,6 +115,9 @@ MINIMUMS: dict[str, tuple[float, str]] = {
     "topk_neighbors_train": (1, "at least one neighbour"),
     "topk_neighbors_val": (1, "at least one neighbour"),
     "knn_monitor_k": (1, "at least one neighbour"),
+    "knn_every": (1, "the kNN monitor every epoch at most"),
+    "pseudo_label_fraction": (0, "a share of each cluster's members, 0 to 1"),
+    "cluster_warning_fraction": (0, "a share of a cluster's size after SCAN, 0 to 1"),
 }
 
 
@@ -185,6 +202,14 @@ def check_top_level(cfg: dict, defaults: dict, required: object) -> None:
             raise SchemaError(
                 f"Config key '{key}' must be {describe_types(expected)}, got {value!r} ({type(value).__name__})."
             )
+        if key in CHOICES and isinstance(value, str) and value not in CHOICES[key]:
+            allowed = ", ".join(CHOICES[key]) + (", true, false" if bool in expected else "")
+            raise SchemaError(f"Config key '{key}' is '{value}', but it must be one of {allowed}.")
+        if key == "backbone" and value not in BACKBONE_SCHEMAS and not value.startswith(LIBRARY_PREFIXES):
+            raise SchemaError(
+                f"Config key 'backbone' is {value!r}: use {', '.join(BACKBONE_SCHEMAS)}, "
+                "torchvision:<model name> or timm:<model name>."
+            )
         if key in MINIMUMS and value < MINIMUMS[key][0]:
             minimum, meaning = MINIMUMS[key]
             raise SchemaError(f"Config key '{key}' is {value}, but it must be {minimum} or more ({meaning}).")
@@ -210,7 +235,8 @@ def check_nested(cfg: dict) -> None:
         schema = select(CRITERION_SCHEMAS, cfg.get("criterion"), "criterion", "criterion_kwargs")
         check_block(cfg["criterion_kwargs"], schema, "criterion_kwargs")
     if cfg.get("backbone_kwargs"):
-        schema = select(BACKBONE_SCHEMAS, cfg.get("backbone"), "backbone", "backbone_kwargs")
+        library = str(cfg.get("backbone")).startswith(LIBRARY_PREFIXES)  # a torchvision/timm model takes none
+        schema = {} if library else select(BACKBONE_SCHEMAS, cfg.get("backbone"), "backbone", "backbone_kwargs")
         check_block(cfg["backbone_kwargs"], schema, "backbone_kwargs")
     if cfg.get("model_kwargs"):
         # Only the contrastive model of the pretext stages takes keyword arguments.

@@ -14,10 +14,10 @@ import argparse
 import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
-from tqdm import tqdm
 
 from data.registry import get_train_dataset
 from utils.config import add_config_arguments, load_config
+from utils.progress import tqdm
 from utils.stage import run_cli
 
 

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from losses.losses import entropy
+from utils.progress import tqdm
 
 ArrayLike = torch.Tensor | np.ndarray
 

@@ -71,7 +71,7 @@ def architecture_record(cfg: dict, num_heads: int | None = None) -> dict:
 
     `num_heads` overrides the config's where the file holds another count (self-labeling keeps one head).
     """
-    contrastive = cfg["setup"] in ("simclr", "moco")
+    contrastive = cfg["setup"] in ("simclr", "moco", "pretrained")
     record = {
         "format": RECORD_FORMAT,
         "kind": "contrastive" if contrastive else "clustering",
@@ -79,11 +79,16 @@ def architecture_record(cfg: dict, num_heads: int | None = None) -> dict:
         "backbone_kwargs": backbone_kwargs_with_defaults(cfg["backbone"], cfg.get("backbone_kwargs") or {}),
     }
     if contrastive:
-        record["model_kwargs"] = dict(cfg.get("model_kwargs") or {})
+        record["model_kwargs"] = pretext_model_kwargs(cfg)
     else:
         record["num_classes"] = int(cfg["num_classes"])
         record["num_heads"] = int(num_heads if num_heads is not None else cfg.get("num_heads", 1))
     return record
+
+
+def pretext_model_kwargs(cfg: dict) -> dict:
+    """ContrastiveModel's keyword arguments for a pretext setup: an imported library backbone has no head."""
+    return {"head": "none"} if cfg["setup"] == "pretrained" else dict(cfg.get("model_kwargs") or {})
 
 
 def sidecar_path(model_path: str | Path) -> Path:
@@ -225,9 +230,13 @@ def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) ->
                 flush=True,
             )
         model = build_from_architecture(recorded)
-    elif any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in ("simclr", "moco"):
+    elif any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in (
+        "simclr",
+        "moco",
+        "pretrained",
+    ):
         backbone = build_backbone(cfg["backbone"], **cfg["backbone_kwargs"])
-        model = ContrastiveModel(backbone, **cfg.get("model_kwargs", {}))
+        model = ContrastiveModel(backbone, **pretext_model_kwargs(cfg))
     else:
         num_clusters = (
             state_dict["cluster_head.0.weight"].shape[0]

@@ -23,6 +23,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    channels_last: bool = False  # model and image batches in NHWC memory format (config `channels_last`)
+    compile: bool = False  # torch.compile the model (config `compile`)
 
     @property
     def distributed(self) -> bool:
@@ -72,6 +74,37 @@ def init_runtime() -> Runtime:
     return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
+def resolve_fast_path(cfg: dict, runtime: Runtime) -> None:
+    """Turn the config's ``auto`` speed settings into what this run does, in ``cfg`` (the log shows it) and ``runtime``.
+
+    ``amp`` and ``channels_last``: on for CUDA, off on CPU (bfloat16 autocast is slow on most CPUs).
+    ``augmentation_backend``: batched on CUDA; pil, the faithful path, on CPU (where the batched backend gains
+    little, and loses for ``ours`` at small batches: README "Speed"). load_config has checked the types.
+    """
+    from utils.config import ConfigError
+
+    cuda = runtime.device.type == "cuda"
+    for key in ("amp", "channels_last"):
+        if cfg[key] == "auto":
+            cfg[key] = cuda
+        elif not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true, false or auto, not {cfg[key]!r}.")
+    from models.library import is_library_backbone
+
+    # A torchvision/timm model's own preprocessing (resize, crop: models/library.py) exists only as PIL transforms.
+    library_preprocessing = is_library_backbone(cfg["backbone"]) and not cfg["transformation_kwargs"]
+    if cfg["augmentation_backend"] == "auto":
+        cfg["augmentation_backend"] = "batched" if cuda and not library_preprocessing else "pil"
+    elif cfg["augmentation_backend"] not in ("pil", "batched"):
+        raise ConfigError(f"augmentation_backend must be pil, batched or auto, not {cfg['augmentation_backend']!r}.")
+    elif cfg["augmentation_backend"] == "batched" and library_preprocessing:
+        raise ConfigError(
+            f"{cfg['backbone']} uses its library's preprocessing, which runs on the pil backend only: set "
+            "augmentation_backend: pil (or auto), or give transformation_kwargs (crop_size, normalize)."
+        )
+    runtime.channels_last, runtime.compile = cfg["channels_last"], cfg["compile"]
+
+
 def seed_everything(seed: int | None, rank: int = 0) -> None:
     """Seed python, numpy and torch (offset by rank so processes draw different augmentations)."""
     if seed is None:
@@ -82,19 +115,83 @@ def seed_everything(seed: int | None, rank: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """This process's random generators (python, numpy, torch CPU and CUDA), in a form torch.save keeps
+    and `torch.load(weights_only=True)` reads back."""
+    name, key, position, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, key.tolist(), position, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put every generator back where `rng_state()` found it, so the following draws repeat exactly."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, key, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states(runtime: Runtime, state: dict | None = None) -> list[dict]:
+    """Every process's generator state (`state`, default the current one), in rank order.
+
+    A collective under torchrun: all processes must call it.
+    """
+    state = rng_state() if state is None else state
+    if not runtime.distributed:
+        return [state]
+    states: list = [None] * runtime.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_states(states: list[dict], runtime: Runtime) -> None:
+    """Take this rank's state from `gather_rng_states`' list (with a note when the process count changed)."""
+    if len(states) != runtime.world_size and runtime.is_main:
+        print(
+            f"Note: the checkpoint was written by {len(states)} process(es), this run has {runtime.world_size}: "
+            "random streams (augmentations, shuffling) differ from an uninterrupted run.",
+            flush=True,
+        )
+    set_rng_state(states[runtime.rank % len(states)])
+
+
+def any_process(flag: bool, runtime: Runtime) -> bool:
+    """True on every process when `flag` is true on any (so that all stop at the same step)."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def wrap_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
-    """Move to the device; wrap in DDP when distributed (BatchNorm synced across GPUs)."""
+    """Move to the device (channels_last when asked); wrap in DDP when distributed (BatchNorm synced across GPUs);
+    compile when asked."""
     model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if runtime.distributed:
         if runtime.device.type == "cuda":  # SyncBatchNorm has no CPU implementation
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if runtime.compile:
+        model = torch.compile(model)
     return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model behind a DDP wrapper, whose state dict has no `module.` prefix."""
+    """The bare model behind torch.compile and DDP wrappers, whose state dict has no `_orig_mod.` / `module.` prefix."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 

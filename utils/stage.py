@@ -1,14 +1,28 @@
-"""What every entry script does before and after its loop: argument parsing, banner, prerequisites."""
+"""What every entry script does before and after its loop: argument parsing, banner, prerequisites, and
+turning the user's mistakes into one clear message instead of a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
 from pathlib import Path
 
 import yaml
 
-from utils.config import add_config_arguments, format_config, load_config
-from utils.runtime import Runtime, init_runtime, seed_everything
+from utils.config import ConfigError, add_config_arguments, format_config, load_config
+from utils.results import check_writable
+from utils.runtime import Runtime, barrier, init_runtime, resolve_fast_path, seed_everything
+
+# Where each setup writes: the folder --fresh moves aside.
+STAGE_DIRS = {
+    "simclr": "pretext_dir",
+    "moco": "pretext_dir",
+    "pretrained": "pretext_dir",
+    "scan": "scan_dir",
+    "selflabel": "selflabel_dir",
+}
 
 
 class MissingPrerequisiteError(FileNotFoundError):
@@ -21,6 +35,11 @@ def setup_stage(
     """Parse arguments, load and check the config, pick the device, seed, print what will run."""
     parser = argparse.ArgumentParser(description=description)
     add_config_arguments(parser)
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start this stage over: its output folder is moved aside (renamed with a timestamp), not deleted",
+    )
     if extra_arguments is not None:
         extra_arguments(parser)
     args = parser.parse_args(argv)
@@ -31,6 +50,14 @@ def setup_stage(
             f"{' / '.join(expected_setups)}: pick a config from the matching configs/ folder."
         )
     runtime = init_runtime()
+    resolve_fast_path(cfg, runtime)
+    stage_dir = Path(cfg[STAGE_DIRS[cfg["setup"]]])
+    if runtime.is_main:
+        if args.fresh:
+            moved = move_aside(stage_dir)
+            print(f"--fresh: moved the previous {stage_dir} to {moved}" if moved else "--fresh: nothing to move aside")
+        check_writable(stage_dir)  # fail now, not after the first epoch
+    barrier(runtime)
     seed_everything(cfg["seed"], runtime.rank)
     if runtime.is_main:
         print(format_config(cfg), flush=True)
@@ -38,18 +65,47 @@ def setup_stage(
     return args, cfg, runtime
 
 
+def move_aside(folder: Path) -> Path | None:
+    """Rename a non-empty `folder` to `<folder>.old-<date>-<time>` (never deleting); None if there is nothing."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = folder.with_name(f"{folder.name}.old-{stamp}"), 1
+    while target.exists():
+        target, n = folder.with_name(f"{folder.name}.old-{stamp}-{n}"), n + 1
+    folder.rename(target)
+    return target
+
+
+def check_cluster_count(num_classes: int, num_images: int) -> None:
+    """More clusters than training images cannot give every cluster a member: stop before training."""
+    if num_classes > num_images:
+        raise ConfigError(
+            f"num_classes is {num_classes}, but the training split has only {num_images} images: "
+            f"lower num_classes (the number of clusters) or add images."
+        )
+
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 STAGE_SCRIPTS = {"pretext": "simclr.py", "scan": "scan.py", "selflabel": "selflabel.py"}
+SETUP_SCRIPTS = {"moco": "moco.py", "pretrained": "pretrained.py"}  # pretext setups with their own script
 
 
-def stage_command(stage: str, train_db_name: str, config_env: str) -> str:
-    """The command that runs `stage` for this dataset, using the shipped config that trains on it."""
+def stage_command(stage: str, train_db_name: str, config_env: str, backbone: str | None = None) -> str:
+    """The command that runs `stage` for this dataset, using the shipped config that trains on it.
+
+    With `backbone`, a config with that backbone is preferred (the digits have a SimCLR and a pretrained pretext).
+    """
+    candidates = []
     for path in sorted((CONFIG_DIR / stage).glob("*.yml")):
         cfg = yaml.safe_load(path.read_text()) or {}
         if cfg.get("train_db_name") == train_db_name:
-            script = "moco.py" if cfg.get("setup") == "moco" else STAGE_SCRIPTS[stage]
-            extra = " --moco_weights <MoCo v2 checkpoint>" if script == "moco.py" else ""
-            return f"python {script} --config_env {config_env} --config_exp configs/{stage}/{path.name}{extra}"
+            candidates.append((backbone is not None and cfg.get("backbone") != backbone, path, cfg))
+    if candidates:
+        _, path, cfg = min(candidates, key=lambda candidate: candidate[0])
+        script = SETUP_SCRIPTS.get(cfg.get("setup"), STAGE_SCRIPTS[stage])
+        extra = " --moco_weights <MoCo v2 checkpoint>" if script == "moco.py" else ""
+        return f"python {script} --config_env {config_env} --config_exp configs/{stage}/{path.name}{extra}"
     return (
         f"python {STAGE_SCRIPTS[stage]} --config_env {config_env} "
         f"--config_exp <your {stage} config for {train_db_name}>"
@@ -65,13 +121,53 @@ def require_files(paths: list[str], command: str) -> None:
         )
 
 
-def run_cli(main) -> None:
-    """Run an entry script; mistakes in the user's input end with their message, not a traceback."""
-    from data.base import DatasetNotFoundError
-    from utils.checkpoint import CheckpointError
-    from utils.config import ConfigError
+def user_message(error: BaseException) -> str:
+    """The error's own message; one re-raised from a DataLoader worker loses the worker's traceback."""
+    text = str(error)
+    marker = "Original Traceback (most recent call last):"
+    if marker in text:
+        kind = type(error)
+        heads = (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__name__}: ")
+        lines = text.split(marker, 1)[1].splitlines()
+        for i, line in enumerate(lines):
+            head = next((head for head in heads if line.startswith(head)), None)
+            if head is not None:
+                return "\n".join([line[len(head) :], *lines[i + 1 :]]).strip()
+    return text
 
+
+def run_cli(main) -> None:
+    """Run an entry script; mistakes in the user's input end with their message, not a traceback.
+
+    A clean stop (Ctrl-C, SIGTERM) exits with 128 + the signal's number after saying how to resume.
+    """
+    from data.base import DatasetNotFoundError
+    from data.wrappers import NeighborsFileError
+    from utils.checkpoint import CheckpointError, NonFiniteError
+    from utils.guard import TrainingStopped
+    from utils.results import WriteError
+
+    user_errors = (
+        ConfigError,
+        DatasetNotFoundError,
+        CheckpointError,
+        MissingPrerequisiteError,
+        NeighborsFileError,
+        NonFiniteError,
+        WriteError,
+    )
     try:
         main()
-    except (ConfigError, DatasetNotFoundError, CheckpointError, MissingPrerequisiteError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except TrainingStopped as stop:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; one says so
+            print(stop, file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
+    except KeyboardInterrupt:
+        print(
+            "\nInterrupted at once, without saving. Rerun the same command to resume from the last checkpoint.",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(130) from None
+    except user_errors as error:
+        raise SystemExit(f"error: {user_message(error)}") from None

@@ -1,0 +1,48 @@
+"""Pretext from any pretrained torchvision or timm image model: no training, only neighbour mining.
+
+    python pretrained.py --config_env configs/env.yml --config_exp configs/pretext/pretrained_digits.yml
+    python pretrained.py --config_env configs/env.yml --config_exp configs/pretext/pretrained_digits.yml \
+                         --set backbone=timm:vit_small_patch14_dinov2.lvd142m pretrained=/path/model.safetensors
+
+`backbone: torchvision:<name>` or `timm:<name>` names the model; `pretrained:` is a weights file, or `default`
+for the library's own weights (its cache, downloaded there when online). Images go through the model's own
+preprocessing (the library's resize, crop and mean/std) unless the config sets `transformation_kwargs`.
+Neighbours are mined on the L2-normalised backbone features exactly as after SimCLR training.
+
+Writes <root_dir>/<db>/pretext/{model.pth.tar (backbone.* keys) + model.pth.tar.arch.json, topk-train-neighbors.npy,
+topk-val-neighbors.npy, metrics.json}; with `save_features: true` also features-{train,val}.npy,
+targets-{train,val}.npy and features.json for scan.py's `head_input: cached_features`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models import build_model
+from models.library import is_library_backbone, load_pretrained_weights
+from utils.config import ConfigError
+from utils.model_files import architecture_record, save_state_dict_file
+from utils.pretext import mine_pretext_files
+from utils.stage import run_cli, setup_stage
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg, runtime = setup_stage("Pretext from a pretrained torchvision/timm backbone", argv, ("pretrained",))
+    if not runtime.is_main:
+        return {}  # a single-process job: nothing to train
+    if not is_library_backbone(cfg["backbone"]):
+        raise ConfigError(
+            f"pretrained.py imports library models: set backbone to torchvision:<name> or timm:<name>, not "
+            f"'{cfg['backbone']}' (simclr.py trains resnet18/resnet50 from scratch; moco.py imports MoCo v2)."
+        )
+    model = build_model(cfg)  # the backbone without classifier, no projection head
+    source = load_pretrained_weights(model.backbone, cfg["backbone"], cfg["pretrained"])
+    print(f"Loaded {cfg['backbone']} ({model.backbone.out_dim}-d features) from {source}", flush=True)
+    Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
+    save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg))
+    print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
+    return mine_pretext_files(model, cfg, runtime, extra={"backbone": cfg["backbone"], "weights": source})
+
+
+if __name__ == "__main__":
+    run_cli(main)

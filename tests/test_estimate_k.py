@@ -1,0 +1,122 @@
+"""Choosing the number of clusters: the label-free criteria on countable cases, and estimate_k.py on features
+whose number of groups is known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import estimate_k
+from data.cached_features import save_split_features
+from tests.conftest import ROOT
+from utils.cluster_number import (
+    chance_agreement,
+    kappa,
+    neighbour_agreement,
+    recommend,
+    size_balance,
+    stability,
+    used_clusters,
+)
+from utils.knn import mine_nearest_neighbors
+
+
+def test_stability_is_one_for_relabelled_runs_and_lower_when_runs_disagree():
+    run = np.array([0, 0, 1, 1, 2, 2])
+    relabelled = np.array([2, 2, 0, 0, 1, 1])  # the same clusters under other ids
+    mean, std, pairwise = stability([run, relabelled, run])
+    assert mean == pytest.approx(1.0) and std == pytest.approx(0.0) and len(pairwise) == 3
+    disagreeing = np.array([0, 1, 0, 1, 2, 2])
+    assert stability([run, disagreeing])[0] < 0.5
+    with pytest.raises(ValueError, match="at least two runs"):
+        stability([run])
+
+
+def test_neighbour_agreement_kappa_and_balance_counted_by_hand():
+    assignment = np.array([0, 0, 0, 1])
+    # Each row: itself, then two neighbours. Agreeing pairs: row 0 (0,0) ✓✓, row 1 (0,1) ✓✗, row 2 ✓✓, row 3 ✗✗.
+    neighbors = np.array([[0, 1, 2], [1, 0, 3], [2, 0, 1], [3, 0, 1]])
+    assert neighbour_agreement(assignment, neighbors) == pytest.approx(5 / 8)
+    assert chance_agreement(assignment, 2) == pytest.approx(0.75**2 + 0.25**2)
+    chance = 0.625
+    assert kappa(assignment, neighbors, 2) == pytest.approx((5 / 8 - chance) / (1 - chance))
+    assert size_balance(np.array([0, 1, 2, 3]), 4) == pytest.approx(1.0)
+    assert size_balance(np.array([0, 0, 0, 1]), 2) == pytest.approx(
+        -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)) / np.log(2)
+    )
+    # 100 images in K=4: an equal share is 25, so a cluster counts as used from 5 images (20 % of it).
+    assert used_clusters(np.array([0] * 60 + [1] * 34 + [2] * 5 + [3] * 1), 4) == 3
+
+
+def test_recommendation_takes_the_most_stable_k_with_a_confidence_from_the_gap():
+    def row(k, mean, std, pairs=10):
+        return {"k": k, "stability": mean, "stability_std": std, "pairwise_ari": [mean] * pairs}
+
+    rows = [row(3, 0.60, 0.05), row(4, 0.95, 0.02), row(5, 0.70, 0.10)]
+    result = recommend(rows)
+    # Gap to K=5: 0.25 / hypot(0.02/√10, 0.10/√10) = 7.75 standard errors; to K=3 more.
+    assert result["k"] == 4 and result["confidence"] == "high" and result["closest_k"] == 5
+    assert result["gap"] == pytest.approx(0.25 / np.hypot(0.02, 0.10) * np.sqrt(10))
+    rows[2] = row(5, 0.90, 0.10)  # 0.05 / 0.0322 = 1.55 standard errors
+    assert recommend(rows)["confidence"] == "medium"
+    rows[2] = row(5, 0.94, 0.10)
+    low = recommend(rows)
+    assert low["k"] == 4 and low["confidence"] == "low" and "K=5" in low["reason"]
+    # Two perfectly stable K's are tied, not infinitely apart.
+    assert recommend([row(2, 1.0, 0.0), row(4, 1.0, 0.0)])["confidence"] == "low"
+
+
+def write_blob_features(pretext_dir, groups: int, per_group: int, seed: int = 0) -> None:
+    """Cached features of `groups` well-separated Gaussian blobs, with neighbours mined as the pretext stage does."""
+    rng = np.random.default_rng(seed)
+    cfg = {"pretext_dir": str(pretext_dir), "backbone": "resnet18", "backbone_kwargs": {"base_width": 16}}
+    for split, count in (("train", per_group), ("val", per_group // 4)):
+        targets = np.repeat(np.arange(groups), count)
+        centres = 6.0 * np.eye(16)[:groups]
+        features = (centres[targets] + rng.normal(0, 1, size=(len(targets), 16))).astype(np.float32)
+        save_split_features(cfg, split, features, targets, [f"blob{g}" for g in range(groups)])
+        normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
+        indices, _ = mine_nearest_neighbors(normalised, targets, 10)
+        np.save(pretext_dir / f"topk-{split}-neighbors.npy", indices)
+
+
+@pytest.mark.slow
+def test_estimate_k_recommends_the_number_of_blobs(tmp_path):
+    """Three equally far blobs: the only K every seed agrees on is 3."""
+    pretext = tmp_path / "results/digits/pretext"
+    pretext.mkdir(parents=True)
+    write_blob_features(pretext, groups=3, per_group=60)
+    result = estimate_k.main(
+        [
+            "--config_exp",
+            str(ROOT / "configs/scan/scan_digits_features.yml"),
+            "--k",
+            "2",
+            "3",
+            "6",
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "--set",
+            f"root_dir={tmp_path / 'results'}",
+            "epochs=100",
+            "batch_size=60",
+        ]
+    )
+    # Two clusters must cut a blob in half and six must halve every blob, each seed somewhere else.
+    assert result["recommendation"]["k"] == 3
+    rows = {row["k"]: row for row in result["rows"]}
+    assert rows[3]["stability"] > 0.85 and rows[3]["ACC"] > 0.9  # the blobs themselves, in every seed
+    assert rows[2]["stability"] < 0.8 and rows[6]["stability"] < 0.8
+    saved = json.loads((tmp_path / "results/digits/estimate_k/estimate_k.json").read_text())
+    assert saved["recommendation"] == result["recommendation"]
+    assert "Recommended K = 3" in (tmp_path / "results/digits/estimate_k/estimate_k.md").read_text()
+
+
+def test_estimate_k_needs_two_seeds(capsys):
+    with pytest.raises(SystemExit):
+        estimate_k.main(["--config_exp", "x.yml", "--k", "2", "3", "--seeds", "0"])
+    assert "at least two seeds" in capsys.readouterr().err

@@ -1,0 +1,276 @@
+"""A folder of your own images → the three stage configs and the commands that train on it, in one command.
+
+    python -m utils.new_dataset --name birds --images ~/photos/birds --num_classes 10 [--image_size S]
+
+It checks the folder (readable images, labeled by class sub-folders or not; data/folder.py), saves the
+train/test split, picks the input size and the ResNet-18 stem, computes the images' mean/std
+(utils/dataset_stats.py), writes configs/{pretext,scan,selflabel}/<stage>_<name>.yml from the commented
+templates configs/*/*_custom.yml, and prints the commands to run, in order. `--quick` writes smoke-test
+configs instead (dataset name `<name>_quick`): every stage for one epoch with a tiny network, to check within
+minutes on a CPU that everything runs; their clusters mean nothing.
+
+How the size is chosen (the paper's two settings for ResNet-18, SimCLR from scratch):
+- images whose median shorter side is at most 64 px keep their size, with the `cifar` stem (3×3 convolution,
+  no pooling: every pixel counts, as for CIFAR's 32×32 images); crops are the whole image size;
+- larger images are read at 96 px (shorter side) with the `stl` stem (one more pooling step and a fixed 7×7
+  average pool, STL-10's network for 96×96 crops). Larger inputs cost (S / 96)² times more compute per epoch,
+  and SimCLR from scratch on a few thousand images gains little from them.
+`--image_size S` overrides the choice: 96 uses the `stl` stem, any other size the `cifar` stem (the `stl`
+stem's fixed pooling only fits 96×96 crops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from torchvision import transforms
+
+from data.folder import IMAGE_EXTENSIONS, find_images, folder_error
+from data.registry import BUILTIN, get_train_dataset, get_val_dataset
+from utils.config import load_config
+from utils.dataset_stats import channel_stats
+from utils.stage import run_cli
+from utils.yaml_lines import set_values
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = {  # stage folder → (template, entry script, config file prefix)
+    "pretext": ("simclr_custom.yml", "simclr.py", "simclr"),
+    "scan": ("scan_custom.yml", "scan.py", "scan"),
+    "selflabel": ("selflabel_custom.yml", "selflabel.py", "selflabel"),
+}
+SMALL_IMAGES = 64  # up to this median shorter side, images keep their size (cifar stem)
+STL_SIZE = 96  # the stl stem's input size
+SIZE_SAMPLE = 200  # images whose size is read to pick the input size
+QUICK = {"epochs": 1, "backbone_kwargs.base_width": 8, "batch_size": 32, "num_workers": 0}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Input size, crops and stem for a dataset, and why."""
+
+    image_size: int
+    stem: str
+    cutout: int
+    reason: str
+
+
+def choose_geometry(median_side: int | None, image_size: int | None = None) -> Geometry:
+    """The input size (shorter side = crop size), stem and Cutout length for images of `median_side` px."""
+    if image_size is None:
+        if median_side is not None and median_side <= SMALL_IMAGES:
+            image_size, why = median_side, f"the images are small (median shorter side {median_side} px <= 64)"
+        else:
+            image_size, why = STL_SIZE, f"the images are large (median shorter side {median_side} px > 64)"
+    else:
+        why = f"--image_size {image_size}"
+    if image_size == STL_SIZE:
+        return Geometry(
+            image_size,
+            "stl",
+            32,
+            f"{why}: read at 96 px with STL-10's network (stem stl), the paper's setting for 96x96 images",
+        )
+    # CIFAR's Cutout is half of its 32 px crops; STL-10's a third of 96: half for small crops, a third above.
+    cutout = image_size // 2 if image_size <= SMALL_IMAGES else image_size // 3
+    cost = (image_size / STL_SIZE) ** 2
+    note = "" if image_size <= SMALL_IMAGES else f" (compute per epoch: about {cost:.1f}x that of 96 px)"
+    return Geometry(
+        image_size,
+        "cifar",
+        cutout,
+        f"{why}: read at {image_size} px with CIFAR's network (stem cifar, no early pooling){note}",
+    )
+
+
+def median_shorter_side(paths: list[Path]) -> int | None:
+    """Median shorter side of up to SIZE_SAMPLE evenly spaced images (headers only); None if none is readable."""
+    step = max(1, len(paths) // SIZE_SAMPLE)
+    sides = []
+    for path in paths[::step][:SIZE_SAMPLE]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the folder check
+            continue
+    return int(statistics.median(sides)) if sides else None
+
+
+def shown(path: Path) -> str:
+    """`path` for a shell command: relative to the current folder when below it (shorter), else absolute."""
+    path = Path(path).absolute()
+    try:
+        return shlex.quote(str(path.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(path))
+
+
+def stage_values(stage: str, name: str, root: Path, num_classes: int, geometry: Geometry, quick: bool) -> dict:
+    """The template values to set for `stage`, except normalize (computed once the split exists)."""
+    values = {
+        "train_db_name": name,
+        "val_db_name": name,
+        "num_classes": num_classes,
+        "dataset_kwargs.root": str(root),
+        "dataset_kwargs.image_size": geometry.image_size,
+        "backbone_kwargs.stem": geometry.stem,
+        "transformation_kwargs.crop_size": geometry.image_size,
+    }
+    if stage == "pretext":
+        values["augmentation_kwargs.random_resized_crop.size"] = geometry.image_size
+    else:
+        values["augmentation_kwargs.crop_size"] = geometry.image_size
+        values["augmentation_kwargs.cutout_kwargs.length"] = geometry.cutout
+    return {**values, **(QUICK if quick else {})}
+
+
+def normalize_values(mean: list[float], std: list[float]) -> dict:
+    rounded = {"mean": [round(v, 4) for v in mean], "std": [round(v, 4) for v in std]}
+    blocks = ("augmentation_kwargs", "transformation_kwargs")
+    return {f"{block}.normalize.{key}": value for block in blocks for key, value in rounded.items()}
+
+
+def config_text(template: Path, values: dict, header: str, crop_size: int) -> str:
+    """The template with `values` set, its header replaced by `header` and its CHANGE notes rewritten."""
+    text = set_values(template.read_text(), values)
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("setup:"))
+    body = "\n".join(lines[first:]) + "\n"
+    # The values are filled in: the template's instructions to change them no longer apply.
+    body = re.sub(r"#(\s*)CHANGE:?\s*", r"#\1", body)
+    transformations = (
+        f"# Transformations: normalize (both places) holds the mean/std of these training images, computed by\n"
+        f"# utils.new_dataset; crops of {crop_size} px.\n"
+    )
+    body = re.sub(r"^# Transformations\..*?(?=^[^#])", transformations, body, count=1, flags=re.M | re.S)
+    return header + body
+
+
+def write_configs(
+    targets: dict[str, Path], name: str, root: Path, args: argparse.Namespace, geometry: Geometry, command: str
+) -> dict:
+    """Write the three configs, check the folder through them, fill in mean/std; returns the pretext config."""
+    for stage, (template, script, _) in STAGES.items():
+        header = (
+            f"# {script} on the images in {root} (dataset '{name}'), written by\n#   {command}\n"
+            f"# from configs/{stage}/{template}, whose comments below explain each value.\n"
+            f"# Input size: {geometry.reason}.\n"
+        )
+        if args.quick:
+            header += "# QUICK smoke-test settings (1 epoch, a width-8 network): they check that the pipeline runs.\n"
+        values = stage_values(stage, name, root, args.num_classes, geometry, args.quick)
+        targets[stage].parent.mkdir(parents=True, exist_ok=True)
+        template_path = ROOT / "configs" / stage / template
+        targets[stage].write_text(config_text(template_path, values, header, geometry.image_size))
+
+    # The folder check: the first construction indexes the images, skips unreadable ones and saves the split.
+    cfg = load_config(args.config_env, targets["pretext"])
+    train = get_train_dataset(cfg, transforms.ToTensor())
+    test = get_val_dataset(cfg)
+    kind = f"labeled, {len(train.classes)} classes: {', '.join(train.classes)}" if train.labeled else "unlabeled"
+    print(
+        f"Found {len(train) + len(test)} readable images in {root} ({kind}): {len(train)} train, {len(test)} test; "
+        f"split saved to {shown(Path(cfg['root_dir']) / name / 'split.json')}.\nInput size: {geometry.reason}.",
+        flush=True,
+    )
+    if train.labeled and len(train.classes) != args.num_classes:
+        print(f"Note: the folder has {len(train.classes)} classes, you asked for {args.num_classes} clusters.")
+    mean, std = channel_stats(train, cfg["num_workers"])
+    for path in targets.values():
+        path.write_text(set_values(path.read_text(), normalize_values(mean, std)))
+        load_config(args.config_env, path)  # each written config must load as its stage will load it
+    print(f"Mean {[round(v, 4) for v in mean]}, std {[round(v, 4) for v in std]} written to the configs:", flush=True)
+    return cfg
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Write the three stage configs for a folder of your own images and print the commands to run"
+    )
+    parser.add_argument("--name", required=True, help="dataset name: results go to <root_dir>/<name>/")
+    parser.add_argument("--images", required=True, help="the image folder (class sub-folders optional)")
+    parser.add_argument("--num_classes", required=True, type=int, help="the number of clusters to find")
+    parser.add_argument("--image_size", type=int, default=None, help="input size in px (default: chosen)")
+    parser.add_argument(
+        "--config_env",
+        default=str(ROOT / "configs" / "env.yml"),
+        help="env YAML for the commands (root_dir, data_root; default: configs/env.yml)",
+    )
+    parser.add_argument(
+        "--config_dir",
+        default=str(ROOT / "configs"),
+        help="where the pretext/ scan/ selflabel/ config folders are (default: configs/)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke-test configs: 1 epoch each, a tiny network")
+    parser.add_argument("--force", action="store_true", help="overwrite existing configs of this name")
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        parser.error(f"--name {args.name!r}: use letters, digits, '_', '-' and '.' (it names folders and files)")
+    if args.name in BUILTIN:
+        parser.error(f"--name {args.name} is a built-in dataset; pick another name")
+    if args.num_classes < 2:
+        parser.error(f"--num_classes must be at least 2, not {args.num_classes}")
+    if args.image_size is not None and args.image_size < 16:
+        parser.error(f"--image_size must be at least 16 px, not {args.image_size}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    name = f"{args.name}_quick" if args.quick else args.name
+    root = Path(args.images).expanduser().absolute()
+    if not root.is_dir():
+        raise folder_error(root, "folder not found", "Pass the folder that holds your images with --images.")
+    paths = find_images(root)
+    if not paths:
+        raise folder_error(root, f"no image files ({', '.join(IMAGE_EXTENSIONS)})", "Pass the folder of your images.")
+    geometry = choose_geometry(median_shorter_side(paths), args.image_size)
+
+    config_dir = Path(args.config_dir)
+    targets = {stage: config_dir / stage / f"{prefix}_{name}.yml" for stage, (_, _, prefix) in STAGES.items()}
+    existing = [str(path) for path in targets.values() if path.exists()]
+    if existing and not args.force:
+        raise SystemExit(f"error: {', '.join(existing)} exist already: pass --force to overwrite, or another --name.")
+
+    command = " ".join(["python -m utils.new_dataset", *(argv if argv is not None else sys.argv[1:])])
+    # Written under temporary names and renamed once all is done: a failure leaves no half-made config behind
+    # and keeps the configs that --force would have replaced.
+    drafts = {stage: path.with_name(f".{path.name}.draft.yml") for stage, path in targets.items()}
+    try:
+        cfg = write_configs(drafts, name, root, args, geometry, command)
+        for stage, draft in drafts.items():
+            os.replace(draft, targets[stage])
+    finally:
+        for draft in drafts.values():
+            draft.unlink(missing_ok=True)
+    for path in targets.values():
+        print(f"  {shown(path)}")
+
+    env = shown(Path(args.config_env))
+    commands = [
+        f"python {shown(ROOT / script)} --config_env {env} --config_exp {shown(targets[stage])}"
+        for stage, (_, script, _) in STAGES.items()
+    ]
+    commands.append(
+        f"python {shown(ROOT / 'eval.py')} --config_env {env} --config_exp {shown(targets['selflabel'])} "
+        f"--model {shown(Path(cfg['selflabel_model']))}"
+    )
+    report = Path(cfg["selflabel_model"]).parent / "model_eval" / "report.html"
+    print(
+        "\nNow train (pretext, clustering, self-labeling) and evaluate, from this folder:\n\n"
+        + "\n".join(commands)
+        + f"\n\nThen open {shown(report)} in a browser.",
+        flush=True,
+    )
+    return {"configs": {stage: str(path) for stage, path in targets.items()}, "commands": commands}
+
+
+if __name__ == "__main__":
+    run_cli(main)

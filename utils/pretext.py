@@ -1,0 +1,45 @@
+"""The end of a pretext stage that imports its model instead of training it (moco.py, pretrained.py).
+
+Neighbours (and, with `save_features: true`, the backbone features) of the train and test split are mined
+from the L2-normalised backbone features, through the same utils/knn.py code as the SimCLR stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from data.augment import get_val_transformations
+from data.loaders import eval_loader
+from data.registry import get_train_dataset, get_val_dataset
+from models import ContrastiveModel
+from utils.knn import mine_and_save_neighbors
+from utils.results import write_json
+from utils.runtime import Runtime
+
+
+def backbone_feature_model(model: ContrastiveModel) -> ContrastiveModel:
+    """The contrastive model with its projection head removed: it returns normalised backbone features."""
+    model.contrastive_head = torch.nn.Identity()
+    return model
+
+
+def mine_pretext_files(model: ContrastiveModel, cfg: dict, runtime: Runtime, extra: dict | None = None) -> dict:
+    """Mine (and cache) on both splits through the val transform; write and return metrics.json (+ `extra`)."""
+    model = model.to(runtime.device)
+    val_transform = get_val_transformations(cfg)
+    train_dataset, val_dataset = get_train_dataset(cfg, val_transform), get_val_dataset(cfg, val_transform)
+    print(f"Preprocessing: {val_transform}", flush=True)
+    print(f"Mining neighbours of {len(train_dataset)} train and {len(val_dataset)} val images", flush=True)
+    metrics = mine_and_save_neighbors(
+        model,
+        eval_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
+        eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
+        cfg,
+        runtime.device,
+        classes=val_dataset.classes,
+    )
+    metrics.update(extra or {})
+    write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
+    return metrics
