@@ -250,6 +250,15 @@ def test_pretrained_pretext_mines_with_the_library_preprocessing_and_caches_feat
     assert json.loads((pretext / "metrics.json").read_text()) == metrics
     state = torch.load(pretext / "model.pth.tar", weights_only=True)
     assert all(key.startswith("backbone.") for key in state)
+    # The file describes itself: a library backbone without projection head, for eval.py and scan.py.
+    record = json.loads((pretext / "model.pth.tar.arch.json").read_text())["architecture"]
+    assert record == {
+        "format": 1,
+        "kind": "contrastive",
+        "backbone": "torchvision:resnet18",
+        "backbone_kwargs": {},
+        "model_kwargs": {"head": "none"},
+    }
     assert torch.equal(state["backbone.layer1.0.conv1.weight"], torch.load(weights)["layer1.0.conv1.weight"])
     assert np.load(pretext / "topk-train-neighbors.npy").shape == (12, 4)
     assert np.load(pretext / "topk-val-neighbors.npy").shape == (4, 3)
