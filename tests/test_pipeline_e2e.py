@@ -182,7 +182,7 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path, backend):
 
 def test_selflabel_keeps_the_best_epoch_across_a_resume(tiny_cifar_env, tmp_path):
     results = tmp_path / "results" / "cifar-10"
-    run_pretext(tiny_cifar_env)
+    run_pretext(tiny_cifar_env, FAST)
     scan.main(
         [
             "--config_env",
