@@ -64,7 +64,7 @@ SMALL_IMAGES = 64  # up to this median shorter side, images keep their size (cif
 STL_SIZE = 96  # the stl stem's input size
 SIZE_SAMPLE = 200  # images whose size is read to pick the input size
 QUICK = {"epochs": 1, "backbone_kwargs.base_width": 8, "batch_size": 32, "num_workers": 0}
-QUICK_PRETRAINED = {"epochs": 1, "batch_size": 32, "num_workers": 0}  # the pretrained model keeps its size
+QUICK_PRETRAINED = {"batch_size": 32, "num_workers": 0}  # the pretrained model keeps its size; epochs: below
 
 
 @dataclass(frozen=True)
@@ -168,8 +168,11 @@ def stage_values(stage: str, name: str, root: Path, args: argparse.Namespace, ge
             values["augmentation_kwargs.crop_size"] = geometry.crop
             values["augmentation_kwargs.cutout_kwargs.length"] = geometry.cutout
             values.update({f"augmentation_kwargs.normalize.{key}": v for key, v in geometry.normalize.items()})
-        quick = {key: v for key, v in QUICK_PRETRAINED.items() if not (stage == "pretext" and key == "epochs")}
-        return {**values, **(quick if args.quick else {})}  # pretrained.py has no epochs: it does not train
+        if args.quick:
+            values.update(QUICK_PRETRAINED)
+            if stage != "pretext":  # pretrained.py has no epochs: it does not train
+                values["epochs"] = 1
+        return values
     values["backbone_kwargs.stem"] = geometry.stem
     values["transformation_kwargs.crop_size"] = geometry.image_size
     if stage == "pretext":
