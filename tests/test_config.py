@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,20 @@ def test_wrong_value_types_are_named(env, override, message):
 def test_numbers_accept_ints_and_floats_where_a_number_is_meant(env):
     cfg = load_config(env, SCAN, ["optimizer_kwargs.lr=1", "criterion_kwargs.entropy_weight=5", "seed=null"])
     assert cfg["optimizer_kwargs"]["lr"] == 1 and cfg["seed"] is None
+
+
+def test_config_comments_point_only_at_what_exists():
+    """A config's comments send the user to README sections, files and make targets: each one must exist."""
+    readme = (ROOT / "README.md").read_text()
+    headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}
+    makefile = (ROOT / "Makefile").read_text()
+    for path in CONFIGS:
+        text = path.read_text()
+        comments = "\n".join(line for line in text.splitlines() if "#" in line)
+        assert "REFERENCE" not in comments, f"{path.name}: REFERENCE.md is not part of the repository"
+        for section in re.findall(r'section "([^"]+)"', comments):
+            assert section in headings, f"{path.name}: README has no section {section!r}"
+        for named in re.findall(r"\b((?:configs|data|models|utils)/[\w/]+\.(?:yml|py))", comments):
+            assert (ROOT / named).is_file(), f"{path.name}: {named} does not exist"
+        for target in re.findall(r"`make ([\w-]+)", comments):
+            assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{path.name}: no make target {target}"
