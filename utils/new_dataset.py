@@ -256,6 +256,7 @@ def write_configs(
 
 
 def stages(args: argparse.Namespace) -> dict:
+    """The templates, scripts and file prefixes of the three stages: SimCLR or a pretrained model as pretext."""
     return PRETRAINED_STAGES if args.pretrained else STAGES
 
 
