@@ -11,6 +11,7 @@ timm is optional (requirements-extra.txt): it is imported only when a config nam
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -181,6 +182,27 @@ def load_pretrained_weights(backbone: nn.Module, name: str, pretrained: str | No
     return source
 
 
+def _torchvision_preprocessing(arch: str):
+    """The DEFAULT weights' evaluation transform (torchvision's ImageClassification preset)."""
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, AttributeError):
+        raise ValueError(
+            f"torchvision publishes no weights (hence no preprocessing) for '{arch}': set transformation_kwargs "
+            "(crop_size and normalize) in the config."
+        ) from None
+    return weights.transforms()
+
+
+def _timm_data_config(arch: str) -> dict:
+    """timm's resolved data config (input_size, crop_pct, mean, std, ...) of the model's pretrained config."""
+    timm = import_timm()
+    from timm.data import resolve_data_config
+
+    pretrained_cfg = timm.get_pretrained_cfg(arch)
+    return resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {"input_size": 224})
+
+
 def library_transform(name: str) -> Callable:
     """The model's own evaluation preprocessing (resize, center crop, mean/std) from the library's metadata.
 
@@ -189,19 +211,26 @@ def library_transform(name: str) -> Callable:
     """
     library, arch = split_name(name)
     if library == "torchvision":
-        try:
-            weights = torchvision.models.get_model_weights(arch).DEFAULT
-        except (ValueError, AttributeError):
-            raise ValueError(
-                f"torchvision publishes no weights (hence no preprocessing) for '{arch}': set transformation_kwargs "
-                "(crop_size and normalize) in the config."
-            ) from None
-        return weights.transforms()
-    timm = import_timm()
-    from timm.data import create_transform, resolve_data_config
+        return _torchvision_preprocessing(arch)
+    data_config = _timm_data_config(arch)  # first: says how to install timm when it is missing
+    from timm.data import create_transform
 
-    pretrained_cfg = timm.get_pretrained_cfg(arch)
-    data_config = resolve_data_config(
-        pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {"input_size": 224}
-    )
     return create_transform(**data_config, is_training=False)
+
+
+def library_preprocessing(name: str) -> dict:
+    """The numbers behind `library_transform`: {resize, crop, mean, std} (resize: the shorter side before the crop).
+
+    utils/new_dataset.py sizes the other stages' crops and augmentation to them, so that the strong views of
+    self-labeling have the size and normalisation of what the model was trained on.
+    """
+    library, arch = split_name(name)
+    if library == "torchvision":
+        preset = _torchvision_preprocessing(arch)
+        resize, crop, mean, std = preset.resize_size[0], preset.crop_size[0], preset.mean, preset.std
+    else:
+        data = _timm_data_config(arch)
+        crop = int(data["input_size"][-1])
+        resize = math.floor(crop / data["crop_pct"])  # timm's eval transform: scale_size = floor(size / crop_pct)
+        mean, std = data["mean"], data["std"]
+    return {"resize": int(resize), "crop": int(crop), "mean": [float(v) for v in mean], "std": [float(v) for v in std]}

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 import yaml
 from PIL import Image
 
@@ -95,25 +97,31 @@ def test_bad_input_is_refused_and_existing_configs_are_kept(tmp_path, env):
     assert sorted(p.name for p in (tmp_path / "configs").rglob("*") if p.is_file()) == ["scan_x.yml"]
 
 
-@pytest.mark.slow
-def test_the_printed_commands_run_as_printed(tmp_path, env):
-    """A new user: one command, then the printed ones, copied into a shell from the repository folder."""
+def write_colour_folder(root: Path) -> None:
+    """Three classes of noisy red, green and blue images of 20-35 px, PNG and JPEG."""
     rng = np.random.default_rng(0)
     for name, colour in {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}.items():
-        (tmp_path / "photos" / name).mkdir(parents=True)
+        (root / name).mkdir(parents=True)
         for i in range(14):
             height, width = rng.integers(20, 36, size=2)
             pixels = np.clip(np.array(colour) + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.{'png' if i % 2 else 'jpg'}")
-    shell_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    shell_env["OMP_NUM_THREADS"] = "1"
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
 
-    def shell(command: str) -> str:
-        """stdout and stderr of `command`, both going to a pipe (as to a log file: no terminal)."""
-        done = subprocess.run(command, shell=True, cwd=ROOT, env=shell_env, capture_output=True, text=True)
-        assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        return done.stdout + done.stderr
 
+def shell(command: str) -> str:
+    """stdout and stderr of `command` run in a shell from the repository folder, both going to a pipe (as to a
+    log file: no terminal), with this interpreter's `python` first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_the_printed_commands_run_as_printed(tmp_path, env):
+    """A new user: one command, then the printed ones, copied into a shell from the repository folder."""
+    write_colour_folder(tmp_path / "photos")
     printed = shell(
         f"python -m utils.new_dataset --name colours --images {shlex.quote(str(tmp_path / 'photos'))} "
         f"--num_classes 3 --quick --config_dir {tmp_path / 'configs'} --config_env {env}"
@@ -130,3 +138,120 @@ def test_the_printed_commands_run_as_printed(tmp_path, env):
     assert report.is_file() and f"open {report}" in printed
     for stage in ("pretext", "scan", "selflabel"):
         assert len((tmp_path / "results" / "colours_quick" / stage / "history.jsonl").read_text().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- --pretrained: a torchvision/timm model as pretext
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def random_mobilenet_file(path: Path) -> Path:
+    """torchvision's MobileNetV3-Small (the cheapest model with published preprocessing), random weights."""
+    torch.manual_seed(0)
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
+    return path
+
+
+def test_pretrained_configs_keep_the_models_own_preprocessing(tmp_path, env, capsys):
+    write_folder(tmp_path / "photos", (40, 30))
+    weights = random_mobilenet_file(tmp_path / "mobilenet.pth")
+    result = main(
+        ["--name", "shades", "--images", str(tmp_path / "photos"), "--num_classes", "2"]
+        + ["--pretrained", "torchvision:mobilenet_v3_small", "--weights", str(weights)]
+        + ["--config_dir", str(tmp_path / "configs"), "--config_env", str(env)]
+    )
+    names = {stage: Path(path).name for stage, path in result["configs"].items()}
+    assert names == {"pretext": "pretrained_shades.yml", "scan": "scan_shades.yml", "selflabel": "selflabel_shades.yml"}
+    cfg = {stage: load_config(env, path) for stage, path in result["configs"].items()}
+    for stage in cfg.values():
+        assert stage["backbone"] == "torchvision:mobilenet_v3_small" and stage["num_classes"] == 2
+        assert stage["dataset_kwargs"]["root"] == str(tmp_path / "photos")
+        assert stage["dataset_kwargs"]["image_size"] == 256  # torchvision's preset: resize 256, crop 224
+        assert stage["transformation_kwargs"] == {}  # so every stage uses the model's own preprocessing
+        assert stage["backbone_kwargs"] == {}
+    assert (cfg["pretext"]["setup"], cfg["pretext"]["pretrained"], cfg["pretext"]["save_features"]) == (
+        "pretrained",
+        str(weights),
+        True,
+    )
+    scan_cfg = cfg["scan"]
+    assert (scan_cfg["update_cluster_head_only"], scan_cfg["head_input"]) == (True, "cached_features")
+    strong = cfg["selflabel"]["augmentation_kwargs"]
+    assert (strong["crop_size"], strong["cutout_kwargs"]["length"]) == (224, 75)
+    # ImageNet's mean/std (the weights' own), not the folder's: these images' mean is about 0.12-0.2.
+    assert strong["normalize"] == {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    assert not any("CHANGE" in Path(path).read_text() for path in result["configs"].values())
+    assert "# 224 px and normalise with its mean/std" in Path(result["configs"]["selflabel"]).read_text()
+    assert [command.split()[1] for command in result["commands"]] == [
+        "pretrained.py",
+        "scan.py",
+        "selflabel.py",
+        "eval.py",
+    ]
+    assert "Mean" not in capsys.readouterr().out  # nothing computed
+
+
+def test_pretrained_timm_model_sizes_come_from_its_pretrained_config(tmp_path, env):
+    pytest.importorskip("timm", reason="timm is optional (requirements-extra.txt); not installed")
+    write_folder(tmp_path / "photos", (20, 20))
+    result = main(
+        ["--name", "vit", "--images", str(tmp_path / "photos"), "--num_classes", "2", "--quick"]
+        + ["--pretrained", "timm:test_vit", "--config_dir", str(tmp_path / "configs"), "--config_env", str(env)]
+    )
+    pretext, scan_cfg, selflabel_cfg = (load_config(env, path) for path in result["configs"].values())
+    # test_vit's pretrained config: 160 px input, crop_pct 0.95 → resized to floor(160 / 0.95) = 168; mean = std = 0.5.
+    assert pretext["dataset_kwargs"]["image_size"] == 168 and pretext["pretrained"] == "default"
+    strong = selflabel_cfg["augmentation_kwargs"]
+    assert (strong["crop_size"], strong["cutout_kwargs"]["length"]) == (160, 53)
+    assert strong["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    # --quick: one epoch for the stages that train, small batches, no worker processes.
+    assert (scan_cfg["epochs"], selflabel_cfg["epochs"], pretext["batch_size"], pretext["num_workers"]) == (1, 1, 32, 0)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--pretrained", "resnet18"], "write torchvision:<model name> or timm:<model name>"),
+        (["--pretrained", "torchvison:resnet18"], "write torchvision:<model name> or timm:<model name>"),
+        (["--pretrained", "torchvision:resnet1800"], "torchvision has no model 'resnet1800'"),
+        (["--pretrained", "torchvision:resnet18", "--weights", "missing.pth"], "--weights missing.pth: no such file"),
+        (["--weights", "model.pth"], "give --pretrained NAME too"),
+        (["--pretrained", "torchvision:resnet18", "--image_size", "64"], "the model's own preprocessing sets"),
+    ],
+)
+def test_pretrained_mistakes_are_refused_with_what_to_do(tmp_path, env, capsys, options, message):
+    write_folder(tmp_path / "photos", (20, 20))
+    with pytest.raises(SystemExit):
+        main(
+            ["--name", "x", "--images", str(tmp_path / "photos"), "--num_classes", "2", *options]
+            + ["--config_dir", str(tmp_path / "configs"), "--config_env", str(env)]
+        )
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "configs").exists() and not (tmp_path / "results").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_the_printed_pretrained_commands_run_as_printed(tmp_path, env):
+    """--pretrained with a local weights file: the printed commands run as printed, each stage's files appear."""
+    write_colour_folder(tmp_path / "photos")
+    weights = random_mobilenet_file(tmp_path / "mobilenet.pth")
+    printed = shell(
+        f"python -m utils.new_dataset --name colours --images {shlex.quote(str(tmp_path / 'photos'))} "
+        f"--num_classes 3 --quick --pretrained torchvision:mobilenet_v3_small --weights {weights} "
+        f"--config_dir {tmp_path / 'configs'} --config_env {env}"
+    )
+    commands = [line for line in printed.splitlines() if line.startswith("python ")]
+    assert [command.split()[1] for command in commands] == ["pretrained.py", "scan.py", "selflabel.py", "eval.py"]
+    logs = [shell(command) for command in commands]
+    results = tmp_path / "results" / "colours_quick"
+    # Stage 1: weights loaded from the file, neighbours and features of the 33 train / 9 test images.
+    assert f"from {weights}" in logs[0]
+    assert np.load(results / "pretext" / "topk-train-neighbors.npy").shape == (33, 21)
+    assert np.load(results / "pretext" / "features-train.npy").shape == (33, 1024)  # MobileNetV3-Small's width
+    assert np.load(results / "pretext" / "features-val.npy").shape == (9, 1024)
+    # Stage 2: heads on the cached features, one epoch; stage 3 and eval read the images through the model.
+    assert "pairs/s" in logs[1] and len((results / "scan" / "history.jsonl").read_text().splitlines()) == 1
+    assert len((results / "selflabel" / "history.jsonl").read_text().splitlines()) == 1
+    state = torch.load(results / "selflabel" / "model.pth.tar", weights_only=True)
+    assert state["cluster_head.0.weight"].shape == (3, 1024)
+    assert "ACC" in logs[3] and (results / "selflabel" / "model_eval" / "report.html").is_file()

@@ -1,6 +1,8 @@
 """A folder of your own images → the three stage configs and the commands that train on it, in one command.
 
     python -m utils.new_dataset --name birds --images ~/photos/birds --num_classes 10 [--image_size S]
+    python -m utils.new_dataset --name birds --images ~/photos/birds --num_classes 10 \
+                                --pretrained torchvision:resnet50 [--weights PATH]
 
 It checks the folder (readable images, labeled by class sub-folders or not; data/folder.py), saves the
 train/test split, picks the input size and the ResNet-18 stem, computes the images' mean/std
@@ -17,6 +19,12 @@ How the size is chosen (the paper's two settings for ResNet-18, SimCLR from scra
   and SimCLR from scratch on a few thousand images gains little from them.
 `--image_size S` overrides the choice: 96 uses the `stl` stem, any other size the `cifar` stem (the `stl`
 stem's fixed pooling only fits 96×96 crops).
+
+`--pretrained torchvision:<name>` or `timm:<name>` takes a pretrained model as the pretext instead of SimCLR
+(pretrained.py; `--weights` a local weights file, else the library's own): the size and mean/std are then the
+model's own preprocessing (its library's metadata), nothing is computed. The configs come from the
+*pretrained_custom.yml templates: neighbours and cached features from the frozen model, SCAN heads on those
+features, and self-labeling of the whole network on strong views cropped and normalised like the model's input.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ from torchvision import transforms
 
 from data.folder import IMAGE_EXTENSIONS, find_images, folder_error
 from data.registry import BUILTIN, get_train_dataset, get_val_dataset
-from utils.config import load_config
+from models.library import build_library_backbone, is_library_backbone, library_preprocessing
+from utils.config import ConfigError, load_config
 from utils.dataset_stats import channel_stats
 from utils.stage import run_cli
 from utils.yaml_lines import set_values
@@ -46,20 +55,32 @@ STAGES = {  # stage folder → (template, entry script, config file prefix)
     "scan": ("scan_custom.yml", "scan.py", "scan"),
     "selflabel": ("selflabel_custom.yml", "selflabel.py", "selflabel"),
 }
+PRETRAINED_STAGES = {  # the same with a pretrained torchvision/timm model as the pretext (--pretrained)
+    "pretext": ("pretrained_custom.yml", "pretrained.py", "pretrained"),
+    "scan": ("scan_pretrained_custom.yml", "scan.py", "scan"),
+    "selflabel": ("selflabel_pretrained_custom.yml", "selflabel.py", "selflabel"),
+}
 SMALL_IMAGES = 64  # up to this median shorter side, images keep their size (cifar stem)
 STL_SIZE = 96  # the stl stem's input size
 SIZE_SAMPLE = 200  # images whose size is read to pick the input size
 QUICK = {"epochs": 1, "backbone_kwargs.base_width": 8, "batch_size": 32, "num_workers": 0}
+QUICK_PRETRAINED = {"batch_size": 32, "num_workers": 0}  # the pretrained model keeps its size; epochs: below
 
 
 @dataclass(frozen=True)
 class Geometry:
     """Input size, crops and stem for a dataset, and why."""
 
-    image_size: int
-    stem: str
+    image_size: int  # shorter side as the images are read
+    stem: str | None  # None for a pretrained model (it has its own)
     cutout: int
     reason: str
+    crop_size: int | None = None  # None: image_size
+    normalize: dict | None = None  # {mean, std} of a pretrained model; None: computed from the images
+
+    @property
+    def crop(self) -> int:
+        return self.crop_size or self.image_size
 
 
 def choose_geometry(median_side: int | None, image_size: int | None = None) -> Geometry:
@@ -90,6 +111,22 @@ def choose_geometry(median_side: int | None, image_size: int | None = None) -> G
     )
 
 
+def pretrained_geometry(backbone: str) -> Geometry:
+    """Size, crop and mean/std of a torchvision/timm model's own preprocessing (its library's metadata)."""
+    spec = library_preprocessing(backbone)
+    return Geometry(
+        image_size=spec["resize"],
+        stem=None,
+        cutout=round(spec["crop"] / 3),  # a third of the crop, as for STL-10 and ImageNet (75 of 224)
+        reason=(
+            f"the preprocessing of {backbone}'s weights (its library's metadata): read at {spec['resize']} px, "
+            f"{spec['crop']} px crops, mean {spec['mean']}, std {spec['std']}"
+        ),
+        crop_size=spec["crop"],
+        normalize={"mean": spec["mean"], "std": spec["std"]},
+    )
+
+
 def median_shorter_side(paths: list[Path]) -> int | None:
     """Median shorter side of up to SIZE_SAMPLE evenly spaced images (headers only); None if none is readable."""
     step = max(1, len(paths) // SIZE_SAMPLE)
@@ -112,23 +149,38 @@ def shown(path: Path) -> str:
         return shlex.quote(str(path))
 
 
-def stage_values(stage: str, name: str, root: Path, num_classes: int, geometry: Geometry, quick: bool) -> dict:
-    """The template values to set for `stage`, except normalize (computed once the split exists)."""
+def stage_values(stage: str, name: str, root: Path, args: argparse.Namespace, geometry: Geometry) -> dict:
+    """The template values to set for `stage`, except a computed normalize (set once the split exists)."""
     values = {
         "train_db_name": name,
         "val_db_name": name,
-        "num_classes": num_classes,
+        "num_classes": args.num_classes,
         "dataset_kwargs.root": str(root),
         "dataset_kwargs.image_size": geometry.image_size,
-        "backbone_kwargs.stem": geometry.stem,
-        "transformation_kwargs.crop_size": geometry.image_size,
     }
+    if args.pretrained:
+        # The model's own preprocessing stays in use (no transformation_kwargs); only self-labeling's strong
+        # views are sized and normalised here, like it.
+        values["backbone"] = args.pretrained
+        if stage == "pretext":
+            values["pretrained"] = args.weights
+        if stage == "selflabel":
+            values["augmentation_kwargs.crop_size"] = geometry.crop
+            values["augmentation_kwargs.cutout_kwargs.length"] = geometry.cutout
+            values.update({f"augmentation_kwargs.normalize.{key}": v for key, v in geometry.normalize.items()})
+        if args.quick:
+            values.update(QUICK_PRETRAINED)
+            if stage != "pretext":  # pretrained.py has no epochs: it does not train
+                values["epochs"] = 1
+        return values
+    values["backbone_kwargs.stem"] = geometry.stem
+    values["transformation_kwargs.crop_size"] = geometry.image_size
     if stage == "pretext":
         values["augmentation_kwargs.random_resized_crop.size"] = geometry.image_size
     else:
         values["augmentation_kwargs.crop_size"] = geometry.image_size
         values["augmentation_kwargs.cutout_kwargs.length"] = geometry.cutout
-    return {**values, **(QUICK if quick else {})}
+    return {**values, **(QUICK if args.quick else {})}
 
 
 def normalize_values(mean: list[float], std: list[float]) -> dict:
@@ -137,7 +189,7 @@ def normalize_values(mean: list[float], std: list[float]) -> dict:
     return {f"{block}.normalize.{key}": value for block in blocks for key, value in rounded.items()}
 
 
-def config_text(template: Path, values: dict, header: str, crop_size: int) -> str:
+def config_text(template: Path, values: dict, header: str, geometry: Geometry) -> str:
     """The template with `values` set, its header replaced by `header` and its CHANGE notes rewritten."""
     text = set_values(template.read_text(), values)
     lines = text.splitlines()
@@ -145,11 +197,18 @@ def config_text(template: Path, values: dict, header: str, crop_size: int) -> st
     body = "\n".join(lines[first:]) + "\n"
     # The values are filled in: the template's instructions to change them no longer apply.
     body = re.sub(r"#(\s*)CHANGE:?\s*", r"#\1", body)
-    transformations = (
-        f"# Transformations: normalize (both places) holds the mean/std of these training images, computed by\n"
-        f"# utils.new_dataset; crops of {crop_size} px.\n"
-    )
-    body = re.sub(r"^# Transformations\..*?(?=^[^#])", transformations, body, count=1, flags=re.M | re.S)
+    if geometry.normalize is None:
+        transformations = (
+            f"# Transformations: normalize (both places) holds the mean/std of these training images, computed by\n"
+            f"# utils.new_dataset; crops of {geometry.crop} px.\n"
+        )
+        body = re.sub(r"^# Transformations\..*?(?=^[^#])", transformations, body, count=1, flags=re.M | re.S)
+    else:
+        preprocessing = (
+            "# Preprocessing: the model's own (no transformation_kwargs); the strong views of self-labeling crop\n"
+            f"# {geometry.crop} px and normalise with its mean/std, as utils.new_dataset read them from its metadata.\n"
+        )
+        body = re.sub(r"^# Preprocessing\..*?(?=^[^#])", preprocessing, body, count=1, flags=re.M | re.S)
     return header + body
 
 
@@ -157,18 +216,19 @@ def write_configs(
     targets: dict[str, Path], name: str, root: Path, args: argparse.Namespace, geometry: Geometry, command: str
 ) -> dict:
     """Write the three configs, check the folder through them, fill in mean/std; returns the pretext config."""
-    for stage, (template, script, _) in STAGES.items():
+    for stage, (template, script, _) in stages(args).items():
         header = (
             f"# {script} on the images in {root} (dataset '{name}'), written by\n#   {command}\n"
             f"# from configs/{stage}/{template}, whose comments below explain each value.\n"
             f"# Input size: {geometry.reason}.\n"
         )
         if args.quick:
-            header += "# QUICK smoke-test settings (1 epoch, a width-8 network): they check that the pipeline runs.\n"
-        values = stage_values(stage, name, root, args.num_classes, geometry, args.quick)
+            network = "" if args.pretrained else ", a width-8 network"
+            header += f"# QUICK smoke-test settings (1 epoch{network}): they check that the pipeline runs.\n"
+        values = stage_values(stage, name, root, args, geometry)
         targets[stage].parent.mkdir(parents=True, exist_ok=True)
         template_path = ROOT / "configs" / stage / template
-        targets[stage].write_text(config_text(template_path, values, header, geometry.image_size))
+        targets[stage].write_text(config_text(template_path, values, header, geometry))
 
     # The folder check: the first construction indexes the images, skips unreadable ones and saves the split.
     cfg = load_config(args.config_env, targets["pretext"])
@@ -182,12 +242,22 @@ def write_configs(
     )
     if train.labeled and len(train.classes) != args.num_classes:
         print(f"Note: the folder has {len(train.classes)} classes, you asked for {args.num_classes} clusters.")
+    if geometry.normalize is not None:  # a pretrained model's own mean/std: nothing to compute
+        for path in targets.values():
+            load_config(args.config_env, path)
+        print("The configs:", flush=True)
+        return cfg
     mean, std = channel_stats(train, cfg["num_workers"])
     for path in targets.values():
         path.write_text(set_values(path.read_text(), normalize_values(mean, std)))
         load_config(args.config_env, path)  # each written config must load as its stage will load it
     print(f"Mean {[round(v, 4) for v in mean]}, std {[round(v, 4) for v in std]} written to the configs:", flush=True)
     return cfg
+
+
+def stages(args: argparse.Namespace) -> dict:
+    """The templates, scripts and file prefixes of the three stages: SimCLR or a pretrained model as pretext."""
+    return PRETRAINED_STAGES if args.pretrained else STAGES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -208,6 +278,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=str(ROOT / "configs"),
         help="where the pretext/ scan/ selflabel/ config folders are (default: configs/)",
     )
+    parser.add_argument(
+        "--pretrained",
+        metavar="NAME",
+        default=None,
+        help="a pretrained model as the pretext instead of SimCLR: torchvision:<name> or timm:<name>",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="with --pretrained: a local weights file (.pth, .pth.tar, .safetensors); default: the library's own",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke-test configs: 1 epoch each, a tiny network")
     parser.add_argument("--force", action="store_true", help="overwrite existing configs of this name")
     args = parser.parse_args(argv)
@@ -219,6 +300,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--num_classes must be at least 2, not {args.num_classes}")
     if args.image_size is not None and args.image_size < 16:
         parser.error(f"--image_size must be at least 16 px, not {args.image_size}")
+    if args.pretrained is None:
+        if args.weights is not None:
+            parser.error("--weights is the weights file of a --pretrained model: give --pretrained NAME too")
+        return args
+    if not is_library_backbone(args.pretrained):
+        parser.error(
+            f"--pretrained {args.pretrained!r}: write torchvision:<model name> or timm:<model name>, e.g. "
+            "torchvision:resnet50 (names: torchvision.models.list_models()) or timm:vit_small_patch14_dinov2.lvd142m "
+            "(names: timm.list_models())"
+        )
+    if args.image_size is not None:
+        parser.error("--image_size does not apply to --pretrained: the model's own preprocessing sets the size")
+    try:
+        build_library_backbone(args.pretrained)  # an unknown model name, or timm missing: said now, not in stage 1
+        args.geometry = pretrained_geometry(args.pretrained)
+    except (ValueError, ConfigError) as error:
+        parser.error(f"--pretrained {args.pretrained}: {error}")
+    if args.weights is None:
+        args.weights = "default"
+    else:
+        weights = Path(args.weights).expanduser().absolute()
+        if not weights.is_file():
+            parser.error(
+                f"--weights {args.weights}: no such file. Give the model's weights file, or leave --weights "
+                "out for the library's own weights (downloaded when online)."
+            )
+        args.weights = str(weights)
     return args
 
 
@@ -231,10 +339,10 @@ def main(argv: list[str] | None = None) -> dict:
     paths = find_images(root)
     if not paths:
         raise folder_error(root, f"no image files ({', '.join(IMAGE_EXTENSIONS)})", "Pass the folder of your images.")
-    geometry = choose_geometry(median_shorter_side(paths), args.image_size)
+    geometry = args.geometry if args.pretrained else choose_geometry(median_shorter_side(paths), args.image_size)
 
     config_dir = Path(args.config_dir)
-    targets = {stage: config_dir / stage / f"{prefix}_{name}.yml" for stage, (_, _, prefix) in STAGES.items()}
+    targets = {stage: config_dir / stage / f"{prefix}_{name}.yml" for stage, (_, _, prefix) in stages(args).items()}
     existing = [str(path) for path in targets.values() if path.exists()]
     if existing and not args.force:
         raise SystemExit(f"error: {', '.join(existing)} exist already: pass --force to overwrite, or another --name.")
@@ -256,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = shown(Path(args.config_env))
     commands = [
         f"python {shown(ROOT / script)} --config_env {env} --config_exp {shown(targets[stage])}"
-        for stage, (_, script, _) in STAGES.items()
+        for stage, (_, script, _) in stages(args).items()
     ]
     commands.append(
         f"python {shown(ROOT / 'eval.py')} --config_env {env} --config_exp {shown(targets['selflabel'])} "
