@@ -99,6 +99,8 @@ def evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir: Path, model_pat
     indices, _ = mine_nearest_neighbors(features, targets, max(PRETEXT_KS))
     accuracies = {str(k): neighbor_accuracy(indices, targets, k) for k in PRETEXT_KS}
     metrics = {"model": model_path, "neighbor_acc": accuracies}
+    if not runtime.is_main:  # under torchrun every process has extracted and mined its shard; the main one writes
+        return metrics
     for k, accuracy in metrics["neighbor_acc"].items():
         shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
         print(f"Top-{k} neighbour accuracy on the test split: {shown}", flush=True)
@@ -133,17 +135,18 @@ def write_predictions_csv(path: Path, dataset, head_output: dict, cluster_to_cla
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
-    runtime = init_runtime()
-    print(format_config(cfg), flush=True)
+    runtime = init_runtime()  # under torchrun every process evaluates its shard of the test split
     model_path = args.model
     out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)
-    check_writable(out_dir)
     state_dict, stored_head = read_model_file(model_path)
     dataset = get_val_dataset(cfg, get_val_transformations(cfg))
-    print(
-        f"Evaluating {model_path} on {len(dataset)} test images of {cfg['val_db_name']}; writing to {out_dir}",
-        flush=True,
-    )
+    if runtime.is_main:  # the only process that writes
+        print(format_config(cfg), flush=True)
+        check_writable(out_dir)
+        print(
+            f"Evaluating {model_path} on {len(dataset)} test images of {cfg['val_db_name']}; writing to {out_dir}",
+            flush=True,
+        )
 
     if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in (
         "simclr",
@@ -151,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         "pretrained",
     ):
         metrics = evaluate_pretext(cfg, state_dict, dataset, runtime, out_dir, model_path)
-        write_eval_report(out_dir, model_path, metrics)
+        if runtime.is_main:
+            write_eval_report(out_dir, model_path, metrics)
         return metrics
 
     model, head = clustering_model_from_file(cfg, state_dict, stored_head, model_path)
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     head_outputs, features = get_predictions(
         model.to(runtime.device), loader, runtime.device, return_features=args.visualize_prototypes
     )
+    if not runtime.is_main:  # it has predicted its shard; the main process writes the results
+        return {}
     head_output = head_outputs[head]
     metrics = clustering_report(
         head_output,

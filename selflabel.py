@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
         stats = train_one_epoch(guard.batches(loader), model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
+        head_output = get_predictions(unwrap(model), val_loader, runtime.device)[0][0]  # each process: its shard
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
             if stats["skipped"]:
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
                     f"above confidence {cfg['confidence_threshold']})"
                 )
-            head_output, accuracy = get_predictions(unwrap(model), val_loader, runtime.device)[0][0], None
+            accuracy = None
             if not (head_output["targets"] < 0).any():
                 accuracy = cluster_metrics(
                     head_output["predictions"], head_output["probabilities"], head_output["targets"]
@@ -140,15 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
             save_atomic(unwrap(model).state_dict(), cfg["selflabel_model"])
         guard.save_checkpoint(epoch + 1)
 
+    require_files(
+        [cfg["selflabel_model"]], f"python selflabel.py --config_env {args.config_env} --config_exp {args.config_exp}"
+    )
+    final_model = build_model(cfg).to(runtime.device)
+    load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
+    head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]  # each process: its shard
     metrics = {}
     if runtime.is_main:
-        require_files(
-            [cfg["selflabel_model"]],
-            f"python selflabel.py --config_env {args.config_env} --config_exp {args.config_exp}",
-        )
-        final_model = build_model(cfg).to(runtime.device)
-        load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
-        head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]
         metrics = clustering_report(
             head_output, val_dataset.classes, cfg["selflabel_dir"], title="Self-label on the test split"
         )
