@@ -148,9 +148,10 @@ def worker(rank: int, world_size: int, port: int, root: str, run: str) -> None:
             ("scan", "configs/scan/scan_cifar10.yml"),
             ("pretext", "configs/pretext/simclr_cifar10.yml"),
         ):
+            model, output = root_dir / f"{name}.pth.tar", out_dir / f"eval-{name}-rank{rank}"
             evaluate_script.main(
-                ["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(root_dir / f"{name}.pth.tar"),
-                 "--output_dir", str(out_dir / f"eval-{name}-rank{rank}"), "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
+                ["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(model),
+                 "--output_dir", str(output), "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
             )  # fmt: skip
     finally:
         if dist.is_initialized():
