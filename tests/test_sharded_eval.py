@@ -14,12 +14,15 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
 from tests.conftest import ROOT, write_cifar10
+
+pytestmark = pytest.mark.slow  # three spawned processes: about a CPU-minute
 
 TRAIN_PER_BATCH, TEST = 9, 21  # 45 train and 21 test images: odd, so two processes get unequal shards
 SETTINGS = ["num_workers=0", "backbone_kwargs.base_width=4", "batch_size=8", "augmentation_backend=pil"]
