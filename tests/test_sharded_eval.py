@@ -3,8 +3,9 @@
 One process and two gloo processes (spawned, on a CPU) run the same evaluation work on a tiny CIFAR-10 in its
 on-disk format, with odd split sizes so that the shards differ in size: features (both augmentation backends),
 mined neighbours (faiss and the torch top-k), the weighted-kNN monitor, predictions of every head, the head the
-SCAN loss selects, cached-feature head predictions and eval.py's metrics. Every result must be torch.equal to the
-single-process one, on both processes, and only rank 0 may write eval.py's files.
+SCAN loss selects, cached-feature head predictions, eval.py's metrics and predict.py's assignments. Every result
+must be torch.equal to the single-process one, on both processes, and only rank 0 may write eval.py's and
+predict.py's files.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from PIL import Image
 
 from tests.conftest import ROOT, write_cifar10
 
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.slow  # three spawned processes: about a CPU-minute
 TRAIN_PER_BATCH, TEST = 9, 21  # 45 train and 21 test images: odd, so two processes get unequal shards
 SETTINGS = ["num_workers=0", "backbone_kwargs.base_width=4", "batch_size=8", "augmentation_backend=pil"]
 NUM_HEADS = 3
+NEW_IMAGES = 11  # predict.py's input: two batches of 8, one per process
 MINING_ROWS = 10  # query rows per mining block (SCORES_PER_CHUNK lowered): the 45 train rows make 5 blocks
 
 
@@ -42,6 +46,10 @@ def write_inputs(root: Path) -> Path:
     from utils.config import load_config
 
     write_cifar10(root / "datasets" / "cifar-10", train_per_batch=TRAIN_PER_BATCH, test=TEST)
+    rng = np.random.default_rng(0)
+    (root / "new_images").mkdir()
+    for i in range(NEW_IMAGES):  # for predict.py
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"new_images/{i:02d}.png")
     env = root / "env.yml"
     env.write_text(yaml.safe_dump({"root_dir": str(root / "results"), "data_root": str(root / "datasets")}))
     torch.manual_seed(0)
@@ -156,6 +164,13 @@ def worker(rank: int, world_size: int, port: int, root: str, run: str) -> None:
                 ["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(model),
                  "--output_dir", str(output), "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
             )  # fmt: skip
+        import predict
+
+        predict.main(
+            ["--config_env", str(env), "--config_exp", str(ROOT / "configs/scan/scan_cifar10.yml"),
+             "--model", str(root_dir / "scan.pth.tar"), "--images", str(root_dir / "new_images"),
+             "--output", str(out_dir / f"predict-rank{rank}.csv"), "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
+        )  # fmt: skip
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -191,3 +206,8 @@ def test_two_processes_share_the_evaluation_and_get_the_single_process_results_e
     scan = tmp_path / "two/eval-scan-rank0"
     assert (scan / "predictions.csv").read_bytes() == (tmp_path / "one/eval-scan-rank0/predictions.csv").read_bytes()
     assert json.loads((scan / "metrics.json").read_text())["head"] == 1
+
+    # predict.py: the same CSV, by rank 0 alone.
+    predicted = (tmp_path / "two/predict-rank0.csv").read_text()
+    assert predicted == (tmp_path / "one/predict-rank0.csv").read_text() and len(predicted.splitlines()) == 12
+    assert not (tmp_path / "two/predict-rank1.csv").exists()
