@@ -77,7 +77,7 @@ def broadcast_from_main(module: torch.nn.Module) -> None:
         return
     device = _collective_device()
     for tensor in module.state_dict().values():
-        sent = tensor.to(device)
+        sent = tensor.to(device).contiguous()  # channels_last weights are sent as a contiguous copy
         dist.broadcast(sent, src=0)
         if sent is not tensor:
             tensor.copy_(sent)
