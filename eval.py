@@ -55,6 +55,8 @@ def evaluate_pretext(cfg, model, dataset, runtime, out_dir: Path, model_path: st
     indices, _ = mine_nearest_neighbors(features, targets, max(PRETEXT_KS))
     accuracies = {str(k): neighbor_accuracy(indices, targets, k) for k in PRETEXT_KS}
     metrics = {"model": model_path, "neighbor_acc": accuracies}
+    if not runtime.is_main:  # under torchrun every process has extracted and mined its shard; the main one writes
+        return metrics
     for k, accuracy in metrics["neighbor_acc"].items():
         shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
         print(f"Top-{k} neighbour accuracy on the test split: {shown}", flush=True)
@@ -89,27 +91,31 @@ def write_predictions_csv(path: Path, dataset, head_output: dict, cluster_to_cla
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
-    runtime = init_runtime()
-    print(format_config(cfg), flush=True)
+    runtime = init_runtime()  # under torchrun every process evaluates its shard of the test split
     model_path = args.model
     out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)
-    check_writable(out_dir)
     model, head = load_model_file(cfg, model_path)
     dataset = get_val_dataset(cfg, get_val_transformations(cfg))
-    print(
-        f"Evaluating {model_path} on {len(dataset)} test images of {cfg['val_db_name']}; writing to {out_dir}",
-        flush=True,
-    )
+    if runtime.is_main:  # the only process that writes
+        print(format_config(cfg), flush=True)
+        check_writable(out_dir)
+        print(
+            f"Evaluating {model_path} on {len(dataset)} test images of {cfg['val_db_name']}; writing to {out_dir}",
+            flush=True,
+        )
 
     if head is None:  # a pretext model
         metrics = evaluate_pretext(cfg, model, dataset, runtime, out_dir, model_path)
-        write_eval_report(out_dir, model_path, metrics)
+        if runtime.is_main:
+            write_eval_report(out_dir, model_path, metrics)
         return metrics
 
     loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
     head_outputs, features = get_predictions(
         model.to(runtime.device), loader, runtime.device, return_features=args.visualize_prototypes
     )
+    if not runtime.is_main:  # it has predicted its shard; the main process writes the results
+        return {}
     head_output = head_outputs[head]
     metrics = clustering_report(
         head_output,

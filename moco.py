@@ -45,8 +45,6 @@ def add_arguments(parser) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("Import MoCo v2 weights and mine neighbours", argv, ("moco",), add_arguments)
-    if not runtime.is_main:
-        return {}  # a single-process job: nothing to train
     checkpoint = load_checkpoint(
         args.moco_weights,
         "Pass the MoCo v2 checkpoint file with --moco_weights "
@@ -57,11 +55,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise CheckpointError(f"{args.moco_weights} holds no state dict.")
     model = build_model(cfg)
     load_state_dict_checked(model, convert_moco_state_dict(state_dict), source=f"MoCo checkpoint {args.moco_weights}")
-    Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
-    save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg))
-    print(f"Saved the converted pretext model to {cfg['pretext_model']}", flush=True)
+    if runtime.is_main:
+        Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
+        save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg))
+        print(f"Saved the converted pretext model to {cfg['pretext_model']}", flush=True)
 
-    # Neighbours come from the 2048-d backbone features (before the MLP head), L2-normalised by the model.
+    # Neighbours come from the 2048-d backbone features (before the MLP head), L2-normalised by the model;
+    # under torchrun every process mines its shard.
     return mine_pretext_files(backbone_feature_model(model), cfg, runtime)
 
 

@@ -30,6 +30,7 @@ from data.registry import get_val_dataset
 from eval import default_output_dir
 from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
+from utils.distributed import gather_objects, shard_range
 from utils.model_files import load_model_file
 from utils.progress import tqdm
 from utils.results import atomic_write
@@ -151,10 +152,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     paths = collect_images(args.images)
     dataset = ImageFiles(paths, get_val_transformations(cfg), (cfg["dataset_kwargs"] or {}).get("image_size"))
+    # Under torchrun this process's run of whole batches (every image in one process).
+    shard = shard_range(len(dataset), cfg["batch_size"], runtime.rank, runtime.world_size)
     loader = DataLoader(
-        dataset, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], collate_fn=collate_readable
+        dataset,
+        batch_size=cfg["batch_size"],
+        num_workers=cfg["num_workers"],
+        collate_fn=collate_readable,
+        sampler=shard,
     )
-    print(f"Assigning {len(paths)} image(s) with head {head} of {args.model}", flush=True)
+    if runtime.is_main:
+        print(f"Assigning {len(paths)} image(s) with head {head} of {args.model}", flush=True)
     rows, failed = {}, []
     with torch.no_grad():
         for batch in tqdm(loader, desc="Predicting"):
@@ -167,6 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
             for index, cluster, confidence in zip(batch["index"], clusters, confidences):
                 rows[index] = (cluster, confidence)
 
+    shards = gather_objects((rows, failed))  # under torchrun every process assigned its shard; the main one writes
+    if not runtime.is_main:
+        return {}
+    rows = {index: row for shard_rows, _ in shards for index, row in shard_rows.items()}
+    failed = [failure for _, shard_failed in shards for failure in shard_failed]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(output, "w", newline="") as handle:

@@ -23,24 +23,28 @@ from models.library import is_library_backbone, load_pretrained_weights
 from utils.config import ConfigError
 from utils.model_files import architecture_record, save_state_dict_file
 from utils.pretext import mine_pretext_files
+from utils.runtime import barrier
 from utils.stage import run_cli, setup_stage
 
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage("Pretext from a pretrained torchvision/timm backbone", argv, ("pretrained",))
-    if not runtime.is_main:
-        return {}  # a single-process job: nothing to train
     if not is_library_backbone(cfg["backbone"]):
         raise ConfigError(
             f"pretrained.py imports library models: set backbone to torchvision:<name> or timm:<name>, not "
             f"'{cfg['backbone']}' (simclr.py trains resnet18/resnet50 from scratch; moco.py imports MoCo v2)."
         )
     model = build_model(cfg)  # the backbone without classifier, no projection head
+    if not runtime.is_main:  # under torchrun the main process fetches `default` weights into the cache first
+        barrier(runtime)
     source = load_pretrained_weights(model.backbone, cfg["backbone"], cfg["pretrained"])
-    print(f"Loaded {cfg['backbone']} ({model.backbone.out_dim}-d features) from {source}", flush=True)
-    Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
-    save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg))
-    print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
+    if runtime.is_main:
+        barrier(runtime)
+        print(f"Loaded {cfg['backbone']} ({model.backbone.out_dim}-d features) from {source}", flush=True)
+        Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
+        save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg))
+        print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
+    # Every process mines its shard.
     return mine_pretext_files(model, cfg, runtime, extra={"backbone": cfg["backbone"], "weights": source})
 
 

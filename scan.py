@@ -144,11 +144,15 @@ def main(argv: list[str] | None = None) -> dict:
         losses = train_one_epoch(guard.batches(loader), model, criterion, optimizer, runtime, cfg, epoch)
         pairs_per_second = len(loader) * loader.batch_size / (time.perf_counter() - start)
 
+        # Pick the head with the lowest SCAN loss on the test neighbours (no labels used). Every process predicts
+        # its shard and gets all predictions, so all pick the same head.
+        head_outputs = val_predictions(unwrap(model))
+        scores = scan_evaluate(head_outputs)
+        head, head_loss = scores["lowest_loss_head"], scores["lowest_loss"]
+        improved = head_loss < best_loss
+        if improved:
+            best_loss, best_loss_head = head_loss, head
         if runtime.is_main:
-            # Pick the head with the lowest SCAN loss on the test neighbours (no labels used).
-            head_outputs = val_predictions(unwrap(model))
-            scores = scan_evaluate(head_outputs)
-            head, head_loss = scores["lowest_loss_head"], scores["lowest_loss"]
             summary = (
                 f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  train loss {losses['total']:.4f} "
                 f"(consistency {losses['consistency']:.4f}, entropy {losses['entropy']:.4f})  "
@@ -160,21 +164,18 @@ def main(argv: list[str] | None = None) -> dict:
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
             history.log(epoch + 1, **losses, lr=lr, val_loss=head_loss, head=head, ACC=accuracy)
-            if head_loss < best_loss:
-                best_loss, best_loss_head = head_loss, head
+            if improved:
                 save_scan_file(unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg))
                 print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
         guard.save_checkpoint(epoch + 1, best_loss=best_loss, best_loss_head=best_loss_head)
 
+    require_files([cfg["scan_model"]], f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}")
+    best = load_checkpoint(cfg["scan_model"])
+    final_model = build_model(cfg).to(runtime.device)
+    load_state_dict_checked(final_model, best["model"], source=cfg["scan_model"])
+    head_outputs = val_predictions(final_model)  # every process predicts its shard; the main one reports
     metrics = {}
     if runtime.is_main:
-        require_files(
-            [cfg["scan_model"]], f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}"
-        )
-        best = load_checkpoint(cfg["scan_model"])
-        final_model = build_model(cfg).to(runtime.device)
-        load_state_dict_checked(final_model, best["model"], source=cfg["scan_model"])
-        head_outputs = val_predictions(final_model)
         metrics = clustering_report(
             head_outputs[int(best["head"])],
             class_names,

@@ -122,9 +122,12 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
     }
 
 
-def watch_epoch(watch, epoch: int, model, val_loader, val_neighbors, runtime, extra: dict) -> dict:
-    """Predict the test split, record the epoch in `watch`, and print its sizes, warnings and score."""
-    head_output = get_predictions(model, val_loader, runtime.device)[0][0]
+def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime, extra: dict) -> dict:
+    """Record the epoch's test predictions in `watch`; the main process prints sizes, warnings and score.
+
+    Every process records: under torchrun they all hold the same gathered predictions, so they agree on
+    which epoch is best without a broadcast.
+    """
     predictions, targets = head_output["predictions"], head_output["targets"]
     if not (targets < 0).any():  # labels, when there are any, only go into the log, never into the choice
         extra = {**extra, "ACC": cluster_metrics(predictions, head_output["probabilities"], targets)["ACC"]}
@@ -143,7 +146,8 @@ def watch_epoch(watch, epoch: int, model, val_loader, val_neighbors, runtime, ex
         )
     if "ACC" in record:
         line += f"  ACC {100 * record['ACC']:.2f}"
-    print("\n".join([line, *watch.warning_lines(record)]), flush=True)
+    if runtime.is_main:
+        print("\n".join([line, *watch.warning_lines(record)]), flush=True)
     return record
 
 
@@ -207,13 +211,15 @@ def main(argv: list[str] | None = None) -> dict:
     history = History(cfg["selflabel_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
     keep_best = cfg["selflabel_keep"] == "best"
 
-    if runtime.is_main and not watch.history:  # a fresh run, or a checkpoint written before the watch existed
+    if not watch.history:  # a fresh run, or a checkpoint written before the watch existed
         # Epoch 0 is the SCAN model: the reference sizes for the warnings and the bar for `best`.
-        print("Epoch 0 (the SCAN model)", flush=True)
+        if runtime.is_main:
+            print("Epoch 0 (the SCAN model)", flush=True)
         scan_model = build_model(cfg).to(runtime.device)
         scan_model.load_state_dict(best_head_state_dict(scan_checkpoint))
-        watch_epoch(watch, 0, scan_model, val_loader, val_neighbors, runtime, {})
-        if keep_best:
+        head_output = get_predictions(scan_model, val_loader, runtime.device)[0][0]  # each process: its shard
+        watch_epoch(watch, 0, head_output, val_neighbors, runtime, {})
+        if keep_best and runtime.is_main:
             save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture)
     barrier(runtime)
 
@@ -221,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
         stats = train_one_epoch(guard.batches(loader), model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
+        head_output = get_predictions(unwrap(model), val_loader, runtime.device)[0][0]  # each process: its shard
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
             if stats["skipped"]:
@@ -229,15 +236,15 @@ def main(argv: list[str] | None = None) -> dict:
                     f"above confidence {cfg['confidence_threshold']})"
                 )
             print(summary, flush=True)
-            record = watch_epoch(
-                watch,
-                epoch + 1,
-                unwrap(model),
-                val_loader,
-                val_neighbors,
-                runtime,
-                {key: stats[key] for key in ("loss", "train_cluster_sizes", "pseudo_labels_per_cluster")},
-            )
+        record = watch_epoch(
+            watch,
+            epoch + 1,
+            head_output,
+            val_neighbors,
+            runtime,
+            {key: stats[key] for key in ("loss", "train_cluster_sizes", "pseudo_labels_per_cluster")},
+        )
+        if runtime.is_main:
             history.log(
                 epoch + 1,
                 loss=stats["loss"],
@@ -250,20 +257,19 @@ def main(argv: list[str] | None = None) -> dict:
                 save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
         guard.save_checkpoint(epoch + 1, watch=watch.state_dict(), selflabel_keep=cfg["selflabel_keep"])
 
+    require_files(
+        [cfg["selflabel_model"]], f"python selflabel.py --config_env {args.config_env} --config_exp {args.config_exp}"
+    )
+    final_model = build_model(cfg).to(runtime.device)
+    load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
+    head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]  # each process: its shard
     metrics = {}
     if runtime.is_main:
-        require_files(
-            [cfg["selflabel_model"]],
-            f"python selflabel.py --config_env {args.config_env} --config_exp {args.config_exp}",
-        )
         if keep_best:
             kept_epoch, reason = watch.best_epoch, watch.kept_reason()
         else:
             kept_epoch, reason = cfg["epochs"], "the last epoch (selflabel_keep: last)"
         print(f"Kept epoch {kept_epoch}: {reason}. {len(watch.all_warnings())} cluster warning(s).", flush=True)
-        final_model = build_model(cfg).to(runtime.device)
-        load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
-        head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]
         extra = {
             "selflabel_keep": cfg["selflabel_keep"],
             "pseudo_labels": cfg["pseudo_labels"],

@@ -107,23 +107,26 @@ def main(argv: list[str] | None = None) -> dict:
         loss = train_one_epoch(
             guard.batches(loader), model, criterion, optimizer, runtime, cfg["amp"], epoch, cfg["gather_negatives"]
         )
+        knn_due = (epoch + 1) % cfg["knn_every"] == 0 or epoch + 1 == cfg["epochs"]
+        if knn_due:  # every process extracts and votes for its shard
+            knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {loss:.4f}"
-            if (epoch + 1) % cfg["knn_every"] == 0 or epoch + 1 == cfg["epochs"]:
-                knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
+            if knn_due:
                 summary += "  kNN top-1 " + ("n/a (no labels)" if knn_top1 is None else f"{100 * knn_top1:.2f}%")
             print(summary, flush=True)
             history.log(epoch + 1, loss=loss, lr=lr, knn_top1=knn_top1)
         guard.save_checkpoint(epoch + 1, knn_top1=knn_top1)
 
-    metrics = {}
     if runtime.is_main:
         save_state_dict_file(unwrap(model).state_dict(), cfg["pretext_model"], architecture_record(cfg))
         print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
-        metrics = mine_and_save_neighbors(
-            unwrap(model), base_loader, val_loader, cfg, runtime.device, classes=val_dataset.classes
-        )
-        metrics["knn_top1"] = knn_top1
+    # Every process mines its shard; the main one writes the neighbour files.
+    metrics = mine_and_save_neighbors(
+        unwrap(model), base_loader, val_loader, cfg, runtime.device, classes=val_dataset.classes
+    )
+    metrics["knn_top1"] = knn_top1
+    if runtime.is_main:
         write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
     barrier(runtime)
     return metrics

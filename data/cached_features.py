@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.config import ConfigError
+from utils.distributed import broadcast_from_main, gather_in_order, shard_range
 from utils.results import save_numpy, write_json
 from utils.stage import require_files
 
@@ -170,19 +171,27 @@ class CachedPairLoader:
 
 @torch.no_grad()
 def head_predictions(model: torch.nn.Module, split: CachedSplit, device: torch.device | str, chunk: int = 4096):
-    """Per head: argmax, softmax, targets and neighbours of every row, as utils.evaluate.get_predictions returns."""
+    """Per head: argmax, softmax, targets and neighbours of every row, as utils.evaluate.get_predictions returns.
+
+    Under torchrun a collective, like get_predictions: each process runs the heads on its run of chunks and
+    all get every row's logits (the same chunks as one process, so the same logits).
+    """
     model.eval()
+    broadcast_from_main(model)
+    shard = shard_range(split.features.shape[0], chunk)
     logits_per_head: list[list[torch.Tensor]] = []
-    for start in range(0, split.features.shape[0], chunk):
-        rows = split.features[start : start + chunk].to(device).float()
+    for start in range(shard.start, shard.stop, chunk):
+        rows = split.features[start : min(start + chunk, shard.stop)].to(device).float()
         outputs = model(rows, forward_pass="head")
         if not logits_per_head:
             logits_per_head = [[] for _ in outputs]
         for head, logits in enumerate(outputs):
             logits_per_head[head].append(logits.float().cpu())
+    local = {str(head): torch.cat(chunks) for head, chunks in enumerate(logits_per_head)}
+    gathered = gather_in_order(local, torch.arange(shard.start, shard.stop))
     heads = []
-    for chunks in logits_per_head:
-        logits = torch.cat(chunks)
+    for head in range(len(gathered)):
+        logits = gathered[str(head)]
         heads.append(
             {
                 "predictions": logits.argmax(dim=1),

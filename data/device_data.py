@@ -21,6 +21,7 @@ import torch
 import torchvision.transforms.functional as TVF
 from tqdm import tqdm
 
+from utils.distributed import shard_range
 from utils.runtime import Runtime
 
 MAX_IN_MEMORY_BYTES = 8 * 2**30  # larger image sets stay on disk and go through decoding workers
@@ -81,7 +82,8 @@ class IndexBatches:
     """Index batches over ``num_samples`` samples, drawn like the DataLoader path (see the module docstring).
 
     ``train``: shuffled per epoch, last partial batch dropped, DDP shards; a batch larger than a process's share
-    is capped with a warning as data/loaders.py does. Otherwise: every index in order, on every process.
+    is capped with a warning as data/loaders.py does. Otherwise: every index in order (under torchrun this
+    process's shard, as data/loaders.eval_loader deals them).
     """
 
     def __init__(self, num_samples: int, batch_size: int, runtime: Runtime, train: bool) -> None:
@@ -103,8 +105,11 @@ class IndexBatches:
 
     def indices(self) -> torch.Tensor:
         """This process's sample order for the current epoch."""
-        if not self.train:
-            return torch.arange(self.num_samples)
+        if not self.train:  # in order; under torchrun this process's run of whole batches (data/loaders.py)
+            return torch.tensor(
+                shard_range(self.num_samples, self.batch_size, self.runtime.rank, self.runtime.world_size),
+                dtype=torch.long,
+            )
         if not self.runtime.distributed:
             return torch.randperm(self.num_samples)
         generator = torch.Generator()
@@ -114,8 +119,9 @@ class IndexBatches:
         return order[:usable][self.runtime.rank :: self.runtime.world_size]
 
     def __len__(self) -> int:
-        shard = self.num_samples // self.runtime.world_size if self.train else self.num_samples
-        return shard // self.batch_size if self.train else -(-shard // self.batch_size)
+        if not self.train:
+            return -(-len(self.indices()) // self.batch_size)
+        return self.num_samples // self.runtime.world_size // self.batch_size
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         order = self.indices().to(self.runtime.device)

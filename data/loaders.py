@@ -7,6 +7,7 @@ import warnings
 
 from torch.utils.data import DataLoader, DistributedSampler
 
+from utils.distributed import shard_range
 from utils.runtime import Runtime
 
 
@@ -48,11 +49,18 @@ def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, c
 
 
 def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
-    """In-order loader over every sample (each process sees the whole split)."""
+    """In-order loader over every sample; under torchrun over this process's shard, a run of whole batches.
+
+    Its consumers (utils/knn.extract_features, utils/evaluate.get_predictions) gather the shards in dataset order.
+    Each batch holds the same images as in one process (the shard starts at a batch boundary), so the results
+    gathered from the shards equal one process's.
+    """
+    shard = shard_range(len(dataset), batch_size, runtime.rank, runtime.world_size) if runtime.distributed else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
+        sampler=shard,
         num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda",
         drop_last=False,

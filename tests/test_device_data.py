@@ -51,10 +51,13 @@ def test_single_process_epochs_are_fresh_permutations_without_the_partial_batch(
     assert epochs[0] != epochs[1] and set(epochs[0]) <= set(range(50))
 
 
-def test_evaluation_visits_every_index_in_order_on_every_process():
-    for runtime in (CPU, _rank(1, 2)):
-        batches = IndexBatches(10, 4, runtime, train=False)
-        assert [batch.tolist() for batch in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and len(batches) == 3
+def test_evaluation_visits_every_index_in_order_in_shards_of_whole_batches():
+    batches = IndexBatches(10, 4, CPU, train=False)
+    assert [batch.tolist() for batch in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and len(batches) == 3
+    # Two processes: the three batches are dealt out whole (1 + 2), so each is the batch one process runs.
+    shards = [IndexBatches(10, 4, _rank(rank, 2), train=False) for rank in (0, 1)]
+    assert [[batch.tolist() for batch in shard] for shard in shards] == [[[0, 1, 2, 3]], [[4, 5, 6, 7], [8, 9]]]
+    assert [len(shard) for shard in shards] == [1, 2]
 
 
 def test_a_batch_larger_than_the_data_is_capped_with_a_warning():

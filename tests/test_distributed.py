@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from losses import SimCLRLoss
-from utils.distributed import gather_with_grad
+from utils.distributed import gather_in_order, gather_with_grad, shard_range, sum_over_processes
 
 GLOBAL_BATCH, DIM_IN, DIM_OUT = 8, 6, 5
 
@@ -73,3 +73,17 @@ def test_local_negatives_alone_would_give_another_loss():
         global_loss = simclr_loss(model, inputs)
         local = torch.stack([simclr_loss(model, shard) for shard in inputs.chunk(2)]).mean()
     assert not torch.allclose(global_loss, local)
+
+
+def test_shards_are_runs_of_whole_blocks_covering_every_item_once():
+    # 45 items in blocks of 8: six blocks, the last one partial, dealt 3 + 3 (and 2 + 2 + 2 to three processes).
+    assert [shard_range(45, 8, rank, 2) for rank in (0, 1)] == [range(0, 24), range(24, 45)]
+    assert [shard_range(45, 8, rank, 3) for rank in (0, 1, 2)] == [range(0, 16), range(16, 32), range(32, 45)]
+    # Fewer blocks than processes: some get nothing; one process gets everything.
+    assert [len(shard_range(10, 8, rank, 4)) for rank in range(4)] == [0, 8, 0, 2]
+    assert shard_range(10, 8) == range(10)
+
+
+def test_without_a_process_group_sharded_evaluation_is_the_identity():
+    rows = {"features": torch.randn(5, 3)}
+    assert gather_in_order(rows, torch.arange(5)) is rows and sum_over_processes(7) == 7

@@ -18,6 +18,7 @@ from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, nor
 from torch.utils.data import DataLoader
 
 from losses.losses import entropy
+from utils.distributed import batch_indices, broadcast_from_main, concat_indices, gather_in_order, is_main_process
 from utils.progress import tqdm
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -43,16 +44,22 @@ def get_predictions(
     moved to the CPU batch by batch so that large splits never accumulate on the device.
     Argmax is taken on the logits (not on the rounded probabilities) and the softmax is
     computed in float32, so mixed-precision models give the same predictions as fp32 code.
+
+    Under torchrun a collective: each process predicts its shard (the eval loaders shard the split,
+    data/loaders.py) with the main process's weights, and every process returns all rows in dataset order,
+    the same as one process computes. So every process can pick the same head from them, without a broadcast.
     """
     model.eval()
+    broadcast_from_main(model)
     forward_pass = "return_all" if return_features else "default"
     predictions: list[list[torch.Tensor]] = []
     probabilities: list[list[torch.Tensor]] = []
     targets: list[torch.Tensor] = []
     neighbors: list[torch.Tensor] = []
     features: list[torch.Tensor] = []
+    indices: list[torch.Tensor | None] = []
 
-    for batch in tqdm(loader, desc="Predictions", leave=False):
+    for batch in tqdm(loader, desc="Predictions", leave=False, disable=not is_main_process()):
         key = "anchor" if "anchor" in batch else "image"
         images = batch[key].to(device, non_blocking=True)
         out = model(images, forward_pass=forward_pass)
@@ -65,28 +72,31 @@ def get_predictions(
         for head, logits in enumerate(logits_per_head):
             predictions[head].append(logits.argmax(dim=1).cpu())
             probabilities[head].append(F.softmax(logits.float(), dim=1).cpu())
-        targets.append(batch["target"].long().cpu())
+        targets.append(torch.as_tensor(batch["target"]).long().cpu())
+        indices.append(batch_indices(batch))
         if "possible_neighbors" in batch:
             neighbors.append(batch["possible_neighbors"].long().cpu())
 
-    if not targets:
-        raise ValueError("get_predictions: the loader yielded no batches.")
-    all_targets = torch.cat(targets)
-    all_neighbors = torch.cat(neighbors) if neighbors else None
-    if all_neighbors is not None and all_neighbors.shape[0] != all_targets.shape[0]:
+    if neighbors and len(neighbors) != len(targets):
         raise ValueError("get_predictions: some batches carry 'possible_neighbors' and others do not.")
+    rows = {"targets": targets, "neighbors": neighbors, "features": features}
+    for head, (head_predictions, head_probabilities) in enumerate(zip(predictions, probabilities)):
+        rows[f"predictions/{head}"], rows[f"probabilities/{head}"] = head_predictions, head_probabilities
+    rows = gather_in_order({key: torch.cat(value) for key, value in rows.items() if value}, concat_indices(indices))
+    if "targets" not in rows:
+        raise ValueError("get_predictions: the loader yielded no batches.")
 
     heads = []
-    for head_predictions, head_probabilities in zip(predictions, probabilities):
-        head = {
-            "predictions": torch.cat(head_predictions),
-            "probabilities": torch.cat(head_probabilities),
-            "targets": all_targets,
+    for head in range(sum(key.startswith("predictions/") for key in rows)):
+        output = {
+            "predictions": rows[f"predictions/{head}"],
+            "probabilities": rows[f"probabilities/{head}"],
+            "targets": rows["targets"],
         }
-        if all_neighbors is not None:
-            head["neighbors"] = all_neighbors
-        heads.append(head)
-    return heads, (torch.cat(features) if return_features else None)
+        if "neighbors" in rows:
+            output["neighbors"] = rows["neighbors"]
+        heads.append(output)
+    return heads, rows.get("features")
 
 
 def _neighbor_similarities(probabilities: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:

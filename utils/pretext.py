@@ -26,12 +26,16 @@ def backbone_feature_model(model: ContrastiveModel) -> ContrastiveModel:
 
 
 def mine_pretext_files(model: ContrastiveModel, cfg: dict, runtime: Runtime, extra: dict | None = None) -> dict:
-    """Mine (and cache) on both splits through the val transform; write and return metrics.json (+ `extra`)."""
+    """Mine (and cache) on both splits through the val transform; write and return metrics.json (+ `extra`).
+
+    Under torchrun every process extracts and mines its shard; the main process writes the files.
+    """
     model = model.to(runtime.device)
     val_transform = get_val_transformations(cfg)
     train_dataset, val_dataset = get_train_dataset(cfg, val_transform), get_val_dataset(cfg, val_transform)
-    print(f"Preprocessing: {val_transform}", flush=True)
-    print(f"Mining neighbours of {len(train_dataset)} train and {len(val_dataset)} val images", flush=True)
+    if runtime.is_main:
+        print(f"Preprocessing: {val_transform}", flush=True)
+        print(f"Mining neighbours of {len(train_dataset)} train and {len(val_dataset)} val images", flush=True)
     metrics = mine_and_save_neighbors(
         model,
         eval_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
@@ -41,5 +45,6 @@ def mine_pretext_files(model: ContrastiveModel, cfg: dict, runtime: Runtime, ext
         classes=val_dataset.classes,
     )
     metrics.update(extra or {})
-    write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
+    if runtime.is_main:
+        write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
     return metrics
