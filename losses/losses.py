@@ -110,13 +110,29 @@ class NoConfidentSamplesError(ValueError):
     """Raised when no sample of a batch passes the confidence threshold."""
 
 
+def targets_cross_entropy(
+    anchors_strong: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, apply_class_balancing: bool
+) -> torch.Tensor:
+    """Mean cross-entropy of the strong view's logits toward `target` on the `mask`ed samples.
+
+    With class balancing, class c present among the n targets with count n_c gets weight n / n_c (absent
+    classes weight 1), used as CE class weights with mean reduction, which rescales the mean by the weights
+    of the targets: a rare cluster's targets count as much as a common one's.
+    """
+    target_masked = target[mask]
+    weight = None
+    if apply_class_balancing:
+        classes, counts = torch.unique(target_masked, return_counts=True)
+        weight = torch.ones(anchors_strong.shape[1], device=anchors_strong.device)
+        weight[classes] = target_masked.numel() / counts.float()
+    return F.cross_entropy(anchors_strong.float()[mask], target_masked, weight=weight, reduction="mean")
+
+
 class ConfidenceBasedCE(nn.Module):
     """Self-labeling loss: cross-entropy on the strong view toward the weak view's confident argmax.
 
-    A sample is confident when its max softmax probability is strictly above `threshold`.
-    With class balancing, class c present among the n confident targets with count n_c gets
-    weight n / n_c (absent classes weight 1), used as CE class weights with mean reduction,
-    which rescales the mean by the weights of the targets.
+    A sample is confident when its max softmax probability is strictly above `threshold`; see
+    `targets_cross_entropy` for the class balancing.
     """
 
     def __init__(self, threshold: float, apply_class_balancing: bool) -> None:
@@ -137,13 +153,7 @@ class ConfidenceBasedCE(nn.Module):
                 f"No sample in this batch has a max probability above the threshold {self.threshold}. "
                 "Lower `confidence_threshold` in the self-label config or train the SCAN model longer."
             )
-        target_masked = target[mask]
-        weight = None
-        if self.apply_class_balancing:
-            classes, counts = torch.unique(target_masked, return_counts=True)
-            weight = torch.ones(weak_prob.shape[1], device=weak_prob.device)
-            weight[classes] = target_masked.numel() / counts.float()
-        return F.cross_entropy(anchors_strong.float()[mask], target_masked, weight=weight, reduction="mean")
+        return targets_cross_entropy(anchors_strong, target, mask, self.apply_class_balancing)
 
 
 def pseudo_labels(
@@ -201,10 +211,4 @@ class PerClusterConfidenceCE(nn.Module):
         target, mask = pseudo_labels(weak_prob, self.threshold, self.fraction)
         if not mask.any():  # only an empty batch selects nothing
             raise NoConfidentSamplesError("The batch is empty: no pseudo-labels to train on.")
-        target_masked = target[mask]
-        weight = None
-        if self.apply_class_balancing:
-            classes, counts = torch.unique(target_masked, return_counts=True)
-            weight = torch.ones(weak_prob.shape[1], device=weak_prob.device)
-            weight[classes] = target_masked.numel() / counts.float()
-        return F.cross_entropy(anchors_strong.float()[mask], target_masked, weight=weight, reduction="mean")
+        return targets_cross_entropy(anchors_strong, target, mask, self.apply_class_balancing)
