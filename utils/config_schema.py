@@ -91,6 +91,7 @@ TOP_LEVEL_TYPES: dict[str, tuple] = {
     "amp": (bool, str),  # true | false | auto
     "channels_last": (bool, str),  # true | false | auto
     "pretrained": (str, type(None)),
+    "knn_ivf_lists": (int, str),  # a number | auto
 }
 
 # Keys that take a word: the words allowed (besides true/false where the type allows booleans).
@@ -99,6 +100,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "channels_last": ("auto",),
     "augmentation_backend": ("pil", "batched", "auto"),
     "head_input": ("images", "cached_features"),
+    "knn_index": ("exact", "ivf"),
+    "knn_ivf_lists": ("auto",),
 }
 LIBRARY_PREFIXES = ("torchvision:", "timm:")
 
@@ -114,6 +117,8 @@ MINIMUMS: dict[str, tuple[float, str]] = {
     "topk_neighbors_val": (1, "at least one neighbour"),
     "knn_monitor_k": (1, "at least one neighbour"),
     "knn_every": (1, "the kNN monitor every epoch at most"),
+    "knn_ivf_lists": (1, "at least one IVF cell"),
+    "knn_ivf_probe": (1, "at least one IVF cell searched"),
 }
 
 
@@ -206,7 +211,7 @@ def check_top_level(cfg: dict, defaults: dict, required: object) -> None:
                 f"Config key 'backbone' is {value!r}: use {', '.join(BACKBONE_SCHEMAS)}, "
                 "torchvision:<model name> or timm:<model name>."
             )
-        if key in MINIMUMS and value < MINIMUMS[key][0]:
+        if key in MINIMUMS and not isinstance(value, str) and value < MINIMUMS[key][0]:
             minimum, meaning = MINIMUMS[key]
             raise SchemaError(f"Config key '{key}' is {value}, but it must be {minimum} or more ({meaning}).")
 

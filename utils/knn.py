@@ -1,4 +1,4 @@
-"""Features, exact nearest-neighbour mining (faiss or chunked torch top-k) and the weighted-kNN progress monitor."""
+"""Features, nearest-neighbour mining (faiss or chunked torch top-k; IVF in knn_index.py) and the kNN monitor."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import torch
 
 from data.cached_features import save_split_features
 from data.wrappers import NeighborsFileError
+from utils.knn_index import MiningSettings, faiss_on_gpu, ivf_search, sampled_recall
 from utils.progress import tqdm
 from utils.results import save_numpy
 
 SCORES_PER_CHUNK = 2**27  # similarity scores held at once by the chunked top-k (512 MB in float32)
+ROWS_PER_COPY = 2**16  # rows converted and copied to the device at a time
+VOTE_ROWS = 1024  # queries whose class votes the kNN monitor counts at a time
 
 
 @torch.no_grad()
@@ -52,51 +55,110 @@ def _faiss():
     return faiss
 
 
-def _faiss_search(faiss, features: np.ndarray, k: int, on_gpu: bool) -> np.ndarray:
-    """Exact inner-product search of every row among all rows with a flat index (moved to the GPU if asked)."""
+def _faiss_search(faiss, features: np.ndarray, k: int, on_gpu: bool, float16: bool = False) -> np.ndarray:
+    """Exact inner-product search of every row among all rows with a flat index (moved to the GPU if asked).
+
+    `float16` stores the features in float16 on the GPU (faiss then multiplies in float16 with float32 sums).
+    """
     index = faiss.IndexFlatIP(features.shape[1])
     if on_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), torch.cuda.current_device(), index)
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = float16
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), torch.cuda.current_device(), index, options)
     index.add(features)
     return index.search(features, k)[1]
+
+
+def features_on_device(features: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`features` as a `dtype` tensor on `device`, converted ROWS_PER_COPY rows at a time.
+
+    Converting piece by piece means a float16 copy never needs a float32 copy of the whole array beside it.
+    """
+    source = torch.from_numpy(np.ascontiguousarray(features))
+    if source.device == device and source.dtype == dtype:
+        return source
+    result = torch.empty(source.shape, dtype=dtype, device=device)
+    for start in range(0, source.shape[0], ROWS_PER_COPY):
+        result[start : start + ROWS_PER_COPY] = source[start : start + ROWS_PER_COPY].to(device)
+    return result
+
+
+def inner_products(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Scores [len(query), len(bank)] in float32, whatever the stored dtype.
+
+    float32 is the plain matrix product. float16 rows are multiplied with float32 sums: on CUDA by the float16
+    matrix units with a float32 result; elsewhere (CPUs have no fast float16 product) each block of bank rows
+    is widened to float32 just for its product, so no float32 copy of the whole bank is made.
+    """
+    if bank.dtype == torch.float32:
+        return query @ bank.T
+    if bank.device.type == "cuda":
+        return torch.mm(query.to(bank.dtype), bank.T, out_dtype=torch.float32)
+    query = query.float()
+    return torch.cat([query @ block.float().T for block in bank.split(ROWS_PER_COPY)], dim=1)
+
+
+@torch.no_grad()
+def chunked_topk(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, indices) [len(query), k] of the k largest inner products of each query row with the bank rows.
+
+    Exact, in descending order. Query rows are scored in chunks, at most SCORES_PER_CHUNK float32 scores at a
+    time, on the tensors' device, so memory is bounded by the features plus one chunk whatever the sizes.
+    """
+    chunk = max(1, SCORES_PER_CHUNK // bank.shape[0])
+    scores, indices = [], []
+    for start in range(0, query.shape[0], chunk):
+        top = inner_products(query[start : start + chunk], bank).topk(k, dim=1)
+        scores.append(top.values)
+        indices.append(top.indices)
+    return torch.cat(scores), torch.cat(indices)
 
 
 @torch.no_grad()
 def topk_inner_product(features: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [N, k] of the k largest inner products of every row with all rows, in descending order.
 
-    Exact, like faiss's flat index: query rows are scored against all rows in chunks (at most
-    SCORES_PER_CHUNK scores at a time) on the features' device.
+    Exact, like faiss's flat index (chunked_topk of the features against themselves).
     """
-    chunk = max(1, SCORES_PER_CHUNK // features.shape[0])
-    indices = [
-        (features[start : start + chunk] @ features.T).topk(k, dim=1).indices
-        for start in range(0, features.shape[0], chunk)
-    ]
-    return torch.cat(indices)
+    return chunked_topk(features, features, k)[1]
 
 
-def mine_nearest_neighbors(features: np.ndarray, targets: np.ndarray, topk: int, device: torch.device | None = None):
-    """Top-(k+1) neighbours of every row among all rows by exact inner product.
+def mine_nearest_neighbors(
+    features: np.ndarray,
+    targets: np.ndarray,
+    topk: int,
+    device: torch.device | None = None,
+    settings: MiningSettings | None = None,
+):
+    """Top-(k+1) neighbours of every row among all rows by inner product.
 
-    Searched where the run is: on CUDA with faiss's GPU index when that faiss build is installed, else with the
-    chunked torch top-k on the GPU; on a CPU with faiss (or the torch top-k without faiss). All are exact and
-    agree up to the order of tied scores.
+    Exact (`settings.index == "exact"`, the default) searches where the run is: on CUDA with faiss's GPU index
+    when that faiss build is installed, else with the chunked torch top-k on the GPU; on a CPU with faiss (or
+    the torch top-k without faiss). All are exact and agree up to the order of tied scores. `settings.float16`
+    keeps the features in float16 on the device (faiss's GPU index, else the torch top-k), scores in float32.
+    `ivf` uses faiss's approximate IVF index (utils/knn_index.py) and prints its recall on sampled queries.
 
     Returns (indices [N, topk+1] int64, where column 0 is normally the sample itself, neighbour accuracy or
     None). Accuracy is the fraction of the k neighbours (column 0 excluded) that share the anchor's label; None
     when the data has no labels (−1).
     """
+    settings = settings or MiningSettings()
     features = np.ascontiguousarray(features, dtype=np.float32)
     n = features.shape[0]
     k = min(topk + 1, n)
     device = device or torch.device("cpu")
     faiss = _faiss()
-    faiss_gpu = faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if faiss is not None and (device.type == "cpu" or (device.type == "cuda" and faiss_gpu)):
-        indices = _faiss_search(faiss, features, k, on_gpu=device.type == "cuda")
+    faiss_gpu = faiss is not None and faiss_on_gpu(faiss, device)
+    if settings.index == "ivf":
+        indices = ivf_search(features, k, settings, device)
+        if k > 1:
+            recall, queries = sampled_recall(features, indices, settings, device)
+            print(f"IVF recall@{k - 1} vs exact: {recall:.3f} on {queries} sampled queries", flush=True)
+    elif faiss_gpu or (faiss is not None and device.type == "cpu" and not settings.float16):
+        indices = _faiss_search(faiss, features, k, on_gpu=faiss_gpu, float16=settings.float16)
     else:
-        indices = topk_inner_product(torch.from_numpy(features).to(device), k).cpu().numpy()
+        dtype = torch.float16 if settings.float16 else torch.float32
+        indices = topk_inner_product(features_on_device(features, device, dtype), k).cpu().numpy()
     indices = indices.astype(np.int64)
     if k < topk + 1:  # fewer samples than neighbours asked for: repeat the last column
         indices = np.concatenate([indices, np.repeat(indices[:, -1:], topk + 1 - k, axis=1)], axis=1)
@@ -121,20 +183,20 @@ def weighted_knn_accuracy(
     num_classes: int,
     k: int = 100,
     temperature: float = 0.1,
-    chunk: int = 1024,
 ) -> float:
     """Top-1 accuracy of a kNN classifier whose votes weigh exp(similarity / temperature).
 
-    The SimCLR stage's progress monitor: test features voted on by the train memory bank.
+    The SimCLR stage's progress monitor: test features voted on by the train memory bank. The neighbours come
+    from chunked_topk (bounded memory; the bank may be float16), the votes are counted VOTE_ROWS queries at a time.
     """
     k = min(k, bank.shape[0])
+    top_sim, top_idx = chunked_topk(query, bank, k)
     correct = 0
-    for start in range(0, query.shape[0], chunk):
-        similarity = query[start : start + chunk] @ bank.T
-        top_sim, top_idx = similarity.topk(k, dim=1)
-        votes = torch.zeros(top_sim.shape[0], num_classes, device=query.device)
-        votes.scatter_add_(1, bank_targets[top_idx], (top_sim / temperature).exp())
-        correct += (votes.argmax(dim=1) == query_targets[start : start + chunk]).sum().item()
+    for start in range(0, query.shape[0], VOTE_ROWS):
+        sim, idx = top_sim[start : start + VOTE_ROWS], top_idx[start : start + VOTE_ROWS]
+        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
+        votes.scatter_add_(1, bank_targets[idx], (sim / temperature).exp())
+        correct += (votes.argmax(dim=1) == query_targets[start : start + VOTE_ROWS]).sum().item()
     return correct / query.shape[0]
 
 
@@ -156,7 +218,7 @@ def mine_and_save_neighbors(
     ):
         extracted = extract_features(model, loader, device, desc=f"features ({split})", backbone_features=save_features)
         features, targets = extracted[:2]
-        indices, accuracy = mine_nearest_neighbors(features, targets, topk, device)
+        indices, accuracy = mine_nearest_neighbors(features, targets, topk, device, MiningSettings.from_config(cfg))
         save_numpy(indices, path)
         shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
         print(f"Top-{topk} {split} neighbours: accuracy {shown}, saved {indices.shape} to {path}", flush=True)
