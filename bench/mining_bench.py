@@ -40,14 +40,16 @@ CLUSTERS = 1000
 NOISE = 1.0  # norm of the noise added to a unit cluster centre before normalising: clusters overlap, as real ones do
 
 
-def clustered_features(n: int, dim: int, seed: int = 0, device: str | torch.device = "cpu") -> np.ndarray:
-    """[n, dim] float32 unit rows around CLUSTERS random centres, generated in chunks on `device` (seeded)."""
+def clustered_features(
+    n: int, dim: int, seed: int = 0, device: str | torch.device = "cpu", clusters: int = CLUSTERS
+) -> np.ndarray:
+    """[n, dim] float32 unit rows around `clusters` random centres, generated in chunks on `device` (seeded)."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(CLUSTERS, dim, generator=generator, device=device), dim=1)
+    centres = torch.nn.functional.normalize(torch.randn(clusters, dim, generator=generator, device=device), dim=1)
     features = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, knn.ROWS_PER_COPY):
         rows = min(knn.ROWS_PER_COPY, n - start)
-        labels = torch.randint(CLUSTERS, (rows,), generator=generator, device=device)
+        labels = torch.randint(clusters, (rows,), generator=generator, device=device)
         noise = torch.randn(rows, dim, generator=generator, device=device) * (NOISE / dim**0.5)
         features[start : start + rows] = torch.nn.functional.normalize(centres[labels] + noise, dim=1).cpu().numpy()
     return features
