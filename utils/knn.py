@@ -95,7 +95,10 @@ def inner_products(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     if bank.device.type == "cuda":
         return torch.mm(query.to(bank.dtype), bank.T, out_dtype=torch.float32)
     query = query.float()
-    return torch.cat([query @ block.float().T for block in bank.split(ROWS_PER_COPY)], dim=1)
+    scores = torch.empty(query.shape[0], bank.shape[0], device=bank.device)
+    for start in range(0, bank.shape[0], ROWS_PER_COPY):
+        scores[:, start : start + ROWS_PER_COPY] = query @ bank[start : start + ROWS_PER_COPY].float().T
+    return scores
 
 
 @torch.no_grad()
