@@ -124,7 +124,8 @@ def test_float16_features_give_the_float32_neighbours(monkeypatch, device):
     scores = np.sort(features @ features.T, axis=1)[:, ::-1][:, : k + 1]
     # float16 moves a unit vector by at most 2^-11 of its norm, so a score by at most ~2^-10: gaps must be wider.
     assert np.diff(scores, axis=1).min() < -(2**-8)
-    monkeypatch.setattr(knn, "ROWS_PER_COPY", 10)  # copies and float32 blocks of 10 rows, the last one partial
+    monkeypatch.setattr(knn, "ROWS_PER_COPY", 10)  # copies of 10 rows, the last one partial
+    monkeypatch.setattr(knn, "FLOAT16_BLOCK_ROWS", 9)  # float32 blocks of 9 rows
     monkeypatch.setattr(knn, "SCORES_PER_CHUNK", 64 * 7)  # chunks of 7 queries
     in_float32, accuracy = mine_nearest_neighbors(features, np.arange(64) % 2, k, torch.device(device))
     in_float16, accuracy16 = mine_nearest_neighbors(

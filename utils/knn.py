@@ -15,6 +15,7 @@ from utils.results import save_numpy
 
 SCORES_PER_CHUNK = 2**27  # similarity scores held at once by the chunked top-k (512 MB in float32)
 ROWS_PER_COPY = 2**16  # rows converted and copied to the device at a time
+FLOAT16_BLOCK_ROWS = 4096  # float16 bank rows widened to float32 at a time on a CPU
 VOTE_ROWS = 1024  # queries whose class votes the kNN monitor counts at a time
 
 
@@ -96,8 +97,8 @@ def inner_products(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         return torch.mm(query.to(bank.dtype), bank.T, out_dtype=torch.float32)
     query = query.float()
     scores = torch.empty(query.shape[0], bank.shape[0], device=bank.device)
-    for start in range(0, bank.shape[0], ROWS_PER_COPY):
-        scores[:, start : start + ROWS_PER_COPY] = query @ bank[start : start + ROWS_PER_COPY].float().T
+    for start in range(0, bank.shape[0], FLOAT16_BLOCK_ROWS):
+        scores[:, start : start + FLOAT16_BLOCK_ROWS] = query @ bank[start : start + FLOAT16_BLOCK_ROWS].float().T
     return scores
 
 
