@@ -117,7 +117,7 @@ def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
     out["knn_top1"] = torch.tensor(
         knn.weighted_knn_accuracy(
             torch.from_numpy(val), torch.from_numpy(val_targets), torch.from_numpy(train),
-            torch.from_numpy(train_targets), 10, k=7, chunk=4,
+            torch.from_numpy(train_targets), 10, k=7,
         )
     )  # fmt: skip
 

@@ -57,7 +57,9 @@ def test_three_stages_and_eval_under_torchrun_then_resume_with_one_process(tiny_
     run("eval.py", tiny_cifar_env, "configs/selflabel/selflabel_cifar10.yml", "--model", model,
         "--output_dir", str(out), "--set", *SETTINGS)  # fmt: skip
     evaluated = json.loads((out / "metrics.json").read_text())
-    assert {key: evaluated[key] for key in selflabel_metrics} == selflabel_metrics
+    shared = evaluated.keys() & selflabel_metrics.keys()  # the stage adds its own keys (kept epoch, warnings)
+    assert {"ACC", "NMI", "ARI", "cluster_sizes", "hungarian_match"} <= shared
+    assert {key: evaluated[key] for key in shared} == {key: selflabel_metrics[key] for key in shared}
 
     # The two-process pretext checkpoint resumes under one process: epoch 2 runs, with a note on the RNG streams.
     resumed = run("simclr.py", tiny_cifar_env, "configs/pretext/simclr_cifar10.yml", "--set", "epochs=2", processes=1)

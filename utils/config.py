@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,11 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "topk_neighbors_val": 5,
     "knn_monitor_k": 100,  # weighted-kNN progress monitor of the pretext stage
     "knn_every": 10,  # run that monitor every this many epochs, and always after the last one
+    # Neighbour mining at scale (README "Mining at scale"): exact (the paper) or faiss's approximate IVF index.
+    "knn_index": "exact",  # exact | ivf (prints its recall against an exact search of 1,000 sampled queries)
+    "knn_ivf_lists": "auto",  # IVF k-means cells; auto: √N
+    "knn_ivf_probe": 32,  # IVF cells searched per query: more is slower and closer to exact
+    "knn_float16": False,  # exact mining: features kept in float16 on the device, scores summed in float32
     # scan
     "num_neighbors": 20,
     "update_cluster_head_only": False,
@@ -184,6 +190,8 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
         raise ConfigError(f"setup '{cfg['setup']}' is not one of {', '.join(SETUPS)}.")
     if cfg["num_workers"] == "auto":
         cfg["num_workers"] = auto_num_workers()
+    if cfg["knn_index"] == "ivf" and importlib.util.find_spec("faiss") is None:
+        raise ConfigError("knn_index: ivf needs faiss: `pip install faiss-cpu`, or use --set knn_index=exact.")
     try:
         check_top_level(cfg, known, REQUIRED)
         check_nested(cfg)

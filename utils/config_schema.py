@@ -91,6 +91,7 @@ TOP_LEVEL_TYPES: dict[str, tuple] = {
     "amp": (bool, str),  # true | false | auto
     "channels_last": (bool, str),  # true | false | auto
     "pretrained": (str, type(None)),
+    "knn_ivf_lists": (int, str),  # a number | auto
 }
 
 # Keys that take a word: the words allowed (besides true/false where the type allows booleans).
@@ -101,6 +102,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "head_input": ("images", "cached_features"),
     "pseudo_labels": ("threshold", "per_cluster"),
     "selflabel_keep": ("last", "best"),
+    "knn_index": ("exact", "ivf"),
+    "knn_ivf_lists": ("auto",),
 }
 LIBRARY_PREFIXES = ("torchvision:", "timm:")
 
@@ -118,6 +121,8 @@ MINIMUMS: dict[str, tuple[float, str]] = {
     "knn_every": (1, "the kNN monitor every epoch at most"),
     "pseudo_label_fraction": (0, "a share of each cluster's members, 0 to 1"),
     "cluster_warning_fraction": (0, "a share of a cluster's size after SCAN, 0 to 1"),
+    "knn_ivf_lists": (1, "at least one IVF cell"),
+    "knn_ivf_probe": (1, "at least one IVF cell searched"),
 }
 
 
@@ -210,7 +215,7 @@ def check_top_level(cfg: dict, defaults: dict, required: object) -> None:
                 f"Config key 'backbone' is {value!r}: use {', '.join(BACKBONE_SCHEMAS)}, "
                 "torchvision:<model name> or timm:<model name>."
             )
-        if key in MINIMUMS and value < MINIMUMS[key][0]:
+        if key in MINIMUMS and not isinstance(value, str) and value < MINIMUMS[key][0]:
             minimum, meaning = MINIMUMS[key]
             raise SchemaError(f"Config key '{key}' is {value}, but it must be {minimum} or more ({meaning}).")
 

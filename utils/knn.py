@@ -1,4 +1,4 @@
-"""Features, exact nearest-neighbour mining (faiss or chunked torch top-k) and the weighted-kNN progress monitor."""
+"""Features, nearest-neighbour mining (faiss or chunked torch top-k; IVF in knn_index.py) and the kNN monitor."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ from utils.distributed import (
     shard_range,
     sum_over_processes,
 )
+from utils.knn_index import MiningSettings, faiss_on_gpu, ivf_search, sampled_recall
 from utils.progress import tqdm
 from utils.results import save_numpy
 
 SCORES_PER_CHUNK = 2**27  # similarity scores held at once by the chunked top-k (512 MB in float32)
+ROWS_PER_COPY = 2**16  # rows converted and copied to the device at a time
+FLOAT16_BLOCK_ROWS = 4096  # float16 bank rows widened to float32 at a time on a CPU
+VOTE_ROWS = 1024  # queries whose class votes the kNN monitor counts at a time
 
 
 @torch.no_grad()
@@ -70,11 +74,16 @@ def _faiss():
     return faiss
 
 
-def _faiss_index(faiss, features: np.ndarray, on_gpu: bool):
-    """An exact inner-product index (flat) of all rows (moved to the GPU if asked)."""
+def _faiss_index(faiss, features: np.ndarray, on_gpu: bool, float16: bool = False):
+    """An exact inner-product index (flat) of all rows, moved to the GPU if asked.
+
+    `float16` stores the features in float16 on the GPU (faiss then multiplies in float16 with float32 sums).
+    """
     index = faiss.IndexFlatIP(features.shape[1])
     if on_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), torch.cuda.current_device(), index)
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = float16
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), torch.cuda.current_device(), index, options)
     index.add(features)
     return index
 
@@ -84,61 +93,123 @@ def query_block_rows(num_rows: int) -> int:
     return max(1, SCORES_PER_CHUNK // max(1, num_rows))
 
 
+def features_on_device(features: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`features` as a `dtype` tensor on `device`, converted ROWS_PER_COPY rows at a time.
+
+    Converting piece by piece means a float16 copy never needs a float32 copy of the whole array beside it.
+    """
+    source = torch.from_numpy(np.ascontiguousarray(features))
+    if source.device == device and source.dtype == dtype:
+        return source
+    result = torch.empty(source.shape, dtype=dtype, device=device)
+    for start in range(0, source.shape[0], ROWS_PER_COPY):
+        result[start : start + ROWS_PER_COPY] = source[start : start + ROWS_PER_COPY].to(device)
+    return result
+
+
+def inner_products(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Scores [len(query), len(bank)] in float32, whatever the stored dtype.
+
+    float32 is the plain matrix product. float16 rows are multiplied with float32 sums: on CUDA by the float16
+    matrix units with a float32 result; elsewhere (CPUs have no fast float16 product) each block of bank rows
+    is widened to float32 just for its product, so no float32 copy of the whole bank is made.
+    """
+    if bank.dtype == torch.float32:
+        return query @ bank.T
+    if bank.device.type == "cuda":
+        return torch.mm(query.to(bank.dtype), bank.T, out_dtype=torch.float32)
+    query = query.float()
+    scores = torch.empty(query.shape[0], bank.shape[0], device=bank.device)
+    for start in range(0, bank.shape[0], FLOAT16_BLOCK_ROWS):
+        scores[:, start : start + FLOAT16_BLOCK_ROWS] = query @ bank[start : start + FLOAT16_BLOCK_ROWS].float().T
+    return scores
+
+
+@torch.no_grad()
+def chunked_topk(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, indices) [len(query), k] of the k largest inner products of each query row with the bank rows.
+
+    Exact, in descending order. Query rows are scored in chunks, at most SCORES_PER_CHUNK float32 scores at a
+    time, on the tensors' device, so memory is bounded by the features plus one chunk whatever the sizes.
+    """
+    chunk = max(1, SCORES_PER_CHUNK // bank.shape[0])
+    scores, indices = [], []
+    for start in range(0, query.shape[0], chunk):
+        top = inner_products(query[start : start + chunk], bank).topk(k, dim=1)
+        scores.append(top.values)
+        indices.append(top.indices)
+    return torch.cat(scores), torch.cat(indices)
+
+
 @torch.no_grad()
 def topk_inner_product(bank: torch.Tensor, k: int, queries: torch.Tensor | None = None) -> torch.Tensor:
     """Indices [Q, k] of the k largest inner products of every query row (default: every bank row) with all bank
     rows, in descending order.
 
-    Exact, like faiss's flat index: queries are scored against the bank in chunks (at most SCORES_PER_CHUNK
-    scores at a time) on the bank's device.
+    Exact, like faiss's flat index (chunked_topk of the queries against the bank).
     """
-    queries = bank if queries is None else queries
-    chunk = query_block_rows(bank.shape[0])
-    indices = [
-        (queries[start : start + chunk] @ bank.T).topk(k, dim=1).indices for start in range(0, queries.shape[0], chunk)
-    ]
-    return torch.cat(indices)
+    return chunked_topk(bank if queries is None else queries, bank, k)[1]
 
 
-def mine_nearest_neighbors(features: np.ndarray, targets: np.ndarray, topk: int, device: torch.device | None = None):
-    """Top-(k+1) neighbours of every row among all rows by exact inner product.
+def mine_nearest_neighbors(
+    features: np.ndarray,
+    targets: np.ndarray,
+    topk: int,
+    device: torch.device | None = None,
+    settings: MiningSettings | None = None,
+):
+    """Top-(k+1) neighbours of every row among all rows by inner product.
 
-    Searched where the run is: on CUDA with faiss's GPU index when that faiss build is installed, else with the
-    chunked torch top-k on the GPU; on a CPU with faiss (or the torch top-k without faiss). All are exact and
-    agree up to the order of tied scores. Queries are searched in blocks of query_block_rows(N) rows.
+    Exact (`settings.index == "exact"`, the default) searches where the run is: on CUDA with faiss's GPU index
+    when that faiss build is installed, else with the chunked torch top-k on the GPU; on a CPU with faiss (or
+    the torch top-k without faiss). All are exact and agree up to the order of tied scores. `settings.float16`
+    keeps the features in float16 on the device (faiss's GPU index, else the torch top-k), scores in float32.
+    `ivf` uses faiss's approximate IVF index (utils/knn_index.py) and prints its recall on sampled queries.
+    Queries are searched in blocks of query_block_rows(N) rows.
 
     Under torchrun a collective: every process searches its run of query blocks against all rows and the
     indices are gathered, so all processes share the work and get the whole array. Not the main process mining
     alone after the gather: that would leave the others waiting on the quadratic part. The blocks are those one
-    process searches, so the result is identical to one process's (a search of more or fewer queries at once can
-    round a score differently and so reorder near-ties).
+    process searches, so the exact result is identical to one process's (a search of more or fewer queries at
+    once can round a score differently and so reorder near-ties). With `ivf` every process builds the same
+    seeded index and searches its rows.
 
     Returns (indices [N, topk+1] int64, where column 0 is normally the sample itself, neighbour accuracy or
     None). Accuracy is the fraction of the k neighbours (column 0 excluded) that share the anchor's label; None
     when the data has no labels (−1).
     """
+    settings = settings or MiningSettings()
     features = np.ascontiguousarray(features, dtype=np.float32)
     n = features.shape[0]
     k = min(topk + 1, n)
     device = device or torch.device("cpu")
     faiss = _faiss()
-    faiss_gpu = faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if faiss is not None and (device.type == "cpu" or (device.type == "cuda" and faiss_gpu)):
-        index = _faiss_index(faiss, features, on_gpu=device.type == "cuda")
-
-        def search(queries: slice) -> np.ndarray:
-            return index.search(features[queries], k)[1]
-    else:
-        bank = torch.from_numpy(features).to(device)
-
-        def search(queries: slice) -> np.ndarray:
-            return topk_inner_product(bank, k, bank[queries]).cpu().numpy()
-
+    faiss_gpu = faiss is not None and faiss_on_gpu(faiss, device)
     block = query_block_rows(n)
     shard = shard_range(n, block)
-    found = [search(slice(start, min(start + block, shard.stop))) for start in range(shard.start, shard.stop, block)]
-    found = torch.from_numpy(np.concatenate(found).astype(np.int64)) if found else torch.empty(0, k, dtype=torch.long)
+    if settings.index == "ivf":
+        found = ivf_search(features, k, settings, device, rows=shard)
+    else:
+        if faiss_gpu or (faiss is not None and device.type == "cpu" and not settings.float16):
+            index = _faiss_index(faiss, features, on_gpu=faiss_gpu, float16=settings.float16)
+
+            def search(queries: slice) -> np.ndarray:
+                return index.search(features[queries], k)[1]
+        else:
+            bank = features_on_device(features, device, torch.float16 if settings.float16 else torch.float32)
+
+            def search(queries: slice) -> np.ndarray:
+                return topk_inner_product(bank, k, bank[queries]).cpu().numpy()
+
+        starts = range(shard.start, shard.stop, block)
+        found = [search(slice(start, min(start + block, shard.stop))) for start in starts]
+        found = np.concatenate(found) if found else np.empty((0, k), dtype=np.int64)
+    found = torch.from_numpy(found.astype(np.int64))
     indices = gather_in_order({"neighbors": found}, torch.arange(shard.start, shard.stop))["neighbors"].numpy()
+    if settings.index == "ivf" and k > 1:
+        recall, queries = sampled_recall(features, indices, settings, device)
+        if is_main_process():
+            print(f"IVF recall@{k - 1} vs exact: {recall:.3f} on {queries} sampled queries", flush=True)
     if k < topk + 1:  # fewer samples than neighbours asked for: repeat the last column
         indices = np.concatenate([indices, np.repeat(indices[:, -1:], topk + 1 - k, axis=1)], axis=1)
     return indices, neighbor_accuracy(indices, targets)
@@ -162,23 +233,24 @@ def weighted_knn_accuracy(
     num_classes: int,
     k: int = 100,
     temperature: float = 0.1,
-    chunk: int = 1024,
 ) -> float:
     """Top-1 accuracy of a kNN classifier whose votes weigh exp(similarity / temperature).
 
-    The SimCLR stage's progress monitor: test features voted on by the train memory bank. Under torchrun a
-    collective: each process votes for its run of query chunks and the counts are summed (the chunks one process
-    would score, so the count is the same).
+    The SimCLR stage's progress monitor: test features voted on by the train memory bank. The neighbours come
+    from chunked_topk (bounded memory; the bank may be float16), the votes are counted VOTE_ROWS queries at a
+    time. Under torchrun a collective: each process votes for its run of query chunks (those one process would
+    score, so the count is the same) and the counts are summed.
     """
     k = min(k, bank.shape[0])
     correct = 0
-    shard = shard_range(query.shape[0], chunk)
-    for start in range(shard.start, shard.stop, chunk):
-        similarity = query[start : start + chunk] @ bank.T
-        top_sim, top_idx = similarity.topk(k, dim=1)
-        votes = torch.zeros(top_sim.shape[0], num_classes, device=query.device)
-        votes.scatter_add_(1, bank_targets[top_idx], (top_sim / temperature).exp())
-        correct += (votes.argmax(dim=1) == query_targets[start : start + chunk]).sum().item()
+    shard = shard_range(query.shape[0], query_block_rows(bank.shape[0]))
+    top_sim, top_idx = chunked_topk(query[shard.start : shard.stop], bank, k)
+    targets = query_targets[shard.start : shard.stop]
+    for start in range(0, top_sim.shape[0], VOTE_ROWS):
+        sim, idx = top_sim[start : start + VOTE_ROWS], top_idx[start : start + VOTE_ROWS]
+        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
+        votes.scatter_add_(1, bank_targets[idx], (sim / temperature).exp())
+        correct += (votes.argmax(dim=1) == targets[start : start + VOTE_ROWS]).sum().item()
     return sum_over_processes(correct) / query.shape[0]
 
 
@@ -201,7 +273,7 @@ def mine_and_save_neighbors(
     ):
         extracted = extract_features(model, loader, device, desc=f"features ({split})", backbone_features=save_features)
         features, targets = extracted[:2]
-        indices, accuracy = mine_nearest_neighbors(features, targets, topk, device)
+        indices, accuracy = mine_nearest_neighbors(features, targets, topk, device, MiningSettings.from_config(cfg))
         results[f"{split}_neighbor_acc"] = accuracy
         results[f"topk_{split}"] = topk
         if not is_main_process():
