@@ -172,3 +172,9 @@ def test_chunked_topk_returns_scores_of_its_indices():
     full = query @ bank.T
     assert torch.equal(indices, full.topk(4, dim=1).indices)
     assert torch.allclose(scores, full.gather(1, indices)) and (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+def test_chunked_topk_of_no_query_rows_is_empty():
+    """Under torchrun a process whose shard holds no query row (fewer query blocks than processes) gets none."""
+    scores, indices = knn.chunked_topk(torch.empty(0, 4), torch.randn(10, 4), 3)
+    assert scores.shape == (0, 3) and indices.shape == (0, 3) and indices.dtype == torch.long

@@ -133,7 +133,8 @@ def chunked_topk(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch
     time, on the tensors' device, so memory is bounded by the features plus one chunk whatever the sizes.
     """
     chunk = max(1, SCORES_PER_CHUNK // bank.shape[0])
-    scores, indices = [], []
+    scores = [torch.empty(0, k, device=bank.device)]  # a process whose shard holds no query returns no row
+    indices = [torch.empty(0, k, dtype=torch.long, device=bank.device)]
     for start in range(0, query.shape[0], chunk):
         top = inner_products(query[start : start + chunk], bank).topk(k, dim=1)
         scores.append(top.values)
