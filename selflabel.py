@@ -133,11 +133,6 @@ def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime, ex
         extra = {**extra, "ACC": cluster_metrics(predictions, head_output["probabilities"], targets)["ACC"]}
     record = watch.observe(epoch, head_output, val_neighbors, extra)
     line = f"  test cluster sizes {record['cluster_sizes']}"
-    if "pseudo_labels_per_cluster" in record:
-        line += (
-            f"\n  train: pseudo-labels per cluster {record['pseudo_labels_per_cluster']} "
-            f"of predicted {record['train_cluster_sizes']}"
-        )
     if record["score"] is not None:
         line += (
             f"\n  assignment SCAN loss on the test neighbours {record['score']:.4f} (neighbour agreement "
@@ -235,15 +230,14 @@ def main(argv: list[str] | None = None) -> dict:
                     f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
                     f"above confidence {cfg['confidence_threshold']})"
                 )
+            summary += (
+                f"\n  train: pseudo-labels per cluster {stats['pseudo_labels_per_cluster']} "
+                f"of predicted {stats['train_cluster_sizes']}"
+            )
             print(summary, flush=True)
-        record = watch_epoch(
-            watch,
-            epoch + 1,
-            head_output,
-            val_neighbors,
-            runtime,
-            {key: stats[key] for key in ("loss", "train_cluster_sizes", "pseudo_labels_per_cluster")},
-        )
+        # The watch keeps what the test split says (exact across a mid-epoch resume); the train-side counts of
+        # an interrupted epoch cover only the batches run after the resume, so they go to the log and history.
+        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime, {})
         if runtime.is_main:
             history.log(
                 epoch + 1,
@@ -252,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
                 confident_fraction=stats["confident"],
                 skipped_batches=stats["skipped"],
                 ACC=record.get("ACC"),
+                train_cluster_sizes=stats["train_cluster_sizes"],
+                pseudo_labels_per_cluster=stats["pseudo_labels_per_cluster"],
             )
             if not keep_best or record["improved"]:
                 save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)

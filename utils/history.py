@@ -163,8 +163,9 @@ class History:
         atexit.register(writer.close)  # stages end without a close(): the events are flushed every epoch anyway
         return writer
 
-    def log(self, epoch: int, **values: float | int | None) -> dict:
-        """Append the record of `epoch` (1-based) and redraw curves.png; None values are kept as null."""
+    def log(self, epoch: int, **values: float | int | list | None) -> dict:
+        """Append the record of `epoch` (1-based) and redraw curves.png; None values are kept as null, lists are
+        logged but not drawn."""
         if not self.enabled:
             return {}
         now = time.perf_counter()
