@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not watch.history:  # a fresh run, or a checkpoint written before the watch existed
         # Epoch 0 is the SCAN model: the reference sizes for the warnings and the bar for `best`.
         if runtime.is_main:
-            print("Epoch 0 (the SCAN model)", flush=True)
+            print("Before training (epoch 0): the SCAN model", flush=True)
         scan_model = build_model(cfg).to(runtime.device)
         scan_model.load_state_dict(best_head_state_dict(scan_checkpoint))
         head_output = get_predictions(scan_model, val_loader, runtime.device)[0][0]  # each process: its shard

@@ -78,9 +78,8 @@ def mine(features: np.ndarray, k: int, backend: str, device: torch.device) -> tu
     faiss = knn._faiss()
     if backend == "faiss":
         on_gpu = faiss is not None and knn_index.faiss_on_gpu(faiss, device)
-        return knn._faiss_search(knn_index.require_faiss(), features, k + 1, on_gpu=on_gpu), (
-            "cuda" if on_gpu else "cpu"
-        )
+        index = knn._faiss_index(knn_index.require_faiss(), features, on_gpu=on_gpu)
+        return index.search(features, k + 1)[1], ("cuda" if on_gpu else "cpu")
     if backend in ("torch", "torch-fp16"):
         dtype = torch.float16 if backend == "torch-fp16" else torch.float32
         bank = knn.features_on_device(features, device, dtype)

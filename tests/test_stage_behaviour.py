@@ -53,15 +53,15 @@ def test_scan_keeps_the_lowest_loss_head_and_replaces_the_model_only_on_improvem
         return scores
 
     saved_models = []
-    real_save = scan.save_atomic
+    real_save = scan.save_scan_file
 
-    def recording_save(obj, path):
+    def recording_save(state_dict, head, path, architecture):
         if str(path) == cfg["scan_model"]:
-            saved_models.append({"head": obj["head"], "model": {k: v.clone() for k, v in obj["model"].items()}})
-        real_save(obj, path)
+            saved_models.append({"head": head, "model": {k: v.clone() for k, v in state_dict.items()}})
+        real_save(state_dict, head, path, architecture)
 
     monkeypatch.setattr(scan, "scan_evaluate", scripted_evaluate)
-    monkeypatch.setattr(scan, "save_atomic", recording_save)
+    monkeypatch.setattr(scan, "save_scan_file", recording_save)
     metrics = scan.main(stage_args(tiny_cifar_env, SCAN_CONFIG, "epochs=4", "num_heads=3"))
 
     assert [saved["head"] for saved in saved_models] == [1, 0]
