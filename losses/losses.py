@@ -146,8 +146,7 @@ class ConfidenceBasedCE(nn.Module):
 
     def _float32_forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
         weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
-        max_prob, target = weak_prob.max(dim=1)
-        mask = max_prob > self.threshold
+        target, mask = pseudo_labels(weak_prob, self.threshold)
         if not mask.any():
             raise NoConfidentSamplesError(
                 f"No sample in this batch has a max probability above the threshold {self.threshold}. "
@@ -185,7 +184,7 @@ def pseudo_labels(
     return target, mask | (max_prob >= cut[target])
 
 
-class PerClusterConfidenceCE(nn.Module):
+class PerClusterConfidenceCE(ConfidenceBasedCE):
     """ConfidenceBasedCE with balanced pseudo-labels: every predicted cluster gets its share of targets.
 
     At a high threshold (the paper's 0.99) a few confident clusters can supply all targets; trained only
@@ -195,16 +194,10 @@ class PerClusterConfidenceCE(nn.Module):
     """
 
     def __init__(self, threshold: float, fraction: float, apply_class_balancing: bool) -> None:
-        super().__init__()
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"The per-cluster pseudo-label fraction must be in (0, 1], got {fraction}.")
-        self.threshold = threshold
+        super().__init__(threshold, apply_class_balancing)
         self.fraction = fraction
-        self.apply_class_balancing = apply_class_balancing
-
-    def forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
-        with full_precision(anchors_weak):
-            return self._float32_forward(anchors_weak, anchors_strong)
 
     def _float32_forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
         weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
