@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -37,6 +36,7 @@ from utils.config import ConfigError
 from utils.evaluate import cluster_metrics, get_predictions
 from utils.guard import TrainingGuard, finite_loss
 from utils.history import History
+from utils.knn import load_neighbors
 from utils.model_files import architecture_record, require_matching_architecture, save_state_dict_file
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
 from utils.progress import tqdm
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_loader = eval_batches(cfg, val_dataset, runtime)
     val_neighbors = None  # optional with selflabel_keep: last (a model-zoo SCAN file comes without them)
     if Path(cfg["topk_neighbors_val_path"]).is_file():
-        val_neighbors = torch.as_tensor(np.load(cfg["topk_neighbors_val_path"]), dtype=torch.long)
+        val_neighbors = torch.as_tensor(load_neighbors(cfg["topk_neighbors_val_path"]), dtype=torch.long)
         if val_neighbors.shape[0] != len(val_dataset):
             raise ConfigError(
                 f"{cfg['topk_neighbors_val_path']} holds neighbours of {val_neighbors.shape[0]} test images, the "
