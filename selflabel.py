@@ -122,16 +122,17 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
     }
 
 
-def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime, extra: dict) -> dict:
+def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) -> dict:
     """Record the epoch's test predictions in `watch`; the main process prints sizes, warnings and score.
 
     Every process records: under torchrun they all hold the same gathered predictions, so they agree on
     which epoch is best without a broadcast.
     """
     predictions, targets = head_output["predictions"], head_output["targets"]
-    if not (targets < 0).any():  # labels, when there are any, only go into the log, never into the choice
-        extra = {**extra, "ACC": cluster_metrics(predictions, head_output["probabilities"], targets)["ACC"]}
-    record = watch.observe(epoch, head_output, val_neighbors, extra)
+    labels = {}  # when there are any, they only go into the log, never into the choice
+    if not (targets < 0).any():
+        labels["ACC"] = cluster_metrics(predictions, head_output["probabilities"], targets)["ACC"]
+    record = watch.observe(epoch, head_output, val_neighbors, labels)
     line = f"  test cluster sizes {record['cluster_sizes']}"
     if record["score"] is not None:
         line += (
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         scan_model = build_model(cfg).to(runtime.device)
         scan_model.load_state_dict(best_head_state_dict(scan_checkpoint))
         head_output = get_predictions(scan_model, val_loader, runtime.device)[0][0]  # each process: its shard
-        watch_epoch(watch, 0, head_output, val_neighbors, runtime, {})
+        watch_epoch(watch, 0, head_output, val_neighbors, runtime)
         if keep_best and runtime.is_main:
             save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture)
     barrier(runtime)
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(summary, flush=True)
         # The watch keeps what the test split says (exact across a mid-epoch resume); the train-side counts of
         # an interrupted epoch cover only the batches run after the resume, so they go to the log and history.
-        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime, {})
+        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime)
         if runtime.is_main:
             history.log(
                 epoch + 1,
