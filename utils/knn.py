@@ -132,7 +132,7 @@ def chunked_topk(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch
     Exact, in descending order. Query rows are scored in chunks, at most SCORES_PER_CHUNK float32 scores at a
     time, on the tensors' device, so memory is bounded by the features plus one chunk whatever the sizes.
     """
-    chunk = max(1, SCORES_PER_CHUNK // bank.shape[0])
+    chunk = query_block_rows(bank.shape[0])
     scores = [torch.empty(0, k, device=bank.device)]  # a process whose shard holds no query returns no row
     indices = [torch.empty(0, k, dtype=torch.long, device=bank.device)]
     for start in range(0, query.shape[0], chunk):
