@@ -5,7 +5,7 @@
 
 Needs the pretext stage's cached features (`save_features: true`, see data/cached_features.py). For every K
 and seed it trains the config's SCAN heads on the train split's features (no images, seconds per run), then
-scores the train split's assignments with the criteria of utils/cluster_number.py. Labels, when the data has
+scores the train split's assignments with the criteria of engine/cluster_number.py. Labels, when the data has
 them, give ACC/NMI/ARI on the test split for reference only: they never enter the recommendation.
 
 Writes <root_dir>/<db>/estimate_k/{estimate_k.json, estimate_k.md}.
@@ -22,15 +22,15 @@ import torch
 from tqdm import tqdm
 
 from data.cached_features import CachedPairLoader, head_predictions, load_cached_split
+from engine.cluster_number import kappa, neighbour_agreement, recommend, size_balance, stability, used_clusters
+from engine.evaluate import cluster_metrics, scan_evaluate
+from engine.stage import run_cli, stage_command
 from losses import SCANLoss
 from models import ClusteringModel
-from utils.cluster_number import kappa, neighbour_agreement, recommend, size_balance, stability, used_clusters
 from utils.config import add_config_arguments, load_config
-from utils.evaluate import cluster_metrics, scan_evaluate
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.results import write_json
 from utils.runtime import init_runtime, seed_everything
-from utils.stage import run_cli, stage_command
 
 LABEL_METRICS = ("ACC", "NMI", "ARI")
 

@@ -19,16 +19,16 @@ from pathlib import Path
 from data.augment import get_val_transformations
 from data.loaders import eval_loader
 from data.registry import get_val_dataset
+from engine.evaluate import get_predictions, get_prototype_indices
+from engine.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
+from engine.model_files import default_output_dir, load_model_file
+from engine.report import clustering_report
+from engine.stage import run_cli
+from tools.html_report import add_report_arguments, gallery_options, write_eval_report
 from utils.config import add_config_arguments, format_config, load_config
-from utils.evaluate import get_predictions, get_prototype_indices
-from utils.html_report import add_report_arguments, gallery_options, write_eval_report
-from utils.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
-from utils.model_files import load_model_file
 from utils.plots import plot_prototypes
-from utils.report import clustering_report
 from utils.results import atomic_write, check_writable, write_json
 from utils.runtime import init_runtime
-from utils.stage import run_cli
 
 PRETEXT_KS = (1, 5, 20)
 
@@ -41,11 +41,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--visualize_prototypes", action="store_true", help="also save prototypes.png")
     add_report_arguments(parser)
     return parser.parse_args(argv)
-
-
-def default_output_dir(model_path: str | Path) -> Path:
-    """`<model dir>/<model file stem>_eval`: where results go without --output_dir, and where predict.py looks."""
-    return Path(model_path).parent / (Path(model_path).name.split(".")[0] + "_eval")
 
 
 def evaluate_pretext(cfg, model, dataset, runtime, out_dir: Path, model_path: str) -> dict:

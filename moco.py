@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.model_files import architecture_record, save_state_dict_file
+from engine.pretext import backbone_feature_model, mine_pretext_files
+from engine.stage import run_cli, setup_stage
 from models import build_model
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
-from utils.model_files import architecture_record, save_state_dict_file
-from utils.pretext import backbone_feature_model, mine_pretext_files
-from utils.stage import run_cli, setup_stage
 
 ENCODER, FC = "module.encoder_q.", "module.encoder_q.fc."
 

@@ -27,16 +27,15 @@ from torch.utils.data import DataLoader, Dataset
 from data.augment import get_val_transformations
 from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
 from data.registry import get_val_dataset
-from eval import default_output_dir
+from engine.model_files import default_output_dir, load_model_file
+from engine.stage import run_cli
+from tools.sort_images import check_target_folder, sort_into
 from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
 from utils.distributed import gather_objects, shard_range
-from utils.model_files import load_model_file
 from utils.progress import tqdm
 from utils.results import atomic_write
 from utils.runtime import init_runtime
-from utils.sort_images import check_target_folder, sort_into
-from utils.stage import run_cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

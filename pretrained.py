@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.model_files import architecture_record, save_state_dict_file
+from engine.pretext import mine_pretext_files
+from engine.stage import run_cli, setup_stage
 from models import build_model
-from models.library import is_library_backbone, load_pretrained_weights
+from models.library import load_pretrained_weights
 from utils.config import ConfigError
-from utils.model_files import architecture_record, save_state_dict_file
-from utils.pretext import mine_pretext_files
+from utils.library_names import is_library_backbone
 from utils.runtime import barrier
-from utils.stage import run_cli, setup_stage
 
 
 def main(argv: list[str] | None = None) -> dict:

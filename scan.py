@@ -20,19 +20,20 @@ from data.batches import eval_batches, train_batches
 from data.cached_features import CachedPairLoader, check_cached_mode, head_predictions, load_cached_split
 from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
+from engine.evaluate import cluster_metrics, get_predictions, scan_evaluate
+from engine.knn import load_neighbors
+from engine.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
+from engine.report import clustering_report
+from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
 from losses import SCANLoss
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_state_dict_checked
-from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
 from utils.guard import TrainingGuard, finite_loss
 from utils.history import History
-from utils.knn import load_neighbors
-from utils.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
 from utils.optim import adjust_learning_rate, build_optimizer
+from utils.prerequisites import require_files
 from utils.progress import tqdm
-from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import check_cluster_count, require_files, run_cli, setup_stage, stage_command
 
 
 def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epoch: int) -> dict:

@@ -6,7 +6,7 @@ Starts from the best head of scan/model.pth.tar (as head 0). Writes <root_dir>/<
 {checkpoint.pth.tar, model.pth.tar (plain state dict) + model.pth.tar.arch.json, confusion_matrix.png, metrics.json}.
 
 Every epoch logs the cluster sizes on the test split, the pseudo-labels each cluster got, and a warning for a
-cluster that emptied or shrank (utils/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the
+cluster that emptied or shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the
 paper; `best` keeps the epoch with the lowest SCAN loss of the cluster assignments on the test neighbours
 whose clusters all survived,
 the SCAN model itself (epoch 0) included. `pseudo_labels: per_cluster` gives every cluster its share of targets.
@@ -23,6 +23,12 @@ import torch.nn.functional as F
 from data.batches import eval_batches, train_batches
 from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
+from engine.cluster_watch import SelfLabelWatch
+from engine.evaluate import cluster_metrics, get_predictions
+from engine.knn import load_neighbors
+from engine.model_files import architecture_record, require_matching_architecture, save_state_dict_file
+from engine.report import clustering_report
+from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
 from losses import ConfidenceBasedCE, NoConfidentSamplesError, PerClusterConfidenceCE, pseudo_labels
 from models import build_model
 from utils.checkpoint import (
@@ -31,18 +37,13 @@ from utils.checkpoint import (
     load_state_dict_checked,
     strip_module_prefix,
 )
-from utils.cluster_watch import SelfLabelWatch
 from utils.config import ConfigError
-from utils.evaluate import cluster_metrics, get_predictions
 from utils.guard import TrainingGuard, finite_loss
 from utils.history import History
-from utils.knn import load_neighbors
-from utils.model_files import architecture_record, require_matching_architecture, save_state_dict_file
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
+from utils.prerequisites import require_files
 from utils.progress import tqdm
-from utils.report import clustering_report
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import check_cluster_count, require_files, run_cli, setup_stage, stage_command
 
 
 def best_head_state_dict(scan_checkpoint: dict) -> dict:

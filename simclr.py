@@ -16,18 +16,18 @@ import torch
 from data.batches import eval_batches, train_batches
 from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
+from engine.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
+from engine.model_files import architecture_record, save_state_dict_file
+from engine.stage import run_cli, setup_stage
 from losses import SimCLRLoss
 from models import build_model
 from utils.distributed import gather_with_grad
 from utils.guard import TrainingGuard, finite_loss
 from utils.history import History
-from utils.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
-from utils.model_files import architecture_record, save_state_dict_file
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.progress import tqdm
 from utils.results import write_json
 from utils.runtime import autocast, barrier, unwrap, wrap_model
-from utils.stage import run_cli, setup_stage
 
 
 def train_one_epoch(

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import knn, knn_index  # noqa: E402
+from engine import knn, knn_index  # noqa: E402
 
 BACKENDS = ("faiss", "torch", "torch-fp16", "ivf")
 CALIBRATION_ROWS = {"cpu": 8192, "cuda": 65536}  # a GPU needs more rows before fixed costs stop dominating
@@ -74,7 +74,7 @@ def reset_peak_rss() -> bool:
 
 
 def mine(features: np.ndarray, k: int, backend: str, device: torch.device) -> tuple[np.ndarray, str]:
-    """Indices [N, k+1] by `backend`, through the same functions as utils/knn.py's mining; and where it ran."""
+    """Indices [N, k+1] by `backend`, through the same functions as engine/knn.py's mining; and where it ran."""
     faiss = knn._faiss()
     if backend == "faiss":
         on_gpu = faiss is not None and knn_index.faiss_on_gpu(faiss, device)

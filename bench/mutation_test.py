@@ -42,7 +42,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_checkpoint.py", "tests/test_stages.py"],
         ["tests/test_guard.py", "tests/test_resume.py", "tests/test_eval.py"],
     ),
-    "utils/evaluate.py": (["tests/test_evaluate.py"], ["tests/test_stage_behaviour.py", "tests/test_eval.py"]),
+    "engine/evaluate.py": (["tests/test_evaluate.py"], ["tests/test_stage_behaviour.py", "tests/test_eval.py"]),
     "simclr.py": (
         ["tests/test_stages.py"],
         ["tests/test_stage_behaviour.py", "tests/test_resume.py"],

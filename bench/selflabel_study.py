@@ -11,7 +11,7 @@ Starts from finished pretext runs (`<pretext_root>/seed_<s>/digits/pretext/`, as
 2. `selflabel.py` (configs/selflabel/selflabel_digits.yml) once per `--variants` entry `<pseudo_labels>@<threshold>`,
    from the SCAN model of every `--selflabel_heads` value, in
    `<output_dir>/seed_<s>/selflabel_heads<h>_<pseudo_labels>_<threshold>/`.
-   Each run uses `selflabel_keep: best` and logs every epoch (utils/cluster_watch.py); which model is written
+   Each run uses `selflabel_keep: best` and logs every epoch (engine/cluster_watch.py); which model is written
    does not change the training, so one run gives both results: "last" is the last epoch's test evaluation,
    "best" the kept epoch's.
 

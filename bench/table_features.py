@@ -5,7 +5,7 @@
 estimate_k.py only needs features, targets and neighbours in the layout the pretext stage writes
 (data/cached_features.py), so any embedding can be clustered. This writes that layout for a bundled table:
 a stratified 80/20 split (seed 0), standardised with the train split's statistics, neighbours mined on the
-L2-normalised rows by utils/knn.py, and `backbone: null` in features.json (made without a backbone).
+L2-normalised rows by engine/knn.py, and `backbone: null` in features.json (made without a backbone).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data.cached_features import META_FILE, feature_paths  # noqa: E402
-from utils.knn import mine_nearest_neighbors  # noqa: E402
+from engine.knn import mine_nearest_neighbors  # noqa: E402
 from utils.results import save_numpy, write_json  # noqa: E402
 
 LOADERS = {

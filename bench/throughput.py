@@ -36,11 +36,11 @@ import selflabel  # noqa: E402
 import simclr  # noqa: E402
 from data.base import ImageDataset  # noqa: E402
 from data.batches import eval_batches, train_batches  # noqa: E402
+from engine import knn  # noqa: E402
+from engine.knn import extract_features, mine_nearest_neighbors  # noqa: E402
 from losses import ConfidenceBasedCE, SCANLoss, SimCLRLoss  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import knn  # noqa: E402
 from utils.config import add_config_arguments, load_config  # noqa: E402
-from utils.knn import extract_features, mine_nearest_neighbors  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
 from utils.runtime import init_runtime, resolve_fast_path, seed_everything, unwrap, wrap_model  # noqa: E402
 

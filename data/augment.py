@@ -18,7 +18,8 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms
 
-from models.library import is_library_backbone, library_transform
+from data.library_preprocessing import library_transform
+from utils.library_names import is_library_backbone
 
 STRATEGIES = ("simclr", "ours")
 
@@ -209,14 +210,3 @@ def get_val_transformations(cfg: dict) -> Callable:
             transforms.Normalize(**kwargs["normalize"]),
         ]
     )
-
-
-def get_batch_transformations(cfg: dict, train: bool = True) -> Callable:
-    """The batched backend's transform (data/batch_augment.py): uint8 [B, 3, H, W] on any device → normalised views.
-
-    ``train`` gives the strategy's training augmentation, else the val transform. Imported on use because
-    data.batch_augment reads ``OPS`` from this module.
-    """
-    from data import batch_augment
-
-    return batch_augment.get_batch_transformations(cfg, train)

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from data.augment import get_batch_transformations, get_train_transformations, get_val_transformations
+from data.augment import get_train_transformations, get_val_transformations
+from data.batch_augment import get_batch_transformations
 from data.device_data import DecodedImages, DeviceImages, IndexBatches, load_uint8_images, pad_collate
 from data.loaders import eval_loader, set_epoch, train_loader
 from data.wrappers import AugmentedDataset, NeighborsDataset

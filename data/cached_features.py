@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from utils.config import ConfigError
 from utils.distributed import broadcast_from_main, gather_in_order, shard_range
+from utils.prerequisites import require_files
 from utils.results import save_numpy, write_json
-from utils.stage import require_files
 
 META_FILE = "features.json"
 SPLITS = ("train", "val")
@@ -171,7 +171,7 @@ class CachedPairLoader:
 
 @torch.no_grad()
 def head_predictions(model: torch.nn.Module, split: CachedSplit, device: torch.device | str, chunk: int = 4096):
-    """Per head: argmax, softmax, targets and neighbours of every row, as utils.evaluate.get_predictions returns.
+    """Per head: argmax, softmax, targets and neighbours of every row, as engine.evaluate.get_predictions returns.
 
     Under torchrun a collective, like get_predictions: each process runs the heads on its run of chunks and
     all get every row's logits (the same chunks as one process, so the same logits).

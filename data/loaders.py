@@ -51,7 +51,7 @@ def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, c
 def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
     """In-order loader over every sample; under torchrun over this process's shard, a run of whole batches.
 
-    Its consumers (utils/knn.extract_features, utils/evaluate.get_predictions) gather the shards in dataset order.
+    Its consumers (engine/knn.extract_features, engine/evaluate.get_predictions) gather the shards in dataset order.
     Each batch holds the same images as in one process (the shard starts at a batch boundary), so the results
     gathered from the shards equal one process's.
     """

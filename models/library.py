@@ -10,9 +10,6 @@ timm is optional (requirements-extra.txt): it is imported only when a config nam
 
 from __future__ import annotations
 
-import importlib
-import math
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,41 +17,11 @@ import torch.nn as nn
 import torchvision
 
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
-from utils.config import ConfigError
-
-LIBRARIES = ("torchvision", "timm")
+from utils.library_names import import_timm, split_name
 
 
 class PretrainedWeightsError(CheckpointError):
     """Weights that cannot be found, fetched or loaded; the message says where to put the file."""
-
-
-def is_library_backbone(name: str) -> bool:
-    """True for `torchvision:<name>` and `timm:<name>`, the backbones this module builds."""
-    library, sep, arch = str(name).partition(":")
-    return bool(sep) and library in LIBRARIES and bool(arch)
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """'timm:resnet50' → ('timm', 'resnet50'), with a clear error for anything else."""
-    if not is_library_backbone(name):
-        raise ValueError(
-            f"Backbone '{name}' is not a library backbone: write torchvision:<model name> (e.g. torchvision:resnet50) "
-            "or timm:<model name> (e.g. timm:vit_small_patch14_dinov2.lvd142m)."
-        )
-    library, _, arch = name.partition(":")
-    return library, arch
-
-
-def import_timm():
-    """timm, or an error that says how to install it (it is an optional dependency)."""
-    try:
-        return importlib.import_module("timm")
-    except ImportError as error:
-        raise ConfigError(
-            "This config asks for a timm backbone but timm is not installed. Install the optional extras: "
-            "pip install -r requirements-extra.txt"
-        ) from error
 
 
 def _last_linear(model: nn.Module) -> str:
@@ -180,57 +147,3 @@ def load_pretrained_weights(backbone: nn.Module, name: str, pretrained: str | No
         source = str(path)
     load_state_dict_checked(backbone, state, allowed_unused=backbone.classifier_keys, source=f"weights {source}")
     return source
-
-
-def _torchvision_preprocessing(arch: str):
-    """The DEFAULT weights' evaluation transform (torchvision's ImageClassification preset)."""
-    try:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-    except (ValueError, AttributeError):
-        raise ValueError(
-            f"torchvision publishes no weights (hence no preprocessing) for '{arch}': set transformation_kwargs "
-            "(crop_size and normalize) in the config."
-        ) from None
-    return weights.transforms()
-
-
-def _timm_data_config(arch: str) -> dict:
-    """timm's resolved data config (input_size, crop_pct, mean, std, ...) of the model's pretrained config."""
-    timm = import_timm()
-    from timm.data import resolve_data_config
-
-    pretrained_cfg = timm.get_pretrained_cfg(arch)
-    return resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {"input_size": 224})
-
-
-def library_transform(name: str) -> Callable:
-    """The model's own evaluation preprocessing (resize, center crop, mean/std) from the library's metadata.
-
-    torchvision: the DEFAULT weights' `transforms()`; timm: `resolve_data_config` + `create_transform` on the
-    model's pretrained config. A local weights file is assumed to be preprocessed like the default weights.
-    """
-    library, arch = split_name(name)
-    if library == "torchvision":
-        return _torchvision_preprocessing(arch)
-    data_config = _timm_data_config(arch)  # first: says how to install timm when it is missing
-    from timm.data import create_transform
-
-    return create_transform(**data_config, is_training=False)
-
-
-def library_preprocessing(name: str) -> dict:
-    """The numbers behind `library_transform`: {resize, crop, mean, std} (resize: the shorter side before the crop).
-
-    utils/new_dataset.py sizes the other stages' crops and augmentation to them, so that the strong views of
-    self-labeling have the size and normalisation of what the model was trained on.
-    """
-    library, arch = split_name(name)
-    if library == "torchvision":
-        preset = _torchvision_preprocessing(arch)
-        resize, crop, mean, std = preset.resize_size[0], preset.crop_size[0], preset.mean, preset.std
-    else:
-        data = _timm_data_config(arch)
-        crop = int(data["input_size"][-1])
-        resize = math.floor(crop / data["crop_pct"])  # timm's eval transform: scale_size = floor(size / crop_pct)
-        mean, std = data["mean"], data["std"]
-    return {"resize": int(resize), "crop": int(crop), "mean": [float(v) for v in mean], "std": [float(v) for v in std]}

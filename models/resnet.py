@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from models.library import build_library_backbone, is_library_backbone
+from models.library import build_library_backbone
+from utils.library_names import is_library_backbone
 
 
 class BasicBlock(nn.Module):

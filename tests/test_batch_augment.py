@@ -212,7 +212,7 @@ def test_val_transform_equals_pil(height, width, device):
     cfg = _cfg("simclr", _simclr_kwargs())
     pil = augment.get_val_transformations(cfg)
     expected = torch.stack([pil(Image.fromarray(image)) for image in images])
-    got = augment.get_batch_transformations(cfg, train=False)(torch.from_numpy(images).permute(0, 3, 1, 2).to(device))
+    got = ba.get_batch_transformations(cfg, train=False)(torch.from_numpy(images).permute(0, 3, 1, 2).to(device))
     assert got.dtype == torch.float32 and torch.equal(got.cpu(), expected)
 
 
@@ -228,7 +228,7 @@ def test_simclr_with_every_draw_pinned_equals_pil():
     cfg = _cfg("simclr", kwargs)
     image = IMAGES[2]
     expected = augment.get_train_transformations(cfg)(Image.fromarray(image))
-    got = augment.get_batch_transformations(cfg)(torch.from_numpy(image).permute(2, 0, 1)[None])
+    got = ba.get_batch_transformations(cfg)(torch.from_numpy(image).permute(2, 0, 1)[None])
     assert torch.equal(got[0], expected)
 
 
@@ -239,7 +239,7 @@ def test_mixed_size_canvas_draws_inside_each_image(strategy):
     canvas = torch.zeros(4, 3, 40, 36, dtype=torch.uint8)
     canvas[:, :, :31, :31] = image
     kwargs = _simclr_kwargs() if strategy == "simclr" else _ours_kwargs(crop_size=24)
-    transform = augment.get_batch_transformations(_cfg(strategy, kwargs))
+    transform = ba.get_batch_transformations(_cfg(strategy, kwargs))
     torch.manual_seed(3)
     expected = transform(image[None].expand(4, -1, -1, -1))
     torch.manual_seed(3)
@@ -248,7 +248,7 @@ def test_mixed_size_canvas_draws_inside_each_image(strategy):
 
 
 def test_random_crop_larger_than_image_is_a_clear_error():
-    transform = augment.get_batch_transformations(_cfg("ours", _ours_kwargs(crop_size=40)))
+    transform = ba.get_batch_transformations(_cfg("ours", _ours_kwargs(crop_size=40)))
     with pytest.raises(ValueError, match="crop size"):
         transform(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
@@ -256,7 +256,7 @@ def test_random_crop_larger_than_image_is_a_clear_error():
 def test_unsupported_crop_option_is_a_clear_error():
     kwargs = _simclr_kwargs(random_resized_crop={"size": 32, "interpolation": 3})
     with pytest.raises(ValueError, match="augmentation_backend: pil"):
-        augment.get_batch_transformations(_cfg("simclr", kwargs))
+        ba.get_batch_transformations(_cfg("simclr", kwargs))
 
 
 # ---------------------------------------------------------------- whole transforms: the same distribution
@@ -327,7 +327,7 @@ def _run_both(cfg: dict, image: np.ndarray, seed: int = 0) -> tuple[np.ndarray, 
     random.seed(seed)
     pil_out = torch.stack([pil(Image.fromarray(image)) for _ in range(DRAWS)]).numpy()
     torch.manual_seed(seed + 1)
-    return pil_out, augment.get_batch_transformations(cfg)(_batch(image)).numpy()
+    return pil_out, ba.get_batch_transformations(cfg)(_batch(image)).numpy()
 
 
 def _binomial_ok(hits: int, n: int, p: float) -> bool:
@@ -344,7 +344,7 @@ def test_flip_rate_is_torchvisions():
     """RandomHorizontalFlip flips with probability 0.5 (torchvision: torch.rand(1) < 0.5)."""
     kwargs = _pinned_crop_kwargs(color_jitter_random_apply={"p": 0.0}, random_grayscale={"p": 0.0})
     image = _square(16)
-    out = augment.get_batch_transformations(_cfg("simclr", kwargs))(_batch(image)).numpy()
+    out = ba.get_batch_transformations(_cfg("simclr", kwargs))(_batch(image)).numpy()
     flipped = np.isclose(out, image[:, ::-1].transpose(2, 0, 1) / 255.0).all(axis=(1, 2, 3))
     kept = np.isclose(out, image.transpose(2, 0, 1) / 255.0).all(axis=(1, 2, 3))
     assert (flipped | kept).all()
@@ -359,7 +359,7 @@ def test_jitter_applied_rate_is_torchvisions():
         random_grayscale={"p": 0.0},
     )
     image = _square(16)
-    out = augment.get_batch_transformations(_cfg("simclr", kwargs))(_batch(image)).numpy()
+    out = ba.get_batch_transformations(_cfg("simclr", kwargs))(_batch(image)).numpy()
     applied = ~np.isclose(out, image.transpose(2, 0, 1) / 255.0).all(axis=(1, 2, 3))
     assert _binomial_ok(int(applied.sum()), DRAWS, 0.8)
 

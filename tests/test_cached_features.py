@@ -24,13 +24,13 @@ from data.cached_features import (
     load_cached_split,
     save_split_features,
 )
+from engine.evaluate import get_predictions
 from losses import SCANLoss
 from models import ClusteringModel, build_backbone
 from tests.conftest import ROOT
 from utils.config import ConfigError, load_config
-from utils.evaluate import get_predictions
+from utils.prerequisites import MissingPrerequisiteError
 from utils.runtime import Runtime
-from utils.stage import MissingPrerequisiteError
 
 CPU = Runtime(device=torch.device("cpu"))
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from utils.cluster_watch import SelfLabelWatch, assignment_scan_loss, neighbour_agreement, shrunken_clusters
+from engine.cluster_watch import SelfLabelWatch, assignment_scan_loss, neighbour_agreement, shrunken_clusters
 
 
 def test_emptied_and_shrunken_clusters_are_found():

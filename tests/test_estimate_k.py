@@ -10,8 +10,7 @@ import pytest
 
 import estimate_k
 from data.cached_features import save_split_features
-from tests.conftest import ROOT
-from utils.cluster_number import (
+from engine.cluster_number import (
     chance_agreement,
     kappa,
     neighbour_agreement,
@@ -20,7 +19,8 @@ from utils.cluster_number import (
     stability,
     used_clusters,
 )
-from utils.knn import mine_nearest_neighbors
+from engine.knn import mine_nearest_neighbors
+from tests.conftest import ROOT
 
 
 def test_stability_is_one_for_relabelled_runs_and_lower_when_runs_disagree():

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 import eval as eval_script
+from engine.model_files import architecture_record, save_scan_file
 from models import ClusteringModel, ContrastiveModel, build_backbone
 from tests.conftest import ROOT
 from tests.test_checkpoint import legacy_cuda_file
 from utils.checkpoint import CheckpointError
-from utils.model_files import architecture_record, save_scan_file
 
 pytestmark = pytest.mark.slow
 WIDTH = ["backbone_kwargs.base_width=8", "num_workers=0"]

@@ -1,4 +1,4 @@
-"""Tests of utils/evaluate.py: metrics checked by hand counts, brute force and sklearn."""
+"""Tests of engine/evaluate.py: metrics checked by hand counts, brute force and sklearn."""
 
 import itertools
 import math
@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader, Dataset
 
-from utils.evaluate import (
+from engine.evaluate import (
     cluster_metrics,
     count_matrix,
     get_predictions,

@@ -18,7 +18,7 @@ from data.base import DatasetNotFoundError
 from data.folder import FolderDataset, open_rgb
 from data.registry import get_train_dataset, get_val_dataset
 from tests.conftest import ROOT
-from utils import dataset_stats
+from tools import dataset_stats
 from utils.config import ConfigError, load_config
 
 

@@ -19,6 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.wrappers import NeighborsDataset, NeighborsFileError
+from engine.knn import load_neighbors
+from engine.stage import check_cluster_count, move_aside, user_message
 from tests.conftest import ROOT
 from utils.checkpoint import (
     CheckpointError,
@@ -32,10 +34,8 @@ from utils.checkpoint import (
 )
 from utils.config import ConfigError, load_config
 from utils.guard import NonFiniteLossError, TrainingGuard, TrainingStopped, finite_loss
-from utils.knn import load_neighbors
 from utils.results import WriteError, save_numpy, write_json
 from utils.runtime import Runtime
-from utils.stage import check_cluster_count, move_aside, user_message
 
 CPU = Runtime(device=torch.device("cpu"))
 

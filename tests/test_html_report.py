@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.history import History
-from utils.html_report import (
+from tools.html_report import (
     REPORT_FILE,
     GalleryOptions,
     capped_gallery_sizes,
@@ -21,6 +20,7 @@ from utils.html_report import (
     select_galleries,
     write_atomic_text,
 )
+from utils.history import History
 
 CLASSES = ["red", "green", "blue"]
 COLORS = [(220, 30, 30), (30, 200, 40), (30, 40, 220)]

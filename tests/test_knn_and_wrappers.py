@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from data.wrappers import AugmentedDataset, NeighborsDataset
-from utils import knn
-from utils.knn import mine_nearest_neighbors, neighbor_accuracy, weighted_knn_accuracy
+from engine import knn
+from engine.knn import mine_nearest_neighbors, neighbor_accuracy, weighted_knn_accuracy
 from utils.optim import EMA, learning_rate
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bench.mining_bench import clustered_features
-from utils import knn
+from engine import knn
+from engine.knn import mine_nearest_neighbors, weighted_knn_accuracy
+from engine.knn_index import MiningSettings, ivf_search, number_of_lists, recall_at_k
 from utils.config import ConfigError, load_config
-from utils.knn import mine_nearest_neighbors, weighted_knn_accuracy
-from utils.knn_index import MiningSettings, ivf_search, number_of_lists, recall_at_k
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

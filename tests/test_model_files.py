@@ -7,9 +7,7 @@ import json
 import pytest
 import torch
 
-from models import ClusteringModel, ContrastiveModel, build_backbone
-from utils.checkpoint import CheckpointError
-from utils.model_files import (
+from engine.model_files import (
     architecture_differences,
     architecture_record,
     load_model_file,
@@ -19,6 +17,8 @@ from utils.model_files import (
     save_state_dict_file,
     sidecar_path,
 )
+from models import ClusteringModel, ContrastiveModel, build_backbone
+from utils.checkpoint import CheckpointError
 
 SCAN_CFG = {
     "setup": "scan",

@@ -1,4 +1,4 @@
-"""utils/new_dataset.py: a folder → three configs that load, with the folder's statistics; the printed
+"""tools/new_dataset.py: a folder → three configs that load, with the folder's statistics; the printed
 commands run as printed (slow end-to-end test, as a new user would run them)."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import yaml
 from PIL import Image
 
 from tests.conftest import ROOT
+from tools.new_dataset import choose_geometry, main
 from utils.config import load_config
-from utils.new_dataset import choose_geometry, main
 
 COLOURS = {"dark": (10, 20, 30), "light": (50, 60, 70)}
 
@@ -123,7 +123,7 @@ def test_the_printed_commands_run_as_printed(tmp_path, env):
     """A new user: one command, then the printed ones, copied into a shell from the repository folder."""
     write_colour_folder(tmp_path / "photos")
     printed = shell(
-        f"python -m utils.new_dataset --name colours --images {shlex.quote(str(tmp_path / 'photos'))} "
+        f"python -m tools.new_dataset --name colours --images {shlex.quote(str(tmp_path / 'photos'))} "
         f"--num_classes 3 --quick --config_dir {tmp_path / 'configs'} --config_env {env}"
     )
     commands = [line for line in printed.splitlines() if line.startswith("python ")]
@@ -236,7 +236,7 @@ def test_the_printed_pretrained_commands_run_as_printed(tmp_path, env):
     write_colour_folder(tmp_path / "photos")
     weights = random_mobilenet_file(tmp_path / "mobilenet.pth")
     printed = shell(
-        f"python -m utils.new_dataset --name colours --images {shlex.quote(str(tmp_path / 'photos'))} "
+        f"python -m tools.new_dataset --name colours --images {shlex.quote(str(tmp_path / 'photos'))} "
         f"--num_classes 3 --quick --pretrained torchvision:mobilenet_v3_small --weights {weights} "
         f"--config_dir {tmp_path / 'configs'} --config_env {env}"
     )

@@ -16,10 +16,10 @@ import eval as eval_script
 import scan
 import selflabel
 import simclr
+from engine.model_files import read_model_file
 from tests.conftest import ROOT
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError
-from utils.model_files import read_model_file
 
 pytestmark = pytest.mark.slow
 

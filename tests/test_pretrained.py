@@ -22,8 +22,9 @@ import pretrained
 import scan
 import selflabel
 from data.augment import get_val_transformations
+from data.library_preprocessing import library_transform
 from models import ClusteringModel, build_backbone, build_model
-from models.library import PretrainedWeightsError, library_transform, load_pretrained_weights
+from models.library import PretrainedWeightsError, load_pretrained_weights
 from tests.conftest import ROOT
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, load_config

@@ -69,13 +69,13 @@ def write_inputs(root: Path) -> Path:
 
 def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
     """Everything the stages evaluate, computed by this process (its shard) and gathered."""
-    import utils.knn as knn
+    import engine.knn as knn
     from data.batches import eval_batches
     from data.cached_features import CachedSplit, head_predictions
     from data.registry import get_train_dataset, get_val_dataset
+    from engine.evaluate import cluster_metrics, get_predictions, scan_evaluate
     from models import build_model
     from utils.config import load_config
-    from utils.evaluate import cluster_metrics, get_predictions, scan_evaluate
     from utils.runtime import Runtime, resolve_fast_path
 
     runtime = Runtime(torch.device("cpu"), rank, world_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from utils.sort_images import cluster_folder_name, sort_into
+from tools.sort_images import cluster_folder_name, sort_into
 
 
 def test_folder_names_sort_by_cluster_and_carry_a_safe_class_name():

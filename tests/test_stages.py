@@ -20,8 +20,8 @@ from models import ClusteringModel, ContrastiveModel, build_backbone
 from tests.conftest import ROOT
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
+from utils.prerequisites import MissingPrerequisiteError
 from utils.runtime import Runtime
-from utils.stage import MissingPrerequisiteError
 
 CPU = Runtime(device=torch.device("cpu"))
 FAST = ["num_workers=0", "backbone_kwargs.base_width=8", "seed=0"]

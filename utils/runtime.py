@@ -89,9 +89,9 @@ def resolve_fast_path(cfg: dict, runtime: Runtime) -> None:
             cfg[key] = cuda
         elif not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true, false or auto, not {cfg[key]!r}.")
-    from models.library import is_library_backbone
+    from utils.library_names import is_library_backbone
 
-    # A torchvision/timm model's own preprocessing (resize, crop: models/library.py) exists only as PIL transforms.
+    # A torchvision/timm model's preprocessing (data/library_preprocessing.py) exists only as PIL transforms.
     library_preprocessing = is_library_backbone(cfg["backbone"]) and not cfg["transformation_kwargs"]
     if cfg["augmentation_backend"] == "auto":
         cfg["augmentation_backend"] = "batched" if cuda and not library_preprocessing else "pil"

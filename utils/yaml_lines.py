@@ -1,6 +1,6 @@
 """Set values in a YAML file's text while keeping its comments, which PyYAML's round trip would drop.
 
-utils/new_dataset.py writes configs from the commented templates in configs/; the comments are the
+tools/new_dataset.py writes configs from the commented templates in configs/; the comments are the
 documentation a user reads next to each value, so they must survive. Only block-style mappings with scalar or
 one-line flow values are handled (what the templates use); the result is always checked by parsing it.
 """

@@ -1,6 +1,6 @@
 """Per-channel mean and std of a dataset's training images, printed as the YAML lines for its configs.
 
-    python -m utils.dataset_stats --config_env configs/env.yml --config_exp configs/pretext/simclr_custom.yml
+    python -m tools.dataset_stats --config_env configs/env.yml --config_exp configs/pretext/simclr_custom.yml
 
 Normalisation should match the data: ImageNet's statistics suit everyday photos, not microscopy, satellite or
 document images. The statistics are taken over every pixel of the training split as the dataset serves it
@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from data.registry import get_train_dataset
+from engine.stage import run_cli
 from utils.config import add_config_arguments, load_config
 from utils.progress import tqdm
-from utils.stage import run_cli
 
 
 def channel_stats(dataset, num_workers: int) -> tuple[list[float], list[float]]:

@@ -268,3 +268,8 @@ def load_model_file(cfg: dict, model_path: str | Path) -> tuple[torch.nn.Module,
     if head >= model.num_heads:
         raise CheckpointError(f"{model_path} names head {head} but holds only {model.num_heads} head(s).")
     return model, head
+
+
+def default_output_dir(model_path: str | Path) -> Path:
+    """`<model dir>/<model file stem>_eval`: where results go without --output_dir, and where predict.py looks."""
+    return Path(model_path).parent / (Path(model_path).name.split(".")[0] + "_eval")

@@ -1,12 +1,12 @@
 """A folder of your own images → the three stage configs and the commands that train on it, in one command.
 
-    python -m utils.new_dataset --name birds --images ~/photos/birds --num_classes 10 [--image_size S]
-    python -m utils.new_dataset --name birds --images ~/photos/birds --num_classes 10 \
+    python -m tools.new_dataset --name birds --images ~/photos/birds --num_classes 10 [--image_size S]
+    python -m tools.new_dataset --name birds --images ~/photos/birds --num_classes 10 \
                                 --pretrained torchvision:resnet50 [--weights PATH]
 
 It checks the folder (readable images, labeled by class sub-folders or not; data/folder.py), saves the
 train/test split, picks the input size and the ResNet-18 stem, computes the images' mean/std
-(utils/dataset_stats.py), writes configs/{pretext,scan,selflabel}/<stage>_<name>.yml from the commented
+(tools/dataset_stats.py), writes configs/{pretext,scan,selflabel}/<stage>_<name>.yml from the commented
 templates configs/*/*_custom.yml, and prints the commands to run, in order. `--quick` writes smoke-test
 configs instead (dataset name `<name>_quick`): every stage for one epoch with a tiny network, to check within
 minutes on a CPU that everything runs; their clusters mean nothing.
@@ -42,11 +42,13 @@ from PIL import Image
 from torchvision import transforms
 
 from data.folder import IMAGE_EXTENSIONS, find_images, folder_error
+from data.library_preprocessing import library_preprocessing
 from data.registry import BUILTIN, get_train_dataset, get_val_dataset
-from models.library import build_library_backbone, is_library_backbone, library_preprocessing
+from engine.stage import run_cli
+from models.library import build_library_backbone
+from tools.dataset_stats import channel_stats
 from utils.config import ConfigError, load_config
-from utils.dataset_stats import channel_stats
-from utils.stage import run_cli
+from utils.library_names import is_library_backbone
 from utils.yaml_lines import set_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,13 +202,13 @@ def config_text(template: Path, values: dict, header: str, geometry: Geometry) -
     if geometry.normalize is None:
         transformations = (
             f"# Transformations: normalize (both places) holds the mean/std of these training images, computed by\n"
-            f"# utils.new_dataset; crops of {geometry.crop} px.\n"
+            f"# tools.new_dataset; crops of {geometry.crop} px.\n"
         )
         body = re.sub(r"^# Transformations\..*?(?=^[^#])", transformations, body, count=1, flags=re.M | re.S)
     else:
         preprocessing = (
             "# Preprocessing: the model's own (no transformation_kwargs); the strong views of self-labeling crop\n"
-            f"# {geometry.crop} px and normalise with its mean/std, as utils.new_dataset read them from its metadata.\n"
+            f"# {geometry.crop} px and normalise with its mean/std, as tools.new_dataset read them from its metadata.\n"
         )
         body = re.sub(r"^# Preprocessing\..*?(?=^[^#])", preprocessing, body, count=1, flags=re.M | re.S)
     return header + body
@@ -347,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     if existing and not args.force:
         raise SystemExit(f"error: {', '.join(existing)} exist already: pass --force to overwrite, or another --name.")
 
-    command = " ".join(["python -m utils.new_dataset", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m tools.new_dataset", *(argv if argv is not None else sys.argv[1:])])
     # Written under temporary names and renamed once all is done: a failure leaves no half-made config behind
     # and keeps the configs that --force would have replaced.
     drafts = {stage: path.with_name(f".{path.name}.draft.yml") for stage, path in targets.items()}

@@ -9,6 +9,7 @@ import torch
 
 from data.cached_features import save_split_features
 from data.wrappers import NeighborsFileError
+from engine.knn_index import MiningSettings, faiss_on_gpu, ivf_search, sampled_recall
 from utils.distributed import (
     batch_indices,
     broadcast_from_main,
@@ -18,7 +19,6 @@ from utils.distributed import (
     shard_range,
     sum_over_processes,
 )
-from utils.knn_index import MiningSettings, faiss_on_gpu, ivf_search, sampled_recall
 from utils.progress import tqdm
 from utils.results import save_numpy
 
@@ -165,7 +165,7 @@ def mine_nearest_neighbors(
     when that faiss build is installed, else with the chunked torch top-k on the GPU; on a CPU with faiss (or
     the torch top-k without faiss). All are exact and agree up to the order of tied scores. `settings.float16`
     keeps the features in float16 on the device (faiss's GPU index, else the torch top-k), scores in float32.
-    `ivf` uses faiss's approximate IVF index (utils/knn_index.py) and prints its recall on sampled queries.
+    `ivf` uses faiss's approximate IVF index (engine/knn_index.py) and prints its recall on sampled queries.
     Queries are searched in blocks of query_block_rows(N) rows.
 
     Under torchrun a collective: every process searches its run of query blocks against all rows and the

@@ -1,7 +1,7 @@
 """The end of a pretext stage that imports its model instead of training it (moco.py, pretrained.py).
 
 Neighbours (and, with `save_features: true`, the backbone features) of the train and test split are mined
-from the L2-normalised backbone features, through the same utils/knn.py code as the SimCLR stage.
+from the L2-normalised backbone features, through the same engine/knn.py code as the SimCLR stage.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from data.augment import get_val_transformations
 from data.loaders import eval_loader
 from data.registry import get_train_dataset, get_val_dataset
+from engine.knn import mine_and_save_neighbors
 from models import ContrastiveModel
-from utils.knn import mine_and_save_neighbors
 from utils.results import write_json
 from utils.runtime import Runtime
 

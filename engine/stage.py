@@ -25,10 +25,6 @@ STAGE_DIRS = {
 }
 
 
-class MissingPrerequisiteError(FileNotFoundError):
-    """A stage was started before the stage it builds on has written its files."""
-
-
 def setup_stage(
     description: str, argv: list[str] | None, expected_setups: tuple[str, ...], extra_arguments=None
 ) -> tuple[argparse.Namespace, dict, Runtime]:
@@ -112,15 +108,6 @@ def stage_command(stage: str, train_db_name: str, config_env: str, backbone: str
     )
 
 
-def require_files(paths: list[str], command: str) -> None:
-    """Fail early, naming the missing files and the command that makes them."""
-    missing = [path for path in paths if not Path(path).is_file()]
-    if missing:
-        raise MissingPrerequisiteError(
-            "Missing input file(s):\n  " + "\n  ".join(missing) + f"\nThey are written by:\n  {command}"
-        )
-
-
 def user_message(error: BaseException) -> str:
     """The error's own message; one re-raised from a DataLoader worker loses the worker's traceback."""
     text = str(error)
@@ -145,6 +132,7 @@ def run_cli(main) -> None:
     from data.wrappers import NeighborsFileError
     from utils.checkpoint import CheckpointError, NonFiniteError
     from utils.guard import TrainingStopped
+    from utils.prerequisites import MissingPrerequisiteError
     from utils.results import WriteError
 
     user_errors = (

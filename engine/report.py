@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from utils.evaluate import cluster_metrics
+from engine.evaluate import cluster_metrics
 from utils.plots import plot_confusion_matrix
 from utils.results import write_json
 
