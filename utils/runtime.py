@@ -64,14 +64,26 @@ def init_runtime() -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", gpu_of(local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # NCCL bound to this GPU from the start: no collective has to guess it
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def gpu_of(local_rank: int, device_count: int) -> int:
+    """The GPU index of the process with this local rank among the GPUs it sees.
+
+    Modulo the visible count: under srun with one GPU per task (CUDA_VISIBLE_DEVICES set per task) each process
+    sees only its own GPU, as cuda:0, whatever its local rank; with more processes than GPUs they share them.
+    """
+    return local_rank % device_count
 
 
 def resolve_fast_path(cfg: dict, runtime: Runtime) -> None:
@@ -124,20 +136,28 @@ def rng_state() -> dict:
         "numpy": (name, key.tolist(), position, has_gauss, gauss),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's GPU only: under torchrun each process draws on its own
+        state["cuda"] = [torch.cuda.get_rng_state()]
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Put every generator back where `rng_state()` found it, so the following draws repeat exactly."""
+def set_rng_state(state: dict) -> bool:
+    """Put every generator back where `rng_state()` found it, so the following draws repeat exactly.
+
+    The GPU generator restored is the current device's: from a one-entry list (what rng_state writes), or the
+    current device's entry of an older every-GPU list. Returns False when this run's GPU generator cannot
+    continue the saved one (saved on a CPU and resumed on a GPU, or the reverse).
+    """
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     name, key, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, np.asarray(key, dtype=np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if not torch.cuda.is_available() or not saved:
+        return torch.cuda.is_available() == bool(saved)
+    torch.cuda.set_rng_state(saved[torch.cuda.current_device() % len(saved)])
+    return True
 
 
 def gather_rng_states(runtime: Runtime, state: dict | None = None) -> list[dict]:
@@ -154,14 +174,17 @@ def gather_rng_states(runtime: Runtime, state: dict | None = None) -> list[dict]
 
 
 def restore_rng_states(states: list[dict], runtime: Runtime) -> None:
-    """Take this rank's state from `gather_rng_states`' list (with a note when the process count changed)."""
-    if len(states) != runtime.world_size and runtime.is_main:
+    """Take this rank's state from `gather_rng_states`' list (with a note when the process count changed, or
+    when the checkpoint was written on a CPU and this run has a GPU, or the reverse)."""
+    same_gpu_streams = set_rng_state(states[runtime.rank % len(states)])
+    if runtime.is_main and (len(states) != runtime.world_size or not same_gpu_streams):
+        where = "on a GPU" if torch.cuda.is_available() else "on the CPU"
+        written = f"{len(states)} process(es)" + ("" if same_gpu_streams else f" not {where}")
         print(
-            f"Note: the checkpoint was written by {len(states)} process(es), this run has {runtime.world_size}: "
+            f"Note: the checkpoint was written by {written}, this run has {runtime.world_size} {where}: "
             "random streams (augmentations, shuffling) differ from an uninterrupted run.",
             flush=True,
         )
-    set_rng_state(states[runtime.rank % len(states)])
 
 
 def any_process(flag: bool, runtime: Runtime) -> bool:
@@ -182,7 +205,7 @@ def wrap_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
     if runtime.distributed:
         if runtime.device.type == "cuda":  # SyncBatchNorm has no CPU implementation
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if runtime.compile:
         model = torch.compile(model)
