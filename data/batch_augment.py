@@ -304,7 +304,7 @@ def _pil_bilinear_weights(start: torch.Tensor, length: torch.Tensor, in_size: in
     filter widened by the scale when shrinking (antialiasing), taps outside the crop dropped, weights normalised.
     """
     start, length = start.double(), length.double()
-    scale = (length / out_size)[:, None, None]
+    scale = (length / _constant((float(out_size),), start.device, torch.float64))[:, None, None]  # true division
     support = torch.clamp(scale, min=1.0)
     centre = (torch.arange(out_size, dtype=torch.float64, device=start.device)[None, :, None] + 0.5) * scale
     position = torch.arange(in_size, dtype=torch.float64, device=start.device)[None, None, :] - start[:, None, None]
@@ -430,10 +430,14 @@ def cutout(x: torch.Tensor, n_holes: int, length: int, random_size: bool) -> tor
 
 
 def _normalize(levels: torch.Tensor, normalize: dict) -> torch.Tensor:
-    """ToTensor (÷255) then Normalize, with the same float operations as the PIL path (bit-identical)."""
+    """ToTensor (÷255) then Normalize, with the same float operations as the PIL path (bit-identical).
+
+    The divisor is a tensor on the images' device: CUDA turns division by a Python number into multiplication by
+    its float32 reciprocal, which differs from true division in the last bit for about half of the 256 levels.
+    """
     mean = _constant(tuple(normalize["mean"]), levels.device).view(-1, 1, 1)
     std = _constant(tuple(normalize["std"]), levels.device).view(-1, 1, 1)
-    return (levels / 255.0).sub_(mean).div_(std)
+    return (levels / _constant((255.0,), levels.device)).sub_(mean).div_(std)
 
 
 def _pair(size) -> tuple[int, int]:
