@@ -56,12 +56,22 @@ def clustered_features(
     return features
 
 
-def resident_mib(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process in MiB, from /proc/self/status (Linux)."""
+def resident_mib(field: str) -> float | None:
+    """VmRSS (now) or VmHWM (peak) of this process in MiB, from /proc/self/status (Linux); None where the kernel
+    does not report it (some sandboxed kernels have no VmHWM line)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return None
+
+
+def vm_fields() -> str:
+    """The Vm* fields /proc/self/status reports here (which memory columns can be filled), for the header."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return "no /proc/self/status"
+    return " ".join(line.split(":")[0] for line in lines if line.startswith("Vm")) or "no Vm* fields"
 
 
 def reset_peak_rss() -> bool:
@@ -107,17 +117,27 @@ def run_case(n: int, dim: int, k: int, backend: str, max_seconds: float | None, 
     available_mib = _available_mib()
     if features_mib * (2.5 if backend == "ivf" else 1.5) > available_mib:  # IVF also holds its own copy
         return {**result, "note": f"skipped: {features_mib:,.0f} MiB of features, {available_mib:,.0f} MiB available"}
-    calibration_rows = CALIBRATION_ROWS[device.type]
+    faiss = knn._faiss()
+    faiss_gpu = faiss is not None and knn_index.faiss_on_gpu(faiss, device)
+    on_gpu = device.type == "cuda" and (backend.startswith("torch") or faiss_gpu)
+    calibration_rows = CALIBRATION_ROWS["cuda" if on_gpu else "cpu"]  # where this backend runs, not the machine
     if max_seconds is not None and n > calibration_rows:
         small = clustered_features(calibration_rows, dim, seed + 1, device)
-        timed_mining(small, k, backend, device)  # warm-up: CUDA context, faiss GPU resources, kernels
-        seconds = timed_mining(small, k, backend, device)[0]
+        scores_per_chunk = knn.SCORES_PER_CHUNK
+        # The torch top-k with as many query rows per product as at N (fewer rows per product run slower).
+        knn.SCORES_PER_CHUNK = knn.query_block_rows(n) * calibration_rows
+        try:
+            timed_mining(small, k, backend, device)  # warm-up: CUDA context, faiss GPU resources, kernels
+            seconds = timed_mining(small, k, backend, device)[0]
+        finally:
+            knn.SCORES_PER_CHUNK = scores_per_chunk
         predicted = seconds * (n / calibration_rows) ** (1.5 if backend == "ivf" else 2)
         if predicted > max_seconds:
             return {**result, "note": f"skipped: predicted {predicted:,.0f} s > --max-seconds {max_seconds:g}"}
     features = clustered_features(n, dim, seed, device)
     reset = reset_peak_rss()
     baseline = resident_mib("VmRSS") if reset else 0.0
+    reset = reset and baseline is not None
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -126,8 +146,11 @@ def run_case(n: int, dim: int, k: int, backend: str, max_seconds: float | None, 
         device=where,
         seconds=round(seconds, 2),
         features_mib=round(features_mib, 1),
-        peak_rss_mib=round(resident_mib("VmHWM") - baseline),
         peak_rss_is="over features" if reset else "whole process",
+    )
+    peak = resident_mib("VmHWM")
+    result.update(
+        peak_rss_mib=None if peak is None else round(peak - (baseline if reset else 0.0)),
         peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
     )
     if backend == "torch-fp16" and knn._faiss() is None:
@@ -170,7 +193,9 @@ def table(results: list[dict]) -> str:
         if "recall" in r:
             recall = f"{r['recall']:.4f} ({r['recall_queries']} queries, {r['recall_seconds']} s)"
         peak_rss = r.get("peak_rss_mib", "-")
-        if r.get("peak_rss_is") == "whole process":
+        if peak_rss is None:
+            peak_rss = "not reported"
+        elif r.get("peak_rss_is") == "whole process":
             peak_rss = f"{peak_rss} (whole process)"
         cells = [
             r["backend"],
@@ -181,7 +206,7 @@ def table(results: list[dict]) -> str:
             r.get("seconds", "-"),
             f"{r['features_mib']:,}" if "features_mib" in r else "-",
             peak_rss,
-            r.get("peak_gpu_mib") if r.get("peak_gpu_mib") is not None else "-",
+            r["peak_gpu_mib"] if r.get("peak_gpu_mib") is not None else "skipped on CPU" if "seconds" in r else "-",
             recall if "seconds" in r else "-",
             r.get("note", ""),
         ]
@@ -196,7 +221,7 @@ def machine() -> str:
     return (
         f"{os.cpu_count()} CPU cores, {cuda}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"{faiss_version}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"load average {os.getloadavg()[0]:.2f}; /proc/self/status reports {vm_fields()}"
     )
 
 

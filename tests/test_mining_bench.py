@@ -6,6 +6,8 @@ not speed: README "Mining at scale" and bench/RESULTS.md hold measured figures.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,20 @@ def test_clustered_features_are_seeded_unit_rows():
     scores = features @ features.T
     np.fill_diagonal(scores, -1)
     assert scores.max(axis=1).mean() > scores.mean() + 0.5
+
+
+def test_a_kernel_without_vmhwm_gives_a_case_whose_peak_is_not_reported(monkeypatch):
+    """Sandboxed kernels may omit VmHWM from /proc/self/status: the timed case still lands in the table."""
+    read_text = Path.read_text
+
+    def without_peak(path, *args, **kwargs):
+        text = read_text(path, *args, **kwargs)
+        if str(path) != "/proc/self/status":
+            return text
+        return "\n".join(line for line in text.splitlines() if not line.startswith("VmHWM"))
+
+    monkeypatch.setattr(Path, "read_text", without_peak)
+    result = mining_bench.run_case(300, 8, 5, "torch", None)
+    assert result["seconds"] >= 0 and result["peak_rss_mib"] is None
+    (row,) = rows_of(mining_bench.table([result]))[1:]
+    assert row[7] == "not reported" and "VmRSS" in mining_bench.vm_fields() and "VmHWM" not in mining_bench.vm_fields()
