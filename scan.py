@@ -129,9 +129,11 @@ def main(argv: list[str] | None = None) -> dict:
         allowed_missing=("cluster_head",),
         source=f"pretext model {cfg['pretext_model']}",
     )
+    # The optimizer freezes the backbone when only the heads train: build it before DDP wraps the model, since DDP
+    # expects a gradient, at every step, for each parameter that required one when it wrapped the model.
+    optimizer = build_optimizer(cfg, model.to(runtime.device))
     model = wrap_model(model, runtime)
     criterion = SCANLoss(**cfg["criterion_kwargs"])
-    optimizer = build_optimizer(cfg, model)
 
     guard = TrainingGuard(cfg, runtime, cfg["scan_checkpoint"], unwrap(model), optimizer)
     checkpoint = guard.resume()

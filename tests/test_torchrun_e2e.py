@@ -61,6 +61,13 @@ def test_three_stages_and_eval_under_torchrun_then_resume_with_one_process(tiny_
     assert {"ACC", "NMI", "ARI", "cluster_sizes", "hungarian_match"} <= shared
     assert {key: evaluated[key] for key in shared} == {key: selflabel_metrics[key] for key in shared}
 
+    # Head-only SCAN (every ImageNet config): DDP must wrap the model after the backbone is frozen, or the second
+    # step fails waiting for the backbone's gradients. Three steps per process here.
+    run("scan.py", tiny_cifar_env, "configs/scan/scan_cifar10.yml", "--fresh", "--set", "epochs=1",
+        "update_cluster_head_only=true")  # fmt: skip
+    head_only = torch.load(results / "scan/checkpoint.pth.tar", weights_only=True)
+    assert head_only["epoch"] == 1 and head_only["config"]["update_cluster_head_only"] is True
+
     # The two-process pretext checkpoint resumes under one process: epoch 2 runs, with a note on the RNG streams.
     resumed = run("simclr.py", tiny_cifar_env, "configs/pretext/simclr_cifar10.yml", "--set", "epochs=2", processes=1)
     assert "written by 2 process(es), this run has 1" in resumed.stdout
