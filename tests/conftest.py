@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
+# The suite runs on the CPU, where resumes are bit-identical; SCAN_TEST_CUDA=1 lets tests see the GPUs
+# (bench/gpu_check.sh). Set before anything initialises CUDA; subprocesses (torchrun, the stages) inherit it.
+if os.environ.get("SCAN_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
