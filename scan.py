@@ -67,10 +67,13 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
         total_loss.backward()
         optimizer.step()
         steps += 1
-        sums["total"] += finite_loss(total_loss, epoch, steps)
-        sums["consistency"] += sum(c.item() for _, c, _ in losses) / len(losses)
-        sums["entropy"] += sum(e.item() for _, _, e in losses) / len(losses)
-        progress.set_postfix(loss=f"{total_loss.item():.4f}")
+        # The step's values in one device sync, not one per head: total, mean consistency, mean entropy.
+        parts = torch.stack([torch.stack([c, e]) for _, c, e in losses]).detach().double().mean(dim=0)
+        total, consistency, entropy = torch.cat([total_loss.detach().double().reshape(1), parts]).tolist()
+        sums["total"] += finite_loss(total, epoch, steps)
+        sums["consistency"] += consistency
+        sums["entropy"] += entropy
+        progress.set_postfix(loss=f"{total:.4f}")
     return {key: value / max(steps, 1) for key, value in sums.items()}
 
 

@@ -107,8 +107,9 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         if ema is not None:
             ema.update(unwrap(model))
         if confident:
-            total, steps = total + finite_loss(loss, epoch, steps + skipped + 1), steps + 1
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+            value = finite_loss(loss, epoch, steps + skipped + 1)  # the step's one device sync
+            total, steps = total + value, steps + 1
+            progress.set_postfix(loss=f"{value:.4f}")
     if runtime.distributed and predicted is not None:
         dist.all_reduce(predicted)
         dist.all_reduce(targets)

@@ -42,6 +42,8 @@ def train_one_epoch(
         augmented = batch["image_augmented"].to(runtime.device, non_blocking=True)
         b = images.shape[0]
         inputs = torch.stack([images, augmented], dim=1).flatten(0, 1)  # [2b, C, H, W], views interleaved
+        if runtime.channels_last:  # stacking gives a plain contiguous tensor: back to the model's layout
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(runtime, amp):
             features = model(inputs)
         features = features.view(b, 2, -1)
@@ -51,8 +53,9 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, steps = total + finite_loss(loss, epoch, steps + 1), steps + 1
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+        value = finite_loss(loss, epoch, steps + 1)  # the step's one device sync
+        total, steps = total + value, steps + 1
+        progress.set_postfix(loss=f"{value:.4f}")
     return total / max(steps, 1)
 
 

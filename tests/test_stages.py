@@ -99,6 +99,28 @@ def test_scan_step_backpropagates_the_sum_over_heads():
     assert all(head.weight.grad.abs().sum() > 0 for head in model.cluster_head)
 
 
+def test_a_scan_step_reads_its_values_from_the_device_once_whatever_the_heads(monkeypatch):
+    """Each read of a device tensor waits for the GPU: one per step, not one per head and value."""
+    cfg = {"update_cluster_head_only": False, "amp": False}
+    model, criterion = tiny_clustering_model(heads=3), SCANLoss(5.0)
+    with torch.no_grad():
+        outputs = zip(model(pair_loader()[0]["anchor"]), model(pair_loader()[0]["neighbor"]))
+        parts = torch.stack([torch.stack(criterion(a, n)) for a, n in outputs]).double()
+    reads = []
+    for name in ("item", "tolist", "__float__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, original=original, name=name: reads.append(name) or original(self)
+        )
+    losses = scan.train_one_epoch(
+        pair_loader() * 2, model, criterion, torch.optim.SGD(model.parameters(), lr=0.0), CPU, cfg, epoch=0
+    )
+    monkeypatch.undo()
+    assert len(reads) == 2  # two steps
+    mean = parts.mean(dim=0)  # the heads' mean consistency and entropy, by hand
+    assert (losses["consistency"], losses["entropy"]) == pytest.approx((mean[1].item(), mean[2].item()), rel=1e-6)
+
+
 def test_update_cluster_head_only_freezes_backbone_and_its_batchnorm():
     from utils.optim import build_optimizer
 

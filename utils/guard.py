@@ -24,6 +24,8 @@ import signal
 import threading
 from collections.abc import Iterator
 
+import torch
+
 from utils.checkpoint import DIVERGENCE_HINT, NonFiniteError, resume, save_atomic, training_checkpoint
 from utils.runtime import Runtime, any_process, barrier, gather_rng_states, restore_rng_states, rng_state
 
@@ -44,13 +46,14 @@ class NonFiniteLossError(NonFiniteError):
     """The training loss became NaN or infinite."""
 
 
-def finite_loss(loss, epoch: int, step: int) -> float:
-    """The loss as a float (the value the loop logs), or a stop naming where training diverged.
+def finite_loss(loss: torch.Tensor | float, epoch: int, step: int) -> float:
+    """The loss (a one-element tensor, or a float already read) as a float, or a stop naming where training
+    diverged.
 
     Checked on the value the loop reads anyway (no extra device sync). The run stops before any file is
     written, so the checkpoint of the last completed epoch stays as it was.
     """
-    value = loss.item()
+    value = float(loss)
     if value != value or value in (float("inf"), float("-inf")):
         raise NonFiniteLossError(
             f"The loss is {value} at epoch {epoch + 1}, step {step}: training diverged and the stage stops. "
