@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test browser demo demo-features bench clean-venv
+.PHONY: test browser demo demo-features bench gpu-wheels clean-venv
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo-features: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/digits_demo.py --seeds 0 1 2 --output_dir results/digits_bench
+
+# Wheels for a GPU machine without internet (bench/gpu_check.sh installs those it lacks): into .whl/, with the size.
+gpu-wheels:
+	bash bench/gpu_wheels.sh
 
 clean-venv:
 	rm -rf $(VENV)
