@@ -53,7 +53,7 @@ def finite_loss(loss: torch.Tensor | float, epoch: int, step: int) -> float:
     Checked on the value the loop reads anyway (no extra device sync). The run stops before any file is
     written, so the checkpoint of the last completed epoch stays as it was.
     """
-    value = float(loss)
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
     if value != value or value in (float("inf"), float("-inf")):
         raise NonFiniteLossError(
             f"The loss is {value} at epoch {epoch + 1}, step {step}: training diverged and the stage stops. "
