@@ -27,8 +27,8 @@ SMALL=""  # extra --set overrides of the throughput runs
 TEST_SELECTIONS=("tests/test_batch_augment.py tests/test_mining.py -k cuda"
                  "tests/test_pipeline_e2e.py::test_three_stages_and_eval[batched]")
 if [ -n "${QUICK:-}" ]; then
-    EVAL_IMAGES=200 MINING_IMAGES=5000 STEPS=2 WARMUP=1
-    SMALL="batch_size=16 backbone_kwargs.base_width=4 num_workers=0"
+    EVAL_IMAGES=50 MINING_IMAGES=5000 STEPS=2 WARMUP=1
+    SMALL="batch_size=16 backbone_kwargs.base_width=2 num_workers=0"
     RESULTS=${RESULTS:-/tmp/GPU_RESULTS.quick.md}
 fi
 RESULTS=${RESULTS:-bench/GPU_RESULTS.md}
