@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from data.batches import eval_batches, train_batches
 from data.loaders import set_epoch
+from data.neighbors import load_neighbors
 from data.registry import get_train_dataset, get_val_dataset
 from engine.cluster_watch import SelfLabelWatch
 from engine.evaluate import cluster_metrics, get_predictions
-from engine.knn import load_neighbors
 from engine.model_files import architecture_record, require_matching_architecture, save_state_dict_file
 from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
@@ -166,12 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_loader = eval_batches(cfg, val_dataset, runtime)
     val_neighbors = None  # optional with selflabel_keep: last (a model-zoo SCAN file comes without them)
     if Path(cfg["topk_neighbors_val_path"]).is_file():
-        val_neighbors = torch.as_tensor(load_neighbors(cfg["topk_neighbors_val_path"]), dtype=torch.long)
-        if val_neighbors.shape[0] != len(val_dataset):
-            raise ConfigError(
-                f"{cfg['topk_neighbors_val_path']} holds neighbours of {val_neighbors.shape[0]} test images, the "
-                f"test split has {len(val_dataset)}: it was mined on other data. Re-run the pretext stage."
-            )
+        val_neighbors = load_neighbors(cfg["topk_neighbors_val_path"], len(val_dataset))
     if runtime.is_main:
         print(
             f"Train: {len(train_dataset)} images, test: {len(val_dataset)}. Writing to {cfg['selflabel_dir']}",

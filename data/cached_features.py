@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.neighbors import load_neighbors
 from utils.config import ConfigError
 from utils.distributed import broadcast_from_main, gather_in_order, shard_range
 from utils.prerequisites import require_files
@@ -112,20 +113,12 @@ def load_cached_split(cfg: dict, split: str, pretext_command: str, num_neighbors
         )
     features = torch.from_numpy(np.load(paths["features"]))
     targets = torch.from_numpy(np.load(paths["targets"])).long()
-    neighbors = torch.from_numpy(np.load(neighbor_path)).long()
-    if not (features.shape[0] == targets.shape[0] == neighbors.shape[0]):
+    if features.shape[0] != targets.shape[0]:
         raise ValueError(
-            f"{paths['features']} has {features.shape[0]} rows, {paths['targets']} {targets.shape[0]} and "
-            f"{neighbor_path} {neighbors.shape[0]}: they come from different runs. Re-run the pretext stage with "
-            "save_features=true so that features and neighbours are written together."
+            f"{paths['features']} has {features.shape[0]} rows but {paths['targets']} {targets.shape[0]}: they come "
+            "from different runs. Re-run the pretext stage with save_features=true to write them again."
         )
-    if num_neighbors is not None:
-        if num_neighbors + 1 > neighbors.shape[1]:
-            raise ValueError(
-                f"num_neighbors={num_neighbors} needs {num_neighbors + 1} columns but {neighbor_path} has "
-                f"{neighbors.shape[1]}. Lower num_neighbors or mine more neighbours (topk_neighbors_train)."
-            )
-        neighbors = neighbors[:, : num_neighbors + 1]
+    neighbors = load_neighbors(neighbor_path, features.shape[0], num_neighbors)
     classes = meta.get("classes") or [str(c) for c in range(int(targets.max().item()) + 1)]
     return CachedSplit(features, targets, neighbors, classes)
 

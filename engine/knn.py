@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from data.cached_features import save_split_features
-from data.wrappers import NeighborsFileError
 from engine.knn_index import MiningSettings, faiss_on_gpu, ivf_search, sampled_recall
 from utils.distributed import (
     batch_indices,
@@ -285,20 +282,3 @@ def mine_and_save_neighbors(
         if save_features:
             save_split_features(cfg, split, extracted[2], targets, classes)
     return results
-
-
-def load_neighbors(path: str | Path) -> np.ndarray:
-    """A neighbour file written by mine_and_save_neighbors: an [N, k+1] integer array (nothing pickled)."""
-    try:
-        indices = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise NeighborsFileError(
-            f"Could not read the neighbour file {path}: it is truncated or not a .npy array ({error}). "
-            f"Re-run the pretext stage (simclr.py --fresh, or moco.py) to mine it again."
-        ) from error
-    if indices.ndim != 2 or not np.issubdtype(indices.dtype, np.integer):
-        raise NeighborsFileError(
-            f"The neighbour file {path} holds a {indices.dtype} array of shape {indices.shape}, not [images, k+1] "
-            f"integer indices. Re-run the pretext stage to mine it again."
-        )
-    return indices
