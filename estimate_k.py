@@ -5,8 +5,9 @@
 
 Needs the pretext stage's cached features (`save_features: true`, see data/cached_features.py). For every K
 and seed it trains the config's SCAN heads on the train split's features (no images, seconds per run), then
-scores the train split's assignments with the criteria of engine/cluster_number.py. Labels, when the data has
-them, give ACC/NMI/ARI on the test split for reference only: they never enter the recommendation.
+scores the train split's assignments with the criteria of engine/cluster_criteria.py and engine/cluster_number.py.
+Labels, when the data has them, give ACC/NMI/ARI on the test split for reference only: they never enter the
+recommendation.
 
 Writes <root_dir>/<db>/estimate_k/{estimate_k.json, estimate_k.md}.
 """
@@ -22,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from data.cached_features import CachedPairLoader, head_predictions, load_cached_split
-from engine.cluster_number import kappa, neighbour_agreement, recommend, size_balance, stability, used_clusters
-from engine.evaluate import cluster_metrics, scan_evaluate
+from engine.cluster_criteria import kappa, neighbour_agreement, scan_evaluate
+from engine.cluster_number import recommend, size_balance, stability, used_clusters
+from engine.evaluate import cluster_metrics
 from engine.stage import run_cli, stage_command
 from losses import SCANLoss
 from models import ClusteringModel

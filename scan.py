@@ -21,7 +21,8 @@ from data.cached_features import CachedPairLoader, check_cached_mode, head_predi
 from data.loaders import set_epoch
 from data.neighbors import read_neighbors
 from data.registry import get_train_dataset, get_val_dataset
-from engine.evaluate import cluster_metrics, get_predictions, scan_evaluate
+from engine.cluster_criteria import scan_evaluate
+from engine.evaluate import cluster_metrics, get_predictions
 from engine.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
 from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command

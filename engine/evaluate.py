@@ -17,7 +17,6 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader
 
-from losses.losses import entropy
 from utils.distributed import batch_indices, broadcast_from_main, concat_indices, gather_in_order, is_main_process
 from utils.progress import tqdm
 
@@ -97,39 +96,6 @@ def get_predictions(
             output["neighbors"] = rows["neighbors"]
         heads.append(output)
     return heads, rows.get("features")
-
-
-def _neighbor_similarities(probabilities: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
-    """⟨P[i], P[neighbors[i, j]]⟩ as an [N, k] matrix, one neighbour column at a time.
-
-    Gathering rows instead of forming P·Pᵀ keeps memory at O(N·C) (N = 50k on ImageNet).
-    """
-    columns = [(probabilities * probabilities[neighbors[:, j]]).sum(dim=1) for j in range(neighbors.shape[1])]
-    return torch.stack(columns, dim=1)
-
-
-@torch.no_grad()
-def scan_evaluate(head_outputs: list[dict]) -> dict:
-    """SCAN loss of every head over the val neighbours (entropy weight 1); picks the lowest.
-
-    This is the model-selection criterion of the clustering stage. Consistency is the mean
-    BCE against 1 over all N·k (anchor, neighbour) pairs, self (column 0) included, in
-    anchor-major order as the original. Similarities are clamped to [0, 1] first: a float32
-    dot product of two one-hot rows can round a hair above 1, which BCE would reject.
-    """
-    scores = []
-    for head in head_outputs:
-        probabilities = head["probabilities"].float()
-        neighbors = head["neighbors"].long()
-        entropy_loss = entropy(probabilities.mean(dim=0)).item()
-        similarity = _neighbor_similarities(probabilities, neighbors).reshape(-1).clamp(0.0, 1.0)
-        consistency_loss = F.binary_cross_entropy(similarity, torch.ones_like(similarity)).item()
-        scores.append(
-            {"entropy": entropy_loss, "consistency": consistency_loss, "total_loss": consistency_loss - entropy_loss}
-        )
-    totals = [score["total_loss"] for score in scores]
-    best = int(np.argmin(totals))
-    return {"scan": scores, "lowest_loss_head": best, "lowest_loss": float(totals[best])}
 
 
 def count_matrix(preds: ArrayLike, targets: ArrayLike, num_preds: int, num_targets: int) -> np.ndarray:

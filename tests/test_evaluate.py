@@ -12,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader, Dataset
 
+from engine.cluster_criteria import scan_evaluate
 from engine.evaluate import (
     cluster_metrics,
     count_matrix,
@@ -19,7 +20,6 @@ from engine.evaluate import (
     get_prototype_indices,
     hungarian_match,
     majority_match,
-    scan_evaluate,
 )
 
 

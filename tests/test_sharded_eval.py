@@ -73,7 +73,8 @@ def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
     from data.batches import eval_batches
     from data.cached_features import CachedSplit, head_predictions
     from data.registry import get_train_dataset, get_val_dataset
-    from engine.evaluate import cluster_metrics, get_predictions, scan_evaluate
+    from engine.cluster_criteria import scan_evaluate
+    from engine.evaluate import cluster_metrics, get_predictions
     from models import build_model
     from utils.config import load_config
     from utils.runtime import Runtime, resolve_fast_path
