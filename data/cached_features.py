@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.loaders import capped_batch_size
 from data.neighbors import load_neighbors
 from utils.config import ConfigError
 from utils.distributed import broadcast_from_main, gather_in_order, shard_range
@@ -132,13 +133,7 @@ class CachedPairLoader:
 
     def __init__(self, split: CachedSplit, batch_size: int, device: torch.device | str, world_size: int = 1) -> None:
         per_process = max(1, split.features.shape[0] // world_size)
-        if per_process < batch_size:
-            warnings.warn(
-                f"batch_size {batch_size} is larger than the {per_process} training samples per process; "
-                f"using batch_size {per_process} so that every epoch runs at least one step.",
-                stacklevel=2,
-            )
-            batch_size = per_process
+        batch_size = capped_batch_size(split.features.shape[0], batch_size, world_size)
         self.batch_size, self.steps = batch_size, per_process // batch_size
         self.features = split.features.to(device)
         self.neighbors = split.neighbors.to(device)
