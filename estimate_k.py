@@ -27,7 +27,7 @@ from engine.cluster_criteria import kappa, neighbour_agreement, scan_evaluate
 from engine.cluster_number import recommend, size_balance, stability, used_clusters
 from engine.evaluate import cluster_metrics
 from engine.stage import run_cli, stage_command
-from losses import SCANLoss
+from losses import make_criterion
 from models import ClusteringModel
 from utils.config import add_config_arguments, load_config
 from utils.optim import adjust_learning_rate, build_optimizer
@@ -57,7 +57,8 @@ def train_heads(train, num_clusters: int, cfg: dict, seed: int, device) -> Clust
     features_in.out_dim = train.features.shape[1]
     model = ClusteringModel(features_in, num_clusters, cfg["num_heads"]).to(device)
     # A target prior lists one size per cluster of the config's num_classes: it cannot follow K, so it is left out.
-    criterion = SCANLoss(**{key: value for key, value in cfg["criterion_kwargs"].items() if key != "target_prior"})
+    kwargs = {key: value for key, value in cfg["criterion_kwargs"].items() if key != "target_prior"}
+    criterion = make_criterion({**cfg, "criterion_kwargs": kwargs}, "scan")
     optimizer = build_optimizer({**cfg, "update_cluster_head_only": True}, model)
     loader = CachedPairLoader(train, cfg["batch_size"], device)
     model.train()

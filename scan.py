@@ -26,7 +26,7 @@ from engine.evaluate import cluster_metrics, get_predictions
 from engine.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
 from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
-from losses import SCANLoss
+from losses import make_criterion
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_state_dict_checked
 from utils.guard import TrainingGuard, finite_loss
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         source=f"pretext model {cfg['pretext_model']}",
     )
     model = wrap_model(model, runtime)
-    criterion = SCANLoss(**cfg["criterion_kwargs"])
+    criterion = make_criterion(cfg, "scan")
     optimizer = build_optimizer(cfg, model)
 
     guard = TrainingGuard(cfg, runtime, cfg["scan_checkpoint"], unwrap(model), optimizer)

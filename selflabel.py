@@ -29,7 +29,7 @@ from engine.evaluate import cluster_metrics, get_predictions
 from engine.model_files import architecture_record, require_matching_architecture, save_state_dict_file
 from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
-from losses import ConfidenceBasedCE, NoConfidentSamplesError, PerClusterConfidenceCE, pseudo_labels
+from losses import NoConfidentSamplesError, make_criterion, pseudo_labels
 from models import build_model
 from utils.checkpoint import (
     CheckpointError,
@@ -56,14 +56,13 @@ def best_head_state_dict(scan_checkpoint: dict) -> dict:
 
 
 def build_criterion(cfg: dict) -> torch.nn.Module:
-    """The paper's threshold rule, or balanced per-cluster pseudo-labels."""
-    if cfg["pseudo_labels"] == "threshold":
-        return ConfidenceBasedCE(cfg["confidence_threshold"], **cfg["criterion_kwargs"])
-    if cfg["pseudo_labels"] == "per_cluster":
-        return PerClusterConfidenceCE(
-            cfg["confidence_threshold"], cfg["pseudo_label_fraction"], **cfg["criterion_kwargs"]
-        )
-    raise ConfigError(f"pseudo_labels '{cfg['pseudo_labels']}' is not one of: threshold, per_cluster.")
+    """`criterion: confidence-cross-entropy` toward the targets `pseudo_labels` names: the paper's threshold rule,
+    or every cluster's most confident `pseudo_label_fraction` of its batch members as well."""
+    fractions = {"threshold": None, "per_cluster": cfg["pseudo_label_fraction"]}
+    if cfg["pseudo_labels"] not in fractions:
+        raise ConfigError(f"pseudo_labels '{cfg['pseudo_labels']}' is not one of: threshold, per_cluster.")
+    fraction = fractions[cfg["pseudo_labels"]]
+    return make_criterion(cfg, "confidence-cross-entropy", threshold=cfg["confidence_threshold"], fraction=fraction)
 
 
 def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool, epoch: int) -> dict:
@@ -82,10 +81,8 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
             with torch.no_grad():
                 weak_output = model(images)[0]
             strong_output = model(augmented)[0]
-        # The criterion's own rule (per-cluster share only for PerClusterConfidenceCE), for the per-epoch log.
-        cluster, mask = pseudo_labels(
-            F.softmax(weak_output.float(), dim=1), criterion.threshold, getattr(criterion, "fraction", None)
-        )
+        # The criterion's own rule, for the per-epoch log.
+        cluster, mask = pseudo_labels(F.softmax(weak_output.float(), dim=1), criterion.threshold, criterion.fraction)
         if predicted is None:
             predicted = torch.zeros(weak_output.shape[1], dtype=torch.long, device=weak_output.device)
             targets = torch.zeros_like(predicted)

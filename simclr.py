@@ -19,7 +19,7 @@ from data.registry import get_train_dataset, get_val_dataset
 from engine.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
 from engine.model_files import architecture_record, save_state_dict_file
 from engine.stage import run_cli, setup_stage
-from losses import SimCLRLoss
+from losses import make_criterion
 from models import build_model
 from utils.distributed import gather_with_grad
 from utils.guard import TrainingGuard, finite_loss
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     model = wrap_model(model, runtime)
-    criterion = SimCLRLoss(**cfg["criterion_kwargs"])
+    criterion = make_criterion(cfg, "simclr")
     optimizer = build_optimizer(cfg, model)
 
     guard = TrainingGuard(cfg, runtime, cfg["pretext_checkpoint"], unwrap(model), optimizer)
