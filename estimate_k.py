@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.cached_features import CachedPairLoader, head_predictions, load_cached_split
+from data.cached_features import CachedPairLoader, load_cached_split
 from engine.cluster_criteria import kappa, neighbour_agreement, scan_evaluate
 from engine.cluster_number import recommend, size_balance, stability, used_clusters
 from engine.evaluate import cluster_metrics
+from engine.inference import run_model
 from engine.stage import run_cli, stage_command
 from losses import make_criterion
 from models import ClusteringModel
@@ -76,8 +77,9 @@ def train_heads(train, num_clusters: int, cfg: dict, seed: int, device) -> Clust
 
 def score_run(model, train, val, num_clusters: int, device) -> dict:
     """Label-free criteria on the train split (the lowest-loss head, chosen as scan.py does) + reference metrics."""
-    train_heads_out = head_predictions(model, train, device)
-    head = scan_evaluate(head_predictions(model, val, device))["lowest_loss_head"]
+    train_heads_out = run_model(model, train.batches(), device, forward_pass="head").heads()
+    val_out = run_model(model, val.batches(), device, forward_pass="head").heads()
+    head = scan_evaluate(val_out)["lowest_loss_head"]
     chosen = train_heads_out[head]
     assignment = chosen["predictions"].numpy()
     neighbors = train.neighbors.numpy()
@@ -90,9 +92,8 @@ def score_run(model, train, val, num_clusters: int, device) -> dict:
         "used": used_clusters(assignment, num_clusters),
         "scan_loss_per_log_k": scan_scores["total_loss"] / np.log(num_clusters),
     }
-    val_out = head_predictions(model, val, device)[head]
     if not (val.targets < 0).any():
-        scores = cluster_metrics(val_out["predictions"], val_out["probabilities"], val.targets)
+        scores = cluster_metrics(val_out[head]["predictions"], val_out[head]["probabilities"], val.targets)
         run.update({key: scores[key] for key in LABEL_METRICS})
     return run
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from data.batches import eval_batches, train_batches
-from data.cached_features import CachedPairLoader, check_cached_mode, head_predictions, load_cached_split
+from data.cached_features import CachedPairLoader, check_cached_mode, load_cached_split
 from data.loaders import set_epoch
 from data.neighbors import read_neighbors
 from data.registry import get_train_dataset, get_val_dataset
 from engine.cluster_criteria import scan_evaluate
-from engine.evaluate import cluster_metrics, get_predictions
+from engine.evaluate import cluster_metrics
+from engine.inference import run_model
 from engine.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
 from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def val_predictions(model) -> list[dict]:
         if cached:
-            return head_predictions(model, val_data, runtime.device)
-        return get_predictions(model, val_loader, runtime.device)[0]
+            return run_model(model, val_data.batches(), runtime.device, forward_pass="head").heads()
+        return run_model(model, val_loader, runtime.device).heads()
 
     if runtime.is_main:
         print(

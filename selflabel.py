@@ -25,7 +25,8 @@ from data.loaders import set_epoch
 from data.neighbors import load_neighbors
 from data.registry import get_train_dataset, get_val_dataset
 from engine.cluster_watch import SelfLabelWatch
-from engine.evaluate import cluster_metrics, get_predictions
+from engine.evaluate import cluster_metrics
+from engine.inference import run_model
 from engine.model_files import architecture_record, require_matching_architecture, save_state_dict_file
 from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("Before training (epoch 0): the SCAN model", flush=True)
         scan_model = build_model(cfg).to(runtime.device)
         scan_model.load_state_dict(best_head_state_dict(scan_checkpoint))
-        head_output = get_predictions(scan_model, val_loader, runtime.device)[0][0]  # each process: its shard
+        head_output = run_model(scan_model, val_loader, runtime.device).head(0)  # each process: its shard
         watch_epoch(watch, 0, head_output, val_neighbors, runtime)
         if keep_best and runtime.is_main:
             save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture)
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
         stats = train_one_epoch(guard.batches(loader), model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
-        head_output = get_predictions(unwrap(model), val_loader, runtime.device)[0][0]  # each process: its shard
+        head_output = run_model(unwrap(model), val_loader, runtime.device).head(0)  # each process: its shard
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
             if stats["skipped"]:
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     final_model = build_model(cfg).to(runtime.device)
     load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
-    head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]  # each process: its shard
+    head_output = run_model(final_model, val_loader, runtime.device).head(0)  # each process: its shard
     metrics = {}
     if runtime.is_main:
         if keep_best:

@@ -20,11 +20,10 @@ from data.cached_features import (
     CachedPairLoader,
     CachedSplit,
     check_cached_mode,
-    head_predictions,
     load_cached_split,
     save_split_features,
 )
-from engine.evaluate import get_predictions
+from engine.inference import run_model
 from losses import SCANLoss
 from models import ClusteringModel, build_backbone
 from tests.conftest import ROOT
@@ -114,10 +113,10 @@ def test_head_predictions_equal_the_image_predictions():
     images, targets = torch.randn(10, 3, 8, 8), torch.arange(10) % 3
     neighbors = torch.randint(0, 10, (10, 3))
     loader = [{"anchor": images, "target": targets, "possible_neighbors": neighbors}]
-    expected, _ = get_predictions(model, loader, "cpu")
+    expected = run_model(model, loader, "cpu").heads()
     with torch.no_grad():
         features = model(images, forward_pass="backbone")
-    cached = head_predictions(model, CachedSplit(features, targets, neighbors, []), "cpu", chunk=4)
+    cached = run_model(model, CachedSplit(features, targets, neighbors, []).batches(chunk=4), "cpu", "head").heads()
     for head_expected, head_cached in zip(expected, cached):
         for key in ("predictions", "targets", "neighbors"):
             assert torch.equal(head_expected[key], head_cached[key])
