@@ -42,35 +42,30 @@ def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, c
     """
     batch_size = capped_batch_size(len(dataset), batch_size, runtime.world_size)
     sampler = DistributedSampler(dataset, shuffle=True, drop_last=True) if runtime.distributed else None
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=runtime.device.type == "cuda",
-        drop_last=True,
-        worker_init_fn=ignore_stop_signals,
-        collate_fn=collate_fn,
-    )
+    return _loader(dataset, batch_size, num_workers, runtime, collate_fn, sampler, train=True)
 
 
 def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
     """In-order loader over every sample; under torchrun over this process's shard, a run of whole batches.
 
-    Its consumers (engine/knn.extract_features, engine/evaluate.get_predictions) gather the shards in dataset order.
+    Its consumer (engine/inference.run_model) gathers the shards in dataset order.
     Each batch holds the same images as in one process (the shard starts at a batch boundary), so the results
     gathered from the shards equal one process's.
     """
     shard = shard_range(len(dataset), batch_size, runtime.rank, runtime.world_size) if runtime.distributed else None
+    return _loader(dataset, batch_size, num_workers, runtime, collate_fn, shard, train=False)
+
+
+def _loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn, sampler, train: bool):
+    """The DataLoader both share: training shuffles (without a sampler) and drops the last partial batch."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=False,
-        sampler=shard,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda",
-        drop_last=False,
+        drop_last=train,
         worker_init_fn=ignore_stop_signals,
         collate_fn=collate_fn,
     )

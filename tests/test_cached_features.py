@@ -107,7 +107,7 @@ def test_batch_larger_than_the_cache_is_capped():
     assert len(loader) == 1 and next(iter(loader))["anchor"].shape[0] == 10
 
 
-def test_head_predictions_equal_the_image_predictions():
+def test_heads_on_cached_features_equal_the_image_predictions():
     model = tiny_model(heads=2).eval()
     torch.manual_seed(2)
     images, targets = torch.randn(10, 3, 8, 8), torch.arange(10) % 3
