@@ -1,4 +1,4 @@
-"""Predictions and clustering metrics, computed exactly as the published SCAN numbers were.
+"""Clustering metrics, computed exactly as the published SCAN numbers were (predictions: engine/inference.py).
 
 Users compare our metrics with the original code's on the same checkpoints, so every
 detail that can move a number (REFERENCE §1.4) is pinned here: the K×K count matrix with
