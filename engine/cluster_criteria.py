@@ -81,12 +81,8 @@ def kappa(assignment: ArrayLike, neighbors: ArrayLike, num_clusters: int) -> flo
 
 
 def assignment_scan_loss(assignment: torch.Tensor, neighbors: torch.Tensor, num_clusters: int) -> dict:
-    """The self-label selection criterion (lower is better) and its two parts, from hard assignments.
-
-    Scored on the argmax rather than the probabilities: self-labeling sharpens the probabilities by design, and
-    the probability-based SCAN loss then punishes every confident disagreement with a (possibly wrong) neighbour
-    (engine/cluster_watch.py says more).
-    """
+    """The self-label selection criterion (lower is better) and its two parts, from hard assignments (why not
+    from the probabilities: engine/cluster_watch.py)."""
     agreement = neighbour_agreement(assignment, neighbors)
     size_entropy = float(entropy(torch.bincount(assignment.long(), minlength=num_clusters) / assignment.numel()))
     return {
