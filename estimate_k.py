@@ -5,8 +5,9 @@
 
 Needs the pretext stage's cached features (`save_features: true`, see data/cached_features.py). For every K
 and seed it trains the config's SCAN heads on the train split's features (no images, seconds per run), then
-scores the train split's assignments with the criteria of engine/cluster_number.py. Labels, when the data has
-them, give ACC/NMI/ARI on the test split for reference only: they never enter the recommendation.
+scores the train split's assignments with the criteria of engine/cluster_criteria.py and engine/cluster_number.py.
+Labels, when the data has them, give ACC/NMI/ARI on the test split for reference only: they never enter the
+recommendation.
 
 Writes <root_dir>/<db>/estimate_k/{estimate_k.json, estimate_k.md}.
 """
@@ -21,11 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.cached_features import CachedPairLoader, head_predictions, load_cached_split
-from engine.cluster_number import kappa, neighbour_agreement, recommend, size_balance, stability, used_clusters
-from engine.evaluate import cluster_metrics, scan_evaluate
+from data.cached_features import CachedPairLoader, load_cached_split
+from engine.cluster_criteria import kappa, neighbour_agreement, scan_evaluate
+from engine.cluster_number import recommend, size_balance, stability, used_clusters
+from engine.evaluate import cluster_metrics
+from engine.inference import run_model
 from engine.stage import run_cli, stage_command
-from losses import SCANLoss
+from losses import make_criterion
 from models import ClusteringModel
 from utils.config import add_config_arguments, load_config
 from utils.optim import adjust_learning_rate, build_optimizer
@@ -55,7 +58,8 @@ def train_heads(train, num_clusters: int, cfg: dict, seed: int, device) -> Clust
     features_in.out_dim = train.features.shape[1]
     model = ClusteringModel(features_in, num_clusters, cfg["num_heads"]).to(device)
     # A target prior lists one size per cluster of the config's num_classes: it cannot follow K, so it is left out.
-    criterion = SCANLoss(**{key: value for key, value in cfg["criterion_kwargs"].items() if key != "target_prior"})
+    kwargs = {key: value for key, value in cfg["criterion_kwargs"].items() if key != "target_prior"}
+    criterion = make_criterion({**cfg, "criterion_kwargs": kwargs}, "scan")
     optimizer = build_optimizer({**cfg, "update_cluster_head_only": True}, model)
     loader = CachedPairLoader(train, cfg["batch_size"], device)
     model.train()
@@ -73,8 +77,9 @@ def train_heads(train, num_clusters: int, cfg: dict, seed: int, device) -> Clust
 
 def score_run(model, train, val, num_clusters: int, device) -> dict:
     """Label-free criteria on the train split (the lowest-loss head, chosen as scan.py does) + reference metrics."""
-    train_heads_out = head_predictions(model, train, device)
-    head = scan_evaluate(head_predictions(model, val, device))["lowest_loss_head"]
+    train_heads_out = run_model(model, train.batches(), device, forward_pass="head").heads()
+    val_out = run_model(model, val.batches(), device, forward_pass="head").heads()
+    head = scan_evaluate(val_out)["lowest_loss_head"]
     chosen = train_heads_out[head]
     assignment = chosen["predictions"].numpy()
     neighbors = train.neighbors.numpy()
@@ -87,9 +92,8 @@ def score_run(model, train, val, num_clusters: int, device) -> dict:
         "used": used_clusters(assignment, num_clusters),
         "scan_loss_per_log_k": scan_scores["total_loss"] / np.log(num_clusters),
     }
-    val_out = head_predictions(model, val, device)[head]
     if not (val.targets < 0).any():
-        scores = cluster_metrics(val_out["predictions"], val_out["probabilities"], val.targets)
+        scores = cluster_metrics(val_out[head]["predictions"], val_out[head]["probabilities"], val.targets)
         run.update({key: scores[key] for key in LABEL_METRICS})
     return run
 

@@ -16,11 +16,11 @@ import argparse
 import csv
 from pathlib import Path
 
-from data.augment import get_val_transformations
-from data.loaders import eval_loader
+from data.batches import eval_batches
 from data.registry import get_val_dataset
-from engine.evaluate import get_predictions, get_prototype_indices
-from engine.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
+from engine.evaluate import get_prototype_indices
+from engine.inference import run_model
+from engine.knn import mine_nearest_neighbors, neighbor_accuracy
 from engine.model_files import default_output_dir, load_model_file
 from engine.report import clustering_report
 from engine.stage import run_cli
@@ -28,7 +28,7 @@ from tools.html_report import add_report_arguments, gallery_options, write_eval_
 from utils.config import add_config_arguments, format_config, load_config
 from utils.plots import plot_prototypes
 from utils.results import atomic_write, check_writable, write_json
-from utils.runtime import init_runtime
+from utils.runtime import init_runtime, resolve_fast_path
 
 PRETEXT_KS = (1, 5, 20)
 
@@ -43,10 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def evaluate_pretext(cfg, model, dataset, runtime, out_dir: Path, model_path: str) -> dict:
+def evaluate_pretext(cfg, model, batches, runtime, out_dir: Path, model_path: str) -> dict:
     """Neighbour accuracy of the contrastive features on the test split, for k = 1, 5, 20."""
-    loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    features, targets = extract_features(model.to(runtime.device), loader, runtime.device)
+    outputs = run_model(model.to(runtime.device), batches, runtime.device)
+    features, targets = outputs.features.numpy(), outputs.targets.numpy()
     indices, _ = mine_nearest_neighbors(features, targets, max(PRETEXT_KS))
     accuracies = {str(k): neighbor_accuracy(indices, targets, k) for k in PRETEXT_KS}
     metrics = {"model": model_path, "neighbor_acc": accuracies}
@@ -87,10 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
     runtime = init_runtime()  # under torchrun every process evaluates its shard of the test split
+    resolve_fast_path(cfg, runtime)  # the stages' batches: augmentation_backend, channels_last as they resolve
     model_path = args.model
     out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)
     model, head = load_model_file(cfg, model_path)
-    dataset = get_val_dataset(cfg, get_val_transformations(cfg))
+    dataset = get_val_dataset(cfg)
+    batches = eval_batches(cfg, dataset, runtime)
     if runtime.is_main:  # the only process that writes
         print(format_config(cfg), flush=True)
         check_writable(out_dir)
@@ -100,18 +102,16 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     if head is None:  # a pretext model
-        metrics = evaluate_pretext(cfg, model, dataset, runtime, out_dir, model_path)
+        metrics = evaluate_pretext(cfg, model, batches, runtime, out_dir, model_path)
         if runtime.is_main:
             write_eval_report(out_dir, model_path, metrics)
         return metrics
 
-    loader = eval_loader(dataset, cfg["batch_size"], cfg["num_workers"], runtime)
-    head_outputs, features = get_predictions(
-        model.to(runtime.device), loader, runtime.device, return_features=args.visualize_prototypes
-    )
+    forward_pass = "return_all" if args.visualize_prototypes else None  # prototypes need the backbone features
+    outputs = run_model(model.to(runtime.device), batches, runtime.device, forward_pass)
     if not runtime.is_main:  # it has predicted its shard; the main process writes the results
         return {}
-    head_output = head_outputs[head]
+    head_output = outputs.head(head)
     metrics = clustering_report(
         head_output,
         dataset.classes,
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     cluster_to_class = {cluster: dataset.classes[cls] for cluster, cls in metrics.get("hungarian_match", [])}
     write_predictions_csv(out_dir / "predictions.csv", dataset, head_output, cluster_to_class)
     if args.visualize_prototypes:
-        indices = get_prototype_indices(head_output["probabilities"], features)
+        indices = get_prototype_indices(head_output["probabilities"], outputs.features)
         shown = [(cluster, index) for cluster, index in enumerate(indices) if index is not None]
         images = [dataset.get_image(index) for _, index in shown]
         titles = [

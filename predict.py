@@ -9,7 +9,8 @@ Images (files, or folders searched recursively) are read like the training image
 predictions.csv gets one row per image: path, cluster, confidence (the cluster's softmax probability) and
 matched_class, the class eval.py matched to that cluster, read from the `hungarian_match` of --metrics
 (default: the metrics.json eval.py writes beside the model). Without a labeled evaluation it stays empty.
-Files that cannot be read are listed and skipped; the others are still written.
+Files that are not images are listed and skipped; one cut short is assigned from its decodable part with a
+warning, as in training. Batches are built as the stages build them (augmentation_backend, channels_last).
 --sort_into DIR also copies (--link: symlinks) the images into DIR/cluster_03_<matched class>/, one folder per cluster.
 """
 
@@ -21,21 +22,19 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
-from data.augment import get_val_transformations
-from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
+from data.base import UNLABELED, ImageDataset
+from data.batches import eval_batches
+from data.folder import IMAGE_EXTENSIONS, find_images, read_image, unreadable_reason
 from data.registry import get_val_dataset
+from engine.inference import run_model
 from engine.model_files import default_output_dir, load_model_file
 from engine.stage import run_cli
 from tools.sort_images import check_target_folder, sort_into
 from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
-from utils.distributed import gather_objects, shard_range
-from utils.progress import tqdm
 from utils.results import atomic_write
-from utils.runtime import init_runtime
+from utils.runtime import init_runtime, resolve_fast_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,37 +107,23 @@ def matched_classes(metrics_path: Path, explicit: bool, cfg: dict, head: int) ->
     return {int(cluster): classes[int(cls)] for cluster, cls in metrics["hungarian_match"]}
 
 
-class ImageFiles(Dataset):
-    """The images to assign; one that cannot be read yields its error instead of stopping the run."""
+class ImageFiles(ImageDataset):
+    """The images to assign, unlabeled, read as a folder dataset reads its own (data/folder.read_image)."""
 
-    def __init__(self, paths: list[Path], transform, image_size: int | None) -> None:
-        self.paths, self.transform, self.image_size = paths, transform, image_size
+    def __init__(self, paths: list[Path], image_size: int | None) -> None:
+        super().__init__()
+        self.paths, self.image_size = paths, image_size
+        self.targets, self.classes = [UNLABELED] * len(paths), []
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        try:
-            image = self.transform(open_rgb(self.paths[index], self.image_size))
-            return {"index": index, "image": image, "error": None}
-        except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files; each is reported
-            return {"index": index, "image": None, "error": f"{type(error).__name__}: {error}"}
-
-
-def collate_readable(samples: list[dict]) -> dict:
-    """Batch the images that could be read; pass the failures on to be reported."""
-    readable = [sample for sample in samples if sample["error"] is None]
-    return {
-        "index": [sample["index"] for sample in readable],
-        "image": torch.stack([sample["image"] for sample in readable]) if readable else None,
-        "failed": [(sample["index"], sample["error"]) for sample in samples if sample["error"] is not None],
-    }
+    def load_image(self, index: int):
+        return read_image(self.paths[index], self.image_size)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
     runtime = init_runtime()
+    resolve_fast_path(cfg, runtime)  # the stages' batches: augmentation_backend, channels_last as they resolve
 
     model, head = load_model_file(cfg, args.model)
     if head is None:
@@ -150,56 +135,40 @@ def main(argv: list[str] | None = None) -> dict:
     cluster_to_class = matched_classes(metrics_path, args.metrics is not None, cfg, head)
 
     paths = collect_images(args.images)
-    dataset = ImageFiles(paths, get_val_transformations(cfg), (cfg["dataset_kwargs"] or {}).get("image_size"))
-    # Under torchrun this process's run of whole batches (every image in one process).
-    shard = shard_range(len(dataset), cfg["batch_size"], runtime.rank, runtime.world_size)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg["batch_size"],
-        num_workers=cfg["num_workers"],
-        collate_fn=collate_readable,
-        sampler=shard,
-    )
+    # Files that are not images are listed and skipped (the check a folder dataset makes); the others are assigned.
+    reasons = [unreadable_reason(path) for path in paths]
+    failed = [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
+    paths = [path for path, reason in zip(paths, reasons) if reason is None]
     if runtime.is_main:
         print(f"Assigning {len(paths)} image(s) with head {head} of {args.model}", flush=True)
-    rows, failed = {}, []
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="Predicting"):
-            failed += batch["failed"]
-            if batch["image"] is None:
-                continue
-            logits = model(batch["image"].to(runtime.device))[head]
-            clusters = logits.argmax(dim=1).tolist()  # argmax on logits, as eval.py's predictions
-            confidences = F.softmax(logits.float(), dim=1).max(dim=1).values.tolist()
-            for index, cluster, confidence in zip(batch["index"], clusters, confidences):
-                rows[index] = (cluster, confidence)
-
-    shards = gather_objects((rows, failed))  # under torchrun every process assigned its shard; the main one writes
+    rows = []
+    if paths:  # under torchrun every process assigns its shard and gets all rows
+        dataset = ImageFiles(paths, (cfg["dataset_kwargs"] or {}).get("image_size"))
+        head_output = run_model(model, eval_batches(cfg, dataset, runtime), runtime.device).head(head)
+        # Cluster: argmax on the logits, as eval.py's predictions; confidence: its softmax probability.
+        rows = list(zip(head_output["predictions"].tolist(), head_output["probabilities"].max(dim=1).values.tolist()))
     if not runtime.is_main:
         return {}
-    rows = {index: row for shard_rows, _ in shards for index, row in shard_rows.items()}
-    failed = [failure for _, shard_failed in shards for failure in shard_failed]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(output, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "cluster", "confidence", "matched_class"])
-        for index in sorted(rows):
-            cluster, confidence = rows[index]
-            writer.writerow([str(paths[index]), cluster, f"{confidence:.6f}", cluster_to_class.get(cluster, "")])
+        for path, (cluster, confidence) in zip(paths, rows):
+            writer.writerow([str(path), cluster, f"{confidence:.6f}", cluster_to_class.get(cluster, "")])
     if failed:
         print(
             f"Skipped {len(failed)} file(s) that could not be read as images:\n"
-            + "\n".join(f"  {paths[index]}: {error}" for index, error in sorted(failed)),
+            + "\n".join(f"  {path}: {error}" for path, error in failed),
             flush=True,
         )
     sizes = torch.bincount(
-        torch.tensor([cluster for cluster, _ in rows.values()], dtype=torch.long),
+        torch.tensor([cluster for cluster, _ in rows], dtype=torch.long),
         minlength=model.cluster_head[head].out_features,
     ).tolist()
     print(f"Saved {output}: {len(rows)} image(s), cluster sizes {sizes}", flush=True)
     if args.sort_into:
-        assignments = [(paths[index], rows[index][0]) for index in sorted(rows)]
+        assignments = [(path, cluster) for path, (cluster, _) in zip(paths, rows)]
         sort_into(assignments, args.sort_into, len(sizes), cluster_to_class, link=args.link)
         print(f"{'Linked' if args.link else 'Copied'} them into one folder per cluster in {args.sort_into}", flush=True)
     return {"output": str(output), "num_images": len(rows), "num_failed": len(failed), "cluster_sizes": sizes}

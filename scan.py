@@ -17,15 +17,17 @@ from pathlib import Path
 import torch
 
 from data.batches import eval_batches, train_batches
-from data.cached_features import CachedPairLoader, check_cached_mode, head_predictions, load_cached_split
+from data.cached_features import CachedPairLoader, check_cached_mode, load_cached_split
 from data.loaders import set_epoch
+from data.neighbors import read_neighbors
 from data.registry import get_train_dataset, get_val_dataset
-from engine.evaluate import cluster_metrics, get_predictions, scan_evaluate
-from engine.knn import load_neighbors
+from engine.cluster_criteria import scan_evaluate
+from engine.evaluate import cluster_metrics
+from engine.inference import run_model
 from engine.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
 from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
-from losses import SCANLoss
+from losses import make_criterion
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_state_dict_checked
 from utils.guard import TrainingGuard, finite_loss
@@ -97,18 +99,18 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset, val_dataset = get_train_dataset(cfg), get_val_dataset(cfg)
         train_neighbors, val_neighbors = cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]
         loader = train_batches(
-            cfg, train_dataset, runtime, neighbors=load_neighbors(train_neighbors), source=train_neighbors
+            cfg, train_dataset, runtime, neighbors=read_neighbors(train_neighbors), source=train_neighbors
         )
         val_loader = eval_batches(
-            cfg, val_dataset, runtime, neighbors=load_neighbors(val_neighbors), source=val_neighbors
+            cfg, val_dataset, runtime, neighbors=read_neighbors(val_neighbors), source=val_neighbors
         )
         check_cluster_count(cfg["num_classes"], len(train_dataset))
         class_names, num_train, num_val = val_dataset.classes, len(train_dataset), len(val_dataset)
 
     def val_predictions(model) -> list[dict]:
         if cached:
-            return head_predictions(model, val_data, runtime.device)
-        return get_predictions(model, val_loader, runtime.device)[0]
+            return run_model(model, val_data.batches(), runtime.device, forward_pass="head").heads()
+        return run_model(model, val_loader, runtime.device).heads()
 
     if runtime.is_main:
         print(
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     # expects a gradient, at every step, for each parameter that required one when it wrapped the model.
     optimizer = build_optimizer(cfg, model.to(runtime.device))
     model = wrap_model(model, runtime)
-    criterion = SCANLoss(**cfg["criterion_kwargs"])
+    criterion = make_criterion(cfg, "scan")
 
     guard = TrainingGuard(cfg, runtime, cfg["scan_checkpoint"], unwrap(model), optimizer)
     checkpoint = guard.resume()

@@ -22,14 +22,15 @@ import torch.nn.functional as F
 
 from data.batches import eval_batches, train_batches
 from data.loaders import set_epoch
+from data.neighbors import load_neighbors
 from data.registry import get_train_dataset, get_val_dataset
 from engine.cluster_watch import SelfLabelWatch
-from engine.evaluate import cluster_metrics, get_predictions
-from engine.knn import load_neighbors
+from engine.evaluate import cluster_metrics
+from engine.inference import run_model
 from engine.model_files import architecture_record, require_matching_architecture, save_state_dict_file
 from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
-from losses import ConfidenceBasedCE, NoConfidentSamplesError, PerClusterConfidenceCE, pseudo_labels
+from losses import NoConfidentSamplesError, make_criterion, pseudo_labels
 from models import build_model
 from utils.checkpoint import (
     CheckpointError,
@@ -56,14 +57,13 @@ def best_head_state_dict(scan_checkpoint: dict) -> dict:
 
 
 def build_criterion(cfg: dict) -> torch.nn.Module:
-    """The paper's threshold rule, or balanced per-cluster pseudo-labels."""
-    if cfg["pseudo_labels"] == "threshold":
-        return ConfidenceBasedCE(cfg["confidence_threshold"], **cfg["criterion_kwargs"])
-    if cfg["pseudo_labels"] == "per_cluster":
-        return PerClusterConfidenceCE(
-            cfg["confidence_threshold"], cfg["pseudo_label_fraction"], **cfg["criterion_kwargs"]
-        )
-    raise ConfigError(f"pseudo_labels '{cfg['pseudo_labels']}' is not one of: threshold, per_cluster.")
+    """`criterion: confidence-cross-entropy` toward the targets `pseudo_labels` names: the paper's threshold rule,
+    or every cluster's most confident `pseudo_label_fraction` of its batch members as well."""
+    fractions = {"threshold": None, "per_cluster": cfg["pseudo_label_fraction"]}
+    if cfg["pseudo_labels"] not in fractions:
+        raise ConfigError(f"pseudo_labels '{cfg['pseudo_labels']}' is not one of: threshold, per_cluster.")
+    fraction = fractions[cfg["pseudo_labels"]]
+    return make_criterion(cfg, "confidence-cross-entropy", threshold=cfg["confidence_threshold"], fraction=fraction)
 
 
 def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool, epoch: int) -> dict:
@@ -82,10 +82,8 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
             with torch.no_grad():
                 weak_output = model(images)[0]
             strong_output = model(augmented)[0]
-        # The criterion's own rule (per-cluster share only for PerClusterConfidenceCE), for the per-epoch log.
-        cluster, mask = pseudo_labels(
-            F.softmax(weak_output.float(), dim=1), criterion.threshold, getattr(criterion, "fraction", None)
-        )
+        # The criterion's own rule, for the per-epoch log.
+        cluster, mask = pseudo_labels(F.softmax(weak_output.float(), dim=1), criterion.threshold, criterion.fraction)
         if predicted is None:
             predicted = torch.zeros(weak_output.shape[1], dtype=torch.long, device=weak_output.device)
             targets = torch.zeros_like(predicted)
@@ -167,12 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_loader = eval_batches(cfg, val_dataset, runtime)
     val_neighbors = None  # optional with selflabel_keep: last (a model-zoo SCAN file comes without them)
     if Path(cfg["topk_neighbors_val_path"]).is_file():
-        val_neighbors = torch.as_tensor(load_neighbors(cfg["topk_neighbors_val_path"]), dtype=torch.long)
-        if val_neighbors.shape[0] != len(val_dataset):
-            raise ConfigError(
-                f"{cfg['topk_neighbors_val_path']} holds neighbours of {val_neighbors.shape[0]} test images, the "
-                f"test split has {len(val_dataset)}: it was mined on other data. Re-run the pretext stage."
-            )
+        val_neighbors = load_neighbors(cfg["topk_neighbors_val_path"], len(val_dataset))
     if runtime.is_main:
         print(
             f"Train: {len(train_dataset)} images, test: {len(val_dataset)}. Writing to {cfg['selflabel_dir']}",
@@ -215,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("Before training (epoch 0): the SCAN model", flush=True)
         scan_model = build_model(cfg).to(runtime.device)
         scan_model.load_state_dict(best_head_state_dict(scan_checkpoint))
-        head_output = get_predictions(scan_model, val_loader, runtime.device)[0][0]  # each process: its shard
+        head_output = run_model(scan_model, val_loader, runtime.device).head(0)  # each process: its shard
         watch_epoch(watch, 0, head_output, val_neighbors, runtime)
         if keep_best and runtime.is_main:
             save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture)
@@ -225,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
         stats = train_one_epoch(guard.batches(loader), model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
-        head_output = get_predictions(unwrap(model), val_loader, runtime.device)[0][0]  # each process: its shard
+        head_output = run_model(unwrap(model), val_loader, runtime.device).head(0)  # each process: its shard
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
             if stats["skipped"]:
@@ -261,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     final_model = build_model(cfg).to(runtime.device)
     load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
-    head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]  # each process: its shard
+    head_output = run_model(final_model, val_loader, runtime.device).head(0)  # each process: its shard
     metrics = {}
     if runtime.is_main:
         if keep_best:

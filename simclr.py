@@ -16,10 +16,11 @@ import torch
 from data.batches import eval_batches, train_batches
 from data.loaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
-from engine.knn import extract_features, mine_and_save_neighbors, weighted_knn_accuracy
+from engine.inference import run_model
+from engine.knn import mine_and_save_neighbors, weighted_knn_accuracy
 from engine.model_files import architecture_record, save_state_dict_file
 from engine.stage import run_cli, setup_stage
-from losses import SimCLRLoss
+from losses import make_criterion
 from models import build_model
 from utils.distributed import gather_with_grad
 from utils.guard import TrainingGuard, finite_loss
@@ -61,17 +62,18 @@ def train_one_epoch(
 
 def knn_monitor(model, base_loader, val_loader, cfg, device) -> float | None:
     """Weighted-kNN top-1 of test features against the train memory bank (None without labels)."""
-    bank, bank_targets = extract_features(model, base_loader, device, desc="memory bank")
-    query, query_targets = extract_features(model, val_loader, device, desc="kNN monitor")
+    bank = run_model(model, base_loader, device, desc="memory bank")
+    query = run_model(model, val_loader, device, desc="kNN monitor")
+    bank, bank_targets, query, query_targets = bank.features, bank.targets, query.features, query.targets
     if (bank_targets < 0).all() or (query_targets < 0).all():
         return None
     # Votes go to label classes, which need not number num_classes (the clusters) on a folder of your own images.
     num_label_classes = int(max(bank_targets.max(), query_targets.max())) + 1
     return weighted_knn_accuracy(
-        torch.from_numpy(query).to(device),
-        torch.from_numpy(query_targets).to(device),
-        torch.from_numpy(bank).to(device),
-        torch.from_numpy(bank_targets).to(device),
+        query.to(device),
+        query_targets.to(device),
+        bank.to(device),
+        bank_targets.to(device),
         num_label_classes,
         k=cfg["knn_monitor_k"],
         temperature=cfg["criterion_kwargs"]["temperature"],
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     model = wrap_model(model, runtime)
-    criterion = SimCLRLoss(**cfg["criterion_kwargs"])
+    criterion = make_criterion(cfg, "simclr")
     optimizer = build_optimizer(cfg, model)
 
     guard = TrainingGuard(cfg, runtime, cfg["pretext_checkpoint"], unwrap(model), optimizer)

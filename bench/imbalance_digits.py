@@ -25,10 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 import scan  # noqa: E402
 from data.augment import get_val_transformations  # noqa: E402
-from data.cached_features import head_predictions, load_cached_split  # noqa: E402
+from data.cached_features import load_cached_split  # noqa: E402
 from data.loaders import eval_loader  # noqa: E402
 from data.registry import get_train_dataset, get_val_dataset  # noqa: E402
 from engine.evaluate import cluster_metrics  # noqa: E402
+from engine.inference import run_model  # noqa: E402
 from engine.knn import mine_and_save_neighbors  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
@@ -78,7 +79,7 @@ def train_split_scores(config_env: str, root: Path, overrides: list[str], digit:
     model = build_model(cfg)
     model.load_state_dict(best["model"])
     train = load_cached_split(cfg, "train", "")
-    head = head_predictions(model, train, "cpu")[int(best["head"])]
+    head = run_model(model, train.batches(), "cpu", "head").head(int(best["head"]))
     metrics = cluster_metrics(head["predictions"], head["probabilities"], head["targets"])
     predictions = head["predictions"].numpy()
     return {"train_ACC": metrics["ACC"], "train_small_cluster": small_cluster(metrics, predictions, digit)}

@@ -4,7 +4,7 @@ Every case (N images × d dimensions, top-k, backend) runs in its own process, s
 host memory is the peak resident set (VmHWM, reset once the features exist) minus the resident set at that
 moment, i.e. what mining needed beyond the features; GPU memory is torch's peak allocation (features included;
 faiss's GPU memory is not seen by torch). The features are unit-norm and clustered (seeded), like normalised
-image embeddings, generated on the device and handed to mining as a host array, as extract_features does.
+image embeddings, generated on the device and handed to mining as a host array, as engine.inference.run_model does.
 
     OMP_NUM_THREADS=2 python bench/mining_bench.py --sizes 50000 200000 --dims 128 --ks 20 50 \\
         --backends faiss torch ivf --max-seconds 600

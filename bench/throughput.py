@@ -37,7 +37,8 @@ import simclr  # noqa: E402
 from data.base import ImageDataset  # noqa: E402
 from data.batches import eval_batches, train_batches  # noqa: E402
 from engine import knn  # noqa: E402
-from engine.knn import extract_features, mine_nearest_neighbors  # noqa: E402
+from engine.inference import run_model  # noqa: E402
+from engine.knn import mine_nearest_neighbors  # noqa: E402
 from losses import ConfidenceBasedCE, SCANLoss, SimCLRLoss  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.config import add_config_arguments, load_config  # noqa: E402
@@ -177,7 +178,8 @@ def measure(cfg: dict, runtime, args) -> dict:
         result["kNN monitor (s)"] = timed(monitor, runtime.device)
 
         def mining():
-            features, targets = extract_features(unwrap(model), bank_batches, runtime.device)
+            outputs = run_model(unwrap(model), bank_batches, runtime.device)
+            features, targets = outputs.features.numpy(), outputs.targets.numpy()
             mine_nearest_neighbors(features, targets, cfg["topk_neighbors_train"], runtime.device)
 
         result["mining (s)"] = timed(mining, runtime.device)

@@ -184,14 +184,18 @@ def _ours(kwargs: dict) -> Callable:
     )
 
 
+def by_strategy(cfg: dict, builders: dict[str, Callable[[dict], Callable]]) -> Callable:
+    """The transform ``builders`` makes for ``cfg['augmentation_strategy']``: both augmentation backends (this
+    module and data/batch_augment.py) choose through here, so they know the same strategies and fail alike."""
+    strategy = cfg["augmentation_strategy"]
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown augmentation_strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    return builders[strategy](cfg["augmentation_kwargs"])
+
+
 def get_train_transformations(cfg: dict) -> Callable:
     """Build the training transform named by ``cfg['augmentation_strategy']``."""
-    strategy = cfg["augmentation_strategy"]
-    if strategy == "simclr":
-        return _simclr(cfg["augmentation_kwargs"])
-    if strategy == "ours":
-        return _ours(cfg["augmentation_kwargs"])
-    raise ValueError(f"unknown augmentation_strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    return by_strategy(cfg, {"simclr": _simclr, "ours": _ours})
 
 
 def get_val_transformations(cfg: dict) -> Callable:

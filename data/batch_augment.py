@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from data.augment import OPS, STRATEGIES
+from data.augment import OPS, by_strategy
 
 OP_NAMES = [name for name, _, _, _ in OPS]
 OP_INDEX = {name: index for index, name in enumerate(OP_NAMES)}
@@ -640,9 +640,4 @@ def get_batch_transformations(cfg: dict, train: bool = True) -> Callable[..., to
     """The batched counterpart of augment.get_train_transformations (``train``) or get_val_transformations."""
     if not train:
         return ValBatchTransform(cfg["transformation_kwargs"])
-    strategy = cfg["augmentation_strategy"]
-    if strategy == "simclr":
-        return SimCLRBatchTransform(cfg["augmentation_kwargs"])
-    if strategy == "ours":
-        return StrongBatchTransform(cfg["augmentation_kwargs"])
-    raise ValueError(f"unknown augmentation_strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    return by_strategy(cfg, {"simclr": SimCLRBatchTransform, "ours": StrongBatchTransform})

@@ -138,7 +138,7 @@ def train_batches(
     runtime: Runtime,
     views: tuple[str, str] = ("train", "train"),
     neighbors: np.ndarray | None = None,
-    source: str = "neighbour file",
+    source: str = "",
 ) -> Batches:
     """Shuffled training batches of two views of each image, or of an image and one of its mined neighbours.
 
@@ -175,7 +175,7 @@ def train_batches(
 
 
 def eval_batches(
-    cfg: dict, dataset, runtime: Runtime, neighbors: np.ndarray | None = None, source: str = "neighbour file"
+    cfg: dict, dataset, runtime: Runtime, neighbors: np.ndarray | None = None, source: str = ""
 ) -> Batches:
     """Every image in order through the val transform: 'image' ('anchor' + 'possible_neighbors' with ``neighbors``)."""
     paired = None if neighbors is None else NeighborsDataset(dataset, neighbors, source=source)

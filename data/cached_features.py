@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from data.loaders import capped_batch_size
+from data.neighbors import load_neighbors
 from utils.config import ConfigError
-from utils.distributed import broadcast_from_main, gather_in_order, shard_range
+from utils.distributed import shard_range
 from utils.prerequisites import require_files
 from utils.results import save_numpy, write_json
 
@@ -81,6 +83,19 @@ class CachedSplit:
     neighbors: torch.Tensor  # [N, k + 1] int64, column 0 normally the sample itself
     classes: list[str]
 
+    def batches(self, chunk: int = 4096) -> Iterator[dict]:
+        """Every row in order as evaluation batches of `chunk` rows, keyed as image batches ('image' holds the
+        features in float32) for engine.inference.run_model; under torchrun this process's run of chunks."""
+        shard = shard_range(self.features.shape[0], chunk)
+        for start in range(shard.start, shard.stop, chunk):
+            rows = slice(start, min(start + chunk, shard.stop))
+            yield {
+                "image": self.features[rows].float(),
+                "target": self.targets[rows],
+                "index": torch.arange(rows.start, rows.stop),
+                "possible_neighbors": self.neighbors[rows],
+            }
+
 
 def check_cached_mode(cfg: dict) -> None:
     """`head_input: cached_features` trains only the heads: the backbone must be frozen."""
@@ -112,20 +127,12 @@ def load_cached_split(cfg: dict, split: str, pretext_command: str, num_neighbors
         )
     features = torch.from_numpy(np.load(paths["features"]))
     targets = torch.from_numpy(np.load(paths["targets"])).long()
-    neighbors = torch.from_numpy(np.load(neighbor_path)).long()
-    if not (features.shape[0] == targets.shape[0] == neighbors.shape[0]):
+    if features.shape[0] != targets.shape[0]:
         raise ValueError(
-            f"{paths['features']} has {features.shape[0]} rows, {paths['targets']} {targets.shape[0]} and "
-            f"{neighbor_path} {neighbors.shape[0]}: they come from different runs. Re-run the pretext stage with "
-            "save_features=true so that features and neighbours are written together."
+            f"{paths['features']} has {features.shape[0]} rows but {paths['targets']} {targets.shape[0]}: they come "
+            "from different runs. Re-run the pretext stage with save_features=true to write them again."
         )
-    if num_neighbors is not None:
-        if num_neighbors + 1 > neighbors.shape[1]:
-            raise ValueError(
-                f"num_neighbors={num_neighbors} needs {num_neighbors + 1} columns but {neighbor_path} has "
-                f"{neighbors.shape[1]}. Lower num_neighbors or mine more neighbours (topk_neighbors_train)."
-            )
-        neighbors = neighbors[:, : num_neighbors + 1]
+    neighbors = load_neighbors(neighbor_path, features.shape[0], num_neighbors)
     classes = meta.get("classes") or [str(c) for c in range(int(targets.max().item()) + 1)]
     return CachedSplit(features, targets, neighbors, classes)
 
@@ -139,13 +146,7 @@ class CachedPairLoader:
 
     def __init__(self, split: CachedSplit, batch_size: int, device: torch.device | str, world_size: int = 1) -> None:
         per_process = max(1, split.features.shape[0] // world_size)
-        if per_process < batch_size:
-            warnings.warn(
-                f"batch_size {batch_size} is larger than the {per_process} training samples per process; "
-                f"using batch_size {per_process} so that every epoch runs at least one step.",
-                stacklevel=2,
-            )
-            batch_size = per_process
+        batch_size = capped_batch_size(split.features.shape[0], batch_size, world_size)
         self.batch_size, self.steps = batch_size, per_process // batch_size
         self.features = split.features.to(device)
         self.neighbors = split.neighbors.to(device)
@@ -167,37 +168,3 @@ class CachedPairLoader:
                 "target": self.targets[anchors],
                 "index": anchors,
             }
-
-
-@torch.no_grad()
-def head_predictions(model: torch.nn.Module, split: CachedSplit, device: torch.device | str, chunk: int = 4096):
-    """Per head: argmax, softmax, targets and neighbours of every row, as engine.evaluate.get_predictions returns.
-
-    Under torchrun a collective, like get_predictions: each process runs the heads on its run of chunks and
-    all get every row's logits (the same chunks as one process, so the same logits).
-    """
-    model.eval()
-    broadcast_from_main(model)
-    shard = shard_range(split.features.shape[0], chunk)
-    logits_per_head: list[list[torch.Tensor]] = []
-    for start in range(shard.start, shard.stop, chunk):
-        rows = split.features[start : min(start + chunk, shard.stop)].to(device).float()
-        outputs = model(rows, forward_pass="head")
-        if not logits_per_head:
-            logits_per_head = [[] for _ in outputs]
-        for head, logits in enumerate(outputs):
-            logits_per_head[head].append(logits.float().cpu())
-    local = {str(head): torch.cat(chunks) for head, chunks in enumerate(logits_per_head)}
-    gathered = gather_in_order(local, torch.arange(shard.start, shard.stop))
-    heads = []
-    for head in range(len(gathered)):
-        logits = gathered[str(head)]
-        heads.append(
-            {
-                "predictions": logits.argmax(dim=1),
-                "probabilities": F.softmax(logits, dim=1),
-                "targets": split.targets,
-                "neighbors": split.neighbors,
-            }
-        )
-    return heads

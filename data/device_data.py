@@ -13,7 +13,6 @@ dropped for training, in order for evaluation; under DDP every process takes its
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 import torchvision.transforms.functional as TVF
 from tqdm import tqdm
 
+from data.loaders import capped_batch_size
 from utils.distributed import shard_range
 from utils.runtime import Runtime
 
@@ -90,14 +90,7 @@ class IndexBatches:
         self.num_samples, self.runtime, self.train = num_samples, runtime, train
         self.epoch = 0
         if train:
-            per_process = max(1, num_samples // runtime.world_size)
-            if per_process < batch_size:
-                warnings.warn(
-                    f"batch_size {batch_size} is larger than the {per_process} training samples per process; "
-                    f"using batch_size {per_process} so that every epoch runs at least one step.",
-                    stacklevel=3,
-                )
-                batch_size = per_process
+            batch_size = capped_batch_size(num_samples, batch_size, runtime.world_size)
         self.batch_size = batch_size
 
     def set_epoch(self, epoch: int) -> None:

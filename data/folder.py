@@ -90,6 +90,25 @@ def open_rgb(path: str | Path, image_size: int | None = None) -> Image.Image:
     return F.resize(image, image_size) if image_size is not None else image
 
 
+def read_image(path: str | Path, image_size: int | None = None) -> Image.Image:
+    """open_rgb, except that a JPEG or BMP cut short (a broken download, which ``verify()`` cannot see) must not
+    end a run hours in: its decodable part is used instead, with a warning naming it."""
+    try:
+        return open_rgb(path, image_size)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        warnings.warn(
+            f"{path} could not be fully decoded ({error}); using the part that could. Replace or delete the file.",
+            stacklevel=2,
+        )
+    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+    try:
+        return open_rgb(path, image_size)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def unreadable_reason(path: Path) -> str | None:
     """Why ``path`` is not a usable image, or None. ``verify()`` reads the structure without decoding."""
     try:
@@ -379,23 +398,8 @@ class FolderDataset(ImageDataset):
         return record
 
     def load_image(self, index: int) -> Image.Image:
-        """The RGB image of sample ``index``.
-
-        ``verify()`` at indexing time cannot see a JPEG or BMP cut short (a broken download), and such a
-        file must not end a run hours in: its decodable part is used instead, with a warning naming it.
-        """
-        path = self.paths[index]
+        """The RGB image of sample ``index`` (one cut short: its decodable part, see read_image)."""
         try:
-            return open_rgb(path, self.image_size)
+            return read_image(self.paths[index], self.image_size)
         except FileNotFoundError:
-            raise self._gone_error([path]) from None
-        except OSError as error:
-            warnings.warn(
-                f"{path} could not be fully decoded ({error}); using the part that could. Replace or delete the file.",
-                stacklevel=2,
-            )
-        previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
-        try:
-            return open_rgb(path, self.image_size)
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+            raise self._gone_error([self.paths[index]]) from None

@@ -18,6 +18,20 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def capped_batch_size(num_samples: int, batch_size: int, world_size: int) -> int:
+    """`batch_size`, or with fewer training samples per process than that, their number (with a warning): a
+    loader that drops the last partial batch would otherwise run no step at all. Every training loader uses it."""
+    per_process = max(1, num_samples // world_size)
+    if per_process >= batch_size:
+        return batch_size
+    warnings.warn(
+        f"batch_size {batch_size} is larger than the {per_process} training samples per process; "
+        f"using batch_size {per_process} so that every epoch runs at least one step.",
+        stacklevel=3,
+    )
+    return per_process
+
+
 def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
     """Shuffled loader that drops the last partial batch.
 
@@ -26,44 +40,32 @@ def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, c
     original), seeded from torch's generator: an epoch's augmentations then follow from the generator
     state at its start, which checkpoints save, so a resumed run repeats them exactly.
     """
-    per_process = max(1, len(dataset) // runtime.world_size)
-    if per_process < batch_size:
-        warnings.warn(
-            f"batch_size {batch_size} is larger than the {per_process} training samples per process; "
-            f"using batch_size {per_process} so that every epoch runs at least one step.",
-            stacklevel=2,
-        )
-        batch_size = per_process
+    batch_size = capped_batch_size(len(dataset), batch_size, runtime.world_size)
     sampler = DistributedSampler(dataset, shuffle=True, drop_last=True) if runtime.distributed else None
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=runtime.device.type == "cuda",
-        drop_last=True,
-        worker_init_fn=ignore_stop_signals,
-        collate_fn=collate_fn,
-    )
+    return _loader(dataset, batch_size, num_workers, runtime, collate_fn, sampler, train=True)
 
 
 def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
     """In-order loader over every sample; under torchrun over this process's shard, a run of whole batches.
 
-    Its consumers (engine/knn.extract_features, engine/evaluate.get_predictions) gather the shards in dataset order.
+    Its consumer (engine/inference.run_model) gathers the shards in dataset order.
     Each batch holds the same images as in one process (the shard starts at a batch boundary), so the results
     gathered from the shards equal one process's.
     """
     shard = shard_range(len(dataset), batch_size, runtime.rank, runtime.world_size) if runtime.distributed else None
+    return _loader(dataset, batch_size, num_workers, runtime, collate_fn, shard, train=False)
+
+
+def _loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn, sampler, train: bool):
+    """The DataLoader both share: training shuffles (without a sampler) and drops the last partial batch."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=False,
-        sampler=shard,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda",
-        drop_last=False,
+        drop_last=train,
         worker_init_fn=ignore_stop_signals,
         collate_fn=collate_fn,
     )

@@ -9,9 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-
-class NeighborsFileError(ValueError):
-    """A neighbour file that does not belong to the dataset it is used with."""
+from data.neighbors import check_neighbors
 
 
 class AugmentedDataset(Dataset):
@@ -49,25 +47,10 @@ class NeighborsDataset(Dataset):
     """
 
     def __init__(
-        self, dataset, indices: np.ndarray, num_neighbors: int | None = None, source: str = "neighbour file"
+        self, dataset, indices: np.ndarray | torch.Tensor, num_neighbors: int | None = None, source: str = ""
     ) -> None:
-        source = source if source.startswith("neighbour file") else f"neighbour file {source}"
-        in_range = indices.size == 0 or (indices.min() >= 0 and indices.max() < len(dataset))
-        if indices.ndim != 2 or indices.shape[0] != len(dataset) or not in_range:
-            span = f" and indices {indices.min()}..{indices.max()}" if indices.size else ""
-            raise NeighborsFileError(
-                f"The {source} has shape {tuple(indices.shape)}{span}, but the dataset has {len(dataset)} images: "
-                "it was mined on other data. Re-run the pretext stage (simclr.py or moco.py) on this dataset."
-            )
-        if num_neighbors is not None:
-            if num_neighbors + 1 > indices.shape[1]:
-                raise NeighborsFileError(
-                    f"num_neighbors={num_neighbors} needs {num_neighbors + 1} columns but the {source} has "
-                    f"{indices.shape[1]}. Lower num_neighbors or mine more neighbours (topk_neighbors_train)."
-                )
-            indices = indices[:, : num_neighbors + 1]
         self.dataset = dataset
-        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.indices = check_neighbors(indices, len(dataset), num_neighbors, source)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -9,8 +9,8 @@ training images. The criteria below say how well a K fits the data without looki
   clusters SCAN's balance term must split natural groups somewhere, and each seed splits them differently;
   with too few it must merge groups, and which ones merge varies too (Ben-Hur et al., 2002; Lange et al., 2004).
   ARI is corrected for chance, so it does not favour large or small K by itself.
-- neighbour agreement: the fraction of mined (image, neighbour) pairs put in the same cluster: what SCAN's
-  consistency term optimises. It falls as K grows, so it is reported, not maximised.
+- neighbour agreement (engine/cluster_criteria.py, like kappa): the fraction of mined (image, neighbour) pairs put
+  in the same cluster: what SCAN's consistency term optimises. It falls as K grows, so it is reported, not maximised.
 - kappa: neighbour agreement corrected for the agreement of random assignments with the same cluster sizes,
   (agreement − Σ s_c²) / (1 − Σ s_c²): a split through a natural group lowers it, a merge barely moves it.
 - balance: entropy of the cluster sizes over log K (1 = equal sizes), and `used`: the clusters holding at least
@@ -33,23 +33,6 @@ def stability(assignments: list[np.ndarray]) -> tuple[float, float, list[float]]
         raise ValueError("Stability needs at least two runs (seeds) per K.")
     pairwise = [float(adjusted_rand_score(a, b)) for a, b in itertools.combinations(assignments, 2)]
     return float(np.mean(pairwise)), float(np.std(pairwise)), pairwise
-
-
-def neighbour_agreement(assignment: np.ndarray, neighbors: np.ndarray) -> float:
-    """Fraction of (image, mined neighbour) pairs in the same cluster; column 0 (the image itself) is skipped."""
-    return float((assignment[neighbors[:, 1:]] == assignment[:, None]).mean())
-
-
-def chance_agreement(assignment: np.ndarray, num_clusters: int) -> float:
-    """Probability that two random images share a cluster, given the cluster sizes: Σ s_c²."""
-    shares = np.bincount(assignment, minlength=num_clusters) / len(assignment)
-    return float((shares**2).sum())
-
-
-def kappa(assignment: np.ndarray, neighbors: np.ndarray, num_clusters: int) -> float:
-    """Neighbour agreement corrected for chance (Cohen's kappa form); 1 = every neighbour pair agrees."""
-    observed, chance = neighbour_agreement(assignment, neighbors), chance_agreement(assignment, num_clusters)
-    return (observed - chance) / (1 - chance) if chance < 1 else 0.0
 
 
 def size_balance(assignment: np.ndarray, num_clusters: int) -> float:

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from losses.losses import entropy
+from engine.cluster_criteria import assignment_scan_loss
 
 
 def cluster_sizes(predictions: torch.Tensor, num_clusters: int) -> list[int]:
@@ -46,24 +46,6 @@ def shrunken_clusters(sizes: list[int], sizes_after_scan: list[int], fraction: f
         elif size < fraction * reference:
             found.append({"cluster": cluster, "size": size, "size_after_scan": reference, "kind": "shrunk"})
     return found
-
-
-def neighbour_agreement(predictions: torch.Tensor, neighbors: torch.Tensor) -> float:
-    """Share of (image, mined neighbour) test pairs predicted in the same cluster (the image itself excluded)."""
-    anchors = torch.arange(neighbors.shape[0]).unsqueeze(1).expand_as(neighbors)
-    pairs = neighbors != anchors
-    return float((predictions[neighbors] == predictions.unsqueeze(1))[pairs].float().mean())
-
-
-def assignment_scan_loss(predictions: torch.Tensor, neighbors: torch.Tensor, num_clusters: int) -> dict:
-    """The selection criterion (lower is better) and its two parts, from cluster assignments and neighbours."""
-    agreement = neighbour_agreement(predictions, neighbors)
-    size_entropy = float(entropy(torch.bincount(predictions.long(), minlength=num_clusters) / predictions.numel()))
-    return {
-        "score": -math.log(max(agreement, 1e-8)) - size_entropy,
-        "neighbour_agreement": agreement,
-        "size_entropy": size_entropy,
-    }
 
 
 class SelfLabelWatch:

@@ -1,4 +1,4 @@
-"""Predictions and clustering metrics, computed exactly as the published SCAN numbers were.
+"""Clustering metrics, computed exactly as the published SCAN numbers were (predictions: engine/inference.py).
 
 Users compare our metrics with the original code's on the same checkpoints, so every
 detail that can move a number (REFERENCE §1.4) is pinned here: the K×K count matrix with
@@ -11,15 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
-from torch.utils.data import DataLoader
-
-from losses.losses import entropy
-from utils.distributed import batch_indices, broadcast_from_main, concat_indices, gather_in_order, is_main_process
-from utils.progress import tqdm
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -29,107 +22,6 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-@torch.no_grad()
-def get_predictions(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device | str,
-    return_features: bool = False,
-) -> tuple[list[dict], torch.Tensor | None]:
-    """Run `model` over `loader` and collect, per head, argmax, softmax, targets (and neighbours).
-
-    Batches carry the images under 'anchor' (neighbour datasets) or 'image'. Results are
-    moved to the CPU batch by batch so that large splits never accumulate on the device.
-    Argmax is taken on the logits (not on the rounded probabilities) and the softmax is
-    computed in float32, so mixed-precision models give the same predictions as fp32 code.
-
-    Under torchrun a collective: each process predicts its shard (the eval loaders shard the split,
-    data/loaders.py) with the main process's weights, and every process returns all rows in dataset order,
-    the same as one process computes. So every process can pick the same head from them, without a broadcast.
-    """
-    model.eval()
-    broadcast_from_main(model)
-    forward_pass = "return_all" if return_features else "default"
-    predictions: list[list[torch.Tensor]] = []
-    probabilities: list[list[torch.Tensor]] = []
-    targets: list[torch.Tensor] = []
-    neighbors: list[torch.Tensor] = []
-    features: list[torch.Tensor] = []
-    indices: list[torch.Tensor | None] = []
-
-    for batch in tqdm(loader, desc="Predictions", leave=False, disable=not is_main_process()):
-        key = "anchor" if "anchor" in batch else "image"
-        images = batch[key].to(device, non_blocking=True)
-        out = model(images, forward_pass=forward_pass)
-        logits_per_head = out["output"] if return_features else out
-        if return_features:
-            features.append(out["features"].float().cpu())
-        if not predictions:
-            predictions = [[] for _ in logits_per_head]
-            probabilities = [[] for _ in logits_per_head]
-        for head, logits in enumerate(logits_per_head):
-            predictions[head].append(logits.argmax(dim=1).cpu())
-            probabilities[head].append(F.softmax(logits.float(), dim=1).cpu())
-        targets.append(torch.as_tensor(batch["target"]).long().cpu())
-        indices.append(batch_indices(batch))
-        if "possible_neighbors" in batch:
-            neighbors.append(batch["possible_neighbors"].long().cpu())
-
-    if neighbors and len(neighbors) != len(targets):
-        raise ValueError("get_predictions: some batches carry 'possible_neighbors' and others do not.")
-    rows = {"targets": targets, "neighbors": neighbors, "features": features}
-    for head, (head_predictions, head_probabilities) in enumerate(zip(predictions, probabilities)):
-        rows[f"predictions/{head}"], rows[f"probabilities/{head}"] = head_predictions, head_probabilities
-    rows = gather_in_order({key: torch.cat(value) for key, value in rows.items() if value}, concat_indices(indices))
-    if "targets" not in rows:
-        raise ValueError("get_predictions: the loader yielded no batches.")
-
-    heads = []
-    for head in range(sum(key.startswith("predictions/") for key in rows)):
-        output = {
-            "predictions": rows[f"predictions/{head}"],
-            "probabilities": rows[f"probabilities/{head}"],
-            "targets": rows["targets"],
-        }
-        if "neighbors" in rows:
-            output["neighbors"] = rows["neighbors"]
-        heads.append(output)
-    return heads, rows.get("features")
-
-
-def _neighbor_similarities(probabilities: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
-    """⟨P[i], P[neighbors[i, j]]⟩ as an [N, k] matrix, one neighbour column at a time.
-
-    Gathering rows instead of forming P·Pᵀ keeps memory at O(N·C) (N = 50k on ImageNet).
-    """
-    columns = [(probabilities * probabilities[neighbors[:, j]]).sum(dim=1) for j in range(neighbors.shape[1])]
-    return torch.stack(columns, dim=1)
-
-
-@torch.no_grad()
-def scan_evaluate(head_outputs: list[dict]) -> dict:
-    """SCAN loss of every head over the val neighbours (entropy weight 1); picks the lowest.
-
-    This is the model-selection criterion of the clustering stage. Consistency is the mean
-    BCE against 1 over all N·k (anchor, neighbour) pairs, self (column 0) included, in
-    anchor-major order as the original. Similarities are clamped to [0, 1] first: a float32
-    dot product of two one-hot rows can round a hair above 1, which BCE would reject.
-    """
-    scores = []
-    for head in head_outputs:
-        probabilities = head["probabilities"].float()
-        neighbors = head["neighbors"].long()
-        entropy_loss = entropy(probabilities.mean(dim=0)).item()
-        similarity = _neighbor_similarities(probabilities, neighbors).reshape(-1).clamp(0.0, 1.0)
-        consistency_loss = F.binary_cross_entropy(similarity, torch.ones_like(similarity)).item()
-        scores.append(
-            {"entropy": entropy_loss, "consistency": consistency_loss, "total_loss": consistency_loss - entropy_loss}
-        )
-    totals = [score["total_loss"] for score in scores]
-    best = int(np.argmin(totals))
-    return {"scan": scores, "lowest_loss_head": best, "lowest_loss": float(totals[best])}
 
 
 def count_matrix(preds: ArrayLike, targets: ArrayLike, num_preds: int, num_targets: int) -> np.ndarray:

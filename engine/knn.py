@@ -2,67 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from data.cached_features import save_split_features
-from data.wrappers import NeighborsFileError
+from engine.inference import run_model
 from engine.knn_index import MiningSettings, faiss_on_gpu, ivf_search, sampled_recall
 from utils.distributed import (
-    batch_indices,
-    broadcast_from_main,
-    concat_indices,
     gather_in_order,
     is_main_process,
     shard_range,
     sum_over_processes,
 )
-from utils.progress import tqdm
 from utils.results import save_numpy
 
 SCORES_PER_CHUNK = 2**27  # similarity scores held at once by the chunked top-k (512 MB in float32)
 ROWS_PER_COPY = 2**16  # rows converted and copied to the device at a time
 FLOAT16_BLOCK_ROWS = 4096  # float16 bank rows widened to float32 at a time on a CPU
 VOTE_ROWS = 1024  # queries whose class votes the kNN monitor counts at a time
-
-
-@torch.no_grad()
-def extract_features(
-    model: torch.nn.Module, loader, device: torch.device, desc: str = "features", backbone_features: bool = False
-):
-    """Run `model` over `loader` (eval mode) → (features [N, D] float32 numpy, targets [N] int64 numpy).
-
-    With `backbone_features`, also returns what `model.backbone` output in the same pass (the input of the
-    cluster heads, before any projection head or normalisation), as a third array.
-
-    Under torchrun this is a collective: each process runs its shard of the split (the eval loaders shard it,
-    data/loaders.py) with the main process's weights, and every process returns all rows in dataset order.
-    """
-    model.eval()
-    broadcast_from_main(model)
-    features, targets, indices, captured = [], [], [], []
-    hook = None
-    if backbone_features:
-        hook = model.backbone.register_forward_hook(
-            lambda module, inputs, output: captured.append(output.float().cpu())
-        )
-    try:
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
-            output = model(batch["image"].to(device, non_blocking=True))
-            features.append(output.float().cpu())
-            targets.append(torch.as_tensor(batch["target"]).long().cpu())
-            indices.append(batch_indices(batch))
-    finally:
-        if hook is not None:
-            hook.remove()
-    rows = {"features": features, "targets": targets, "backbone": captured}
-    rows = gather_in_order({key: torch.cat(value) for key, value in rows.items() if value}, concat_indices(indices))
-    if "features" not in rows:
-        raise ValueError("extract_features: the loader yielded no batches.")
-    result = rows["features"].numpy(), rows["targets"].numpy().astype(np.int64)
-    return (*result, rows["backbone"].numpy()) if backbone_features else result
 
 
 def _faiss():
@@ -272,8 +229,8 @@ def mine_and_save_neighbors(
         ("train", train_loader, cfg["topk_neighbors_train"], cfg["topk_neighbors_train_path"]),
         ("val", val_loader, cfg["topk_neighbors_val"], cfg["topk_neighbors_val_path"]),
     ):
-        extracted = extract_features(model, loader, device, desc=f"features ({split})", backbone_features=save_features)
-        features, targets = extracted[:2]
+        extracted = run_model(model, loader, device, desc=f"features ({split})", backbone_features=save_features)
+        features, targets = extracted.features.numpy(), extracted.targets.numpy()
         indices, accuracy = mine_nearest_neighbors(features, targets, topk, device, MiningSettings.from_config(cfg))
         results[f"{split}_neighbor_acc"] = accuracy
         results[f"topk_{split}"] = topk
@@ -283,22 +240,5 @@ def mine_and_save_neighbors(
         shown = "n/a (no labels)" if accuracy is None else f"{100 * accuracy:.2f}%"
         print(f"Top-{topk} {split} neighbours: accuracy {shown}, saved {indices.shape} to {path}", flush=True)
         if save_features:
-            save_split_features(cfg, split, extracted[2], targets, classes)
+            save_split_features(cfg, split, extracted.backbone.numpy(), targets, classes)
     return results
-
-
-def load_neighbors(path: str | Path) -> np.ndarray:
-    """A neighbour file written by mine_and_save_neighbors: an [N, k+1] integer array (nothing pickled)."""
-    try:
-        indices = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise NeighborsFileError(
-            f"Could not read the neighbour file {path}: it is truncated or not a .npy array ({error}). "
-            f"Re-run the pretext stage (simclr.py --fresh, or moco.py) to mine it again."
-        ) from error
-    if indices.ndim != 2 or not np.issubdtype(indices.dtype, np.integer):
-        raise NeighborsFileError(
-            f"The neighbour file {path} holds a {indices.dtype} array of shape {indices.shape}, not [images, k+1] "
-            f"integer indices. Re-run the pretext stage to mine it again."
-        )
-    return indices

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from data.augment import get_val_transformations
-from data.loaders import eval_loader
+from data.batches import eval_batches
 from data.registry import get_train_dataset, get_val_dataset
 from engine.knn import mine_and_save_neighbors
 from models import ContrastiveModel
@@ -31,15 +31,15 @@ def mine_pretext_files(model: ContrastiveModel, cfg: dict, runtime: Runtime, ext
     Under torchrun every process extracts and mines its shard; the main process writes the files.
     """
     model = model.to(runtime.device)
-    val_transform = get_val_transformations(cfg)
-    train_dataset, val_dataset = get_train_dataset(cfg, val_transform), get_val_dataset(cfg, val_transform)
+    train_dataset, val_dataset = get_train_dataset(cfg), get_val_dataset(cfg)
     if runtime.is_main:
-        print(f"Preprocessing: {val_transform}", flush=True)
+        shown = get_val_transformations(cfg) if cfg["augmentation_backend"] == "pil" else "val transform, batched"
+        print(f"Preprocessing: {shown}", flush=True)
         print(f"Mining neighbours of {len(train_dataset)} train and {len(val_dataset)} val images", flush=True)
     metrics = mine_and_save_neighbors(
         model,
-        eval_loader(train_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
-        eval_loader(val_dataset, cfg["batch_size"], cfg["num_workers"], runtime),
+        eval_batches(cfg, train_dataset, runtime),
+        eval_batches(cfg, val_dataset, runtime),
         cfg,
         runtime.device,
         classes=val_dataset.classes,

@@ -14,7 +14,7 @@ from utils.results import write_json
 def clustering_report(
     head_output: dict, class_names: list[str], out_dir: str | Path, extra: dict | None = None, title: str = "Clustering"
 ) -> dict:
-    """Score `head_output` (one head of get_predictions) and write metrics.json + confusion_matrix.png.
+    """Score `head_output` (one head of engine.inference.Outputs) and write metrics.json + confusion_matrix.png.
 
     Without labels (targets −1) the label metrics are skipped with one notice; cluster
     sizes are always reported.

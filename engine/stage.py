@@ -129,7 +129,7 @@ def run_cli(main) -> None:
     A clean stop (Ctrl-C, SIGTERM) exits with 128 + the signal's number after saying how to resume.
     """
     from data.base import DatasetNotFoundError
-    from data.wrappers import NeighborsFileError
+    from data.neighbors import NeighborsFileError
     from utils.checkpoint import CheckpointError, NonFiniteError
     from utils.guard import TrainingStopped
     from utils.prerequisites import MissingPrerequisiteError

@@ -1,21 +1,23 @@
 """Losses of the three SCAN stages."""
 
 from losses.losses import (
+    CRITERIA,
     ConfidenceBasedCE,
     NoConfidentSamplesError,
-    PerClusterConfidenceCE,
     SCANLoss,
     SimCLRLoss,
     entropy,
+    make_criterion,
     pseudo_labels,
 )
 
 __all__ = [
+    "CRITERIA",
     "ConfidenceBasedCE",
     "NoConfidentSamplesError",
-    "PerClusterConfidenceCE",
     "SCANLoss",
     "SimCLRLoss",
     "entropy",
+    "make_criterion",
     "pseudo_labels",
 ]

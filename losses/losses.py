@@ -6,9 +6,13 @@ and a loss called inside an autocast region both give the float32 result.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils.config import ConfigError
 
 EPS = 1e-8
 
@@ -129,30 +133,34 @@ def targets_cross_entropy(
 
 
 class ConfidenceBasedCE(nn.Module):
-    """Self-labeling loss: cross-entropy on the strong view toward the weak view's confident argmax.
+    """Self-labeling loss: cross-entropy on the strong view toward the weak view's pseudo-labels (`pseudo_labels`).
 
-    A sample is confident when its max softmax probability is strictly above `threshold`; see
-    `targets_cross_entropy` for the class balancing.
+    Without `fraction` (the paper's rule, config `pseudo_labels: threshold`) a sample is a target when its max
+    softmax probability is strictly above `threshold`. At a high threshold (the paper's 0.99) a few confident
+    clusters can then supply all targets; trained only toward those, the model moves the other clusters'
+    samples into them until some clusters empty. With `fraction` (`pseudo_labels: per_cluster`) a sample is
+    also a target when it is among the most confident `fraction` of its cluster in the batch, so every
+    predicted cluster gets its share. See `targets_cross_entropy` for the class balancing.
     """
 
-    def __init__(self, threshold: float, apply_class_balancing: bool) -> None:
+    def __init__(self, threshold: float, apply_class_balancing: bool, fraction: float | None = None) -> None:
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise ValueError(f"The per-cluster pseudo-label fraction must be in (0, 1], got {fraction}.")
         super().__init__()
-        self.threshold = threshold
-        self.apply_class_balancing = apply_class_balancing
+        self.threshold, self.apply_class_balancing, self.fraction = threshold, apply_class_balancing, fraction
 
     def forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
         with full_precision(anchors_weak):
-            return self._float32_forward(anchors_weak, anchors_strong)
-
-    def _float32_forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
-        weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
-        target, mask = pseudo_labels(weak_prob, self.threshold)
-        if not mask.any():
-            raise NoConfidentSamplesError(
-                f"No sample in this batch has a max probability above the threshold {self.threshold}. "
-                "Lower `confidence_threshold` in the self-label config or train the SCAN model longer."
-            )
-        return targets_cross_entropy(anchors_strong, target, mask, self.apply_class_balancing)
+            weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
+            target, mask = pseudo_labels(weak_prob, self.threshold, self.fraction)
+            if mask.any():
+                return targets_cross_entropy(anchors_strong, target, mask, self.apply_class_balancing)
+        if self.fraction is not None:  # only an empty batch selects nothing
+            raise NoConfidentSamplesError("The batch is empty: no pseudo-labels to train on.")
+        raise NoConfidentSamplesError(
+            f"No sample in this batch has a max probability above the threshold {self.threshold}. "
+            "Lower `confidence_threshold` in the self-label config or train the SCAN model longer."
+        )
 
 
 def pseudo_labels(
@@ -184,24 +192,30 @@ def pseudo_labels(
     return target, mask | (max_prob >= cut[target])
 
 
-class PerClusterConfidenceCE(ConfidenceBasedCE):
-    """ConfidenceBasedCE with balanced pseudo-labels: every predicted cluster gets its share of targets.
+# A config's `criterion:` → the loss class it builds. Each stage trains with one of them (its training loop
+# calls the loss its own way) and names it to make_criterion, so a config naming another is refused, not ignored.
+CRITERIA: dict[str, type[nn.Module]] = {
+    "simclr": SimCLRLoss,
+    "scan": SCANLoss,
+    "confidence-cross-entropy": ConfidenceBasedCE,
+}
 
-    At a high threshold (the paper's 0.99) a few confident clusters can supply all targets; trained only
-    toward those, the model moves the other clusters' samples into them until some clusters empty. Here a
-    sample is a target when it is above `threshold` or among the most confident `fraction` of its
-    cluster in the batch (see `pseudo_labels`); class balancing is as in ConfidenceBasedCE.
-    """
 
-    def __init__(self, threshold: float, fraction: float, apply_class_balancing: bool) -> None:
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"The per-cluster pseudo-label fraction must be in (0, 1], got {fraction}.")
-        super().__init__(threshold, apply_class_balancing)
-        self.fraction = fraction
-
-    def _float32_forward(self, anchors_weak: torch.Tensor, anchors_strong: torch.Tensor) -> torch.Tensor:
-        weak_prob = F.softmax(anchors_weak.detach().float(), dim=1)
-        target, mask = pseudo_labels(weak_prob, self.threshold, self.fraction)
-        if not mask.any():  # only an empty batch selects nothing
-            raise NoConfidentSamplesError("The batch is empty: no pseudo-labels to train on.")
-        return targets_cross_entropy(anchors_strong, target, mask, self.apply_class_balancing)
+def make_criterion(cfg: dict, stage_criterion: str, **arguments) -> nn.Module:
+    """The loss `cfg['criterion']` names, from `criterion_kwargs` plus the stage's own `arguments` (taken from
+    other config keys), both checked against the class's parameters."""
+    name = cfg["criterion"]
+    if name != stage_criterion:
+        raise ConfigError(
+            f"criterion: {name} cannot train this stage, which trains with criterion: {stage_criterion} "
+            f"({CRITERIA[stage_criterion].__name__}). Set criterion: {stage_criterion}."
+        )
+    loss_class, kwargs = CRITERIA[name], {**cfg["criterion_kwargs"], **arguments}
+    try:
+        inspect.signature(loss_class).bind(**kwargs)
+    except TypeError as error:
+        raise ConfigError(
+            f"criterion: {name} builds {loss_class.__name__}({', '.join(inspect.signature(loss_class).parameters)}); "
+            f"criterion_kwargs {cfg['criterion_kwargs']} do not fit it: {error}."
+        ) from None
+    return loss_class(**kwargs)

@@ -290,6 +290,23 @@ def neighbours_corrupt(root):
     return stage("scan.py", env, SCAN)
 
 
+def selflabel_test_neighbours_truncated(root):
+    env = cifar_env(root)
+    pretext_outputs(env)
+    cfg = scan_model(env)
+    data = Path(cfg["topk_neighbors_val_path"]).read_bytes()
+    Path(cfg["topk_neighbors_val_path"]).write_bytes(data[:200])
+    return stage("selflabel.py", env, SELFLABEL)
+
+
+def selflabel_test_neighbours_other_dataset(root):
+    env = cifar_env(root)
+    pretext_outputs(env)
+    cfg = scan_model(env)
+    np.save(cfg["topk_neighbors_val_path"], np.random.default_rng(0).integers(0, 40, size=(40, 6)))
+    return stage("selflabel.py", env, SELFLABEL)
+
+
 def with_overrides(*overrides):
     def build(root):
         return stage("simclr.py", cifar_env(root), PRETEXT, *overrides)
@@ -398,6 +415,17 @@ ROWS = [
         r"mined on other data",
     ),
     Row("truncated neighbour file", neighbours_corrupt, r"Could not read the neighbour file .*truncated"),
+    Row(
+        "self-label: test neighbour file of another dataset",
+        selflabel_test_neighbours_other_dataset,
+        r"The neighbour file .*topk-val-neighbors.npy has shape \(40, 6\).*but the dataset has 50 images.*"
+        r"mined on other data",
+    ),
+    Row(
+        "self-label: truncated test neighbour file",
+        selflabel_test_neighbours_truncated,
+        r"Could not read the neighbour file .*topk-val-neighbors.npy: it is truncated",
+    ),
     Row(
         "unknown config key",
         with_overrides("epoch=2"),

@@ -137,3 +137,32 @@ def test_channels_last_and_compile_wrappers_unwrap_to_the_model():
         "1.running_var",
         "1.num_batches_tracked",
     ]
+
+
+def test_both_backends_know_the_same_strategies_and_fail_alike():
+    from data.augment import get_train_transformations
+    from data.batch_augment import get_batch_transformations
+
+    cfg = {"augmentation_strategy": "randaugment", "augmentation_kwargs": {}}
+    for build in (get_train_transformations, get_batch_transformations):
+        with pytest.raises(ValueError, match="unknown augmentation_strategy 'randaugment'; valid: simclr, ours"):
+            build(cfg)
+
+
+def test_every_training_loader_caps_the_batch_alike():
+    """Image loader, device-resident index batches and cached-feature pairs: 10 samples and batch_size 16 give
+    batches of 10, with the same warning."""
+    from data.cached_features import CachedPairLoader, CachedSplit
+    from data.device_data import IndexBatches
+    from data.loaders import train_loader
+
+    split = CachedSplit(torch.zeros(10, 3), torch.zeros(10, dtype=torch.long), torch.zeros(10, 2, dtype=torch.long), [])
+    makers = (
+        lambda: train_loader(list(range(10)), 16, 0, CPU),
+        lambda: IndexBatches(10, 16, CPU, train=True),
+        lambda: CachedPairLoader(split, 16, "cpu"),
+    )
+    for make in makers:
+        with pytest.warns(UserWarning, match="^batch_size 16 is larger than the 10 training samples per process; "):
+            loader = make()
+        assert loader.batch_size == 10 and len(loader) == 1

@@ -20,11 +20,10 @@ from data.cached_features import (
     CachedPairLoader,
     CachedSplit,
     check_cached_mode,
-    head_predictions,
     load_cached_split,
     save_split_features,
 )
-from engine.evaluate import get_predictions
+from engine.inference import run_model
 from losses import SCANLoss
 from models import ClusteringModel, build_backbone
 from tests.conftest import ROOT
@@ -108,16 +107,16 @@ def test_batch_larger_than_the_cache_is_capped():
     assert len(loader) == 1 and next(iter(loader))["anchor"].shape[0] == 10
 
 
-def test_head_predictions_equal_the_image_predictions():
+def test_heads_on_cached_features_equal_the_image_predictions():
     model = tiny_model(heads=2).eval()
     torch.manual_seed(2)
     images, targets = torch.randn(10, 3, 8, 8), torch.arange(10) % 3
     neighbors = torch.randint(0, 10, (10, 3))
     loader = [{"anchor": images, "target": targets, "possible_neighbors": neighbors}]
-    expected, _ = get_predictions(model, loader, "cpu")
+    expected = run_model(model, loader, "cpu").heads()
     with torch.no_grad():
         features = model(images, forward_pass="backbone")
-    cached = head_predictions(model, CachedSplit(features, targets, neighbors, []), "cpu", chunk=4)
+    cached = run_model(model, CachedSplit(features, targets, neighbors, []).batches(chunk=4), "cpu", "head").heads()
     for head_expected, head_cached in zip(expected, cached):
         for key in ("predictions", "targets", "neighbors"):
             assert torch.equal(head_expected[key], head_cached[key])
@@ -157,7 +156,7 @@ def test_features_saved_as_float16_and_read_back_with_their_neighbours(tmp_path)
     with pytest.raises(ConfigError, match="come from backbone resnet18 .*this config has resnet50"):
         load_cached_split({**cfg, "backbone": "resnet50", "backbone_kwargs": {}}, "val", "cmd")
     np.save(cfg["topk_neighbors_val_path"], np.tile(np.arange(5), (11, 1)))
-    with pytest.raises(ValueError, match="12 rows.*11"):
+    with pytest.raises(ValueError, match=r"shape \(11, 5\).*dataset has 12 images"):
         load_cached_split(cfg, "val", "cmd")
 
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from engine.cluster_watch import SelfLabelWatch, assignment_scan_loss, neighbour_agreement, shrunken_clusters
+from engine.cluster_criteria import assignment_scan_loss, neighbour_agreement
+from engine.cluster_watch import SelfLabelWatch, shrunken_clusters
 
 
 def test_emptied_and_shrunken_clusters_are_found():
@@ -77,3 +78,15 @@ def test_without_neighbours_epochs_are_watched_but_not_scored():
     watch.observe(0, head_output([0, 1]), None, {})
     record = watch.observe(1, head_output([1, 1]), None, {})
     assert record["score"] is None and not record["improved"] and record["warnings"][0]["kind"] == "emptied"
+
+
+def test_one_neighbour_agreement_for_the_watch_and_the_choice_of_k():
+    """Tensors (the watch) and arrays (estimate_k) give the same exact share; a self pair outside column 0 (a
+    duplicate image mined before the image itself) is skipped wherever it stands."""
+    import numpy as np
+
+    assignment = [0, 0, 1, 1]
+    neighbors = [[1, 0, 2], [1, 0, 3], [2, 3, 0], [3, 2, 1]]  # row 0 holds itself in column 1
+    # Pairs left: (0,1) ✓ (0,2) ✗ (1,0) ✓ (1,3) ✗ (2,3) ✓ (2,0) ✗ (3,2) ✓ (3,1) ✗ → 4 of 8, not 5 of 9.
+    assert neighbour_agreement(torch.tensor(assignment), torch.tensor(neighbors)) == 0.5
+    assert neighbour_agreement(np.array(assignment), np.array(neighbors)) == 0.5

@@ -10,15 +10,8 @@ import pytest
 
 import estimate_k
 from data.cached_features import save_split_features
-from engine.cluster_number import (
-    chance_agreement,
-    kappa,
-    neighbour_agreement,
-    recommend,
-    size_balance,
-    stability,
-    used_clusters,
-)
+from engine.cluster_criteria import chance_agreement, kappa, neighbour_agreement
+from engine.cluster_number import recommend, size_balance, stability, used_clusters
 from engine.knn import mine_nearest_neighbors
 from tests.conftest import ROOT
 

@@ -12,15 +12,15 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader, Dataset
 
+from engine.cluster_criteria import scan_evaluate
 from engine.evaluate import (
     cluster_metrics,
     count_matrix,
-    get_predictions,
     get_prototype_indices,
     hungarian_match,
     majority_match,
-    scan_evaluate,
 )
+from engine.inference import run_model
 
 
 def one_hot_probs(preds, num_clusters):
@@ -269,7 +269,7 @@ def test_get_prototype_indices_known_answer():
     assert get_prototype_indices(probs, features, topk=3) == [2, 5, None]
 
 
-# ---------------------------------------------------------------- get_predictions
+# ---------------------------------------------------------------- run_model on cluster heads
 
 
 class TinyClusteringModel(nn.Module):
@@ -304,7 +304,7 @@ class DictDataset(Dataset):
 
 @pytest.mark.parametrize("key", ["image", "anchor"])
 @pytest.mark.parametrize("return_features", [False, True])
-def test_get_predictions(key, return_features):
+def test_run_model_collects_every_head(key, return_features):
     torch.manual_seed(0)
     model = TinyClusteringModel()
     images = torch.randn(7, 2, 2)
@@ -312,7 +312,8 @@ def test_get_predictions(key, return_features):
     neighbors = torch.randint(0, 7, (7, 3)) if key == "anchor" else None
     loader = DataLoader(DictDataset(images, targets, key, neighbors), batch_size=3, shuffle=False)
 
-    heads, features = get_predictions(model, loader, torch.device("cpu"), return_features=return_features)
+    outputs = run_model(model, loader, torch.device("cpu"), "return_all" if return_features else None)
+    heads, features = outputs.heads(), outputs.features
 
     assert not model.training  # dropout off, so the results are deterministic
     with torch.no_grad():
@@ -335,12 +336,12 @@ def test_get_predictions(key, return_features):
         assert features is None
 
 
-def test_get_predictions_feeds_scan_evaluate():
+def test_run_model_feeds_scan_evaluate():
     torch.manual_seed(1)
     images = torch.randn(6, 4)
     neighbors = torch.cat([torch.arange(6)[:, None], torch.randint(0, 6, (6, 2))], dim=1)
     loader = DataLoader(DictDataset(images, torch.zeros(6, dtype=torch.long), "anchor", neighbors), batch_size=4)
-    heads, _ = get_predictions(TinyClusteringModel(), loader, "cpu")
+    heads = run_model(TinyClusteringModel(), loader, "cpu").heads()
     result = scan_evaluate(heads)
     assert len(result["scan"]) == 2
     assert result["lowest_loss_head"] in (0, 1)
@@ -370,7 +371,8 @@ class Bfloat16Model(nn.Module):
 def test_predictions_of_a_bf16_model_are_float32_softmaxes_of_its_logits():
     images = torch.randn(6, 4)
     loader = DataLoader(DictDataset(images, list(range(6)), "image"), batch_size=4)
-    heads, features = get_predictions(Bfloat16Model(), loader, "cpu", return_features=True)
+    outputs = run_model(Bfloat16Model(), loader, "cpu", "return_all")
+    heads, features = outputs.heads(), outputs.features
     logits = (images.bfloat16()[:, :3] * 7.3).float()
     assert heads[0]["probabilities"].dtype == torch.float32 and features.dtype == torch.float32
     assert torch.equal(heads[0]["probabilities"], F.softmax(logits, dim=1))

@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.wrappers import NeighborsDataset, NeighborsFileError
-from engine.knn import load_neighbors
+from data.neighbors import NeighborsFileError, read_neighbors
+from data.wrappers import NeighborsDataset
 from engine.stage import check_cluster_count, move_aside, user_message
 from tests.conftest import ROOT
 from utils.checkpoint import (
@@ -345,10 +345,10 @@ def test_neighbour_files_of_other_data_are_named():
 def test_unreadable_neighbour_file(tmp_path):
     (tmp_path / "nn.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(NeighborsFileError, match="truncated or not a .npy array"):
-        load_neighbors(tmp_path / "nn.npy")
+        read_neighbors(tmp_path / "nn.npy")
     np.save(tmp_path / "float.npy", np.zeros((4, 3)))
     with pytest.raises(NeighborsFileError, match="float64 array"):
-        load_neighbors(tmp_path / "float.npy")
+        read_neighbors(tmp_path / "float.npy")
 
 
 def test_more_clusters_than_images_is_a_config_error():

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from losses import (
     ConfidenceBasedCE,
     NoConfidentSamplesError,
-    PerClusterConfidenceCE,
     SCANLoss,
     SimCLRLoss,
+    make_criterion,
     pseudo_labels,
 )
+from utils.config import ConfigError
 
 
 def test_simclr_loss_hand_computed():
@@ -133,7 +134,7 @@ def _all_losses(features, logits, neighbors) -> list[torch.Tensor]:
         SimCLRLoss(0.1)(features),
         *SCANLoss(5.0)(logits, neighbors),
         ConfidenceBasedCE(0.3, apply_class_balancing=True)(logits, neighbors),
-        PerClusterConfidenceCE(0.9, 0.5, apply_class_balancing=True)(logits, neighbors),
+        ConfidenceBasedCE(0.9, apply_class_balancing=True, fraction=0.5)(logits, neighbors),
     ]
 
 
@@ -246,16 +247,16 @@ def test_per_cluster_confidence_ce_hand_computed():
 
     # fraction 0.5: shares ceil(1.0) = 1 (cluster 0: the 0.99991 sample) and ceil(0.5) = 1 (cluster 1: its one).
     # Targets [0, 1], n = 2 → class weights 2/1 each, so the weighted mean is the plain mean.
-    loss = PerClusterConfidenceCE(0.99, 0.5, apply_class_balancing=True)(weak, strong)
+    loss = ConfidenceBasedCE(0.99, apply_class_balancing=True, fraction=0.5)(weak, strong)
     assert loss.item() == pytest.approx((nll([1.0, 0.0], 0) + nll([3.0, 0.0], 1)) / 2, rel=1e-6)
     # fraction 1: all three, targets [0, 0, 1] → weights 3/2, 3/2, 3/1.
-    loss = PerClusterConfidenceCE(0.99, 1.0, apply_class_balancing=True)(weak, strong)
+    loss = ConfidenceBasedCE(0.99, apply_class_balancing=True, fraction=1.0)(weak, strong)
     terms = [(1.5, nll([1.0, 0.0], 0)), (1.5, nll([0.0, 2.0], 0)), (3.0, nll([3.0, 0.0], 1))]
     assert loss.item() == pytest.approx(sum(w * v for w, v in terms) / sum(w for w, _ in terms), rel=1e-6)
-    unbalanced = PerClusterConfidenceCE(0.99, 1.0, apply_class_balancing=False)(weak, strong)
+    unbalanced = ConfidenceBasedCE(0.99, apply_class_balancing=False, fraction=1.0)(weak, strong)
     assert unbalanced.item() == pytest.approx(sum(v for _, v in terms) / 3, rel=1e-6)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        PerClusterConfidenceCE(0.99, 0.0, True)
+        ConfidenceBasedCE(0.99, True, fraction=0.0)
 
 
 def test_per_cluster_ce_agrees_with_confidence_ce_when_every_cluster_is_confident():
@@ -264,5 +265,30 @@ def test_per_cluster_ce_agrees_with_confidence_ce_when_every_cluster_is_confiden
     weak = torch.tensor([[9.0, 0, 0], [8.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0], [1.0, 0, 0]])
     strong = torch.randn(5, 3)
     expected = ConfidenceBasedCE(0.99, True)(weak, strong)
-    assert PerClusterConfidenceCE(0.99, 0.5, True)(weak, strong).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert ConfidenceBasedCE(0.99, True, fraction=0.5)(weak, strong).item() == pytest.approx(expected.item(), rel=1e-6)
     assert pseudo_labels(weak.softmax(1), 0.99)[1].tolist() == [True, True, True, True, False]
+
+
+def test_criterion_builds_its_loss_and_refuses_what_the_stage_cannot_train():
+    """`criterion:` goes through one registry: the class it names, its kwargs checked against that class."""
+    cfg = {"criterion": "scan", "criterion_kwargs": {"entropy_weight": 2.0}}
+    loss = make_criterion(cfg, "scan")
+    assert type(loss) is SCANLoss and loss.entropy_weight == 2.0
+    with pytest.raises(
+        ConfigError, match="criterion: simclr cannot train this stage, which trains with criterion: scan"
+    ):
+        make_criterion({**cfg, "criterion": "simclr"}, "scan")
+    with pytest.raises(
+        ConfigError, match=r"builds SimCLRLoss\(temperature\); .*missing a required argument: 'temperature'"
+    ):
+        make_criterion({"criterion": "simclr", "criterion_kwargs": {}}, "simclr")
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'temprature'"):
+        make_criterion({"criterion": "simclr", "criterion_kwargs": {"temperature": 0.1, "temprature": 0.1}}, "simclr")
+    selflabel_cfg = {"criterion": "confidence-cross-entropy", "criterion_kwargs": {"apply_class_balancing": False}}
+    loss = make_criterion(selflabel_cfg, "confidence-cross-entropy", threshold=0.9, fraction=0.5)
+    assert (type(loss), loss.threshold, loss.fraction, loss.apply_class_balancing) == (
+        ConfidenceBasedCE,
+        0.9,
+        0.5,
+        False,
+    )

@@ -19,6 +19,7 @@ import torch
 import scan
 import selflabel
 import simclr
+from losses import CRITERIA
 from models import build_model
 from tests.conftest import ROOT
 from utils.checkpoint import save_atomic
@@ -56,9 +57,10 @@ def write_scan_model(env) -> None:
     save_atomic({"model": build_model(cfg).state_dict(), "head": 0}, cfg["scan_model"])
 
 
-def signal_during_call(monkeypatch, module, name: str, call: int, signum: int = signal.SIGTERM) -> None:
-    """Replace the stage's loss class by one that sends `signum` to this process during its `call`-th call."""
-    real = getattr(module, name)
+def signal_during_call(monkeypatch, criterion: str, call: int, signum: int = signal.SIGTERM) -> None:
+    """Replace the stage's loss class (in the criterion registry) by one that sends `signum` to this process
+    during its `call`-th call."""
+    real = CRITERIA[criterion]
     calls = {"n": 0}
 
     class Interrupting(real):
@@ -68,7 +70,7 @@ def signal_during_call(monkeypatch, module, name: str, call: int, signum: int = 
                 os.kill(os.getpid(), signum)
             return super().forward(*args, **kwargs)
 
-    monkeypatch.setattr(module, name, Interrupting)
+    monkeypatch.setitem(CRITERIA, criterion, Interrupting)
 
 
 def assert_identical(a, b, where: str = "") -> None:
@@ -108,10 +110,10 @@ def run(main, args) -> dict:
         return main(args)
 
 
-def interrupted_then_resumed(main, args, monkeypatch, module, loss_name, cfg, checkpoint_key) -> dict:
+def interrupted_then_resumed(main, args, monkeypatch, criterion: str, cfg, checkpoint_key) -> dict:
     """Run until a SIGTERM arrives mid-epoch 2, check the stop, then resume to the end."""
     with monkeypatch.context() as patch:
-        signal_during_call(patch, module, loss_name, STOP_AT_CALL)
+        signal_during_call(patch, criterion, STOP_AT_CALL)
         with pytest.raises(TrainingStopped, match="Stopped by SIGTERM at epoch 2, step 3 of 5") as stopped:
             run(main, args)
     assert stopped.value.exit_code == 128 + signal.SIGTERM
@@ -154,8 +156,7 @@ def test_simclr_resumes_mid_epoch_exactly(tmp_path, monkeypatch, backend):
         simclr.main,
         stage_args(interrupted, PRETEXT, backend_arg),
         monkeypatch,
-        simclr,
-        "SimCLRLoss",
+        "simclr",
         cfg,
         "pretext_checkpoint",
     )
@@ -177,7 +178,7 @@ def test_scan_resumes_mid_epoch_exactly_with_its_best_loss_and_head(
     metrics = run(scan.main, stage_args(straight, SCAN, backend_arg))
     cfg = load_config(interrupted, SCAN, TINY)
     resumed = interrupted_then_resumed(
-        scan.main, stage_args(interrupted, SCAN, backend_arg), monkeypatch, scan, "SCANLoss", cfg, "scan_checkpoint"
+        scan.main, stage_args(interrupted, SCAN, backend_arg), monkeypatch, "scan", cfg, "scan_checkpoint"
     )
     assert resumed == metrics and metrics["best_loss"] == 0.3
     expected, got = outputs(load_config(straight, SCAN, TINY), "scan_dir"), outputs(cfg, "scan_dir")
@@ -201,8 +202,7 @@ def test_selflabel_resumes_mid_epoch_exactly_with_ema(tmp_path, monkeypatch):
         selflabel.main,
         stage_args(interrupted, SELFLABEL, *extra),
         monkeypatch,
-        selflabel,
-        "ConfidenceBasedCE",
+        "confidence-cross-entropy",
         cfg,
         "selflabel_checkpoint",
     )
@@ -218,7 +218,7 @@ def test_a_resume_missing_a_piece_of_state_is_caught(tmp_path, monkeypatch, sabo
     run(simclr.main, stage_args(straight, PRETEXT, "epochs=2"))
     cfg = load_config(interrupted, PRETEXT, TINY)
     with monkeypatch.context() as patch:
-        signal_during_call(patch, simclr, "SimCLRLoss", STOP_AT_CALL)
+        signal_during_call(patch, "simclr", STOP_AT_CALL)
         with pytest.raises(TrainingStopped):
             run(simclr.main, stage_args(interrupted, PRETEXT, "epochs=2"))
     if sabotage == "optimizer state":

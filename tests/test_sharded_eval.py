@@ -71,9 +71,11 @@ def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
     """Everything the stages evaluate, computed by this process (its shard) and gathered."""
     import engine.knn as knn
     from data.batches import eval_batches
-    from data.cached_features import CachedSplit, head_predictions
+    from data.cached_features import CachedSplit
     from data.registry import get_train_dataset, get_val_dataset
-    from engine.evaluate import cluster_metrics, get_predictions, scan_evaluate
+    from engine.cluster_criteria import scan_evaluate
+    from engine.evaluate import cluster_metrics
+    from engine.inference import run_model
     from models import build_model
     from utils.config import load_config
     from utils.runtime import Runtime, resolve_fast_path
@@ -97,14 +99,17 @@ def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
     train_loader = eval_batches(pretext_cfg, get_train_dataset(pretext_cfg), runtime)
     val_loader = eval_batches(pretext_cfg, get_val_dataset(pretext_cfg), runtime)
     out["batches_here"] = torch.tensor([len(train_loader), len(val_loader)])
-    train, train_targets, backbone = knn.extract_features(pretext, train_loader, "cpu", backbone_features=True)
-    val, val_targets = knn.extract_features(pretext, val_loader, "cpu")
+    train_outputs = run_model(pretext, train_loader, "cpu", backbone_features=True)
+    train, train_targets = train_outputs.features.numpy(), train_outputs.targets.numpy()
+    backbone = train_outputs.backbone.numpy()
+    val_outputs = run_model(pretext, val_loader, "cpu")
+    val, val_targets = val_outputs.features.numpy(), val_outputs.targets.numpy()
     out.update(train=torch.from_numpy(train), train_targets=torch.from_numpy(train_targets), val=torch.from_numpy(val))
     out["backbone"] = torch.from_numpy(backbone)
     batched_cfg = {**pretext_cfg, "augmentation_backend": "batched"}
-    out["train_batched"] = torch.from_numpy(
-        knn.extract_features(pretext, eval_batches(batched_cfg, get_train_dataset(batched_cfg), runtime), "cpu")[0]
-    )
+    out["train_batched"] = run_model(
+        pretext, eval_batches(batched_cfg, get_train_dataset(batched_cfg), runtime), "cpu"
+    ).features
 
     knn.SCORES_PER_CHUNK = MINING_ROWS * len(train)
     neighbors, accuracy = knn.mine_nearest_neighbors(train, train_targets, 20)
@@ -122,8 +127,9 @@ def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
     )  # fmt: skip
 
     loader = eval_batches(scan_cfg, get_val_dataset(scan_cfg), runtime, neighbors=val_neighbors.numpy())
-    heads, features = get_predictions(clustering, loader, "cpu", return_features=True)
-    out["prediction_features"] = features
+    predicted = run_model(clustering, loader, "cpu", "return_all")
+    heads = predicted.heads()
+    out["prediction_features"] = predicted.features
     for head, output in enumerate(heads):
         for key, value in output.items():
             out[f"head{head}_{key}"] = value
@@ -135,7 +141,7 @@ def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
     out["cluster_metrics"] = torch.tensor([metrics[key] for key in ("ACC", "NMI", "ARI", "AMI", "ACC Top-5")])
 
     cached = CachedSplit(torch.from_numpy(backbone), torch.from_numpy(train_targets), torch.from_numpy(neighbors), [])
-    for head, output in enumerate(head_predictions(clustering, cached, "cpu", chunk=8)):
+    for head, output in enumerate(run_model(clustering, cached.batches(chunk=8), "cpu", "head").heads()):
         out[f"cached{head}_probabilities"] = output["probabilities"]
     return out
 

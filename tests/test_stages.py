@@ -15,7 +15,7 @@ import scan
 import selflabel
 import simclr
 from data.loaders import train_loader
-from losses import ConfidenceBasedCE, PerClusterConfidenceCE, SCANLoss
+from losses import ConfidenceBasedCE, SCANLoss
 from models import ClusteringModel, ContrastiveModel, build_backbone
 from tests.conftest import ROOT
 from utils.checkpoint import CheckpointError
@@ -188,7 +188,7 @@ def test_selflabel_epoch_counts_predictions_and_pseudo_labels_per_cluster():
     )
     assert threshold["train_cluster_sizes"] == [3, 1, 0] and threshold["pseudo_labels_per_cluster"] == [2, 0, 0]
     per_cluster = selflabel.train_one_epoch(
-        [batch], Fixed(), PerClusterConfidenceCE(0.99, 0.5, True), optimizer, None, CPU, False, 0
+        [batch], Fixed(), ConfidenceBasedCE(0.99, True, fraction=0.5), optimizer, None, CPU, False, 0
     )  # shares: ceil(1.5) = 2 of cluster 0 (both above 0.99 anyway), ceil(0.5) = 1 of cluster 1
     assert per_cluster["pseudo_labels_per_cluster"] == [2, 1, 0] and per_cluster["steps"] == 1
     assert threshold["confident"] == 2 / 4 and per_cluster["confident"] == 3 / 4
@@ -267,12 +267,14 @@ def test_moco_import_converts_keys_and_mines_backbone_neighbours(tmp_path):
 
 def test_selflabel_criterion_follows_pseudo_labels_and_refuses_unknown_rules():
     cfg = {
+        "criterion": "confidence-cross-entropy",
         "confidence_threshold": 0.99,
         "pseudo_label_fraction": 0.25,
         "criterion_kwargs": {"apply_class_balancing": True},
     }
-    assert type(selflabel.build_criterion({**cfg, "pseudo_labels": "threshold"})) is ConfidenceBasedCE
+    threshold = selflabel.build_criterion({**cfg, "pseudo_labels": "threshold"})
+    assert type(threshold) is ConfidenceBasedCE and threshold.fraction is None and threshold.threshold == 0.99
     per_cluster = selflabel.build_criterion({**cfg, "pseudo_labels": "per_cluster"})
-    assert isinstance(per_cluster, PerClusterConfidenceCE) and per_cluster.fraction == 0.25
+    assert type(per_cluster) is ConfidenceBasedCE and per_cluster.fraction == 0.25
     with pytest.raises(ConfigError, match="threshold, per_cluster"):
         selflabel.build_criterion({**cfg, "pseudo_labels": "balanced"})

@@ -256,7 +256,7 @@ def render_report(
 ) -> tuple[str, dict]:
     """The page as a string, and facts about it: thumbnails shown, gallery sizes per cluster.
 
-    `head_output` (one head of get_predictions) makes it a clustering report; without it only the metrics and
+    `head_output` (one head of engine.inference.Outputs) makes it a clustering report; without it only the metrics and
     curves are shown (a pretext model). `figures`: title → PNG bytes, e.g. the confusion matrix; `curves`:
     stage → history records. Sections: metrics, cluster sizes, clusters, figures, training curves.
     """
