@@ -22,6 +22,7 @@ import ast
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -32,27 +33,67 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Module → (fast tests, slow tests that also cover it). Paths relative to the repository root. test_guard.py sits
-# with the slow ones: its signal tests do not pass in a child forked from this script, only in their own process.
-TARGETS: dict[str, tuple[list[str], list[str]]] = {
-    "losses/losses.py": (["tests/test_losses.py", "tests/test_imbalance.py", "tests/test_stages.py"], []),
-    "data/augment.py": (["tests/test_augment.py"], []),
-    "data/wrappers.py": (["tests/test_knn_and_wrappers.py"], ["tests/test_stage_behaviour.py"]),
-    "utils/checkpoint.py": (
-        ["tests/test_checkpoint.py", "tests/test_stages.py"],
-        ["tests/test_guard.py", "tests/test_resume.py", "tests/test_eval.py"],
-    ),
-    "engine/evaluate.py": (["tests/test_evaluate.py"], ["tests/test_stage_behaviour.py", "tests/test_eval.py"]),
-    "simclr.py": (
-        ["tests/test_stages.py"],
-        ["tests/test_stage_behaviour.py", "tests/test_resume.py"],
-    ),
-    "scan.py": (
-        ["tests/test_stages.py"],
-        ["tests/test_stage_behaviour.py", "tests/test_resume.py"],
-    ),
-    "selflabel.py": (["tests/test_stages.py"], ["tests/test_stage_behaviour.py", "tests/test_resume.py"]),
-}
+# The packages and entry scripts whose modules are mutated (bench/ and tests/ are not).
+PACKAGES = ["utils", "data", "models", "losses", "engine", "tools"]
+# Test files that cannot run in a child forked from this script: test_guard.py's signal tests pass only in their own
+# process (its file still runs in the slow tier of `--whole_suite`, where a failure would count as a kill, so it is
+# left out there too rather than kill every mutant).
+UNFORKABLE = {"tests/test_guard.py"}
+
+
+def product_modules() -> list[str]:
+    """Every module of the packages and every entry script, as paths relative to the repository root."""
+    modules = sorted(p.name for p in ROOT.glob("*.py"))
+    for package in PACKAGES:
+        modules += sorted(f"{package}/{p.name}" for p in (ROOT / package).glob("*.py") if p.name != "__init__.py")
+    return modules
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """The project modules (as relative paths) that one file imports, at top level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            for candidate in (name.replace(".", "/") + ".py", name.replace(".", "/") + "/__init__.py"):
+                if candidate in known:
+                    found.add(candidate)
+    return found
+
+
+def covering_tests() -> dict[str, list[str]]:
+    """Module → test files that reach it, nearest first.
+
+    A test file reaches a module when it imports it, directly or through other project modules (a package's
+    `__init__.py` counts as importing what it imports), or names it (`"simclr.py"` run in a subprocess). Nearest
+    first: direct importers run before the rest, so with `-x` a mutant is usually killed by the first file.
+    """
+    known = set(product_modules()) | {f"{p}/__init__.py" for p in PACKAGES}
+    graph = {module: _imports(ROOT / module, known) for module in known}
+    tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py"))
+    reach: dict[str, dict[str, int]] = {}
+    for test in tests:
+        text = (ROOT / test).read_text()
+        distance = {m: 0 for m in _imports(ROOT / test, known)}
+        distance.update({m: 0 for m in known if "/" not in m and re.search(rf"\b{re.escape(m)}\b", text)})
+        frontier = list(distance)
+        while frontier:
+            module = frontier.pop(0)
+            for target in graph.get(module, ()):
+                if target not in distance:
+                    distance[target] = distance[module] + 1
+                    frontier.append(target)
+        reach[test] = distance
+    return {
+        module: sorted((t for t in tests if module in reach[t] and t not in UNFORKABLE), key=lambda t: reach[t][module])
+        for module in product_modules()
+    }
+
 
 COMPARISON_SWAPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
                     ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In}  # fmt: skip
@@ -68,7 +109,9 @@ class Mutant:
     module: str
     line: int
     description: str
+    index: int = -1  # the mutated node's position in ast.walk order, to apply the same mutant again (--rerun)
     status: str = "pending"  # killed | survived | timeout | broken
+    tier: str = ""  # the tier that decided it: fast (`-m "not slow"`) or slow (`-m slow`, only for fast survivors)
 
 
 def _call_name(node: ast.AST) -> str | None:
@@ -167,7 +210,7 @@ def mutate_source(source: str, target_index: int, apply) -> str:
     return ast.unparse(ast.fix_missing_locations(mutated))
 
 
-def run_tests_forked(workdir: Path, tests: list[str], timeout: float) -> str:
+def run_tests_forked(workdir: Path, tests: list[str], timeout: float, marker: str = "not slow") -> str:
     """'killed' if the tests fail, 'survived' if they pass, 'timeout' if they hang; in a forked child."""
     pid = os.fork()
     if pid == 0:  # child: import the project fresh from the mutated copy
@@ -178,8 +221,9 @@ def run_tests_forked(workdir: Path, tests: list[str], timeout: float) -> str:
         os.dup2(devnull, 2)
         import pytest
 
-        code = pytest.main([*tests, "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-W", "ignore"])
-        os._exit(int(code))
+        args = [*tests, "-x", "-q", "-m", marker, "-p", "no:cacheprovider", "-p", "no:randomly", "-W", "ignore"]
+        code = pytest.main(args)
+        os._exit(0 if code == pytest.ExitCode.NO_TESTS_COLLECTED else int(code))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -192,12 +236,26 @@ def run_tests_forked(workdir: Path, tests: list[str], timeout: float) -> str:
     return "timeout"
 
 
+def sample_evenly(candidates: list, limit: int | None) -> list:
+    """At most `limit` of the candidates, spread evenly over the module (first, last and equal steps between)."""
+    if limit is None or len(candidates) <= limit:
+        return candidates
+    if limit == 1:
+        return candidates[:1]
+    return [candidates[round(i * (len(candidates) - 1) / (limit - 1))] for i in range(limit)]
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Mutation testing of the modules that matter")
-    parser.add_argument("--modules", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    modules = product_modules()
+    parser = argparse.ArgumentParser(description="Mutation testing of every module of the project")
+    parser.add_argument("--modules", nargs="+", default=modules, choices=modules)
     parser.add_argument("--output", default=str(ROOT / "bench/MUTATION.md"))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant before it counts as killed")
-    parser.add_argument("--skip_slow", action="store_true", help="only the fast tests (quicker, lower score)")
+    parser.add_argument("--skip_slow", action="store_true", help="only the fast tier (`-m 'not slow'`)")
+    parser.add_argument("--sample", type=int, default=None, help="at most this many mutants a module, evenly spread")
+    parser.add_argument(
+        "--rerun", default=None, help="a previous run's JSON: run again only the mutants it let survive"
+    )
     args = parser.parse_args(argv)
 
     # Pre-import the heavy third-party libraries once; forked children inherit them.
@@ -211,34 +269,47 @@ def main(argv: list[str] | None = None) -> dict:
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
+    tests_of = covering_tests()
+    previous = json.loads(Path(args.rerun).read_text()) if args.rerun else None
+    if previous is not None:
+        args.modules = [
+            m for m in args.modules if any(p["module"] == m and p["status"] == "survived" for p in previous)
+        ]
     workdir = Path(tempfile.mkdtemp(prefix="mutants_"))
     shutil.copytree(ROOT, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".venv", ".git", "results"))
-    baseline_tests = sorted({t for m in args.modules for t in TARGETS[m][0]})
-    baseline = run_tests_forked(workdir, baseline_tests, 10 * args.timeout)  # every module's tests at once
+    baseline_tests = sorted({t for m in args.modules for t in tests_of[m]})
+    baseline = run_tests_forked(workdir, baseline_tests, 10 * args.timeout)  # every module's fast tests at once
     if baseline != "survived":
         raise SystemExit(f"The unmutated tree does not pass {' '.join(baseline_tests)} ({baseline}); fix that first.")
 
     mutants: list[Mutant] = []
     started = time.perf_counter()
     for module in args.modules:
-        fast, slow = TARGETS[module]
+        tests = tests_of[module]
         path = workdir / module
         original = path.read_text()
         candidates = enumerate_mutations(ast.parse(original))
-        print(f"{module}: {len(candidates)} mutants", flush=True)
+        if previous is not None:
+            wanted = {
+                (p["index"], p["description"]) for p in previous if p["module"] == module and p["status"] == "survived"
+            }
+            candidates = [c for c in candidates if (c[0], c[2]) in wanted]
+        else:
+            candidates = sample_evenly(candidates, args.sample)
+        print(f"{module}: {len(candidates)} mutants, {len(tests)} test files", flush=True)
         for index, line, description, apply in candidates:
-            mutant = Mutant(module, line, description)
+            mutant = Mutant(module, line, description, index)
             try:
                 path.write_text(mutate_source(original, index, apply))
             except (AttributeError, TypeError, ValueError, SyntaxError):
                 mutant.status = "broken"
             if mutant.status != "broken":
-                mutant.status = run_tests_forked(workdir, fast, args.timeout)
-                if mutant.status == "survived" and slow and not args.skip_slow:
-                    mutant.status = run_tests_forked(workdir, slow, args.timeout)
+                mutant.status, mutant.tier = run_tests_forked(workdir, tests, args.timeout), "fast"
+                if mutant.status == "survived" and not args.skip_slow:
+                    mutant.status, mutant.tier = run_tests_forked(workdir, tests, args.timeout, marker="slow"), "slow"
             path.write_text(original)
             mutants.append(mutant)
-            print(f"  {module}:{line} {description}: {mutant.status}", flush=True)
+            print(f"  {module}:{line} {description}: {mutant.status} ({mutant.tier})", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
 
     report = summarize(mutants, time.perf_counter() - started, " ".join(sys.argv))
