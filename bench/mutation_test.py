@@ -112,6 +112,7 @@ class Mutant:
     index: int = -1  # the mutated node's position in ast.walk order, to apply the same mutant again (--rerun)
     status: str = "pending"  # killed | survived | timeout | broken
     tier: str = ""  # the tier that decided it: fast (`-m "not slow"`) or slow (`-m slow`, only for fast survivors)
+    tests: str = ""  # what ran in the fast tier: the tests that execute the mutated line, or the module's test files
 
 
 def _call_name(node: ast.AST) -> str | None:
@@ -210,8 +211,50 @@ def mutate_source(source: str, target_index: int, apply) -> str:
     return ast.unparse(ast.fix_missing_locations(mutated))
 
 
-def run_tests_forked(workdir: Path, tests: list[str], timeout: float, marker: str = "not slow") -> str:
-    """'killed' if the tests fail, 'survived' if they pass, 'timeout' if they hang; in a forked child."""
+def _record_lines_plugin(workdir: Path, modules: list[str], lines: dict[str, set[str]]):
+    """A pytest plugin that adds, for every test, its node id to `lines["module:line"]` for each project line the
+    test executes (setup and teardown included), with sys.settrace in this process and the threads it starts."""
+    import threading
+
+    import pytest
+
+    files = {str(workdir / module): module for module in modules}
+    current: set[tuple[str, int]] = set()
+
+    def local(frame, event, arg):
+        if event == "line":
+            current.add((files[frame.f_code.co_filename], frame.f_lineno))
+        return local
+
+    def call(frame, event, arg):
+        module = files.get(frame.f_code.co_filename)
+        if module is None:
+            return None
+        current.add((module, frame.f_lineno))
+        return local
+
+    class RecordLines:
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_runtest_protocol(self, item, nextitem):
+            current.clear()
+            sys.settrace(call)
+            threading.settrace(call)
+            yield
+            sys.settrace(None)
+            threading.settrace(None)
+            for module, line in current:
+                lines.setdefault(f"{module}:{line}", set()).add(item.nodeid)
+
+    return RecordLines()
+
+
+def run_tests_forked(
+    workdir: Path, tests: list[str], timeout: float, marker: str = "not slow", record: Path | None = None
+) -> str:
+    """'killed' if the tests fail, 'survived' if they pass, 'timeout' if they hang; in a forked child.
+
+    With `record`, every test runs (no -x) and the child writes {"module:line": [node ids]} there as JSON.
+    """
     pid = os.fork()
     if pid == 0:  # child: import the project fresh from the mutated copy
         os.chdir(workdir)
@@ -221,8 +264,12 @@ def run_tests_forked(workdir: Path, tests: list[str], timeout: float, marker: st
         os.dup2(devnull, 2)
         import pytest
 
-        args = [*tests, "-x", "-q", "-m", marker, "-p", "no:cacheprovider", "-p", "no:randomly", "-W", "ignore"]
-        code = pytest.main(args)
+        args = [*tests, "-q", "-m", marker, "-p", "no:cacheprovider", "-p", "no:randomly", "-W", "ignore"]
+        lines: dict[str, set[str]] = {}
+        plugins = [] if record is None else [_record_lines_plugin(workdir, product_modules(), lines)]
+        code = pytest.main(args if record is not None else ["-x", *args], plugins=plugins)
+        if record is not None:
+            record.write_text(json.dumps({key: sorted(ids) for key, ids in lines.items()}))
         os._exit(0 if code == pytest.ExitCode.NO_TESTS_COLLECTED else int(code))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -256,6 +303,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--rerun", default=None, help="a previous run's JSON: run again only the mutants it let survive"
     )
+    parser.add_argument(
+        "--select",
+        choices=["lines", "files"],
+        default="lines",
+        help="lines: each mutant runs the fast tests that execute its line (recorded in the baseline run), or its "
+        "module's test files when no test does; files: always the test files that import the module",
+    )
     args = parser.parse_args(argv)
 
     # Pre-import the heavy third-party libraries once; forked children inherit them.
@@ -278,9 +332,12 @@ def main(argv: list[str] | None = None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="mutants_"))
     shutil.copytree(ROOT, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".venv", ".git", "results"))
     baseline_tests = sorted({t for m in args.modules for t in tests_of[m]})
-    baseline = run_tests_forked(workdir, baseline_tests, 10 * args.timeout)  # every module's fast tests at once
+    record = workdir / "lines.json" if args.select == "lines" else None
+    baseline = run_tests_forked(workdir, baseline_tests, 10 * args.timeout, record=record)  # all at once
     if baseline != "survived":
         raise SystemExit(f"The unmutated tree does not pass {' '.join(baseline_tests)} ({baseline}); fix that first.")
+    tests_at = json.loads(record.read_text()) if record is not None else {}
+    print(f"baseline passed; {len(tests_at)} project lines executed by the fast tests", flush=True)
 
     mutants: list[Mutant] = []
     started = time.perf_counter()
@@ -299,23 +356,30 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{module}: {len(candidates)} mutants, {len(tests)} test files", flush=True)
         for index, line, description, apply in candidates:
             mutant = Mutant(module, line, description, index)
+            chosen = tests_at.get(f"{module}:{line}", tests)
+            mutant.tests = f"{len(chosen)} {'tests on its line' if chosen is not tests else 'test files'}"
             try:
                 path.write_text(mutate_source(original, index, apply))
             except (AttributeError, TypeError, ValueError, SyntaxError):
                 mutant.status = "broken"
             if mutant.status != "broken":
-                mutant.status, mutant.tier = run_tests_forked(workdir, tests, args.timeout), "fast"
+                mutant.status, mutant.tier = run_tests_forked(workdir, chosen, args.timeout), "fast"
                 if mutant.status == "survived" and not args.skip_slow:
                     mutant.status, mutant.tier = run_tests_forked(workdir, tests, args.timeout, marker="slow"), "slow"
             path.write_text(original)
             mutants.append(mutant)
-            print(f"  {module}:{line} {description}: {mutant.status} ({mutant.tier})", flush=True)
-    shutil.rmtree(workdir, ignore_errors=True)
-
-    report = summarize(mutants, time.perf_counter() - started, " ".join(sys.argv))
-    Path(args.output).write_text(report["markdown"])
-    Path(args.output).with_suffix(".json").write_text(json.dumps([asdict(m) for m in mutants], indent=1))
+            print(f"  {module}:{line} {description}: {mutant.status} ({mutant.tier}, {mutant.tests})", flush=True)
+        report = write_report(mutants, time.perf_counter() - started, args.output)  # after each module: a stopped
+    shutil.rmtree(workdir, ignore_errors=True)  # run keeps what it measured
     print(report["markdown"], flush=True)
+    return report
+
+
+def write_report(mutants: list[Mutant], seconds: float, output: str) -> dict:
+    """The markdown report at `output` and every mutant in the JSON file beside it (for --rerun)."""
+    report = summarize(mutants, seconds, " ".join(sys.argv))
+    Path(output).write_text(report["markdown"])
+    Path(output).with_suffix(".json").write_text(json.dumps([asdict(m) for m in mutants], indent=1))
     return report
 
 
@@ -336,7 +400,7 @@ def summarize(mutants: list[Mutant], seconds: float, command: str) -> dict:
     killed = sum(m.status in ("killed", "timeout") for m in ran)
     lines += [f"| **all** | {len(ran)} | {killed} | {len(ran) - killed} | **{killed / max(len(ran), 1):.0%}** |", ""]
     lines += ["## Surviving mutants", "", "| module:line | mutation |", "|---|---|"]
-    lines += [f"| {m.module}:{m.line} | {m.description} |" for m in mutants if m.status == "survived"]
+    lines += [f"| {m.module}:{m.line} | {m.description} ({m.tests}) |" for m in mutants if m.status == "survived"]
     return {"markdown": "\n".join(lines) + "\n", "killed": killed, "total": len(ran)}
 
 
