@@ -283,6 +283,16 @@ def run_tests_forked(
     return "timeout"
 
 
+def function_body_lines(tree: ast.Module) -> set[int]:
+    """Lines inside a function body (run when the function is called, not at import)."""
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            body = node.body if isinstance(node.body, list) else [node.body]
+            lines.update(range(body[0].lineno, node.end_lineno + 1))
+    return lines
+
+
 def sample_evenly(candidates: list, limit: int | None) -> list:
     """At most `limit` of the candidates, spread evenly over the module (first, last and equal steps between)."""
     if limit is None or len(candidates) <= limit:
@@ -310,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="lines: each mutant runs the fast tests that execute its line (recorded in the baseline run), or its "
         "module's test files when no test does; files: always the test files that import the module",
     )
+    parser.add_argument("--lines", default=None, help="reuse the line record of an earlier run of the same tree")
     args = parser.parse_args(argv)
 
     # Pre-import the heavy third-party libraries once; forked children inherit them.
@@ -332,8 +343,11 @@ def main(argv: list[str] | None = None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="mutants_"))
     shutil.copytree(ROOT, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".venv", ".git", "results"))
     baseline_tests = sorted({t for m in args.modules for t in tests_of[m]})
-    record = workdir / "lines.json" if args.select == "lines" else None
-    baseline = run_tests_forked(workdir, baseline_tests, 10 * args.timeout, record=record)  # all at once
+    record = workdir / "lines.json" if args.select == "lines" and args.lines is None else None
+    baseline = "survived"  # an earlier record of the same tree's lines comes from a baseline that passed
+    if args.lines is None:
+        baseline = run_tests_forked(workdir, baseline_tests, 10 * args.timeout, record=record)  # all at once
+    record = Path(args.lines) if args.lines is not None else record
     if baseline != "survived":
         raise SystemExit(f"The unmutated tree does not pass {' '.join(baseline_tests)} ({baseline}); fix that first.")
     tests_at = json.loads(record.read_text()) if record is not None else {}
@@ -354,15 +368,31 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             candidates = sample_evenly(candidates, args.sample)
         print(f"{module}: {len(candidates)} mutants, {len(tests)} test files", flush=True)
+        in_functions = function_body_lines(ast.parse(original))
+        # A module-level line (a constant, a default argument) runs at import: it reaches the tests that import
+        # the module directly and those that execute any of its lines.
+        module_tests = sorted(
+            {t for key, ids in tests_at.items() if key.rpartition(":")[0] == module for t in ids}
+            | {t for t in tests if module in _imports(ROOT / t, set(product_modules()))}
+        )
         for index, line, description, apply in candidates:
             mutant = Mutant(module, line, description, index)
-            chosen = tests_at.get(f"{module}:{line}", tests)
-            mutant.tests = f"{len(chosen)} {'tests on its line' if chosen is not tests else 'test files'}"
+            if not tests_at:
+                chosen, mutant.tests = tests, f"{len(tests)} test files"
+            elif f"{module}:{line}" in tests_at:
+                chosen = tests_at[f"{module}:{line}"]
+                mutant.tests = f"{len(chosen)} tests on its line"
+            elif line in in_functions:
+                chosen, mutant.tests = [], "no fast test executes its line"
+            else:
+                chosen, mutant.tests = module_tests, f"{len(module_tests)} tests of its module"
             try:
                 path.write_text(mutate_source(original, index, apply))
             except (AttributeError, TypeError, ValueError, SyntaxError):
                 mutant.status = "broken"
-            if mutant.status != "broken":
+            if mutant.status != "broken" and not chosen:
+                mutant.status, mutant.tier = "survived", "fast"
+            elif mutant.status != "broken":
                 mutant.status, mutant.tier = run_tests_forked(workdir, chosen, args.timeout), "fast"
                 if mutant.status == "survived" and not args.skip_slow:
                     mutant.status, mutant.tier = run_tests_forked(workdir, tests, args.timeout, marker="slow"), "slow"
