@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The packages and entry scripts whose modules are mutated (bench/ and tests/ are not).
 PACKAGES = ["utils", "data", "models", "losses", "engine", "tools"]
-# Test files that cannot run in a child forked from this script: test_guard.py's signal tests pass only in their own
-# process (its file still runs in the slow tier of `--whole_suite`, where a failure would count as a kill, so it is
-# left out there too rather than kill every mutant).
+# Test files whose slow tests cannot run in a child forked from this script: test_guard.py's signal tests pass only
+# in their own process. Its fast tests do, and run; its slow ones are left out of the slow tier (a failure there
+# would count as a kill of every mutant).
 UNFORKABLE = {"tests/test_guard.py"}
 
 
@@ -90,7 +90,7 @@ def covering_tests() -> dict[str, list[str]]:
                     frontier.append(target)
         reach[test] = distance
     return {
-        module: sorted((t for t in tests if module in reach[t] and t not in UNFORKABLE), key=lambda t: reach[t][module])
+        module: sorted((t for t in tests if module in reach[t]), key=lambda t: reach[t][module])
         for module in product_modules()
     }
 
@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
             elif mutant.status != "broken":
                 mutant.status, mutant.tier = run_tests_forked(workdir, chosen, args.timeout), "fast"
                 if mutant.status == "survived" and not args.skip_slow:
-                    mutant.status, mutant.tier = run_tests_forked(workdir, tests, args.timeout, marker="slow"), "slow"
+                    slow = [t for t in tests if t not in UNFORKABLE]
+                    mutant.status, mutant.tier = run_tests_forked(workdir, slow, args.timeout, marker="slow"), "slow"
             path.write_text(original)
             mutants.append(mutant)
             print(f"  {module}:{line} {description}: {mutant.status} ({mutant.tier}, {mutant.tests})", flush=True)
