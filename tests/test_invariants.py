@@ -131,6 +131,9 @@ class ThreadedProcessGroup:
     def all_gather_object(self, received: list, value) -> None:
         received[:] = self._exchange(value)
 
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        tensor.copy_(self._exchange(tensor.clone())[src])
+
     def run(self, work) -> list:
         """work(rank) in one thread per rank; every rank's result (or the exception it raised), in rank order."""
         results: list = [None] * self.world_size
@@ -191,6 +194,28 @@ def test_the_objects_and_sums_of_several_processes_come_in_rank_order(monkeypatc
     monkeypatch.setattr(distributed, "dist", group)
     assert group.run(lambda rank: distributed.gather_objects(f"rank {rank}")) == [["rank 0", "rank 1", "rank 2"]] * 3
     assert group.run(lambda rank: distributed.is_main_process()) == [True, False, False]
+
+
+def test_every_process_evaluates_the_main_process_parameters_and_batchnorm_statistics(monkeypatch):
+    group = ThreadedProcessGroup(3)
+    monkeypatch.setattr(distributed, "dist", group)
+    models = []
+    for rank in range(3):  # DDP keeps parameters equal; BatchNorm statistics drift apart per process
+        torch.manual_seed(rank)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        model[1].running_mean.normal_()
+        models.append(model.to(memory_format=torch.contiguous_format))
+    main = {key: value.clone() for key, value in models[0].state_dict().items()}
+    group.run(lambda rank: distributed.broadcast_from_main(models[rank]))
+    for model in models:
+        assert all(torch.equal(value, main[key]) for key, value in model.state_dict().items())
+
+
+def test_a_sharded_evaluation_without_dataset_indices_is_refused(monkeypatch):
+    group = ThreadedProcessGroup(2)
+    monkeypatch.setattr(distributed, "dist", group)
+    outcomes = group.run(lambda rank: distributed.gather_in_order(rows_of([rank]), None))
+    assert all(isinstance(outcome, ValueError) and "'index'" in str(outcome) for outcome in outcomes)
 
 
 # What the checkpoint fingerprint covers ------------------------------------------------------------------------
