@@ -1,0 +1,56 @@
+"""Tests written against survivors of bench/mutation_test.py (bench/MUTATION.md): each fails on the mutant it
+names and passes on today's code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data.wrappers import NeighborsDataset, NeighborsFileError
+from losses import PerClusterConfidenceCE, SCANLoss
+
+
+class Images:
+    """A dataset of `n` images (dicts with 'image' and 'target'), as the wrappers expect."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.transform = n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": torch.full((1,), float(index)), "target": index % 2}
+
+
+# losses/losses.py: `0.0 < fraction <= 1.0` with 1.0 changed
+def test_the_per_cluster_fraction_may_be_one_but_not_more_nor_zero():
+    PerClusterConfidenceCE(0.99, 1.0, False)  # every member of every cluster: allowed
+    for fraction in (1.2, 0.0, -0.5):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            PerClusterConfidenceCE(0.99, fraction, False)
+
+
+# losses/losses.py: `prior.numel() < 2` with 2 changed
+def test_a_target_prior_needs_two_sizes_and_two_are_enough():
+    loss = SCANLoss(target_prior=[3.0, 1.0])
+    assert torch.allclose(loss.target_prior, torch.tensor([0.75, 0.25]))
+    for bad in ([1.0], [2.0, 0.0], [[1.0, 1.0]]):
+        with pytest.raises(ValueError, match="one positive size per cluster"):
+            SCANLoss(target_prior=bad)
+
+
+# data/wrappers.py: `indices.max() < len(dataset)` with < changed to <=, and `indices.size == 0` with 0 changed
+def test_a_neighbour_index_one_past_the_dataset_is_refused_the_last_one_accepted():
+    dataset = Images(4)
+    last = np.array([[0, 3], [1, 3], [2, 3], [3, 0]])
+    assert NeighborsDataset(dataset, last)[3]["target"] == 1
+    with pytest.raises(NeighborsFileError, match="mined on other data"):
+        NeighborsDataset(dataset, np.array([[0, 4], [1, 0], [2, 0], [3, 0]]))
+    with pytest.raises(NeighborsFileError, match="mined on other data"):
+        NeighborsDataset(dataset, np.array([[0, -1], [1, 0], [2, 0], [3, 0]]))
+
+
+def test_an_empty_dataset_takes_an_empty_neighbour_file():
+    assert len(NeighborsDataset(Images(0), np.zeros((0, 5), dtype=np.int64))) == 0
