@@ -66,7 +66,7 @@ def _imports(path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def covering_tests() -> dict[str, list[str]]:
+def covering_tests(direct: bool = False) -> dict[str, list[str]]:
     """Module → test files that reach it, nearest first.
 
     A test file reaches a module when it imports it, directly or through other project modules (a package's
@@ -90,7 +90,10 @@ def covering_tests() -> dict[str, list[str]]:
                     frontier.append(target)
         reach[test] = distance
     return {
-        module: sorted((t for t in tests if module in reach[t]), key=lambda t: reach[t][module])
+        module: sorted(
+            (t for t in tests if module in reach[t] and (not direct or reach[t][module] == 0)),
+            key=lambda t: reach[t][module],
+        )
         for module in product_modules()
     }
 
@@ -320,6 +323,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="lines: each mutant runs the fast tests that execute its line (recorded in the baseline run), or its "
         "module's test files when no test does; files: always the test files that import the module",
     )
+    parser.add_argument(
+        "--slow_files",
+        choices=["direct", "all"],
+        default="direct",
+        help="the slow tier (for fast survivors) runs the slow tests of the files that import or name the module "
+        "(direct), or of every file that reaches it through other modules (all: far slower)",
+    )
     parser.add_argument("--lines", default=None, help="reuse the line record of an earlier run of the same tree")
     args = parser.parse_args(argv)
 
@@ -335,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torchvision  # noqa: F401
 
     tests_of = covering_tests()
+    slow_tests_of = covering_tests(direct=args.slow_files == "direct")
     previous = json.loads(Path(args.rerun).read_text()) if args.rerun else None
     if previous is not None:
         args.modules = [
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
             elif mutant.status != "broken":
                 mutant.status, mutant.tier = run_tests_forked(workdir, chosen, args.timeout), "fast"
                 if mutant.status == "survived" and not args.skip_slow:
-                    slow = [t for t in tests if t not in UNFORKABLE]
+                    slow = [t for t in slow_tests_of[module] if t not in UNFORKABLE]
                     mutant.status, mutant.tier = run_tests_forked(workdir, slow, args.timeout, marker="slow"), "slow"
             path.write_text(original)
             mutants.append(mutant)
