@@ -401,10 +401,9 @@ def main(argv: list[str] | None = None) -> dict:
                 path.write_text(mutate_source(original, index, apply))
             except (AttributeError, TypeError, ValueError, SyntaxError):
                 mutant.status = "broken"
-            if mutant.status != "broken" and not chosen:
-                mutant.status, mutant.tier = "survived", "fast"
-            elif mutant.status != "broken":
-                mutant.status, mutant.tier = run_tests_forked(workdir, chosen, args.timeout), "fast"
+            if mutant.status != "broken":
+                ran = run_tests_forked(workdir, chosen, args.timeout) if chosen else "survived"
+                mutant.status, mutant.tier = ran, "fast"
                 if mutant.status == "survived" and not args.skip_slow:
                     slow = [t for t in slow_tests_of[module] if t not in UNFORKABLE]
                     mutant.status, mutant.tier = run_tests_forked(workdir, slow, args.timeout, marker="slow"), "slow"
