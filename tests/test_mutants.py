@@ -70,3 +70,19 @@ def test_the_kept_reason_quotes_the_scan_models_score_and_the_kept_epochs():
     watch.observe(1, output([0, 0, 0, 0, 1, 1, 1, 1]), groups, {})  # −log 2 = −0.6931
     watch.observe(2, output([0, 0, 0, 1, 1, 1, 1, 1]), groups, {})  # a worse epoch after the kept one
     assert "(-0.6931; SCAN model 0.4055)" in watch.kept_reason()
+
+
+# data/batch_augment.py: SimCLR's colour jitter step picks brightness for op 0 (`op == 0` with 0 changed)
+def test_the_jitter_step_applies_brightness_contrast_and_saturation_as_numbered():
+    from data import batch_augment as ba
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 6, 6)).float()
+    factors = torch.tensor([[0.5, 1.5, 0.2, 0.0]]).expand(3, 4)  # brightness, contrast, saturation, hue
+    op, active = torch.tensor([0, 1, 2]), torch.tensor([True, True, True])
+    out = ba.SimCLRBatchTransform.blend_step(x, op, active, factors)
+    assert torch.equal(out[0], ba.adjust_brightness(x[:1], torch.tensor([0.5]))[0])
+    assert torch.equal(out[1], ba.adjust_contrast(x[1:2], torch.tensor([1.5]))[0])
+    assert torch.equal(out[2], ba.adjust_color(x[2:3], torch.tensor([0.2]))[0])
+    idle = ba.SimCLRBatchTransform.blend_step(x, op, torch.tensor([False, False, False]), factors)
+    assert torch.equal(idle, x)  # an inactive image is left exactly as it was
