@@ -86,3 +86,22 @@ def test_the_jitter_step_applies_brightness_contrast_and_saturation_as_numbered(
     assert torch.equal(out[2], ba.adjust_color(x[2:3], torch.tensor([0.2]))[0])
     idle = ba.SimCLRBatchTransform.blend_step(x, op, torch.tensor([False, False, False]), factors)
     assert torch.equal(idle, x)  # an inactive image is left exactly as it was
+
+
+# data/batches.py: Batches.set_epoch forwards to the loader (dropped statement): under torchrun every epoch would
+# otherwise draw the same shuffled order
+def test_batches_pass_the_epoch_to_the_distributed_sampler_so_each_epoch_reshuffles():
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from data.batches import Batches
+    from data.loaders import set_epoch
+    from utils.runtime import Runtime
+
+    data = torch.arange(16.0)
+    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=0)
+    batches = Batches(DataLoader(data, batch_size=8, sampler=sampler), lambda batch: batch, Runtime("cpu"))
+    orders = []
+    for epoch in (0, 1):
+        set_epoch(batches, epoch)  # as the stages call it, on their Batches
+        orders.append(list(sampler))
+    assert sampler.epoch == 1 and orders[0] != orders[1]
