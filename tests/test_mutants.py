@@ -146,3 +146,24 @@ def test_estimate_k_accepts_k_two_and_two_seeds_and_refuses_less():
     for bad in (["--k", "1", "3"], ["--k", "2", "--seeds", "0"]):
         with pytest.raises(SystemExit):
             estimate_k.parse_args(["--config_exp", "x.yml", *bad])
+
+
+# selflabel.py: an epoch without batches reports nothing confident (`0.0 if predicted is None` with 0.0 changed)
+def test_a_selflabel_epoch_without_batches_reports_zeros_and_empty_counts():
+    import selflabel
+    from losses import ConfidenceBasedCE
+    from utils.runtime import Runtime
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = selflabel.train_one_epoch(
+        [], model, ConfidenceBasedCE(0.99, False), optimizer, None, Runtime("cpu"), False, 0
+    )
+    assert result == {
+        "loss": 0.0,
+        "steps": 0,
+        "skipped": 0,
+        "train_cluster_sizes": [],
+        "pseudo_labels_per_cluster": [],
+        "confident": 0.0,
+    }
