@@ -167,3 +167,26 @@ def test_a_selflabel_epoch_without_batches_reports_zeros_and_empty_counts():
         "pseudo_labels_per_cluster": [],
         "confident": 0.0,
     }
+
+
+# scan.py: the logged consistency and entropy are the means over the heads (`/ len(losses)` changed to `*`)
+def test_the_scan_epoch_logs_each_term_as_the_mean_over_heads_and_the_total_as_their_sum():
+    import scan
+    from losses import SCANLoss
+    from models import ClusteringModel
+    from utils.runtime import Runtime
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Flatten()
+    backbone.out_dim = 12
+    model = ClusteringModel(backbone, num_classes=3, num_heads=3)
+    batch = {"anchor": torch.randn(6, 3, 2, 2), "neighbor": torch.randn(6, 3, 2, 2)}
+    criterion = SCANLoss(5.0)
+    with torch.no_grad():
+        per_head = [criterion(a, n) for a, n in zip(model(batch["anchor"]), model(batch["neighbor"]))]
+    cfg = {"update_cluster_head_only": False, "amp": False}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    logged = scan.train_one_epoch([batch], model, criterion, optimizer, Runtime("cpu"), cfg, epoch=0)
+    assert logged["total"] == pytest.approx(sum(total.item() for total, _, _ in per_head), rel=1e-5)
+    assert logged["consistency"] == pytest.approx(sum(c.item() for _, c, _ in per_head) / 3, rel=1e-5)
+    assert logged["entropy"] == pytest.approx(sum(e.item() for _, _, e in per_head) / 3, rel=1e-5)
