@@ -216,3 +216,17 @@ def test_a_fresh_resnet_starts_its_batchnorms_at_weight_one_and_bias_zero():
     backbone = build_backbone("resnet18", base_width=2)
     norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(bool((m.weight == 1).all()) and bool((m.bias == 0).all()) for m in norms)
+
+
+# utils/config.py: without --config_env, eval.py and predict.py read the repository's configs/env.yml (parents[1])
+def test_the_default_env_file_is_the_repositorys_configs_env_yml():
+    import argparse
+    from pathlib import Path
+
+    from utils.config import add_config_arguments
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, env_required=False)
+    args = parser.parse_args(["--config_exp", "x.yml"])
+    assert Path(args.config_env) == Path(__file__).resolve().parents[1] / "configs" / "env.yml"
+    assert Path(args.config_env).is_file()
