@@ -230,3 +230,13 @@ def test_the_default_env_file_is_the_repositorys_configs_env_yml():
     args = parser.parse_args(["--config_exp", "x.yml"])
     assert Path(args.config_env) == Path(__file__).resolve().parents[1] / "configs" / "env.yml"
     assert Path(args.config_env).is_file()
+
+
+# tools/sort_images.py: cluster folders are numbered with two digits at least, more only when K needs them
+def test_cluster_folders_have_two_digits_unless_more_clusters_need_more():
+    from tools.sort_images import cluster_folder_name
+
+    assert cluster_folder_name(3, 10) == "cluster_03"
+    assert cluster_folder_name(3, 2) == "cluster_03"
+    assert cluster_folder_name(7, 101) == "cluster_007"
+    assert cluster_folder_name(7, 100, "a cat/dog") == "cluster_07_a_cat_dog"
