@@ -240,3 +240,16 @@ def test_cluster_folders_have_two_digits_unless_more_clusters_need_more():
     assert cluster_folder_name(3, 2) == "cluster_03"
     assert cluster_folder_name(7, 101) == "cluster_007"
     assert cluster_folder_name(7, 100, "a cat/dog") == "cluster_07_a_cat_dog"
+
+
+# engine/model_files.py: a clustering file that stores no head (a self-label model) is read with head 0
+def test_a_one_head_model_file_without_a_stored_head_uses_head_zero(tmp_path):
+    from engine.model_files import architecture_record, load_model_file, save_state_dict_file
+    from models import ClusteringModel, build_backbone
+
+    cfg = {"setup": "selflabel", "backbone": "resnet18", "backbone_kwargs": {"base_width": 4}, "num_classes": 3}
+    model = ClusteringModel(build_backbone("resnet18", base_width=4), 3, 1)
+    path = tmp_path / "self-label_model.pth.tar"
+    save_state_dict_file(model.state_dict(), path, architecture_record({**cfg, "num_heads": 1}, num_heads=1))
+    loaded, head = load_model_file({**cfg, "num_heads": 1}, path)
+    assert head == 0 and loaded.num_heads == 1
