@@ -1,18 +1,22 @@
-"""Mutation testing of the modules where a silent bug costs a training run.
+"""Mutation testing of every module of the project (bench/MUTATION.md).
 
-    python bench/mutation_test.py [--modules losses/losses.py ...] [--output bench/MUTATION.md]
+    python bench/mutation_test.py [--modules losses/losses.py ...] [--skip_slow] [--sample N] [--output PATH]
+    python bench/mutation_test.py --rerun PATH.json [--skip_slow]   # the survivors of an earlier run again
 
 Each mutant changes one thing in one module (a comparison, an arithmetic operator, a constant, a
 boolean, a dropped `.float()` / `.detach()` call, a dropped statement such as `optimizer.step()`),
-then runs the tests that cover that module; a mutant is *killed* when a test fails or hangs. The
-fast tests run first and the slow end-to-end tests only for the mutants they let through.
+then runs the fast tests that execute the mutated line (recorded with sys.settrace in the baseline
+run; a module-level line runs its module's tests; a line no fast test executes counts as surviving);
+a mutant is *killed* when a test fails or hangs. Without --skip_slow, a fast survivor then runs the
+slow tests of the files that import or name its module: the fast tier and the whole suite.
 
 Why a script of our own instead of mutmut: the suite imports torch in every run (seconds), so each
 mutant runs in a process forked from one that already imported the third-party libraries, and only
 the project's modules are imported fresh from a mutated copy of the tree. That makes a mutant cost
 about a second instead of five.
 
-Writes a markdown report (score per module, every surviving mutant with its line) and a JSON file.
+Writes a markdown report (score per module, every surviving mutant with its line) and a JSON file,
+after every module, so that a stopped run keeps what it measured.
 """
 
 from __future__ import annotations
