@@ -60,6 +60,12 @@ def train_one_epoch(
     return total / max(steps, 1)
 
 
+def knn_monitor_due(epoch: int, knn_every: int, epochs: int) -> bool:
+    """Whether the kNN monitor runs after 0-based `epoch`: every `knn_every` epochs, and after the last one
+    whatever `knn_every` is, so that every run ends with a measured kNN accuracy in its history and checkpoint."""
+    return (epoch + 1) % knn_every == 0 or epoch + 1 == epochs
+
+
 def knn_monitor(model, base_loader, val_loader, cfg, device) -> float | None:
     """Weighted-kNN top-1 of test features against the train memory bank (None without labels)."""
     bank = run_model(model, base_loader, device, desc="memory bank")
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss = train_one_epoch(
             guard.batches(loader), model, criterion, optimizer, runtime, cfg["amp"], epoch, cfg["gather_negatives"]
         )
-        knn_due = (epoch + 1) % cfg["knn_every"] == 0 or epoch + 1 == cfg["epochs"]
+        knn_due = knn_monitor_due(epoch, cfg["knn_every"], cfg["epochs"])
         if knn_due:  # every process extracts and votes for its shard
             knn_top1 = knn_monitor(unwrap(model), base_loader, val_loader, cfg, runtime.device)
         if runtime.is_main:

@@ -1,0 +1,255 @@
+"""Tests written against survivors of bench/mutation_test.py (bench/MUTATION.md): each fails on the mutant it
+names and passes on today's code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data.wrappers import NeighborsDataset, NeighborsFileError
+from losses import PerClusterConfidenceCE, SCANLoss
+
+
+class Images:
+    """A dataset of `n` images (dicts with 'image' and 'target'), as the wrappers expect."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.transform = n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": torch.full((1,), float(index)), "target": index % 2}
+
+
+# losses/losses.py: `0.0 < fraction <= 1.0` with 1.0 changed
+def test_the_per_cluster_fraction_may_be_one_but_not_more_nor_zero():
+    PerClusterConfidenceCE(0.99, 1.0, False)  # every member of every cluster: allowed
+    for fraction in (1.2, 0.0, -0.5):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            PerClusterConfidenceCE(0.99, fraction, False)
+
+
+# losses/losses.py: `prior.numel() < 2` with 2 changed
+def test_a_target_prior_needs_two_sizes_and_two_are_enough():
+    loss = SCANLoss(target_prior=[3.0, 1.0])
+    assert torch.allclose(loss.target_prior, torch.tensor([0.75, 0.25]))
+    for bad in ([1.0], [2.0, 0.0], [[1.0, 1.0]]):
+        with pytest.raises(ValueError, match="one positive size per cluster"):
+            SCANLoss(target_prior=bad)
+
+
+# data/wrappers.py: `indices.max() < len(dataset)` with < changed to <=, and `indices.size == 0` with 0 changed
+def test_a_neighbour_index_one_past_the_dataset_is_refused_the_last_one_accepted():
+    dataset = Images(4)
+    last = np.array([[0, 3], [1, 3], [2, 3], [3, 0]])
+    assert NeighborsDataset(dataset, last)[3]["target"] == 1
+    with pytest.raises(NeighborsFileError, match="mined on other data"):
+        NeighborsDataset(dataset, np.array([[0, 4], [1, 0], [2, 0], [3, 0]]))
+    with pytest.raises(NeighborsFileError, match="mined on other data"):
+        NeighborsDataset(dataset, np.array([[0, -1], [1, 0], [2, 0], [3, 0]]))
+
+
+def test_an_empty_dataset_takes_an_empty_neighbour_file():
+    assert len(NeighborsDataset(Images(0), np.zeros((0, 5), dtype=np.int64))) == 0
+
+
+# engine/cluster_watch.py: kept_reason reads the SCAN model's score from history[0], with 0 changed
+def test_the_kept_reason_quotes_the_scan_models_score_and_the_kept_epochs():
+    from engine.cluster_watch import SelfLabelWatch
+
+    def output(predictions: list[int]) -> dict:
+        predictions = torch.tensor(predictions)
+        return {"predictions": predictions, "probabilities": torch.nn.functional.one_hot(predictions, 2).float()}
+
+    groups = torch.tensor([[i] + [j for j in range(4 * (i // 4), 4 * (i // 4) + 4) if j != i] for i in range(8)])
+    watch = SelfLabelWatch(0.5)
+    watch.observe(0, output([0, 1, 0, 1, 0, 1, 0, 1]), groups, {})  # log 3 − log 2 = 0.4055
+    watch.observe(1, output([0, 0, 0, 0, 1, 1, 1, 1]), groups, {})  # −log 2 = −0.6931
+    watch.observe(2, output([0, 0, 0, 1, 1, 1, 1, 1]), groups, {})  # a worse epoch after the kept one
+    assert "(-0.6931; SCAN model 0.4055)" in watch.kept_reason()
+
+
+# data/batch_augment.py: SimCLR's colour jitter step picks brightness for op 0 (`op == 0` with 0 changed)
+def test_the_jitter_step_applies_brightness_contrast_and_saturation_as_numbered():
+    from data import batch_augment as ba
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 6, 6)).float()
+    factors = torch.tensor([[0.5, 1.5, 0.2, 0.0]]).expand(3, 4)  # brightness, contrast, saturation, hue
+    op, active = torch.tensor([0, 1, 2]), torch.tensor([True, True, True])
+    out = ba.SimCLRBatchTransform.blend_step(x, op, active, factors)
+    assert torch.equal(out[0], ba.adjust_brightness(x[:1], torch.tensor([0.5]))[0])
+    assert torch.equal(out[1], ba.adjust_contrast(x[1:2], torch.tensor([1.5]))[0])
+    assert torch.equal(out[2], ba.adjust_color(x[2:3], torch.tensor([0.2]))[0])
+    idle = ba.SimCLRBatchTransform.blend_step(x, op, torch.tensor([False, False, False]), factors)
+    assert torch.equal(idle, x)  # an inactive image is left exactly as it was
+
+
+# data/batches.py: Batches.set_epoch forwards to the loader (dropped statement): under torchrun every epoch would
+# otherwise draw the same shuffled order
+def test_batches_pass_the_epoch_to_the_distributed_sampler_so_each_epoch_reshuffles():
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from data.batches import Batches
+    from data.loaders import set_epoch
+    from utils.runtime import Runtime
+
+    data = torch.arange(16.0)
+    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=0)
+    batches = Batches(DataLoader(data, batch_size=8, sampler=sampler), lambda batch: batch, Runtime("cpu"))
+    orders = []
+    for epoch in (0, 1):
+        set_epoch(batches, epoch)  # as the stages call it, on their Batches
+        orders.append(list(sampler))
+    assert sampler.epoch == 1 and orders[0] != orders[1]
+
+
+# estimate_k.py: its summary, table and argument checks (the slow test was the only one to run them)
+def estimate_k_run(assignment: list[int], agreement: float, with_labels: bool) -> dict:
+    run = {"assignment": np.array(assignment), "agreement": agreement, "kappa": 0.5, "balance": 1.0, "used": 2}
+    run["scan_loss_per_log_k"] = -1.0
+    return run | ({"ACC": agreement, "NMI": 0.1, "ARI": 0.2} if with_labels else {})
+
+
+def test_estimate_k_averages_every_criterion_over_the_seeds_and_measures_their_stability():
+    import estimate_k
+
+    runs = [estimate_k_run([0, 0, 1, 1], 0.8, True), estimate_k_run([1, 1, 0, 0], 0.6, True)]
+    row = estimate_k.summarize_k(2, runs)
+    assert row["k"] == 2 and row["stability"] == pytest.approx(1.0) and row["stability_std"] == 0.0
+    assert row["agreement"] == pytest.approx(0.7) and row["ACC"] == pytest.approx(0.7) and row["used"] == 2
+    unlabelled = estimate_k.summarize_k(2, [estimate_k_run([0, 1, 0, 1], 0.5, False)] * 2)
+    assert "ACC" not in unlabelled and unlabelled["agreement"] == 0.5
+
+
+def test_estimate_k_table_marks_the_recommended_k_and_has_a_column_per_cell():
+    import estimate_k
+
+    rows = [estimate_k.summarize_k(k, [estimate_k_run([0, 0, 1, 1], 0.8, True)] * 2) | {"k": k} for k in (2, 3)]
+    table = estimate_k.format_table(rows, {"k": 3, "confidence": "high", "reason": "most stable"})
+    lines = table.splitlines()
+    assert lines[1] == "|---" * 10 + "|"  # K, six criteria, three label metrics
+    assert lines[2].startswith("| 2 |") and lines[3].startswith("| 3 ← |")
+    assert all(line.count("|") == 11 for line in lines[:4])
+    assert "Recommended K = 3 (confidence: high)" in table
+
+
+def test_estimate_k_accepts_k_two_and_two_seeds_and_refuses_less():
+    import estimate_k
+
+    args = estimate_k.parse_args(["--config_exp", "x.yml", "--k", "2", "3"])
+    assert args.k == [2, 3] and args.seeds == [0, 1, 2, 3, 4]
+    assert estimate_k.parse_args(["--config_exp", "x.yml", "--k", "2", "--seeds", "7", "8"]).seeds == [7, 8]
+    for bad in (["--k", "1", "3"], ["--k", "2", "--seeds", "0"]):
+        with pytest.raises(SystemExit):
+            estimate_k.parse_args(["--config_exp", "x.yml", *bad])
+
+
+# selflabel.py: an epoch without batches reports nothing confident (`0.0 if predicted is None` with 0.0 changed)
+def test_a_selflabel_epoch_without_batches_reports_zeros_and_empty_counts():
+    import selflabel
+    from losses import ConfidenceBasedCE
+    from utils.runtime import Runtime
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = selflabel.train_one_epoch(
+        [], model, ConfidenceBasedCE(0.99, False), optimizer, None, Runtime("cpu"), False, 0
+    )
+    assert result == {
+        "loss": 0.0,
+        "steps": 0,
+        "skipped": 0,
+        "train_cluster_sizes": [],
+        "pseudo_labels_per_cluster": [],
+        "confident": 0.0,
+    }
+
+
+# scan.py: the logged consistency and entropy are the means over the heads (`/ len(losses)` changed to `*`)
+def test_the_scan_epoch_logs_each_term_as_the_mean_over_heads_and_the_total_as_their_sum():
+    import scan
+    from losses import SCANLoss
+    from models import ClusteringModel
+    from utils.runtime import Runtime
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Flatten()
+    backbone.out_dim = 12
+    model = ClusteringModel(backbone, num_classes=3, num_heads=3)
+    batch = {"anchor": torch.randn(6, 3, 2, 2), "neighbor": torch.randn(6, 3, 2, 2)}
+    criterion = SCANLoss(5.0)
+    with torch.no_grad():
+        per_head = [criterion(a, n) for a, n in zip(model(batch["anchor"]), model(batch["neighbor"]))]
+    cfg = {"update_cluster_head_only": False, "amp": False}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    logged = scan.train_one_epoch([batch], model, criterion, optimizer, Runtime("cpu"), cfg, epoch=0)
+    assert logged["total"] == pytest.approx(sum(total.item() for total, _, _ in per_head), rel=1e-5)
+    assert logged["consistency"] == pytest.approx(sum(c.item() for _, c, _ in per_head) / 3, rel=1e-5)
+    assert logged["entropy"] == pytest.approx(sum(e.item() for _, _, e in per_head) / 3, rel=1e-5)
+
+
+# utils/runtime.py: seed_everything seeds python's generator too (dropped `random.seed`), which picks neighbours
+def test_seed_everything_makes_python_numpy_and_torch_draws_repeat_and_offsets_them_by_rank():
+    import random
+
+    from utils.runtime import seed_everything
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    seed_everything(3)
+    first = draws()
+    seed_everything(3)
+    assert draws() == first
+    seed_everything(3, rank=1)
+    assert all(a != b for a, b in zip(draws(), first))
+
+
+# models/resnet.py: BatchNorm starts at weight 1, bias 0 (the init's constant 0 changed)
+def test_a_fresh_resnet_starts_its_batchnorms_at_weight_one_and_bias_zero():
+    from models import build_backbone
+
+    backbone = build_backbone("resnet18", base_width=2)
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(bool((m.weight == 1).all()) and bool((m.bias == 0).all()) for m in norms)
+
+
+# utils/config.py: without --config_env, eval.py and predict.py read the repository's configs/env.yml (parents[1])
+def test_the_default_env_file_is_the_repositorys_configs_env_yml():
+    import argparse
+    from pathlib import Path
+
+    from utils.config import add_config_arguments
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, env_required=False)
+    args = parser.parse_args(["--config_exp", "x.yml"])
+    assert Path(args.config_env) == Path(__file__).resolve().parents[1] / "configs" / "env.yml"
+    assert Path(args.config_env).is_file()
+
+
+# tools/sort_images.py: cluster folders are numbered with two digits at least, more only when K needs them
+def test_cluster_folders_have_two_digits_unless_more_clusters_need_more():
+    from tools.sort_images import cluster_folder_name
+
+    assert cluster_folder_name(3, 10) == "cluster_03"
+    assert cluster_folder_name(3, 2) == "cluster_03"
+    assert cluster_folder_name(7, 101) == "cluster_007"
+    assert cluster_folder_name(7, 100, "a cat/dog") == "cluster_07_a_cat_dog"
+
+
+# engine/model_files.py: a clustering file that stores no head (a self-label model) is read with head 0
+def test_a_one_head_model_file_without_a_stored_head_uses_head_zero(tmp_path):
+    from engine.model_files import architecture_record, load_model_file, save_state_dict_file
+    from models import ClusteringModel, build_backbone
+
+    cfg = {"setup": "selflabel", "backbone": "resnet18", "backbone_kwargs": {"base_width": 4}, "num_classes": 3}
+    model = ClusteringModel(build_backbone("resnet18", base_width=4), 3, 1)
+    path = tmp_path / "self-label_model.pth.tar"
+    save_state_dict_file(model.state_dict(), path, architecture_record({**cfg, "num_heads": 1}, num_heads=1))
+    loaded, head = load_model_file({**cfg, "num_heads": 1}, path)
+    assert head == 0 and loaded.num_heads == 1
