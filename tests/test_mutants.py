@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.wrappers import NeighborsDataset, NeighborsFileError
-from losses import PerClusterConfidenceCE, SCANLoss
+from data.neighbors import NeighborsFileError
+from data.wrappers import NeighborsDataset
+from losses import ConfidenceBasedCE, SCANLoss
 
 
 class Images:
@@ -26,10 +27,10 @@ class Images:
 
 # losses/losses.py: `0.0 < fraction <= 1.0` with 1.0 changed
 def test_the_per_cluster_fraction_may_be_one_but_not_more_nor_zero():
-    PerClusterConfidenceCE(0.99, 1.0, False)  # every member of every cluster: allowed
+    ConfidenceBasedCE(0.99, False, fraction=1.0)  # every member of every cluster: allowed
     for fraction in (1.2, 0.0, -0.5):
         with pytest.raises(ValueError, match=r"\(0, 1\]"):
-            PerClusterConfidenceCE(0.99, fraction, False)
+            ConfidenceBasedCE(0.99, False, fraction=fraction)
 
 
 # losses/losses.py: `prior.numel() < 2` with 2 changed
