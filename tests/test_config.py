@@ -190,17 +190,17 @@ def test_kwargs_follow_the_chosen_optimizer_and_criterion(env):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("epochs=ten", r"'epochs' must be a whole number, got 'ten'"),
-        ("epochs=2.5", r"'epochs' must be a whole number, got 2.5"),
+        ("epochs=ten", r"'epochs' must be a whole number such as 10, got 'ten'"),
+        ("epochs=2.5", r"'epochs' must be a whole number such as 10, got 2.5"),
         ("batch_size=0", r"'batch_size' is 0, but it must be 1 or more"),
         ("batch_size=-4", r"'batch_size' is -4, but it must be 1 or more"),
-        ("num_classes=true", r"'num_classes' must be a whole number, got True"),
+        ("num_classes=true", r"'num_classes' must be a whole number such as 10, got True"),
         ("amp=maybe", r"'amp' is 'maybe', but it must be one of auto, true, false"),
         ("augmentation_backend=gpu", r"'augmentation_backend' is 'gpu', but it must be one of pil, batched, auto"),
-        ("optimizer_kwargs.lr=fast", r"'optimizer_kwargs.lr' must be a whole number or a number, got 'fast'"),
+        ("optimizer_kwargs.lr=fast", r"'optimizer_kwargs.lr' must be a number such as 0.4 or 1e-4, got 'fast'"),
         ("augmentation_kwargs.horizontal_flip=0", r"'augmentation_kwargs.horizontal_flip' must be true or false"),
         ("augmentation_kwargs.normalize=0.5", r"'augmentation_kwargs.normalize' must be a mapping"),
-        ("seed=abc", r"'seed' must be a whole number or null"),
+        ("seed=abc", r"'seed' must be a whole number such as 10 or null"),
     ],
 )
 def test_wrong_value_types_are_named(env, override, message):
@@ -234,3 +234,18 @@ def test_config_comments_point_only_at_what_exists():
             assert (ROOT / named).is_file(), f"{path.name}: {named} does not exist"
         for target in re.findall(r"`make ([\w-]+)", comments):
             assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{path.name}: no make target {target}"
+
+
+def test_exponent_numbers_are_floats_in_set_values_and_in_files(env, tmp_path):
+    """PyTorch users write learning rates as 1e-4; YAML 1.1 alone reads that as a string."""
+    cfg = load_config(env, SCAN, ["optimizer_kwargs.lr=1e-4", "criterion_kwargs.entropy_weight=5E0"])
+    assert cfg["optimizer_kwargs"]["lr"] == pytest.approx(0.0001) and isinstance(cfg["optimizer_kwargs"]["lr"], float)
+    assert cfg["criterion_kwargs"]["entropy_weight"] == 5.0
+    config = tmp_path / "exp.yml"
+    text = SCAN.read_text().replace("lr: 0.0001", "lr: 5E-4").replace("entropy_weight: 5.0", "entropy_weight: 1e1")
+    config.write_text(text)
+    assert "lr: 5E-4" in config.read_text() and "entropy_weight: 1e1" in config.read_text()
+    cfg = load_config(env, config)
+    assert cfg["optimizer_kwargs"]["lr"] == pytest.approx(0.0005) and cfg["criterion_kwargs"]["entropy_weight"] == 10.0
+    parsed = parse_overrides(["a=-2.5e-3", "b=1e3", "c=abc1e3", "d=1"])
+    assert parsed == {"a": -0.0025, "b": 1000.0, "c": "abc1e3", "d": 1}

@@ -11,6 +11,7 @@ import argparse
 import difflib
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +104,27 @@ def _unknown_key_error(key: str, known: dict, where: str) -> ConfigError:
     return ConfigError(f"Unknown config key '{key}' in {where}.{hint} Valid keys: {', '.join(sorted(known))}.")
 
 
+class NumberLoader(yaml.SafeLoader):
+    """YAML as PyTorch users write it: `1e-4`, `5E-4` and `1e3` are numbers (YAML 1.1 reads them as strings,
+    wanting `1.0e-4`)."""
+
+
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
+def read_yaml_text(text: str) -> Any:
+    """A YAML value with exponent numbers read as floats (NumberLoader)."""
+    return yaml.load(text, Loader=NumberLoader)
+
+
 def _read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}. Pass an existing YAML file (see configs/).")
     with open(path) as handle:
-        content = yaml.safe_load(handle) or {}
+        content = read_yaml_text(handle) or {}
     if not isinstance(content, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of keys to values.")
     return content
@@ -121,7 +137,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"Override '{pair}' is not KEY=VALUE (e.g. --set epochs=2 optimizer_kwargs.lr=0.1).")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = read_yaml_text(value)
     return overrides
 
 

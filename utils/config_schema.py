@@ -131,10 +131,13 @@ class SchemaError(ValueError):
 
 
 def describe_types(types: tuple) -> str:
+    """What a user must write, in words: (int, float) is "a number such as 0.4 or 1e-4"."""
+    if float in types:
+        types = tuple(t for t in types if t is not int)
     names = {
         bool: "true or false",
-        int: "a whole number",
-        float: "a number",
+        int: "a whole number such as 10",
+        float: "a number such as 0.4 or 1e-4",
         str: "a string",
         list: "a list",
         dict: "a mapping",
