@@ -20,8 +20,6 @@ import argparse
 import base64
 import html
 import io
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from PIL import Image
 
 from utils.history import HISTORY_FILE, plot_history, read_history
 from utils.progress import tqdm
+from utils.results import atomic_write
 
 REPORT_FILE = "report.html"
 OPEN_UP_TO = 20  # clusters whose sections start open; beyond, all start collapsed
@@ -424,10 +423,8 @@ def _cluster_sections(
 
 
 def write_atomic_text(text: str, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
+    with atomic_write(path, "w", encoding="utf-8") as file:
         file.write(text)
-    os.replace(tmp, path)
 
 
 def write_eval_report(
