@@ -131,7 +131,7 @@ def run_cli(main) -> None:
     from data.base import DatasetNotFoundError
     from data.wrappers import NeighborsFileError
     from utils.checkpoint import CheckpointError, NonFiniteError
-    from utils.guard import TrainingStopped
+    from utils.guard import TrainingStopped, resume_hint
     from utils.prerequisites import MissingPrerequisiteError
     from utils.results import WriteError
 
@@ -152,7 +152,7 @@ def run_cli(main) -> None:
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         print(
-            "\nInterrupted at once, without saving. Rerun the same command to resume from the last checkpoint.",
+            "\nInterrupted at once, without saving; the last checkpoint is kept. " + resume_hint(),
             file=sys.stderr,
             flush=True,
         )
