@@ -170,7 +170,13 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
         guard.save_checkpoint(epoch + 1, best_loss=best_loss, best_loss_head=best_loss_head)
 
-    require_files([cfg["scan_model"]], f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}")
+    if not Path(cfg["scan_model"]).is_file():  # epochs: 0 — the untrained heads, as simclr.py writes its model
+        scores = scan_evaluate(val_predictions(unwrap(model)))
+        best_loss, head = scores["lowest_loss"], scores["lowest_loss_head"]
+        if runtime.is_main:
+            save_scan_file(unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg))
+            print(f"No epoch trained: saved the untrained heads (head {head}) to {cfg['scan_model']}", flush=True)
+        barrier(runtime)
     best = load_checkpoint(cfg["scan_model"])
     final_model = build_model(cfg).to(runtime.device)
     load_state_dict_checked(final_model, best["model"], source=cfg["scan_model"])

@@ -255,9 +255,10 @@ def main(argv: list[str] | None = None) -> dict:
                 save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
         guard.save_checkpoint(epoch + 1, watch=watch.state_dict(), selflabel_keep=cfg["selflabel_keep"])
 
-    require_files(
-        [cfg["selflabel_model"]], f"python selflabel.py --config_env {args.config_env} --config_exp {args.config_exp}"
-    )
+    if not Path(cfg["selflabel_model"]).is_file():  # epochs: 0 — the SCAN model's best head, untrained further
+        if runtime.is_main:
+            save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
+        barrier(runtime)
     final_model = build_model(cfg).to(runtime.device)
     load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
     head_output = get_predictions(final_model, val_loader, runtime.device)[0][0]  # each process: its shard
