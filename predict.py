@@ -6,9 +6,10 @@
 
 Images (files, or folders searched recursively) are read like the training images of a folder dataset
 (RGB, shorter side resized to dataset_kwargs.image_size when set) and go through the config's val transform.
-predictions.csv gets one row per image: path, cluster, confidence (the cluster's softmax probability) and
-matched_class, the class eval.py matched to that cluster, read from the `hungarian_match` of --metrics
-(default: the metrics.json eval.py writes beside the model). Without a labeled evaluation it stays empty.
+predictions.csv has eval.py's columns, one row per image: file, cluster, confidence (the cluster's softmax
+probability), label (empty: new images have none) and matched_class, the class eval.py matched to that cluster,
+read from the `hungarian_match` of --metrics (default: the metrics.json eval.py writes beside the model).
+Without a labeled evaluation it stays empty.
 Files that cannot be read are listed and skipped; the others are still written.
 --sort_into DIR also copies (--link: symlinks) the images into DIR/cluster_03_<matched class>/, one folder per cluster.
 """
@@ -16,7 +17,6 @@ Files that cannot be read are listed and skipped; the others are still written.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -28,13 +28,13 @@ from data.augment import get_val_transformations
 from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
 from data.registry import get_val_dataset
 from engine.model_files import default_output_dir, load_model_file
+from engine.report import write_predictions_csv
 from engine.stage import run_cli
 from tools.sort_images import check_target_folder, sort_into
 from utils.checkpoint import CheckpointError
 from utils.config import add_config_arguments, load_config
 from utils.distributed import gather_objects, shard_range
 from utils.progress import tqdm
-from utils.results import atomic_write
 from utils.runtime import init_runtime
 
 
@@ -181,12 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     failed = [failure for _, shard_failed in shards for failure in shard_failed]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(output, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "cluster", "confidence", "matched_class"])
-        for index in sorted(rows):
-            cluster, confidence = rows[index]
-            writer.writerow([str(paths[index]), cluster, f"{confidence:.6f}", cluster_to_class.get(cluster, "")])
+    ordered = [(str(paths[index]), *rows[index], "") for index in sorted(rows)]  # new images: no label
+    write_predictions_csv(output, ordered, cluster_to_class)
     if failed:
         print(
             f"Skipped {len(failed)} file(s) that could not be read as images:\n"
