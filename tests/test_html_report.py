@@ -175,7 +175,7 @@ def browser_path() -> str | None:
 
 
 def test_report_opens_offline_in_a_headless_browser(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
     executable = browser_path()
     if executable is None:
         pytest.skip("no Chromium/Chrome found on PATH (Debian: apt-get install chromium)")
