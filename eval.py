@@ -25,7 +25,7 @@ from engine.model_files import default_output_dir, load_model_file
 from engine.report import clustering_report, write_predictions_csv
 from engine.stage import run_cli
 from tools.html_report import add_report_arguments, gallery_options, write_eval_report
-from utils.config import add_config_arguments, format_config, load_config
+from utils.config import EVAL_BATCH_SIZE, add_config_arguments, format_config, load_config
 from utils.plots import plot_prototypes
 from utils.results import check_writable, write_json
 from utils.runtime import init_runtime
@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
     parser.add_argument("--output_dir", default=None, help="where results go (default: beside the model file)")
     parser.add_argument("--visualize_prototypes", action="store_true", help="also save prototypes.png")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help=f"images per batch (default {EVAL_BATCH_SIZE}; the config's batch_size is the training one)",
+    )
     add_report_arguments(parser)
     return parser.parse_args(argv)
 
@@ -79,6 +85,7 @@ def prediction_rows(dataset, head_output: dict, name: str) -> list[tuple[str, in
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
+    cfg["batch_size"] = args.batch_size  # not the training batch (1000 for self-labeling): any machine evaluates
     runtime = init_runtime()  # under torchrun every process evaluates its shard of the test split
     model_path = args.model
     out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)

@@ -32,7 +32,7 @@ from engine.report import write_predictions_csv
 from engine.stage import run_cli
 from tools.sort_images import check_target_folder, sort_into
 from utils.checkpoint import CheckpointError
-from utils.config import add_config_arguments, load_config
+from utils.config import EVAL_BATCH_SIZE, add_config_arguments, load_config
 from utils.distributed import gather_objects, shard_range
 from utils.progress import tqdm
 from utils.runtime import init_runtime
@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also copy the images into one folder per cluster below DIR (new or empty), e.g. DIR/cluster_03_cat/",
     )
     parser.add_argument("--link", action="store_true", help="with --sort_into: symlink the images instead of copying")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help=f"images per batch (default {EVAL_BATCH_SIZE}; the config's batch_size is the training one)",
+    )
     args = parser.parse_args(argv)
     if args.link and not args.sort_into:
         parser.error("--link needs --sort_into DIR")
@@ -138,6 +144,7 @@ def collate_readable(samples: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
+    cfg["batch_size"] = args.batch_size  # not the training batch (1000 for self-labeling): any machine evaluates
     runtime = init_runtime()
 
     model, head = load_model_file(cfg, args.model)

@@ -249,3 +249,18 @@ def test_exponent_numbers_are_floats_in_set_values_and_in_files(env, tmp_path):
     assert cfg["optimizer_kwargs"]["lr"] == pytest.approx(0.0005) and cfg["criterion_kwargs"]["entropy_weight"] == 10.0
     parsed = parse_overrides(["a=-2.5e-3", "b=1e3", "c=abc1e3", "d=1"])
     assert parsed == {"a": -0.0025, "b": 1000.0, "c": "abc1e3", "d": 1}
+
+
+def test_num_workers_is_auto_by_default_and_in_the_papers_configs(env, tmp_path):
+    """A small machine runs the paper's configs as shipped; the paper's worker counts stay in a comment."""
+    from utils.config import auto_num_workers
+
+    minimal = tmp_path / "minimal.yml"
+    minimal.write_text("setup: scan\nbackbone: resnet18\nnum_classes: 10\ntrain_db_name: x\nval_db_name: x\n")
+    assert load_config(env, minimal)["num_workers"] == auto_num_workers()
+    papers = [path for path in CONFIGS if "custom" not in path.name and "digits" not in path.name]
+    assert len(papers) == 19
+    for path in papers:
+        (line,) = [line for line in path.read_text().splitlines() if line.startswith("num_workers:")]
+        assert re.match(r"num_workers: auto +# the paper: (8|12|16);", line), f"{path.name}: {line}"
+        assert load_config(env, path)["num_workers"] == auto_num_workers()

@@ -162,14 +162,15 @@ def worker(rank: int, world_size: int, port: int, root: str, run: str) -> None:
             model, output = root_dir / f"{name}.pth.tar", out_dir / f"eval-{name}-rank{rank}"
             evaluate_script.main(
                 ["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(model),
-                 "--output_dir", str(output), "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
+                 "--output_dir", str(output), "--batch_size", "8", "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
             )  # fmt: skip
         import predict
 
         predict.main(
             ["--config_env", str(env), "--config_exp", str(ROOT / "configs/scan/scan_cifar10.yml"),
              "--model", str(root_dir / "scan.pth.tar"), "--images", str(root_dir / "new_images"),
-             "--output", str(out_dir / f"predict-rank{rank}.csv"), "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
+             "--output", str(out_dir / f"predict-rank{rank}.csv"), "--batch_size", "8",
+             "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
         )  # fmt: skip
     finally:
         if dist.is_initialized():

@@ -48,7 +48,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "scheduler": "constant",
     "scheduler_kwargs": {},
     "batch_size": 128,
-    "num_workers": 8,  # data loading processes; `auto`: the CPU cores this process may use, at most 8
+    "num_workers": "auto",  # data loading processes; `auto`: the CPU cores this process may use, at most 8
     "augmentation_strategy": None,
     "augmentation_kwargs": {},
     "transformation_kwargs": {},
@@ -92,6 +92,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 }
 
 SETUPS = ("simclr", "moco", "pretrained", "scan", "selflabel")
+EVAL_BATCH_SIZE = 256  # eval.py and predict.py: images per batch, whatever batch the model was trained with
 
 
 class ConfigError(ValueError):

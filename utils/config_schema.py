@@ -92,6 +92,7 @@ TOP_LEVEL_TYPES: dict[str, tuple] = {
     "channels_last": (bool, str),  # true | false | auto
     "pretrained": (str, type(None)),
     "knn_ivf_lists": (int, str),  # a number | auto
+    "num_workers": (int, str),  # a number | auto
 }
 
 # Keys that take a word: the words allowed (besides true/false where the type allows booleans).
@@ -104,6 +105,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "selflabel_keep": ("last", "best"),
     "knn_index": ("exact", "ivf"),
     "knn_ivf_lists": ("auto",),
+    "num_workers": ("auto",),
 }
 LIBRARY_PREFIXES = ("torchvision:", "timm:")
 
