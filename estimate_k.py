@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data.cached_features import CachedPairLoader, head_predictions, load_cached_split
 from engine.cluster_number import kappa, neighbour_agreement, recommend, size_balance, stability, used_clusters
@@ -29,6 +28,7 @@ from losses import SCANLoss
 from models import ClusteringModel
 from utils.config import add_config_arguments, load_config
 from utils.optim import adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
 from utils.results import write_json
 from utils.runtime import init_runtime, seed_everything
 

@@ -46,7 +46,7 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
     model.train(not head_only)  # a frozen backbone runs in eval mode and keeps its BatchNorm statistics
     sums = {"total": 0.0, "consistency": 0.0, "entropy": 0.0}
     steps = 0
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         anchors = batch["anchor"].to(runtime.device, non_blocking=True)
         neighbors = batch["neighbor"].to(runtime.device, non_blocking=True)

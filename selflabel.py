@@ -74,7 +74,7 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
     model.train()
     total, steps, skipped = 0.0, 0, 0
     predicted, targets = None, None
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         images = batch["image"].to(runtime.device, non_blocking=True)
         augmented = batch["image_augmented"].to(runtime.device, non_blocking=True)

@@ -36,7 +36,7 @@ def train_one_epoch(
     """One pass of SimCLR over the train split; returns the mean loss."""
     model.train()
     total, steps = 0.0, 0
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         images = batch["image"].to(runtime.device, non_blocking=True)
         augmented = batch["image_augmented"].to(runtime.device, non_blocking=True)

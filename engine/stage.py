@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -123,11 +124,18 @@ def user_message(error: BaseException) -> str:
     return text
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """`warning: <message>`: what a user needs, without Python's source location and the line of code."""
+    return f"warning: {message}\n"
+
+
 def run_cli(main) -> None:
     """Run an entry script; mistakes in the user's input end with their message, not a traceback.
 
     A clean stop (Ctrl-C, SIGTERM) exits with 128 + the signal's number after saying how to resume.
+    Warnings print as one `warning: ...` line.
     """
+    warnings.formatwarning = one_line_warning
     from data.base import DatasetNotFoundError
     from data.wrappers import NeighborsFileError
     from utils.checkpoint import CheckpointError, NonFiniteError
