@@ -264,3 +264,33 @@ def test_num_workers_is_auto_by_default_and_in_the_papers_configs(env, tmp_path)
         (line,) = [line for line in path.read_text().splitlines() if line.startswith("num_workers:")]
         assert re.match(r"num_workers: auto +# the paper: (8|12|16);", line), f"{path.name}: {line}"
         assert load_config(env, path)["num_workers"] == auto_num_workers()
+
+
+def test_each_stage_accepts_only_the_keys_it_reads(env, tmp_path):
+    """One key set serves five stages: a key a stage would ignore is refused, naming the stage that reads it."""
+    with pytest.raises(ConfigError, match=r"'confidence_threshold' \(--set confidence_threshold\) is read by "
+                       r"selflabel\.py \(setup: selflabel\), not by this simclr stage"):  # fmt: skip
+        load_config(env, SIMCLR, ["confidence_threshold=0.9"])
+    with pytest.raises(ConfigError, match=r"'knn_every' .* is read by simclr\.py"):
+        load_config(env, SCAN, ["knn_every=5"])
+    with pytest.raises(ConfigError, match=r"'criterion_kwargs' \(--set criterion_kwargs.temperature\) is read by"):
+        load_config(env, ROOT / "configs/pretext/moco_imagenet50.yml", ["criterion_kwargs.temperature=0.2"])
+    with pytest.raises(ConfigError, match=r"'num_heads' \(--set num_heads\) is read by scan\.py .* / selflabel\.py"):
+        load_config(env, SIMCLR, ["num_heads=2"])
+    config = tmp_path / "moco.yml"
+    config.write_text((ROOT / "configs/pretext/moco_imagenet50.yml").read_text() + "epochs: 10\n")
+    with pytest.raises(ConfigError, match=rf"'epochs' \(in {re.escape(str(config))}\) is read by simclr\.py"):
+        load_config(env, config)
+    # The keys a stage does read still pass, whichever file or flag sets them.
+    assert load_config(env, SCAN, ["num_neighbors=5", "num_heads=2", "root_dir=elsewhere"])["num_neighbors"] == 5
+
+
+def test_each_stage_prints_only_its_own_settings(env):
+    from utils.config import format_config
+
+    simclr = yaml.safe_load(format_config(load_config(env, SIMCLR)))
+    assert {"criterion_kwargs", "knn_every", "topk_neighbors_train", "pretext_model"} <= set(simclr)
+    assert not {"confidence_threshold", "num_neighbors", "num_heads", "scan_dir", "selflabel_model"} & set(simclr)
+    selflabel = yaml.safe_load(format_config(load_config(env, ROOT / "configs/selflabel/selflabel_cifar10.yml")))
+    assert {"confidence_threshold", "scan_model", "selflabel_dir", "num_heads"} <= set(selflabel)
+    assert not {"knn_every", "topk_neighbors_train", "num_neighbors", "pretext_model"} & set(selflabel)

@@ -92,6 +92,62 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 }
 
 SETUPS = ("simclr", "moco", "pretrained", "scan", "selflabel")
+PRETEXT, TRAINED = ("simclr", "moco", "pretrained"), ("simclr", "scan", "selflabel")
+
+# Keys only some setups read (every other key is read by all). A key given to a setup that does not read it is
+# refused: `--set confidence_threshold=0.9` on simclr.py would otherwise be ignored without a word.
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "model_kwargs": ("simclr", "moco"),
+    "train_split": ("simclr",),
+    "gather_negatives": ("simclr",),
+    "knn_monitor_k": ("simclr",),
+    "knn_every": ("simclr",),
+    "pretrained": ("pretrained",),
+    **dict.fromkeys(("topk_neighbors_train", "topk_neighbors_val", "save_features"), PRETEXT),
+    **dict.fromkeys(("knn_index", "knn_ivf_lists", "knn_ivf_probe", "knn_float16"), PRETEXT),
+    **dict.fromkeys(("criterion", "criterion_kwargs", "epochs", "resume", "tensorboard"), TRAINED),
+    **dict.fromkeys(("optimizer", "optimizer_kwargs", "scheduler", "scheduler_kwargs"), TRAINED),
+    **dict.fromkeys(("augmentation_strategy", "augmentation_kwargs"), TRAINED),
+    **dict.fromkeys(("num_neighbors", "update_cluster_head_only", "head_input"), ("scan",)),
+    "num_heads": ("scan", "selflabel"),
+    **dict.fromkeys(
+        (
+            "confidence_threshold",
+            "use_ema",
+            "ema_alpha",
+            "pseudo_labels",
+            "pseudo_label_fraction",
+            "selflabel_keep",
+            "cluster_warning_fraction",
+        ),
+        ("selflabel",),
+    ),
+    # The paths stage_paths adds: each stage's own files and its inputs.
+    **dict.fromkeys(("pretext_dir", "pretext_checkpoint"), PRETEXT),
+    **dict.fromkeys(("pretext_model", "topk_neighbors_train_path"), (*PRETEXT, "scan")),
+    "topk_neighbors_val_path": (*PRETEXT, "scan", "selflabel"),
+    **dict.fromkeys(("scan_dir", "scan_checkpoint"), ("scan",)),
+    "scan_model": ("scan", "selflabel"),
+    **dict.fromkeys(("selflabel_dir", "selflabel_checkpoint", "selflabel_model"), ("selflabel",)),
+}
+
+
+def reads_key(setup: str, key: str) -> bool:
+    """Whether the stage of `setup` reads config key `key`."""
+    return setup in STAGE_KEYS.get(key, (setup,))
+
+
+def check_stage_keys(setup: str, given: dict[str, str]) -> None:
+    """Refuse a key that `setup` does not read, naming the stage that does; `given` maps key -> where it was set."""
+    for key, where in given.items():
+        if not reads_key(setup, key):
+            stages = " / ".join(f"{name}.py (setup: {name})" for name in STAGE_KEYS[key])
+            raise ConfigError(
+                f"Config key '{key}' ({where}) is read by {stages}, not by this {setup} stage, which would ignore it. "
+                f"Remove it here, or set it in the config of that stage."
+            )
+
+
 EVAL_BATCH_SIZE = 256  # eval.py and predict.py: images per batch, whatever batch the model was trained with
 
 
@@ -190,6 +246,7 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
     """
     known = {**ENV_DEFAULTS, **EXPERIMENT_DEFAULTS}
     cfg = {key: (dict(value) if isinstance(value, dict) else value) for key, value in known.items()}
+    given = {}  # experiment keys set in the file or by --set, for check_stage_keys
     for path, defaults in ((config_env, ENV_DEFAULTS), (config_exp, EXPERIMENT_DEFAULTS)):
         if path is None:
             continue
@@ -197,14 +254,17 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
             if key not in defaults:
                 raise _unknown_key_error(key, defaults, str(path))
             cfg[key] = value
+            given[key] = f"in {path}"
     for key, value in parse_overrides(overrides or []).items():
         apply_override(cfg, key, value, known)
+        given[key.split(".")[0]] = f"--set {key}"
 
     missing = [key for key, value in cfg.items() if value is REQUIRED]
     if missing:
         raise ConfigError(f"Config {config_exp} lacks required key(s): {', '.join(missing)}.")
     if cfg["setup"] not in SETUPS:
         raise ConfigError(f"setup '{cfg['setup']}' is not one of {', '.join(SETUPS)}.")
+    check_stage_keys(cfg["setup"], given)
     if cfg["num_workers"] == "auto":
         cfg["num_workers"] = auto_num_workers()
     if cfg["knn_index"] == "ivf" and importlib.util.find_spec("faiss") is None:
@@ -243,5 +303,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = T
 
 
 def format_config(cfg: dict) -> str:
-    """The config as YAML, for the log: a run should say exactly what it ran."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    """The settings this stage reads, as YAML, for the log: a run should say exactly what it ran (and not the
+    defaults of the other stages)."""
+    shown = {key: value for key, value in cfg.items() if reads_key(cfg["setup"], key)}
+    return yaml.safe_dump(shown, sort_keys=False, default_flow_style=None)
