@@ -14,6 +14,26 @@ Writes <root_dir>/<db>/estimate_k/{estimate_k.json, estimate_k.md}.
 from __future__ import annotations
 
 import argparse
+
+from utils.config import ArgumentParser, add_config_arguments
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(description="Estimate the number of clusters from cached features")
+    add_config_arguments(parser, env_required=False)
+    parser.add_argument("--k", type=int, nargs="+", required=True, help="candidate numbers of clusters")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one SCAN run per seed and K")
+    args = parser.parse_args(argv)
+    if len(args.seeds) < 2:
+        parser.error("--seeds needs at least two seeds: stability compares runs")
+    if min(args.k) < 2:
+        parser.error("--k values must be at least 2")
+    return args
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
 import statistics
 from pathlib import Path
 
@@ -26,26 +46,13 @@ from engine.evaluate import cluster_metrics, scan_evaluate
 from engine.stage import run_cli, stage_command
 from losses import SCANLoss
 from models import ClusteringModel
-from utils.config import add_config_arguments, load_config
+from utils.config import load_config
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.progress import tqdm
 from utils.results import write_json
 from utils.runtime import init_runtime, seed_everything
 
 LABEL_METRICS = ("ACC", "NMI", "ARI")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Estimate the number of clusters from cached features")
-    add_config_arguments(parser, env_required=False)
-    parser.add_argument("--k", type=int, nargs="+", required=True, help="candidate numbers of clusters")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one SCAN run per seed and K")
-    args = parser.parse_args(argv)
-    if len(args.seeds) < 2:
-        parser.error("--seeds needs at least two seeds: stability compares runs")
-    if min(args.k) < 2:
-        parser.error("--k values must be at least 2")
-    return args
 
 
 def train_heads(train, num_clusters: int, cfg: dict, seed: int, device) -> ClusteringModel:

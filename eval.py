@@ -25,7 +25,7 @@ from engine.model_files import default_output_dir, load_model_file
 from engine.report import clustering_report, write_predictions_csv
 from engine.stage import run_cli
 from tools.html_report import add_report_arguments, gallery_options, write_eval_report
-from utils.config import EVAL_BATCH_SIZE, add_config_arguments, format_config, load_config
+from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments, format_config, load_config
 from utils.plots import plot_prototypes
 from utils.results import check_writable, write_json
 from utils.runtime import init_runtime
@@ -34,7 +34,7 @@ PRETEXT_KS = (1, 5, 20)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate a pretext, SCAN or self-label model on the test split")
+    parser = ArgumentParser(description="Evaluate a pretext, SCAN or self-label model on the test split")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
     parser.add_argument("--output_dir", default=None, help="where results go (default: beside the model file)")

@@ -17,29 +17,13 @@ Files that cannot be read are listed and skipped; the others are still written.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-
-from data.augment import get_val_transformations
-from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
-from data.registry import get_val_dataset
-from engine.model_files import default_output_dir, load_model_file
-from engine.report import write_predictions_csv
-from engine.stage import run_cli
-from tools.sort_images import check_target_folder, sort_into
-from utils.checkpoint import CheckpointError
-from utils.config import EVAL_BATCH_SIZE, add_config_arguments, load_config
-from utils.distributed import gather_objects, shard_range
-from utils.progress import tqdm
-from utils.runtime import init_runtime
+from tools.sort_images import check_target_folder
+from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Assign images to the clusters of a SCAN or self-label model")
+    parser = ArgumentParser(description="Assign images to the clusters of a SCAN or self-label model")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--model", required=True, help="SCAN ({'model', 'head'}) or self-label model file")
     parser.add_argument(
@@ -71,6 +55,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.sort_into:
         check_target_folder(args.sort_into)  # before the work, not after
     return args
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from data.augment import get_val_transformations
+from data.folder import IMAGE_EXTENSIONS, find_images, open_rgb
+from data.registry import get_val_dataset
+from engine.model_files import default_output_dir, load_model_file
+from engine.report import write_predictions_csv
+from engine.stage import run_cli
+from tools.sort_images import sort_into
+from utils.checkpoint import CheckpointError
+from utils.config import load_config
+from utils.distributed import gather_objects, shard_range
+from utils.progress import tqdm
+from utils.runtime import init_runtime
 
 
 def collect_images(paths: list[str]) -> list[Path]:

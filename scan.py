@@ -10,6 +10,12 @@ features the pretext stage saved (`save_features: true`) instead of on images (d
 
 from __future__ import annotations
 
+from utils.config import stage_parser
+
+PARSER = stage_parser("SCAN clustering")
+if __name__ == "__main__":
+    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
 import math
 import time
 from pathlib import Path
@@ -75,7 +81,7 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage("SCAN clustering", argv, ("scan",))
+    args, cfg, runtime = setup_stage(PARSER, argv, ("scan",))
     pretext_command = stage_command("pretext", cfg["train_db_name"], args.config_env, cfg["backbone"])
     require_files(
         [cfg["pretext_model"], cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]], pretext_command

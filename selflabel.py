@@ -14,6 +14,12 @@ the SCAN model itself (epoch 0) included. `pseudo_labels: per_cluster` gives eve
 
 from __future__ import annotations
 
+from utils.config import stage_parser
+
+PARSER = stage_parser("Self-labeling")
+if __name__ == "__main__":
+    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
 from pathlib import Path
 
 import torch
@@ -149,7 +155,7 @@ def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage("Self-labeling", argv, ("selflabel",))
+    args, cfg, runtime = setup_stage(PARSER, argv, ("selflabel",))
     scan_command = stage_command("scan", cfg["train_db_name"], args.config_env)
     require_files([cfg["scan_model"]], scan_command)
     if cfg["selflabel_keep"] == "best":  # the selection criterion needs the test split's neighbours

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from utils.config import ConfigError, add_config_arguments, format_config, load_config
+from utils.config import ConfigError, format_config, load_config
 from utils.results import check_writable
 from utils.runtime import Runtime, barrier, init_runtime, resolve_fast_path, seed_everything
 
@@ -27,18 +27,10 @@ STAGE_DIRS = {
 
 
 def setup_stage(
-    description: str, argv: list[str] | None, expected_setups: tuple[str, ...], extra_arguments=None
+    parser: argparse.ArgumentParser, argv: list[str] | None, expected_setups: tuple[str, ...]
 ) -> tuple[argparse.Namespace, dict, Runtime]:
-    """Parse arguments, load and check the config, pick the device, seed, print what will run."""
-    parser = argparse.ArgumentParser(description=description)
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start this stage over: its output folder is moved aside (renamed with a timestamp), not deleted",
-    )
-    if extra_arguments is not None:
-        extra_arguments(parser)
+    """Parse arguments (`parser`: utils.config.stage_parser), load and check the config, pick the device, seed,
+    print what will run."""
     args = parser.parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
     if cfg["setup"] not in expected_setups:

@@ -12,6 +12,7 @@ import difflib
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,53 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
     cfg["data_root"] = os.path.abspath(os.path.expanduser(str(cfg["data_root"])))
     cfg.update(stage_paths(cfg["root_dir"], cfg["train_db_name"]))
     return cfg
+
+
+def spelling_hints(given: list[str], options: dict[str, argparse.Action]) -> list[str]:
+    """'Did you mean' lines for the spellings other projects use: `--output-dir` for --output_dir, and a bare
+    `epochs=2` (not after --set, nor the value of an option) for `--set epochs=2`."""
+    hints, previous = [], None
+    for arg in given:
+        if arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            previous = options.get(flag) if "=" not in arg else None
+            if flag in options or not flag.startswith("--"):
+                continue
+            underscored = "--" + flag[2:].replace("-", "_")
+            close = [underscored] if underscored in options else difflib.get_close_matches(flag, list(options), n=1)
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+        elif re.fullmatch(r"[A-Za-z_][\w.]*=.*", arg) and (previous is None or previous.nargs == 0):
+            hints.append(f"{arg}: did you mean --set {arg}?")
+        elif previous is not None and previous.nargs not in ("+", "*"):
+            previous = None  # the option's one value is taken
+    return hints
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors add 'did you mean' hints (spelling_hints) for the arguments it was given."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        hints = spelling_hints(getattr(self, "given", []), self._option_string_actions)
+        super().error("\n  ".join([message, *hints]))
+
+
+def stage_parser(description: str, extra_arguments=None) -> ArgumentParser:
+    """The arguments of a training stage's script; built before torch loads, so that --help answers at once."""
+    parser = ArgumentParser(description=description)
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start this stage over: its output folder is moved aside (renamed with a timestamp), not deleted",
+    )
+    if extra_arguments is not None:
+        extra_arguments(parser)
+    return parser
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = True) -> None:
