@@ -14,23 +14,9 @@ DIR defaults to a folder beside the model file.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from data.augment import get_val_transformations
-from data.loaders import eval_loader
-from data.registry import get_val_dataset
-from engine.evaluate import get_predictions, get_prototype_indices
-from engine.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
-from engine.model_files import default_output_dir, load_model_file
-from engine.report import clustering_report, write_predictions_csv
-from engine.stage import run_cli
-from tools.html_report import add_report_arguments, gallery_options, write_eval_report
-from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments, format_config, load_config
-from utils.plots import plot_prototypes
-from utils.results import check_writable, write_json
-from utils.runtime import init_runtime
-
-PRETEXT_KS = (1, 5, 20)
+from tools.report_options import add_report_arguments, gallery_options
+from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +33,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_report_arguments(parser)
     return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
+from pathlib import Path
+
+from data.augment import get_val_transformations
+from data.loaders import eval_loader
+from data.registry import get_val_dataset
+from engine.evaluate import get_predictions, get_prototype_indices
+from engine.knn import extract_features, mine_nearest_neighbors, neighbor_accuracy
+from engine.model_files import default_output_dir, load_model_file
+from engine.report import clustering_report, write_predictions_csv
+from engine.stage import run_cli
+from tools.html_report import write_eval_report
+from utils.config import format_config, load_config
+from utils.plots import plot_prototypes
+from utils.results import check_writable, write_json
+from utils.runtime import init_runtime
+
+PRETEXT_KS = (1, 5, 20)
 
 
 def evaluate_pretext(cfg, model, dataset, runtime, out_dir: Path, model_path: str) -> dict:

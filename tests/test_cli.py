@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT
 from utils.config import ArgumentParser, add_config_arguments, load_config, spelling_hints
 
-EARLY_HELP = ("simclr", "scan", "selflabel", "moco", "pretrained", "predict", "estimate_k")
+EARLY_HELP = ("simclr", "scan", "selflabel", "moco", "pretrained", "eval", "predict", "estimate_k")
 
 
 def test_spelling_hints_name_the_flag_and_the_set_form():

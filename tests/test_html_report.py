@@ -13,13 +13,13 @@ from PIL import Image
 
 from tools.html_report import (
     REPORT_FILE,
-    GalleryOptions,
     capped_gallery_sizes,
     find_stage_histories,
     render_report,
     select_galleries,
     write_atomic_text,
 )
+from tools.report_options import GalleryOptions
 from utils.history import History
 
 CLASSES = ["red", "green", "blue"]
