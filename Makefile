@@ -10,18 +10,26 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# What only the tests and the linters use (pytest, ruff, playwright), on top of requirements.txt.
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
 # The CI suite: lint and format check (configured in pyproject.toml), then unit tests plus the
 # end-to-end runs (CPU, a few minutes).
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed-dev browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 # report.html's test opens the page in a real browser: Debian's chromium, installed when missing and possible
-# (as root with apt); otherwise that one test is skipped and says why.
+# (as root with apt, announced first; SKIP_BROWSER=1 skips it); otherwise that one test is skipped and says why.
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
-	  || { test "$$(id -u)" = 0 && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+	  || test -n "$(SKIP_BROWSER)" \
+	  || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
+	       && echo "Installing Chromium with apt-get for the report's browser test (SKIP_BROWSER=1 skips this)" \
+	       && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
 	  || echo "note: no Chromium could be installed; the report's browser test will be skipped"
 
 # The whole method on scikit-learn's bundled digits, CPU only (about 7 minutes on 2 cores); see bench/RESULTS.md.

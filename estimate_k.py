@@ -15,31 +15,12 @@ Writes <root_dir>/<db>/estimate_k/{estimate_k.json, estimate_k.md}.
 from __future__ import annotations
 
 import argparse
-import statistics
-from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from data.cached_features import CachedPairLoader, load_cached_split
-from engine.cluster_criteria import kappa, neighbour_agreement, scan_evaluate
-from engine.cluster_number import recommend, size_balance, stability, used_clusters
-from engine.evaluate import cluster_metrics
-from engine.inference import run_model
-from engine.stage import run_cli, stage_command
-from losses import make_criterion
-from models import ClusteringModel
-from utils.config import add_config_arguments, load_config
-from utils.optim import adjust_learning_rate, build_optimizer
-from utils.results import write_json
-from utils.runtime import init_runtime, seed_everything
-
-LABEL_METRICS = ("ACC", "NMI", "ARI")
+from utils.config import ArgumentParser, add_config_arguments
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Estimate the number of clusters from cached features")
+    parser = ArgumentParser(description="Estimate the number of clusters from cached features")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--k", type=int, nargs="+", required=True, help="candidate numbers of clusters")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one SCAN run per seed and K")
@@ -49,6 +30,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.k) < 2:
         parser.error("--k values must be at least 2")
     return args
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.cached_features import CachedPairLoader, load_cached_split
+from engine.cluster_criteria import kappa, neighbour_agreement, scan_evaluate
+from engine.cluster_number import recommend, size_balance, stability, used_clusters
+from engine.evaluate import cluster_metrics
+from engine.inference import run_model
+from engine.stage import run_cli, stage_command
+from losses import make_criterion
+from models import ClusteringModel
+from utils.config import load_config
+from utils.optim import adjust_learning_rate, build_optimizer
+from utils.progress import tqdm
+from utils.results import write_json
+from utils.runtime import init_runtime, seed_everything
+
+LABEL_METRICS = ("ACC", "NMI", "ARI")
 
 
 def train_heads(train, num_clusters: int, cfg: dict, seed: int, device) -> ClusteringModel:

@@ -4,7 +4,8 @@
                    [--config_env configs/env.yml] [--visualize_prototypes] [--output_dir DIR]
 
 Clustering models: ACC, NMI, ARI, AMI, ACC Top-5 and the Hungarian match in DIR/metrics.json,
-DIR/confusion_matrix.png, DIR/predictions.csv, and with --visualize_prototypes DIR/prototypes.png.
+DIR/confusion_matrix.png, DIR/predictions.csv (file, cluster, confidence, label, matched_class: predict.py's
+columns), and with --visualize_prototypes DIR/prototypes.png.
 Pretext models: neighbour accuracy for k = 1, 5, 20 in DIR/metrics.json.
 Both: DIR/report.html, one offline page with the metrics, training curves and (clustering) per-cluster galleries.
 DIR defaults to a folder beside the model file.
@@ -13,7 +14,30 @@ DIR defaults to a folder beside the model file.
 from __future__ import annotations
 
 import argparse
-import csv
+
+from tools.report_options import add_report_arguments, gallery_options
+from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(description="Evaluate a pretext, SCAN or self-label model on the test split")
+    add_config_arguments(parser, env_required=False)
+    parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
+    parser.add_argument("--output_dir", default=None, help="where results go (default: beside the model file)")
+    parser.add_argument("--visualize_prototypes", action="store_true", help="also save prototypes.png")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help=f"images per batch (default {EVAL_BATCH_SIZE}; the config's batch_size is the training one)",
+    )
+    add_report_arguments(parser)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
 from pathlib import Path
 
 from data.batches import eval_batches
@@ -22,25 +46,15 @@ from engine.evaluate import get_prototype_indices
 from engine.inference import run_model
 from engine.knn import mine_nearest_neighbors, neighbor_accuracy
 from engine.model_files import default_output_dir, load_model_file
-from engine.report import clustering_report
+from engine.report import clustering_report, write_predictions_csv
 from engine.stage import run_cli
-from tools.html_report import add_report_arguments, gallery_options, write_eval_report
-from utils.config import add_config_arguments, format_config, load_config
+from tools.html_report import write_eval_report
+from utils.config import format_config, load_config
 from utils.plots import plot_prototypes
-from utils.results import atomic_write, check_writable, write_json
+from utils.results import check_writable, write_json
 from utils.runtime import init_runtime, resolve_fast_path
 
 PRETEXT_KS = (1, 5, 20)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate a pretext, SCAN or self-label model on the test split")
-    add_config_arguments(parser, env_required=False)
-    parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
-    parser.add_argument("--output_dir", default=None, help="where results go (default: beside the model file)")
-    parser.add_argument("--visualize_prototypes", action="store_true", help="also save prototypes.png")
-    add_report_arguments(parser)
-    return parser.parse_args(argv)
 
 
 def evaluate_pretext(cfg, model, batches, runtime, out_dir: Path, model_path: str) -> dict:
@@ -60,32 +74,26 @@ def evaluate_pretext(cfg, model, batches, runtime, out_dir: Path, model_path: st
     return metrics
 
 
-def write_predictions_csv(path: Path, dataset, head_output: dict, cluster_to_class: dict[int, str]) -> None:
-    """One row per evaluated image: its cluster, confidence and (when matched) class name."""
+def prediction_rows(dataset, head_output: dict, name: str) -> list[tuple[str, int, float, str]]:
+    """(file, cluster, confidence, label) per test image; an image without a file is `<dataset>[<index>]`."""
     paths = getattr(dataset, "paths", None)
-    confidence = head_output["probabilities"].max(dim=1).values
-    with atomic_write(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "path", "cluster", "confidence", "target", "matched_class"])
-        for i, (cluster, conf, target) in enumerate(
-            zip(head_output["predictions"].tolist(), confidence.tolist(), head_output["targets"].tolist())
-        ):
-            writer.writerow(
-                [
-                    i,
-                    paths[i] if paths is not None else "",
-                    cluster,
-                    f"{conf:.6f}",
-                    target,
-                    cluster_to_class.get(cluster, ""),
-                ]
-            )
-    print(f"Saved {path}", flush=True)
+    confidence = head_output["probabilities"].max(dim=1).values.tolist()
+    clusters, targets = head_output["predictions"].tolist(), head_output["targets"].tolist()
+    return [
+        (
+            str(paths[i]) if paths is not None else f"{name}[{i}]",
+            clusters[i],
+            confidence[i],
+            dataset.classes[targets[i]] if targets[i] >= 0 else "",
+        )
+        for i in range(len(clusters))
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
+    cfg["batch_size"] = args.batch_size  # not the training batch (1000 for self-labeling): any machine evaluates
     runtime = init_runtime()  # under torchrun every process evaluates its shard of the test split
     resolve_fast_path(cfg, runtime)  # the stages' batches: augmentation_backend, channels_last as they resolve
     model_path = args.model
@@ -121,7 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     cluster_to_class = {cluster: dataset.classes[cls] for cluster, cls in metrics.get("hungarian_match", [])}
-    write_predictions_csv(out_dir / "predictions.csv", dataset, head_output, cluster_to_class)
+    write_predictions_csv(
+        out_dir / "predictions.csv", prediction_rows(dataset, head_output, cfg["val_db_name"]), cluster_to_class
+    )
+    print(f"Saved {out_dir / 'predictions.csv'}", flush=True)
     if args.visualize_prototypes:
         indices = get_prototype_indices(head_output["probabilities"], outputs.features)
         shown = [(cluster, index) for cluster, index in enumerate(indices) if index is not None]

@@ -11,6 +11,17 @@ topk-val-neighbors.npy, metrics.json}.
 
 from __future__ import annotations
 
+from utils.config import stage_parser
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--moco_weights", required=True, help="MoCo v2 checkpoint, e.g. moco_v2_800ep_pretrain.pth.tar")
+
+
+PARSER = stage_parser("Import MoCo v2 weights and mine neighbours", add_arguments)
+if __name__ == "__main__":
+    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
 from pathlib import Path
 
 from engine.model_files import architecture_record, save_state_dict_file
@@ -39,12 +50,8 @@ def convert_moco_state_dict(state_dict: dict) -> dict:
     return converted
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--moco_weights", required=True, help="MoCo v2 checkpoint, e.g. moco_v2_800ep_pretrain.pth.tar")
-
-
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage("Import MoCo v2 weights and mine neighbours", argv, ("moco",), add_arguments)
+    args, cfg, runtime = setup_stage(PARSER, argv, ("moco",))
     checkpoint = load_checkpoint(
         args.moco_weights,
         "Pass the MoCo v2 checkpoint file with --moco_weights "

@@ -6,9 +6,10 @@
 
 Images (files, or folders searched recursively) are read like the training images of a folder dataset
 (RGB, shorter side resized to dataset_kwargs.image_size when set) and go through the config's val transform.
-predictions.csv gets one row per image: path, cluster, confidence (the cluster's softmax probability) and
-matched_class, the class eval.py matched to that cluster, read from the `hungarian_match` of --metrics
-(default: the metrics.json eval.py writes beside the model). Without a labeled evaluation it stays empty.
+predictions.csv has eval.py's columns, one row per image: file, cluster, confidence (the cluster's softmax
+probability), label (empty: new images have none) and matched_class, the class eval.py matched to that cluster,
+read from the `hungarian_match` of --metrics (default: the metrics.json eval.py writes beside the model).
+Without a labeled evaluation it stays empty.
 Files that are not images are listed and skipped; one cut short is assigned from its decodable part with a
 warning, as in training. Batches are built as the stages build them (augmentation_backend, channels_last).
 --sort_into DIR also copies (--link: symlinks) the images into DIR/cluster_03_<matched class>/, one folder per cluster.
@@ -17,28 +18,13 @@ warning, as in training. Batches are built as the stages build them (augmentatio
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-from pathlib import Path
 
-import torch
-
-from data.base import UNLABELED, ImageDataset
-from data.batches import eval_batches
-from data.folder import IMAGE_EXTENSIONS, find_images, read_image, unreadable_reason
-from data.registry import get_val_dataset
-from engine.inference import run_model
-from engine.model_files import default_output_dir, load_model_file
-from engine.stage import run_cli
-from tools.sort_images import check_target_folder, sort_into
-from utils.checkpoint import CheckpointError
-from utils.config import add_config_arguments, load_config
-from utils.results import atomic_write
-from utils.runtime import init_runtime, resolve_fast_path
+from tools.sort_images import check_target_folder
+from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Assign images to the clusters of a SCAN or self-label model")
+    parser = ArgumentParser(description="Assign images to the clusters of a SCAN or self-label model")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--model", required=True, help="SCAN ({'model', 'head'}) or self-label model file")
     parser.add_argument(
@@ -58,12 +44,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also copy the images into one folder per cluster below DIR (new or empty), e.g. DIR/cluster_03_cat/",
     )
     parser.add_argument("--link", action="store_true", help="with --sort_into: symlink the images instead of copying")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help=f"images per batch (default {EVAL_BATCH_SIZE}; the config's batch_size is the training one)",
+    )
     args = parser.parse_args(argv)
     if args.link and not args.sort_into:
         parser.error("--link needs --sort_into DIR")
     if args.sort_into:
         check_target_folder(args.sort_into)  # before the work, not after
     return args
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
+import json
+from pathlib import Path
+
+import torch
+
+from data.base import UNLABELED, ImageDataset
+from data.batches import eval_batches
+from data.folder import IMAGE_EXTENSIONS, find_images, read_image, unreadable_reason
+from data.registry import get_val_dataset
+from engine.inference import run_model
+from engine.model_files import default_output_dir, load_model_file
+from engine.report import write_predictions_csv
+from engine.stage import run_cli
+from tools.sort_images import sort_into
+from utils.checkpoint import CheckpointError
+from utils.config import load_config
+from utils.runtime import init_runtime, resolve_fast_path
 
 
 def collect_images(paths: list[str]) -> list[Path]:
@@ -122,6 +136,7 @@ class ImageFiles(ImageDataset):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
+    cfg["batch_size"] = args.batch_size  # not the training batch (1000 for self-labeling): any machine evaluates
     runtime = init_runtime()
     resolve_fast_path(cfg, runtime)  # the stages' batches: augmentation_backend, channels_last as they resolve
 
@@ -151,11 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(output, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "cluster", "confidence", "matched_class"])
-        for path, (cluster, confidence) in zip(paths, rows):
-            writer.writerow([str(path), cluster, f"{confidence:.6f}", cluster_to_class.get(cluster, "")])
+    ordered = [(str(path), cluster, confidence, "") for path, (cluster, confidence) in zip(paths, rows)]
+    write_predictions_csv(output, ordered, cluster_to_class)  # new images: no label
     if failed:
         print(
             f"Skipped {len(failed)} file(s) that could not be read as images:\n"

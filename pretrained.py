@@ -2,10 +2,10 @@
 
     python pretrained.py --config_env configs/env.yml --config_exp configs/pretext/pretrained_digits.yml
     python pretrained.py --config_env configs/env.yml --config_exp configs/pretext/pretrained_digits.yml \
-                         --set backbone=timm:vit_small_patch14_dinov2.lvd142m pretrained=/path/model.safetensors
+                         --set backbone=timm:vit_small_patch14_dinov2.lvd142m --weights /path/model.safetensors
 
-`backbone: torchvision:<name>` or `timm:<name>` names the model; `pretrained:` is a weights file, or `default`
-for the library's own weights (its cache, downloaded there when online). Images go through the model's own
+`backbone: torchvision:<name>` or `timm:<name>` names the model; `pretrained:` (or --weights) is a weights file,
+or `default` for the library's own weights (its cache, downloaded there when online). Images go through the model's own
 preprocessing (the library's resize, crop and mean/std) unless the config sets `transformation_kwargs`.
 Neighbours are mined on the L2-normalised backbone features exactly as after SimCLR training.
 
@@ -15,6 +15,32 @@ targets-{train,val}.npy and features.json for scan.py's `head_input: cached_feat
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+
+from utils.config import stage_parser
+
+
+class WeightsOption(argparse.Action):
+    """`--weights PATH`, as tools/new_dataset.py and moco.py take a weights file: sets the config's `pretrained`."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        namespace.overrides = [*namespace.overrides, f"pretrained={json.dumps(value)}"]  # quoted: any path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        metavar="PATH",
+        action=WeightsOption,
+        help="weights file of the backbone, or `default` (the library's own); same as --set pretrained=PATH",
+    )
+
+
+PARSER = stage_parser("Pretext from a pretrained torchvision/timm backbone", add_arguments)
+if __name__ == "__main__":
+    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
 
 from pathlib import Path
 
@@ -29,7 +55,7 @@ from utils.runtime import barrier
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage("Pretext from a pretrained torchvision/timm backbone", argv, ("pretrained",))
+    args, cfg, runtime = setup_stage(PARSER, argv, ("pretrained",))
     if not is_library_backbone(cfg["backbone"]):
         raise ConfigError(
             f"pretrained.py imports library models: set backbone to torchvision:<name> or timm:<name>, not "

@@ -10,6 +10,12 @@ features the pretext stage saved (`save_features: true`) instead of on images (d
 
 from __future__ import annotations
 
+from utils.config import stage_parser
+
+PARSER = stage_parser("SCAN clustering")
+if __name__ == "__main__":
+    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
 import math
 import time
 from pathlib import Path
@@ -48,7 +54,7 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
     model.train(not head_only)  # a frozen backbone runs in eval mode and keeps its BatchNorm statistics
     sums = {"total": 0.0, "consistency": 0.0, "entropy": 0.0}
     steps = 0
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         anchors = batch["anchor"].to(runtime.device, non_blocking=True)
         neighbors = batch["neighbor"].to(runtime.device, non_blocking=True)
@@ -80,7 +86,7 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage("SCAN clustering", argv, ("scan",))
+    args, cfg, runtime = setup_stage(PARSER, argv, ("scan",))
     pretext_command = stage_command("pretext", cfg["train_db_name"], args.config_env, cfg["backbone"])
     require_files(
         [cfg["pretext_model"], cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]], pretext_command
@@ -177,7 +183,13 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
         guard.save_checkpoint(epoch + 1, best_loss=best_loss, best_loss_head=best_loss_head)
 
-    require_files([cfg["scan_model"]], f"python scan.py --config_env {args.config_env} --config_exp {args.config_exp}")
+    if not Path(cfg["scan_model"]).is_file():  # epochs: 0 — the untrained heads, as simclr.py writes its model
+        scores = scan_evaluate(val_predictions(unwrap(model)))
+        best_loss, head = scores["lowest_loss"], scores["lowest_loss_head"]
+        if runtime.is_main:
+            save_scan_file(unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg))
+            print(f"No epoch trained: saved the untrained heads (head {head}) to {cfg['scan_model']}", flush=True)
+        barrier(runtime)
     best = load_checkpoint(cfg["scan_model"])
     final_model = build_model(cfg).to(runtime.device)
     load_state_dict_checked(final_model, best["model"], source=cfg["scan_model"])

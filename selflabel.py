@@ -14,6 +14,12 @@ the SCAN model itself (epoch 0) included. `pseudo_labels: per_cluster` gives eve
 
 from __future__ import annotations
 
+from utils.config import stage_parser
+
+PARSER = stage_parser("Self-labeling")
+if __name__ == "__main__":
+    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
 from pathlib import Path
 
 import torch
@@ -74,7 +80,7 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
     model.train()
     total, steps, skipped = 0.0, 0, 0
     predicted, targets = None, None
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         images = batch["image"].to(runtime.device, non_blocking=True)
         augmented = batch["image_augmented"].to(runtime.device, non_blocking=True)
@@ -148,7 +154,7 @@ def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage("Self-labeling", argv, ("selflabel",))
+    args, cfg, runtime = setup_stage(PARSER, argv, ("selflabel",))
     scan_command = stage_command("scan", cfg["train_db_name"], args.config_env)
     require_files([cfg["scan_model"]], scan_command)
     if cfg["selflabel_keep"] == "best":  # the selection criterion needs the test split's neighbours
@@ -249,9 +255,10 @@ def main(argv: list[str] | None = None) -> dict:
                 save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
         guard.save_checkpoint(epoch + 1, watch=watch.state_dict(), selflabel_keep=cfg["selflabel_keep"])
 
-    require_files(
-        [cfg["selflabel_model"]], f"python selflabel.py --config_env {args.config_env} --config_exp {args.config_exp}"
-    )
+    if not Path(cfg["selflabel_model"]).is_file():  # epochs: 0 — the SCAN model's best head, untrained further
+        if runtime.is_main:
+            save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
+        barrier(runtime)
     final_model = build_model(cfg).to(runtime.device)
     load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
     head_output = run_model(final_model, val_loader, runtime.device).head(0)  # each process: its shard

@@ -9,6 +9,12 @@ checkpoint.pth.tar when it exists.
 
 from __future__ import annotations
 
+from utils.config import stage_parser
+
+PARSER = stage_parser("SimCLR pretext training and neighbour mining")
+if __name__ == "__main__":
+    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+
 from pathlib import Path
 
 import torch
@@ -37,7 +43,7 @@ def train_one_epoch(
     """One pass of SimCLR over the train split; returns the mean loss."""
     model.train()
     total, steps = 0.0, 0
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not runtime.is_main)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         images = batch["image"].to(runtime.device, non_blocking=True)
         augmented = batch["image_augmented"].to(runtime.device, non_blocking=True)
@@ -87,7 +93,7 @@ def knn_monitor(model, base_loader, val_loader, cfg, device) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage("SimCLR pretext training and neighbour mining", argv, ("simclr",))
+    args, cfg, runtime = setup_stage(PARSER, argv, ("simclr",))
     Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
 
     model = build_model(cfg)

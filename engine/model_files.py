@@ -83,7 +83,31 @@ def architecture_record(cfg: dict, num_heads: int | None = None) -> dict:
     else:
         record["num_classes"] = int(cfg["num_classes"])
         record["num_heads"] = int(num_heads if num_heads is not None else cfg.get("num_heads", 1))
+    if cfg.get("train_db_name") is not None:  # the data it learned from, so that eval.py can name a mix-up first
+        image_size = (cfg.get("transformation_kwargs") or {}).get("crop_size")
+        record["dataset"] = {
+            "name": cfg["train_db_name"],
+            "num_classes": int(cfg["num_classes"]),
+            "image_size": image_size or (cfg.get("dataset_kwargs") or {}).get("image_size"),
+        }
     return record
+
+
+def require_same_dataset(recorded: dict | None, cfg: dict, model_path: str | Path) -> None:
+    """A model trained on one dataset and a config of another: say so before any width note or missing file."""
+    trained_on = (recorded or {}).get("dataset")
+    if trained_on is None or trained_on["name"] == cfg["train_db_name"]:
+        return
+    config_side = architecture_record(cfg)["dataset"]
+
+    def describe(dataset: dict) -> str:
+        size = f", {dataset['image_size']}-pixel images" if dataset.get("image_size") else ""
+        return f"{dataset['name']} ({dataset['num_classes']} classes{size})"
+
+    raise CheckpointError(
+        f"{model_path} was trained on {describe(trained_on)}, but the config is for {describe(config_side)}. "
+        f"Pass the config of {trained_on['name']} (the one the model was trained with)."
+    )
 
 
 def pretext_model_kwargs(cfg: dict) -> dict:
@@ -220,6 +244,7 @@ def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) ->
     (more clusters than classes) is evaluated by majority mapping.
     """
     state_dict, recorded = model_file.state_dict, model_file.architecture
+    require_same_dataset(recorded, cfg, model_path)
     if recorded is not None:
         differences = architecture_differences(recorded, cfg, ("backbone", "backbone_kwargs", "model_kwargs"))
         if differences:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from engine.evaluate import cluster_metrics
 from utils.plots import plot_confusion_matrix
-from utils.results import write_json
+from utils.results import atomic_write, write_json
+
+# predictions.csv, from eval.py and predict.py alike: label and matched_class stay empty where unknown.
+PREDICTION_COLUMNS = ("file", "cluster", "confidence", "label", "matched_class")
 
 
 def clustering_report(
@@ -47,3 +52,17 @@ def clustering_report(
     write_json(metrics, out_dir / "metrics.json")
     print(f"Saved {out_dir / 'metrics.json'}", flush=True)
     return metrics
+
+
+def write_predictions_csv(
+    path: str | Path, rows: Iterable[tuple[str, int, float, str]], cluster_to_class: dict[int, str]
+) -> None:
+    """One row per image, (file, cluster, confidence, label), plus the class eval.py matched to the cluster.
+
+    One format for eval.py's and predict.py's files, so a script written for one reads the other.
+    """
+    with atomic_write(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PREDICTION_COLUMNS)
+        for file, cluster, confidence, label in rows:
+            writer.writerow([file, cluster, f"{confidence:.6f}", label, cluster_to_class.get(cluster, "")])

@@ -7,11 +7,12 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import yaml
 
-from utils.config import ConfigError, add_config_arguments, format_config, load_config
+from utils.config import ConfigError, format_config, load_config
 from utils.results import check_writable
 from utils.runtime import Runtime, barrier, init_runtime, resolve_fast_path, seed_everything
 
@@ -26,18 +27,10 @@ STAGE_DIRS = {
 
 
 def setup_stage(
-    description: str, argv: list[str] | None, expected_setups: tuple[str, ...], extra_arguments=None
+    parser: argparse.ArgumentParser, argv: list[str] | None, expected_setups: tuple[str, ...]
 ) -> tuple[argparse.Namespace, dict, Runtime]:
-    """Parse arguments, load and check the config, pick the device, seed, print what will run."""
-    parser = argparse.ArgumentParser(description=description)
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start this stage over: its output folder is moved aside (renamed with a timestamp), not deleted",
-    )
-    if extra_arguments is not None:
-        extra_arguments(parser)
+    """Parse arguments (`parser`: utils.config.stage_parser), load and check the config, pick the device, seed,
+    print what will run."""
     args = parser.parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
     if cfg["setup"] not in expected_setups:
@@ -123,15 +116,22 @@ def user_message(error: BaseException) -> str:
     return text
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """`warning: <message>`: what a user needs, without Python's source location and the line of code."""
+    return f"warning: {message}\n"
+
+
 def run_cli(main) -> None:
     """Run an entry script; mistakes in the user's input end with their message, not a traceback.
 
     A clean stop (Ctrl-C, SIGTERM) exits with 128 + the signal's number after saying how to resume.
+    Warnings print as one `warning: ...` line.
     """
+    warnings.formatwarning = one_line_warning
     from data.base import DatasetNotFoundError
     from data.neighbors import NeighborsFileError
     from utils.checkpoint import CheckpointError, NonFiniteError
-    from utils.guard import TrainingStopped
+    from utils.guard import TrainingStopped, resume_hint
     from utils.prerequisites import MissingPrerequisiteError
     from utils.results import WriteError
 
@@ -152,7 +152,7 @@ def run_cli(main) -> None:
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         print(
-            "\nInterrupted at once, without saving. Rerun the same command to resume from the last checkpoint.",
+            "\nInterrupted at once, without saving; the last checkpoint is kept. " + resume_hint(),
             file=sys.stderr,
             flush=True,
         )

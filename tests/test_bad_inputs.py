@@ -436,7 +436,11 @@ ROWS = [
         with_overrides("optimizer_kwargs.lrr=0.1"),
         r"Unknown config key 'lrr' in optimizer_kwargs\. Did you mean 'lr'\?",
     ),
-    Row("wrong value type (epochs: ten)", with_overrides("epochs=ten"), r"'epochs' must be a whole number, got 'ten'"),
+    Row(
+        "wrong value type (epochs: ten)",
+        with_overrides("epochs=ten"),
+        r"'epochs' must be a whole number such as 10, got 'ten'",
+    ),
     Row("zero batch size", with_overrides("batch_size=0"), r"'batch_size' is 0, but it must be 1 or more"),
     Row("negative batch size", with_overrides("batch_size=-4"), r"'batch_size' is -4, but it must be 1 or more"),
     Row(

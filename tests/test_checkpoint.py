@@ -110,3 +110,27 @@ def test_save_atomic_creates_missing_parent_folders(tmp_path):
     save_atomic({"x": torch.ones(2)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
     assert [p.name for p in path.parent.iterdir()] == ["model.pth.tar"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_of_an_ordinary_open(tmp_path, umask):
+    """Models, metrics and reports are shared on servers: their mode follows the umask, as open(path, "w")."""
+    from tools.html_report import write_atomic_text
+    from utils.history import History
+    from utils.results import write_json
+
+    previous = os.umask(umask)
+    try:
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+        save_atomic({"w": torch.zeros(2)}, tmp_path / "model.pth.tar")
+        write_json({"ACC": 0.5}, tmp_path / "metrics.json")
+        write_atomic_text("<html></html>", tmp_path / "report.html")
+        History(tmp_path / "stage", 0, 1).log(1, loss=1.0)
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    assert (os.stat(tmp_path / "plain.txt").st_mode & 0o777) == expected
+    assert (os.stat(tmp_path / "model.pth.tar").st_mode & 0o777) == expected
+    for name in ("metrics.json", "report.html", "stage/history.jsonl"):
+        assert (os.stat(tmp_path / name).st_mode & 0o777) == expected, name

@@ -190,17 +190,17 @@ def test_kwargs_follow_the_chosen_optimizer_and_criterion(env):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("epochs=ten", r"'epochs' must be a whole number, got 'ten'"),
-        ("epochs=2.5", r"'epochs' must be a whole number, got 2.5"),
+        ("epochs=ten", r"'epochs' must be a whole number such as 10, got 'ten'"),
+        ("epochs=2.5", r"'epochs' must be a whole number such as 10, got 2.5"),
         ("batch_size=0", r"'batch_size' is 0, but it must be 1 or more"),
         ("batch_size=-4", r"'batch_size' is -4, but it must be 1 or more"),
-        ("num_classes=true", r"'num_classes' must be a whole number, got True"),
+        ("num_classes=true", r"'num_classes' must be a whole number such as 10, got True"),
         ("amp=maybe", r"'amp' is 'maybe', but it must be one of auto, true, false"),
         ("augmentation_backend=gpu", r"'augmentation_backend' is 'gpu', but it must be one of pil, batched, auto"),
-        ("optimizer_kwargs.lr=fast", r"'optimizer_kwargs.lr' must be a whole number or a number, got 'fast'"),
+        ("optimizer_kwargs.lr=fast", r"'optimizer_kwargs.lr' must be a number such as 0.4 or 1e-4, got 'fast'"),
         ("augmentation_kwargs.horizontal_flip=0", r"'augmentation_kwargs.horizontal_flip' must be true or false"),
         ("augmentation_kwargs.normalize=0.5", r"'augmentation_kwargs.normalize' must be a mapping"),
-        ("seed=abc", r"'seed' must be a whole number or null"),
+        ("seed=abc", r"'seed' must be a whole number such as 10 or null"),
     ],
 )
 def test_wrong_value_types_are_named(env, override, message):
@@ -234,3 +234,63 @@ def test_config_comments_point_only_at_what_exists():
             assert (ROOT / named).is_file(), f"{path.name}: {named} does not exist"
         for target in re.findall(r"`make ([\w-]+)", comments):
             assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{path.name}: no make target {target}"
+
+
+def test_exponent_numbers_are_floats_in_set_values_and_in_files(env, tmp_path):
+    """PyTorch users write learning rates as 1e-4; YAML 1.1 alone reads that as a string."""
+    cfg = load_config(env, SCAN, ["optimizer_kwargs.lr=1e-4", "criterion_kwargs.entropy_weight=5E0"])
+    assert cfg["optimizer_kwargs"]["lr"] == pytest.approx(0.0001) and isinstance(cfg["optimizer_kwargs"]["lr"], float)
+    assert cfg["criterion_kwargs"]["entropy_weight"] == 5.0
+    config = tmp_path / "exp.yml"
+    text = SCAN.read_text().replace("lr: 0.0001", "lr: 5E-4").replace("entropy_weight: 5.0", "entropy_weight: 1e1")
+    config.write_text(text)
+    assert "lr: 5E-4" in config.read_text() and "entropy_weight: 1e1" in config.read_text()
+    cfg = load_config(env, config)
+    assert cfg["optimizer_kwargs"]["lr"] == pytest.approx(0.0005) and cfg["criterion_kwargs"]["entropy_weight"] == 10.0
+    parsed = parse_overrides(["a=-2.5e-3", "b=1e3", "c=abc1e3", "d=1"])
+    assert parsed == {"a": -0.0025, "b": 1000.0, "c": "abc1e3", "d": 1}
+
+
+def test_num_workers_is_auto_by_default_and_in_the_papers_configs(env, tmp_path):
+    """A small machine runs the paper's configs as shipped; the paper's worker counts stay in a comment."""
+    from utils.config import auto_num_workers
+
+    minimal = tmp_path / "minimal.yml"
+    minimal.write_text("setup: scan\nbackbone: resnet18\nnum_classes: 10\ntrain_db_name: x\nval_db_name: x\n")
+    assert load_config(env, minimal)["num_workers"] == auto_num_workers()
+    papers = [path for path in CONFIGS if "custom" not in path.name and "digits" not in path.name]
+    assert len(papers) == 19
+    for path in papers:
+        (line,) = [line for line in path.read_text().splitlines() if line.startswith("num_workers:")]
+        assert re.match(r"num_workers: auto +# the paper: (8|12|16);", line), f"{path.name}: {line}"
+        assert load_config(env, path)["num_workers"] == auto_num_workers()
+
+
+def test_each_stage_accepts_only_the_keys_it_reads(env, tmp_path):
+    """One key set serves five stages: a key a stage would ignore is refused, naming the stage that reads it."""
+    with pytest.raises(ConfigError, match=r"'confidence_threshold' \(--set confidence_threshold\) is read by "
+                       r"selflabel\.py \(setup: selflabel\), not by this simclr stage"):  # fmt: skip
+        load_config(env, SIMCLR, ["confidence_threshold=0.9"])
+    with pytest.raises(ConfigError, match=r"'knn_every' .* is read by simclr\.py"):
+        load_config(env, SCAN, ["knn_every=5"])
+    with pytest.raises(ConfigError, match=r"'criterion_kwargs' \(--set criterion_kwargs.temperature\) is read by"):
+        load_config(env, ROOT / "configs/pretext/moco_imagenet50.yml", ["criterion_kwargs.temperature=0.2"])
+    with pytest.raises(ConfigError, match=r"'num_heads' \(--set num_heads\) is read by scan\.py .* / selflabel\.py"):
+        load_config(env, SIMCLR, ["num_heads=2"])
+    config = tmp_path / "moco.yml"
+    config.write_text((ROOT / "configs/pretext/moco_imagenet50.yml").read_text() + "epochs: 10\n")
+    with pytest.raises(ConfigError, match=rf"'epochs' \(in {re.escape(str(config))}\) is read by simclr\.py"):
+        load_config(env, config)
+    # The keys a stage does read still pass, whichever file or flag sets them.
+    assert load_config(env, SCAN, ["num_neighbors=5", "num_heads=2", "root_dir=elsewhere"])["num_neighbors"] == 5
+
+
+def test_each_stage_prints_only_its_own_settings(env):
+    from utils.config import format_config
+
+    simclr = yaml.safe_load(format_config(load_config(env, SIMCLR)))
+    assert {"criterion_kwargs", "knn_every", "topk_neighbors_train", "pretext_model"} <= set(simclr)
+    assert not {"confidence_threshold", "num_neighbors", "num_heads", "scan_dir", "selflabel_model"} & set(simclr)
+    selflabel = yaml.safe_load(format_config(load_config(env, ROOT / "configs/selflabel/selflabel_cifar10.yml")))
+    assert {"confidence_threshold", "scan_model", "selflabel_dir", "num_heads"} <= set(selflabel)
+    assert not {"knn_every", "topk_neighbors_train", "num_neighbors", "pretext_model"} & set(selflabel)

@@ -161,7 +161,7 @@ def test_labeled_folder(env, tmp_path, capsys):
     assert "Confusion matrix" in report and report.count("<details class='cluster'") == 3
     with open(eval_dir / "predictions.csv", newline="") as handle:
         evaluated = list(csv.DictReader(handle))
-    assert len(evaluated) == 6 and all(Path(row["path"]).parent.name in COLORS for row in evaluated)
+    assert len(evaluated) == 6 and all(Path(row["file"]).parent.name == row["label"] for row in evaluated)
 
     new = tmp_path / "new"
     write_images(new / "batch", COLORS["red"], 3, rng)
@@ -178,7 +178,10 @@ def test_labeled_folder(env, tmp_path, capsys):
         str(tmp_path / "sorted"),
     )
     assert "Skipped 1 file(s)" in capsys.readouterr().out
-    assert [Path(row["path"]).name for row in rows] == ["00.jpg", "01.png", "02.jpg", "00.jpg"]
+    assert [Path(row["file"]).name for row in rows] == ["00.jpg", "01.png", "02.jpg", "00.jpg"]
+    # One format: predict.py's file has eval.py's columns (new images have no label).
+    assert list(rows[0]) == list(evaluated[0]) == ["file", "cluster", "confidence", "label", "matched_class"]
+    assert all(row["label"] == "" for row in rows)
     matched = {int(cluster): class_index for cluster, class_index in metrics["hungarian_match"]}
     for row in rows:
         assert 0 <= int(row["cluster"]) < 3 and 0 < float(row["confidence"]) <= 1
@@ -191,7 +194,7 @@ def test_labeled_folder(env, tmp_path, capsys):
     expected: dict[str, list[bytes]] = {}
     for row in rows:
         folder = f"cluster_{int(row['cluster']):02d}_{row['matched_class']}"
-        expected.setdefault(folder, []).append(Path(row["path"]).read_bytes())
+        expected.setdefault(folder, []).append(Path(row["file"]).read_bytes())
     assert sorted_files == {folder: sorted(files) for folder, files in expected.items()}
 
 

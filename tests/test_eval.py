@@ -46,9 +46,8 @@ def run_eval(env, config, model_path, out, *extra):
 
 def accuracy_from_csv(out) -> float:
     """ACC recomputed from predictions.csv and the saved matching, by counting rows."""
-    match = dict(map(tuple, json.loads((out / "metrics.json").read_text())["hungarian_match"]))
     rows = list(csv.DictReader((out / "predictions.csv").read_text().splitlines()))
-    return sum(match.get(int(r["cluster"]), 0) == int(r["target"]) for r in rows) / len(rows)
+    return sum(r["matched_class"] == r["label"] for r in rows) / len(rows)
 
 
 def test_published_scan_format_evaluates_the_stored_head(tiny_cifar_env, tmp_path):
@@ -152,3 +151,24 @@ def test_recorded_architecture_wins_over_the_config(tiny_cifar_env, tmp_path, ca
     )
     assert metrics["head"] == 1 and metrics["ACC"] == pytest.approx(accuracy_from_csv(tmp_path / "out"))
     assert "backbone_kwargs.base_width: file 8, config 64" in capsys.readouterr().out
+
+
+def test_evaluation_takes_its_own_batch_size_not_the_training_one(tiny_cifar_env, tmp_path, monkeypatch):
+    """selflabel_cifar10.yml trains with batches of 1000; eval.py evaluates with 256 (or --batch_size)."""
+    import data.loaders
+
+    sizes = []
+
+    class RecordingLoader(data.loaders.DataLoader):
+        def __init__(self, *args, **kwargs):
+            sizes.append(kwargs["batch_size"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(data.loaders, "DataLoader", RecordingLoader)
+    path = tmp_path / "selflabel.pth.tar"
+    torch.save(clustering_model(heads=1).state_dict(), path)
+    run_eval(tiny_cifar_env, "configs/selflabel/selflabel_cifar10.yml", path, tmp_path / "out")
+    assert sizes and set(sizes) == {256}
+    sizes.clear()
+    run_eval(tiny_cifar_env, "configs/selflabel/selflabel_cifar10.yml", path, tmp_path / "out", "--batch_size", "7")
+    assert sizes and set(sizes) == {7}

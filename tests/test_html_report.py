@@ -13,13 +13,13 @@ from PIL import Image
 
 from tools.html_report import (
     REPORT_FILE,
-    GalleryOptions,
     capped_gallery_sizes,
     find_stage_histories,
     render_report,
     select_galleries,
     write_atomic_text,
 )
+from tools.report_options import GalleryOptions
 from utils.history import History
 
 CLASSES = ["red", "green", "blue"]
@@ -175,7 +175,7 @@ def browser_path() -> str | None:
 
 
 def test_report_opens_offline_in_a_headless_browser(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
     executable = browser_path()
     if executable is None:
         pytest.skip("no Chromium/Chrome found on PATH (Debian: apt-get install chromium)")

@@ -5,6 +5,7 @@ bit for bit."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -96,3 +97,17 @@ def test_sigterm_or_sigint_stops_cleanly_and_the_rerun_matches(tmp_path, uninter
     resumed = run_to_end(command)
     assert "Resuming from" in resumed.stdout
     assert_identical(uninterrupted, final_files(folder))
+
+
+def test_the_hint_after_stopping_a_fresh_run_resumes_it(tmp_path):
+    """A run started with --fresh and stopped must not advise rerunning --fresh (which starts over)."""
+    command, folder = make_run(tmp_path)
+    stopped = interrupt_in_epoch_two([*command, "--fresh"], folder, signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-3000:]
+    lines = stopped.stdout.splitlines()
+    hint = lines[lines.index("To resume, run the same command without --fresh (--fresh would start over):") + 1]
+    assert "--fresh" not in hint
+    epoch = torch.load(folder / "checkpoint.pth.tar", weights_only=True)["epoch"]
+    resumed = run_to_end(shlex.split(hint))
+    assert f"Resuming from {folder / 'checkpoint.pth.tar'}" in resumed.stdout and "--fresh: moved" not in resumed.stdout
+    assert epoch >= 1 and f"Epoch {epoch + 1}/3" in resumed.stdout and "Epoch 1/3" not in resumed.stdout

@@ -114,3 +114,32 @@ def test_a_config_that_disagrees_with_the_file_is_named_key_by_key():
     assert "backbone_kwargs.base_width: file 16, config 4" in message and "num_classes" not in message
     assert "--set backbone_kwargs.base_width=16" in message and "shape" not in message
     require_matching_architecture(None, SCAN_CFG, ("backbone",), source="a model-zoo file")  # nothing to check
+
+
+def test_a_model_of_another_dataset_is_named_as_such_before_anything_else(tmp_path, capsys):
+    """A digits model with an STL-10 config: the dataset mix-up is the message, not widths or a missing STL-10."""
+    digits = {
+        **SCAN_CFG,
+        "train_db_name": "digits",
+        "num_classes": 10,
+        "dataset_kwargs": {"image_size": 16},
+        "backbone_kwargs": {"base_width": 4},
+    }
+    path = tmp_path / "model.pth.tar"
+    model = ClusteringModel(build_backbone("resnet18", base_width=4), 10, 2)
+    save_scan_file(model.state_dict(), 0, path, architecture_record(digits))
+    assert torch.load(path, weights_only=True)["architecture"]["dataset"] == {
+        "name": "digits",
+        "num_classes": 10,
+        "image_size": 16,
+    }
+    stl10 = {**digits, "train_db_name": "stl-10", "transformation_kwargs": {"crop_size": 96}, "backbone_kwargs": {}}
+    with pytest.raises(CheckpointError) as error:
+        load_model_file(stl10, path)
+    assert str(error.value) == (
+        f"{path} was trained on digits (10 classes, 16-pixel images), but the config is for stl-10 (10 classes, "
+        "96-pixel images). Pass the config of digits (the one the model was trained with)."
+    )
+    assert "backbone_kwargs" not in capsys.readouterr().out  # named first: no width note before it
+    loaded, head = load_model_file(digits, path)  # the right config loads it
+    assert head == 0 and loaded.num_heads == 2

@@ -259,6 +259,7 @@ def test_pretrained_pretext_mines_with_the_library_preprocessing_and_caches_feat
         "backbone": "torchvision:resnet18",
         "backbone_kwargs": {},
         "model_kwargs": {"head": "none"},
+        "dataset": {"name": "blobs", "num_classes": 2, "image_size": 40},  # what it mined, for eval.py's check
     }
     assert torch.equal(state["backbone.layer1.0.conv1.weight"], torch.load(weights)["layer1.0.conv1.weight"])
     assert np.load(pretext / "topk-train-neighbors.npy").shape == (12, 4)

@@ -161,21 +161,22 @@ def worker(rank: int, world_size: int, port: int, root: str, run: str) -> None:
 
         import eval as evaluate_script
 
-        for name, config in (
-            ("scan", "configs/scan/scan_cifar10.yml"),
-            ("pretext", "configs/pretext/simclr_cifar10.yml"),
+        for name, config, heads in (
+            ("scan", "configs/scan/scan_cifar10.yml", [f"num_heads={NUM_HEADS}"]),
+            ("pretext", "configs/pretext/simclr_cifar10.yml", []),  # a pretext config has no heads
         ):
             model, output = root_dir / f"{name}.pth.tar", out_dir / f"eval-{name}-rank{rank}"
             evaluate_script.main(
                 ["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(model),
-                 "--output_dir", str(output), "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
+                 "--output_dir", str(output), "--batch_size", "8", "--set", *SETTINGS, *heads]
             )  # fmt: skip
         import predict
 
         predict.main(
             ["--config_env", str(env), "--config_exp", str(ROOT / "configs/scan/scan_cifar10.yml"),
              "--model", str(root_dir / "scan.pth.tar"), "--images", str(root_dir / "new_images"),
-             "--output", str(out_dir / f"predict-rank{rank}.csv"), "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
+             "--output", str(out_dir / f"predict-rank{rank}.csv"), "--batch_size", "8",
+             "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
         )  # fmt: skip
     finally:
         if dist.is_initialized():

@@ -145,3 +145,19 @@ def test_labels_never_reach_a_training_loss(tmp_path_factory):
     for stage in ("pretext", "scan", "selflabel"):
         for key, value in true_labels[stage].items():
             assert torch.equal(value, shuffled_labels[stage][key]), f"{stage}: {key}"
+
+
+def test_zero_epochs_writes_the_untrained_heads_as_simclr_writes_its_model(tiny_cifar_env, tmp_path):
+    """`--set epochs=0` is a baseline (SCAN heads untrained on the pretext backbone), not a missing file."""
+    cfg = write_pretext_outputs(tiny_cifar_env)
+    metrics = scan.main(stage_args(tiny_cifar_env, SCAN_CONFIG, "epochs=0", "num_heads=2"))
+    saved = torch.load(cfg["scan_model"], weights_only=True)
+    assert saved["head"] in (0, 1) and metrics["head"] == saved["head"] and np.isfinite(metrics["best_loss"])
+    pretext = torch.load(cfg["pretext_model"], weights_only=True)
+    assert torch.equal(saved["model"]["backbone.conv1.weight"], pretext["backbone.conv1.weight"])  # untrained
+    config = ROOT / "configs/selflabel/selflabel_cifar10.yml"
+    selflabel_metrics = selflabel.main(stage_args(tiny_cifar_env, config, "epochs=0"))
+    kept = torch.load(tmp_path / "results/cifar-10/selflabel/model.pth.tar", weights_only=True)
+    head = saved["head"]
+    assert torch.equal(kept["cluster_head.0.weight"], saved["model"][f"cluster_head.{head}.weight"])
+    assert selflabel_metrics["kept_epoch"] == 0

@@ -16,69 +16,25 @@ about 4000 × 5 KB = 20 MB with the defaults, typically under 10 MB. Thumbnails 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
-import os
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from tools.report_options import GalleryOptions
 from utils.history import HISTORY_FILE, plot_history, read_history
 from utils.progress import tqdm
+from utils.results import atomic_write
 
 REPORT_FILE = "report.html"
 OPEN_UP_TO = 20  # clusters whose sections start open; beyond, all start collapsed
 STAGES = ("pretext", "scan", "selflabel")
 JPEG_QUALITY = 80
-
-
-@dataclass(frozen=True)
-class GalleryOptions:
-    """How many thumbnails per cluster, how large, and the cap on all of them (bounds the file size)."""
-
-    top: int = 8
-    random: int = 8
-    thumbnail: int = 64
-    max_images: int = 4000
-    seed: int = 0
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def _pixels(text: str) -> int:
-    value = int(text)
-    if value < 8:
-        raise argparse.ArgumentTypeError(f"must be at least 8 pixels, not {value}")
-    return value
-
-
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    """eval.py's flags for report.html."""
-    defaults = GalleryOptions()
-    group = parser.add_argument_group("report.html")
-    for flag, kind, default, meaning in (
-        ("--gallery_top", _count, defaults.top, "most confident images shown per cluster"),
-        ("--gallery_random", _count, defaults.random, "randomly drawn members shown per cluster"),
-        ("--thumbnail_size", _pixels, defaults.thumbnail, "thumbnail side in pixels"),
-        ("--report_max_images", _count, defaults.max_images, "cap on all thumbnails (bounds the file size)"),
-    ):
-        group.add_argument(flag, type=kind, default=default, help=f"{meaning} (default: %(default)s)")
-
-
-def gallery_options(args: argparse.Namespace) -> GalleryOptions:
-    return GalleryOptions(args.gallery_top, args.gallery_random, args.thumbnail_size, args.report_max_images)
 
 
 def capped_gallery_sizes(num_clusters: int, options: GalleryOptions) -> tuple[int, int]:
@@ -424,10 +380,8 @@ def _cluster_sections(
 
 
 def write_atomic_text(text: str, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
+    with atomic_write(path, "w", encoding="utf-8") as file:
         file.write(text)
-    os.replace(tmp, path)
 
 
 def write_eval_report(

@@ -11,6 +11,8 @@ import argparse
 import difflib
 import importlib.util
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "scheduler": "constant",
     "scheduler_kwargs": {},
     "batch_size": 128,
-    "num_workers": 8,  # data loading processes; `auto`: the CPU cores this process may use, at most 8
+    "num_workers": "auto",  # data loading processes; `auto`: the CPU cores this process may use, at most 8
     "augmentation_strategy": None,
     "augmentation_kwargs": {},
     "transformation_kwargs": {},
@@ -91,6 +93,63 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 }
 
 SETUPS = ("simclr", "moco", "pretrained", "scan", "selflabel")
+PRETEXT, TRAINED = ("simclr", "moco", "pretrained"), ("simclr", "scan", "selflabel")
+
+# Keys only some setups read (every other key is read by all). A key given to a setup that does not read it is
+# refused: `--set confidence_threshold=0.9` on simclr.py would otherwise be ignored without a word.
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "model_kwargs": ("simclr", "moco"),
+    "train_split": ("simclr",),
+    "gather_negatives": ("simclr",),
+    "knn_monitor_k": ("simclr",),
+    "knn_every": ("simclr",),
+    "pretrained": ("pretrained",),
+    **dict.fromkeys(("topk_neighbors_train", "topk_neighbors_val", "save_features"), PRETEXT),
+    **dict.fromkeys(("knn_index", "knn_ivf_lists", "knn_ivf_probe", "knn_float16"), PRETEXT),
+    **dict.fromkeys(("criterion", "criterion_kwargs", "epochs", "resume", "tensorboard"), TRAINED),
+    **dict.fromkeys(("optimizer", "optimizer_kwargs", "scheduler", "scheduler_kwargs"), TRAINED),
+    **dict.fromkeys(("augmentation_strategy", "augmentation_kwargs"), TRAINED),
+    **dict.fromkeys(("num_neighbors", "update_cluster_head_only", "head_input"), ("scan",)),
+    "num_heads": ("scan", "selflabel"),
+    **dict.fromkeys(
+        (
+            "confidence_threshold",
+            "use_ema",
+            "ema_alpha",
+            "pseudo_labels",
+            "pseudo_label_fraction",
+            "selflabel_keep",
+            "cluster_warning_fraction",
+        ),
+        ("selflabel",),
+    ),
+    # The paths stage_paths adds: each stage's own files and its inputs.
+    **dict.fromkeys(("pretext_dir", "pretext_checkpoint"), PRETEXT),
+    **dict.fromkeys(("pretext_model", "topk_neighbors_train_path"), (*PRETEXT, "scan")),
+    "topk_neighbors_val_path": (*PRETEXT, "scan", "selflabel"),
+    **dict.fromkeys(("scan_dir", "scan_checkpoint"), ("scan",)),
+    "scan_model": ("scan", "selflabel"),
+    **dict.fromkeys(("selflabel_dir", "selflabel_checkpoint", "selflabel_model"), ("selflabel",)),
+}
+
+
+def reads_key(setup: str, key: str) -> bool:
+    """Whether the stage of `setup` reads config key `key`."""
+    return setup in STAGE_KEYS.get(key, (setup,))
+
+
+def check_stage_keys(setup: str, given: dict[str, str]) -> None:
+    """Refuse a key that `setup` does not read, naming the stage that does; `given` maps key -> where it was set."""
+    for key, where in given.items():
+        if not reads_key(setup, key):
+            stages = " / ".join(f"{name}.py (setup: {name})" for name in STAGE_KEYS[key])
+            raise ConfigError(
+                f"Config key '{key}' ({where}) is read by {stages}, not by this {setup} stage, which would ignore it. "
+                f"Remove it here, or set it in the config of that stage."
+            )
+
+
+EVAL_BATCH_SIZE = 256  # eval.py and predict.py: images per batch, whatever batch the model was trained with
 
 
 class ConfigError(ValueError):
@@ -103,12 +162,27 @@ def _unknown_key_error(key: str, known: dict, where: str) -> ConfigError:
     return ConfigError(f"Unknown config key '{key}' in {where}.{hint} Valid keys: {', '.join(sorted(known))}.")
 
 
+class NumberLoader(yaml.SafeLoader):
+    """YAML as PyTorch users write it: `1e-4`, `5E-4` and `1e3` are numbers (YAML 1.1 reads them as strings,
+    wanting `1.0e-4`)."""
+
+
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
+def read_yaml_text(text: str) -> Any:
+    """A YAML value with exponent numbers read as floats (NumberLoader)."""
+    return yaml.load(text, Loader=NumberLoader)
+
+
 def _read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}. Pass an existing YAML file (see configs/).")
     with open(path) as handle:
-        content = yaml.safe_load(handle) or {}
+        content = read_yaml_text(handle) or {}
     if not isinstance(content, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of keys to values.")
     return content
@@ -121,7 +195,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"Override '{pair}' is not KEY=VALUE (e.g. --set epochs=2 optimizer_kwargs.lr=0.1).")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = read_yaml_text(value)
     return overrides
 
 
@@ -173,6 +247,7 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
     """
     known = {**ENV_DEFAULTS, **EXPERIMENT_DEFAULTS}
     cfg = {key: (dict(value) if isinstance(value, dict) else value) for key, value in known.items()}
+    given = {}  # experiment keys set in the file or by --set, for check_stage_keys
     for path, defaults in ((config_env, ENV_DEFAULTS), (config_exp, EXPERIMENT_DEFAULTS)):
         if path is None:
             continue
@@ -180,14 +255,17 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
             if key not in defaults:
                 raise _unknown_key_error(key, defaults, str(path))
             cfg[key] = value
+            given[key] = f"in {path}"
     for key, value in parse_overrides(overrides or []).items():
         apply_override(cfg, key, value, known)
+        given[key.split(".")[0]] = f"--set {key}"
 
     missing = [key for key, value in cfg.items() if value is REQUIRED]
     if missing:
         raise ConfigError(f"Config {config_exp} lacks required key(s): {', '.join(missing)}.")
     if cfg["setup"] not in SETUPS:
         raise ConfigError(f"setup '{cfg['setup']}' is not one of {', '.join(SETUPS)}.")
+    check_stage_keys(cfg["setup"], given)
     if cfg["num_workers"] == "auto":
         cfg["num_workers"] = auto_num_workers()
     if cfg["knn_index"] == "ivf" and importlib.util.find_spec("faiss") is None:
@@ -201,6 +279,53 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
     cfg["data_root"] = os.path.abspath(os.path.expanduser(str(cfg["data_root"])))
     cfg.update(stage_paths(cfg["root_dir"], cfg["train_db_name"]))
     return cfg
+
+
+def spelling_hints(given: list[str], options: dict[str, argparse.Action]) -> list[str]:
+    """'Did you mean' lines for the spellings other projects use: `--output-dir` for --output_dir, and a bare
+    `epochs=2` (not after --set, nor the value of an option) for `--set epochs=2`."""
+    hints, previous = [], None
+    for arg in given:
+        if arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            previous = options.get(flag) if "=" not in arg else None
+            if flag in options or not flag.startswith("--"):
+                continue
+            underscored = "--" + flag[2:].replace("-", "_")
+            close = [underscored] if underscored in options else difflib.get_close_matches(flag, list(options), n=1)
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+        elif re.fullmatch(r"[A-Za-z_][\w.]*=.*", arg) and (previous is None or previous.nargs == 0):
+            hints.append(f"{arg}: did you mean --set {arg}?")
+        elif previous is not None and previous.nargs not in ("+", "*"):
+            previous = None  # the option's one value is taken
+    return hints
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors add 'did you mean' hints (spelling_hints) for the arguments it was given."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        hints = spelling_hints(getattr(self, "given", []), self._option_string_actions)
+        super().error("\n  ".join([message, *hints]))
+
+
+def stage_parser(description: str, extra_arguments=None) -> ArgumentParser:
+    """The arguments of a training stage's script; built before torch loads, so that --help answers at once."""
+    parser = ArgumentParser(description=description)
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start this stage over: its output folder is moved aside (renamed with a timestamp), not deleted",
+    )
+    if extra_arguments is not None:
+        extra_arguments(parser)
+    return parser
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = True) -> None:
@@ -226,5 +351,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = T
 
 
 def format_config(cfg: dict) -> str:
-    """The config as YAML, for the log: a run should say exactly what it ran."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    """The settings this stage reads, as YAML, for the log: a run should say exactly what it ran (and not the
+    defaults of the other stages)."""
+    shown = {key: value for key, value in cfg.items() if reads_key(cfg["setup"], key)}
+    return yaml.safe_dump(shown, sort_keys=False, default_flow_style=None)

@@ -92,6 +92,7 @@ TOP_LEVEL_TYPES: dict[str, tuple] = {
     "channels_last": (bool, str),  # true | false | auto
     "pretrained": (str, type(None)),
     "knn_ivf_lists": (int, str),  # a number | auto
+    "num_workers": (int, str),  # a number | auto
 }
 
 # Keys that take a word: the words allowed (besides true/false where the type allows booleans).
@@ -104,6 +105,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "selflabel_keep": ("last", "best"),
     "knn_index": ("exact", "ivf"),
     "knn_ivf_lists": ("auto",),
+    "num_workers": ("auto",),
 }
 LIBRARY_PREFIXES = ("torchvision:", "timm:")
 
@@ -131,10 +133,13 @@ class SchemaError(ValueError):
 
 
 def describe_types(types: tuple) -> str:
+    """What a user must write, in words: (int, float) is "a number such as 0.4 or 1e-4"."""
+    if float in types:
+        types = tuple(t for t in types if t is not int)
     names = {
         bool: "true or false",
-        int: "a whole number",
-        float: "a number",
+        int: "a whole number such as 10",
+        float: "a number such as 0.4 or 1e-4",
         str: "a string",
         list: "a list",
         dict: "a mapping",

@@ -20,7 +20,9 @@ exactly where it stopped, and then the state at the stop is restored for the res
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -32,6 +34,17 @@ from utils.runtime import Runtime, any_process, barrier, gather_rng_states, rest
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Keys of checkpoint.pth.tar that the guard writes itself; the rest are the stage's extras.
 GUARD_KEYS = ("model", "optimizer", "config", "fingerprint", "epoch", "step", "batch_size", "rng", "epoch_rng")
+
+
+def resume_hint(argv: list[str] | None = None) -> str:
+    """How to resume: the same command, or without --fresh, which would move the checkpoint aside again."""
+    argv = sys.argv if argv is None else argv
+    if "--fresh" not in argv[1:]:
+        return "To resume, run the same command again (add --fresh to start over instead)."
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "To resume, run the same torchrun command again without --fresh (--fresh would start over)."
+    command = shlex.join([sys.executable, *[arg for arg in argv if arg != "--fresh"]])
+    return f"To resume, run the same command without --fresh (--fresh would start over):\n  {command}"
 
 
 class TrainingStopped(Exception):
@@ -176,7 +189,7 @@ class TrainingGuard:
         self._restore_handlers()
         raise TrainingStopped(
             f"Stopped by {signal.Signals(signum).name} {where}; saved a resumable checkpoint to {self.path}.\n"
-            f"To resume, run the same command again (add --fresh to start over instead).",
+            + resume_hint(),
             signum,
         )
 

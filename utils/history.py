@@ -17,13 +17,13 @@ import atexit
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from utils.results import atomic_write
 
 HISTORY_FILE = "history.jsonl"
 CURVES_FILE = "curves.png"
@@ -56,10 +56,8 @@ def read_history(path: str | Path) -> list[dict]:
 
 
 def _write_atomic(data: bytes, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "wb") as file:
+    with atomic_write(path, "wb") as file:
         file.write(data)
-    os.replace(tmp, path)
 
 
 def _panels(records: list[dict]) -> dict[str, list[str]]:

@@ -71,6 +71,19 @@ def _os_error_behind(error: BaseException) -> OSError | None:
     return None
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make a rename durable. Some filesystems cannot fsync a folder; the file itself is already safe."""
     try:
@@ -99,6 +112,8 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(path)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
+        # mkstemp creates the file private (0600); give it what open(path, "w") would, so colleagues can read it.
+        os.fchmod(handle, 0o666 & ~current_umask())
         with os.fdopen(handle, mode, **open_kwargs) as file:
             yield file
             file.flush()
