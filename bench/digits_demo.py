@@ -9,7 +9,8 @@ digits need no download and no GPU, so this is the one command that shows the me
 `--set` is handed to every stage, so CI can shorten all of them at once (e.g. `--set epochs=1`).
 
 Writes `<output_dir>/summary.json` and `<output_dir>/summary.md`: mean ± std over the seeds of ACC, NMI
-and ARI on the test split for the SCAN and self-label steps, and the wall time of each seed.
+and ARI on the test split for the SCAN and self-label steps, and the wall time of each seed. Ends by saying
+where each seed's report.html is and how to open it, since that page is what a first-time user came to see.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import eval as eval_script  # noqa: E402
 import scan  # noqa: E402
 import selflabel  # noqa: E402
 import simclr  # noqa: E402
+from tools.html_report import REPORT_FILE  # noqa: E402
 from utils.results import write_json  # noqa: E402
 
 PRETEXT_CONFIG = ROOT / "configs/pretext/simclr_digits.yml"
@@ -154,6 +156,20 @@ def format_markdown(summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def report_lines(output_dir: Path, seeds: list[int], platform: str = sys.platform) -> list[str]:
+    """Where each seed's report.html is and the command that opens it on this platform."""
+    opener = {"darwin": "open", "win32": "start"}.get(platform, "xdg-open")
+    lines = []
+    for seed in seeds:
+        path = output_dir / f"seed_{seed}" / DB_NAME / "eval" / REPORT_FILE
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        lines += [
+            f"Report of seed {seed}: {shown}",
+            f"  open it in a browser: {opener} {shown}   (or paste {path.as_uri()} into the address bar)",
+        ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir).resolve()
@@ -168,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     (output_dir / "summary.md").write_text(markdown)
     print(markdown, flush=True)
     print(f"Saved {output_dir / 'summary.json'} and {output_dir / 'summary.md'}", flush=True)
+    print("\n".join(report_lines(output_dir, args.seeds)), flush=True)
     return summary
 
 
