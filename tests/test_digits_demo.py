@@ -74,6 +74,7 @@ def test_demo_runs_every_stage_and_writes_a_summary(tmp_path: Path, capsys) -> N
     run = saved["runs"][0]
     assert run["eval"]["ACC"] == pytest.approx(run["selflabel"]["ACC"])
     assert math.isfinite(run["wall_seconds"]) and run["wall_seconds"] > 0
+    assert run["cpu_seconds"] == pytest.approx(sum(run["stage_cpu_seconds"].values())) and run["cpu_seconds"] > 0
     for (step, key), floor in FLOORS.items():
         assert run[step][key] >= floor, f"{step} {key} = {run[step][key]:.3f} fell below the measured floor {floor}"
     markdown = (output_dir / "summary.md").read_text()
