@@ -32,7 +32,8 @@ browser:
 	       && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
 	  || echo "note: no Chromium could be installed; the report's browser test will be skipped"
 
-# The whole method on scikit-learn's bundled digits, CPU only (about 7 minutes on 2 cores); see bench/RESULTS.md.
+# The whole method on scikit-learn's bundled digits, CPU only (about 500 s of CPU time, 2 torch threads; see
+# bench/RESULTS.md); it ends by naming report.html and the command that opens it.
 demo: $(VENV)/.installed
 	$(PY) bench/digits_demo.py --seeds 0 --output_dir results/digits_demo
 

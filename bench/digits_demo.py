@@ -9,7 +9,9 @@ digits need no download and no GPU, so this is the one command that shows the me
 `--set` is handed to every stage, so CI can shorten all of them at once (e.g. `--set epochs=1`).
 
 Writes `<output_dir>/summary.json` and `<output_dir>/summary.md`: mean ± std over the seeds of ACC, NMI
-and ARI on the test split for the SCAN and self-label steps, and the wall time of each seed.
+and ARI on the test split for the SCAN and self-label steps, and the wall and CPU time (user + sys, all threads)
+of each seed and stage: on a shared machine the wall time mostly measures the other jobs. Ends by saying where
+each seed's report.html is and how to open it, since that page is what a first-time user came to see.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import eval as eval_script  # noqa: E402
 import scan  # noqa: E402
 import selflabel  # noqa: E402
 import simclr  # noqa: E402
+from tools.html_report import REPORT_FILE  # noqa: E402
 from utils.results import write_json  # noqa: E402
 
 PRETEXT_CONFIG = ROOT / "configs/pretext/simclr_digits.yml"
@@ -94,11 +97,11 @@ def run_seed(seed: int, seed_dir: Path, config_env: str, overrides: list[str]) -
             ],
         ),
     ]
-    metrics, times = {}, {}
+    metrics, times, cpu_times = {}, {}, {}
     for name, stage_main, stage_argv in stages:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         metrics[name] = stage_main(stage_argv)
-        times[name] = time.perf_counter() - start
+        times[name], cpu_times[name] = time.perf_counter() - start, time.process_time() - cpu_start
 
     return {
         "seed": seed,
@@ -106,6 +109,8 @@ def run_seed(seed: int, seed_dir: Path, config_env: str, overrides: list[str]) -
         **{name: {key: metrics[name][key] for key in METRICS} for name in ("scan", "selflabel", "eval")},
         "stage_seconds": times,
         "wall_seconds": sum(times.values()),
+        "stage_cpu_seconds": cpu_times,
+        "cpu_seconds": sum(cpu_times.values()),
     }
 
 
@@ -120,12 +125,13 @@ def summarize(runs: list[dict]) -> dict:
         "seeds": [run["seed"] for run in runs],
         **{step: {key: mean_std([run[step][key] for run in runs]) for key in METRICS} for step in STEPS},
         "wall_seconds": mean_std([run["wall_seconds"] for run in runs]),
+        "cpu_seconds": mean_std([run["cpu_seconds"] for run in runs]),
         "runs": runs,
     }
 
 
 def format_markdown(summary: dict, command: str) -> str:
-    """Two markdown tables: the aggregate over seeds, then every seed with its wall time."""
+    """Two markdown tables: the aggregate over seeds, then every seed with its wall / CPU seconds per stage."""
     seeds = summary["seeds"]
     lines = [
         f"Test split of scikit-learn's digits (360 images), {len(seeds)} seed(s): {', '.join(map(str, seeds))}. "
@@ -139,19 +145,41 @@ def format_markdown(summary: dict, command: str) -> str:
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| Seed | SCAN ACC | Self-label ACC | Pretext (s) | SCAN (s) | Self-label (s) | Eval (s) | Wall time (s) |",
+        "Seconds as wall / CPU (user + sys, all threads).",
+        "",
+        "| Seed | SCAN ACC | Self-label ACC | Pretext (s) | SCAN (s) | Self-label (s) | Eval (s) | Whole seed (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in summary["runs"]:
-        times = run["stage_seconds"]
+        wall, cpu = run["stage_seconds"], run["stage_cpu_seconds"]
+        stages = " | ".join(f"{wall[name]:.0f} / {cpu[name]:.0f}" for name in ("pretext", "scan", "selflabel", "eval"))
         lines.append(
-            f"| {run['seed']} | {run['scan']['ACC']:.3f} | {run['selflabel']['ACC']:.3f} | "
-            f"{times['pretext']:.0f} | {times['scan']:.0f} | {times['selflabel']:.0f} | {times['eval']:.0f} | "
-            f"{run['wall_seconds']:.0f} |"
+            f"| {run['seed']} | {run['scan']['ACC']:.3f} | {run['selflabel']['ACC']:.3f} | {stages} | "
+            f"{run['wall_seconds']:.0f} / {run['cpu_seconds']:.0f} |"
         )
-    wall = summary["wall_seconds"]
-    lines += ["", f"Wall time per seed: {wall['mean']:.0f} ± {wall['std']:.0f} s.", "", f"Command: `{command}`", ""]
+    wall, cpu = summary["wall_seconds"], summary["cpu_seconds"]
+    lines += [
+        "",
+        f"Per seed: wall {wall['mean']:.0f} ± {wall['std']:.0f} s, CPU {cpu['mean']:.0f} ± {cpu['std']:.0f} s.",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def report_lines(output_dir: Path, seeds: list[int], platform: str = sys.platform) -> list[str]:
+    """Where each seed's report.html is and the command that opens it on this platform."""
+    opener = {"darwin": "open", "win32": "start"}.get(platform, "xdg-open")
+    lines = []
+    for seed in seeds:
+        path = output_dir / f"seed_{seed}" / DB_NAME / "eval" / REPORT_FILE
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        lines += [
+            f"Report of seed {seed}: {shown}",
+            f"  open it in a browser: {opener} {shown}   (or paste {path.as_uri()} into the address bar)",
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -168,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     (output_dir / "summary.md").write_text(markdown)
     print(markdown, flush=True)
     print(f"Saved {output_dir / 'summary.json'} and {output_dir / 'summary.md'}", flush=True)
+    print("\n".join(report_lines(output_dir, args.seeds)), flush=True)
     return summary
 
 

@@ -21,8 +21,6 @@ from PIL import Image
 
 from bench import digits_demo
 
-pytestmark = pytest.mark.slow
-
 SHORT = ["epochs=10", "num_workers=0", "backbone_kwargs.base_width=8"]
 FLOORS = {
     ("pretext", "knn_top1"): 0.65,
@@ -49,9 +47,11 @@ def assert_unit_interval(value: float, what: str) -> None:
     assert isinstance(value, float) and 0.0 <= value <= 1.0, f"{what} = {value!r}"
 
 
-def test_demo_runs_every_stage_and_writes_a_summary(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_writes_a_summary(tmp_path: Path, capsys) -> None:
     output_dir = tmp_path / "demo"
     summary = digits_demo.main(["--seeds", "0", "--output_dir", str(output_dir), "--set", *SHORT])
+    printed = capsys.readouterr().out
 
     results = output_dir / "seed_0" / "digits"
     for stage, names in STAGE_FILES.items():
@@ -74,7 +74,25 @@ def test_demo_runs_every_stage_and_writes_a_summary(tmp_path: Path) -> None:
     run = saved["runs"][0]
     assert run["eval"]["ACC"] == pytest.approx(run["selflabel"]["ACC"])
     assert math.isfinite(run["wall_seconds"]) and run["wall_seconds"] > 0
+    assert run["cpu_seconds"] == pytest.approx(sum(run["stage_cpu_seconds"].values())) and run["cpu_seconds"] > 0
     for (step, key), floor in FLOORS.items():
         assert run[step][key] >= floor, f"{step} {key} = {run[step][key]:.3f} fell below the measured floor {floor}"
     markdown = (output_dir / "summary.md").read_text()
     assert "| selflabel |" in markdown and "bench/digits_demo.py" in markdown
+    # The last lines point at the report eval.py wrote, with a command that opens it.
+    report = results / "eval" / "report.html"
+    assert report.is_file()
+    assert printed.rstrip().splitlines()[-2:] == digits_demo.report_lines(output_dir, [0])
+    assert str(report) in printed
+
+
+def test_report_lines_name_each_seeds_report_and_the_platforms_opener(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    inside = digits_demo.report_lines(tmp_path / "results" / "demo", [0, 2], platform="linux")
+    assert inside[0] == "Report of seed 0: results/demo/seed_0/digits/eval/report.html"
+    assert inside[1].startswith("  open it in a browser: xdg-open results/demo/seed_0/digits/eval/report.html ")
+    assert f"file://{tmp_path}/results/demo/seed_0/digits/eval/report.html" in inside[1]
+    assert inside[2] == "Report of seed 2: results/demo/seed_2/digits/eval/report.html"
+    outside = digits_demo.report_lines(Path("/elsewhere/demo"), [1], platform="darwin")
+    assert outside[0] == "Report of seed 1: /elsewhere/demo/seed_1/digits/eval/report.html"
+    assert outside[1].startswith("  open it in a browser: open /elsewhere/demo/seed_1/digits/eval/report.html ")
