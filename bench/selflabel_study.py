@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))  # the entry scripts live at the repository root, 
 
 import scan  # noqa: E402
 import selflabel  # noqa: E402
+from utils.config import add_set_argument  # noqa: E402
 from utils.results import write_json  # noqa: E402
 
 SCAN_CONFIG = ROOT / "configs/scan/scan_digits.yml"
@@ -66,15 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="self-label from the SCAN models with these head counts (default: num_heads of scan_digits.yml)",
     )
     parser.add_argument("--config_env", default=str(ROOT / "configs/env.yml"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides handed to every stage, e.g. --set epochs=1 (smoke runs)",
-    )
+    add_set_argument(parser, "config overrides handed to every stage, e.g. --set epochs=1 (smoke runs)")
     return parser.parse_args(argv)
 
 

@@ -132,6 +132,14 @@ def test_repeated_set_flags_accumulate():
     assert args.overrides == ["epochs=1", "seed=3"]
 
 
+def test_the_benches_take_set_as_the_entry_scripts_do():
+    from bench import digits_demo, selflabel_study
+
+    assert digits_demo.parse_args(["--set", "epochs=1", "--set", "seed=3"]).overrides == ["epochs=1", "seed=3"]
+    study = selflabel_study.parse_args(["--pretext_root", "r", "--set", "a=1", "b=2", "--set", "c=3"])
+    assert study.overrides == ["a=1", "b=2", "c=3"]
+
+
 # ---------------------------------------------------------------- nested keys and value types
 
 SIMCLR = ROOT / "configs/pretext/simclr_cifar10.yml"

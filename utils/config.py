@@ -214,14 +214,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = T
         + ("" if env_required else f" (default: {default_env})"),
     )
     parser.add_argument("--config_exp", required=True, help="experiment YAML, e.g. configs/pretext/simclr_cifar10.yml")
+    add_set_argument(
+        parser, "override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1"
+    )
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE ...` into `args.overrides`, repeatable; the benches hand the list on to every stage."""
     parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1",
+        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help
     )
 
 
