@@ -21,7 +21,7 @@ from PIL import Image
 
 from bench import digits_demo
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.core]  # the end-to-end run `make test` keeps
 
 SHORT = ["epochs=10", "num_workers=0", "backbone_kwargs.base_width=8"]
 FLOORS = {
