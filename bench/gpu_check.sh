@@ -74,7 +74,7 @@ run_throughput pretext/simclr_cifar10.yml 30 num_workers=$WORKERS
 run_throughput scan/scan_cifar10.yml 30 num_workers=$WORKERS batch_size=512  # the batch of the SCAN target
 run_throughput selflabel/selflabel_cifar10.yml 20 num_workers=$WORKERS
 
-# Mining at scale (README "Mining at scale"): the target is ImageNet-1k's train set, 1.28M × 2048 features,
+# Mining at scale (docs/scaling.md): the target is ImageNet-1k's train set, 1.28M × 2048 features,
 # top-50, exact, in under 2 minutes. The float16 exact search first (the target), then float32 and faiss's flat
 # index where predicted to fit; each case regenerates the features (seconds on the GPU).
 { echo; echo "## Mining: $MINING_IMAGES × 2048 features, top-50 (ImageNet-1k train: 1281167)"; echo; } >> "$RESULTS"

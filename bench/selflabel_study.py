@@ -15,8 +15,8 @@ Starts from finished pretext runs (`<pretext_root>/seed_<s>/digits/pretext/`, as
    does not change the training, so one run gives both results: "last" is the last epoch's test evaluation,
    "best" the kept epoch's.
 
-Writes `<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the tables of README's
-"Self-labeling" section). Stages resume from their checkpoints, so an interrupted study continues when rerun.
+Writes `<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the tables of docs/selflabel.md).
+Stages resume from their checkpoints, so an interrupted study continues when rerun.
 """
 
 from __future__ import annotations
