@@ -15,12 +15,19 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# The CI suite: lint and format check (configured in pyproject.toml), then unit tests plus the
-# end-to-end runs (CPU, a few minutes).
+# What a contributor runs: lint and format check (configured in pyproject.toml), the unit tests and the one
+# end-to-end run kept from the slow tier (`core`: all three stages plus eval on the digits). About 5 minutes on
+# 2 CPU cores; docs/testing.md has the figures.
 test: $(VENV)/.installed-dev browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow or core"
+
+# What CI runs (.ci/run): `make test`, then the rest of the slow tier (torchrun, fault injection, study benches,
+# the other end-to-end runs), with the 15 slowest tests listed.
+.PHONY: test-all
+test-all: test
+	$(PY) -m pytest -q -m "slow and not core" --durations=15
 
 # report.html's test opens the page in a real browser: Debian's chromium, installed when missing and possible
 # (as root with apt, announced first; SKIP_BROWSER=1 skips it); otherwise that one test is skipped and says why.

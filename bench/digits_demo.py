@@ -30,7 +30,8 @@ import scan  # noqa: E402
 import selflabel  # noqa: E402
 import simclr  # noqa: E402
 from tools.html_report import REPORT_FILE  # noqa: E402
-from utils.results import write_json  # noqa: E402
+from utils.config import add_set_argument  # noqa: E402
+from utils.results import write_summary  # noqa: E402
 
 PRETEXT_CONFIG = ROOT / "configs/pretext/simclr_digits.yml"
 SCAN_CONFIG = ROOT / "configs/scan/scan_digits.yml"
@@ -53,15 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=str(ROOT / "configs/env.yml"),
         help="env YAML; its root_dir is replaced by the per-seed directory",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides handed to every stage, e.g. --set epochs=1 num_workers=0",
-    )
+    add_set_argument(parser, "config overrides handed to every stage, e.g. --set epochs=1 num_workers=0")
     return parser.parse_args(argv)
 
 
@@ -191,10 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"=== Seed {seed} ===", flush=True)
         runs.append(run_seed(seed, output_dir / f"seed_{seed}", args.config_env, args.overrides))
     summary = {"command": command, **summarize(runs)}
-    markdown = format_markdown(summary, command)
-    write_json(summary, output_dir / "summary.json")
-    (output_dir / "summary.md").write_text(markdown)
-    print(markdown, flush=True)
+    write_summary(summary, format_markdown(summary, command), output_dir)
     print(f"Saved {output_dir / 'summary.json'} and {output_dir / 'summary.md'}", flush=True)
     print("\n".join(report_lines(output_dir, args.seeds)), flush=True)
     return summary

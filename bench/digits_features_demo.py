@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import pretrained  # noqa: E402
 import scan  # noqa: E402
 import simclr  # noqa: E402
-from utils.results import write_json  # noqa: E402
+from utils.results import write_summary  # noqa: E402
 
 METRICS = ("ACC", "NMI", "ARI")
 
@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {row['features']} | {row['ACC']:.3f} | {row['NMI']:.3f} | {row['ARI']:.3f} | "
             f"{row['pretext_seconds']:.0f} | {row['scan_seconds']:.0f} |"
         )
-    markdown = "\n".join(lines) + "\n"
-    write_json(rows, output / "summary.json")
-    (output / "summary.md").write_text(markdown)
-    print(markdown, flush=True)
+    write_summary(rows, "\n".join(lines) + "\n", output)
     return rows
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import estimate_k  # noqa: E402
 from bench.table_features import write_table_features  # noqa: E402
-from utils.results import write_json  # noqa: E402
+from utils.results import write_summary  # noqa: E402
 
 CONFIG = ROOT / "configs/scan/scan_digits_features.yml"
 # name → (true K, candidate Ks, extra overrides)
@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         summary[name] = {"true_k": true_k, **result}
     lines.append("\n*labels are used only here, for reference; estimate_k.py never uses them to choose K.")
-    markdown = "\n".join(lines) + "\n"
-    write_json(summary, output / "summary.json")
-    (output / "summary.md").write_text(markdown)
-    print(markdown, flush=True)
+    write_summary(summary, "\n".join(lines) + "\n", output)
     return summary
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: everything a first GPU run must measure, in at most 6 minutes by design.
 #
-#     bash bench/gpu_check.sh                                   # on the GPU machine (README "Speed")
+#     bash bench/gpu_check.sh                                   # on the GPU machine (docs/speed.md)
 #     QUICK=1 PYTHON=.venv/bin/python bash bench/gpu_check.sh   # seconds-long settings: the same steps on a CPU
 #
 # Steps, each under its own `timeout` (the limits below add up to 360 s): the machine (GPU, driver, torch, CUDA,
@@ -191,7 +191,7 @@ step "throughput: SimCLR" 45 throughput pretext/simclr_cifar10.yml num_workers=$
 step "throughput: SCAN" 45 throughput scan/scan_cifar10.yml num_workers=$WORKERS batch_size=512
 step "throughput: self-label" 45 throughput selflabel/selflabel_cifar10.yml num_workers=$WORKERS
 
-# Mining at scale (README "Mining at scale"): ImageNet-1k's train set, 1.28M × 2048 features, top-50, exact, in under
+# Mining at scale (docs/scaling.md): ImageNet-1k's train set, 1.28M × 2048 features, top-50, exact, in under
 # 2 minutes. One backend per step, so a slow one cannot cost the others' rows: float16 first (the target).
 { echo; echo "## Mining: $MINING_IMAGES × 2048 features, top-50 (ImageNet-1k train: 1,281,167)"; } >> "$RESULTS"
 step "mining: torch-fp16" 80 mining torch-fp16 70

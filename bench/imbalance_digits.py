@@ -34,7 +34,7 @@ from engine.knn import mine_and_save_neighbors  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.results import write_json  # noqa: E402
+from utils.results import write_summary  # noqa: E402
 from utils.runtime import init_runtime  # noqa: E402
 
 PRETEXT_CONFIG = ROOT / "configs/pretext/simclr_digits.yml"
@@ -153,10 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {name} | {row['test_ACC']:.3f} | {row['train_ACC']:.3f} | {row['train_small_cluster']:.1f} | "
             f"{row['test_small_cluster']:.1f} |"
         )
-    markdown = "\n".join(lines) + "\n"
-    write_json(summary, output / "summary.json")
-    (output / "summary.md").write_text(markdown)
-    print(markdown, flush=True)
+    write_summary(summary, "\n".join(lines) + "\n", output)
     return summary
 
 

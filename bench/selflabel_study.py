@@ -15,8 +15,8 @@ Starts from finished pretext runs (`<pretext_root>/seed_<s>/digits/pretext/`, as
    does not change the training, so one run gives both results: "last" is the last epoch's test evaluation,
    "best" the kept epoch's.
 
-Writes `<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the tables of README's
-"Self-labeling" section). Stages resume from their checkpoints, so an interrupted study continues when rerun.
+Writes `<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the tables of docs/selflabel.md).
+Stages resume from their checkpoints, so an interrupted study continues when rerun.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))  # the entry scripts live at the repository root, 
 
 import scan  # noqa: E402
 import selflabel  # noqa: E402
+from utils.config import add_set_argument  # noqa: E402
 from utils.results import write_json  # noqa: E402
 
 SCAN_CONFIG = ROOT / "configs/scan/scan_digits.yml"
@@ -66,15 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="self-label from the SCAN models with these head counts (default: num_heads of scan_digits.yml)",
     )
     parser.add_argument("--config_env", default=str(ROOT / "configs/env.yml"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides handed to every stage, e.g. --set epochs=1 (smoke runs)",
-    )
+    add_set_argument(parser, "config overrides handed to every stage, e.g. --set epochs=1 (smoke runs)")
     return parser.parse_args(argv)
 
 

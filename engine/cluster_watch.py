@@ -19,7 +19,7 @@ probabilities because self-labeling sharpens the probabilities by design: the pr
 punishes every confident disagreement with a (possibly wrong) neighbour, and on the digits it rose at every
 epoch, also while test accuracy rose from 0.947 to 0.983 (seed 0, per-cluster pseudo-labels), so it would
 always keep the SCAN model. The assignment-based one fell with that accuracy and rose with the collapse of
-the threshold rule (README, "Self-labeling").
+the threshold rule (docs/selflabel.md).
 """
 
 from __future__ import annotations

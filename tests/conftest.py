@@ -65,3 +65,30 @@ def tiny_cifar_env(tmp_path: Path) -> Path:
         )
     )
     return env
+
+
+@pytest.fixture(scope="session")
+def digits_pretext(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished pretext stage on the digits, trained once per test session for every test that only needs its
+    files: `<returned>/digits/pretext/` holds the model, neighbours and cached features (SimCLR, one epoch, width 4,
+    seed 0, `save_features: true`). Tests copy or link it and never write into it."""
+    import warnings
+
+    import simclr
+
+    root = tmp_path_factory.mktemp("digits_pretext")
+    overrides = ["epochs=1", "num_workers=0", "backbone_kwargs.base_width=4", "seed=0", "save_features=true"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        simclr.main(
+            [
+                "--config_env",
+                str(ROOT / "configs/env.yml"),
+                "--config_exp",
+                str(ROOT / "configs/pretext/simclr_digits.yml"),
+                "--set",
+                f"root_dir={root}",
+                *overrides,
+            ]
+        )
+    return root

@@ -1,4 +1,4 @@
-"""The README's bad-input table, row by row: each runs the real entry script in a subprocess on a small
+"""The bad-input table of docs/reliability.md, row by row: each runs the real entry script in a subprocess on a small
 scenario, checks what the user sees, that no Python traceback reaches them, and that no file that existed
 before the run was changed (datasets, models, checkpoints, neighbour files).
 
@@ -506,7 +506,7 @@ def outcomes(request, tmp_path_factory) -> dict[str, dict]:
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = pool.map(lambda pair: run_row(pair[1], base / f"row{pair[0]}"), enumerate(rows))
         outcomes = {row.bad_input: result for row, result in zip(rows, results)}
-    if os.environ.get("BAD_INPUT_LOG"):  # what the user saw, row by row: the source of the README's table
+    if os.environ.get("BAD_INPUT_LOG"):  # what the user saw, row by row: the source of docs/reliability.md's table
         tails = {name: outcome.get("output", "")[-1500:] for name, outcome in outcomes.items()}
         Path(os.environ["BAD_INPUT_LOG"]).write_text(json.dumps(tails, indent=2))
     return outcomes

@@ -132,6 +132,14 @@ def test_repeated_set_flags_accumulate():
     assert args.overrides == ["epochs=1", "seed=3"]
 
 
+def test_the_benches_take_set_as_the_entry_scripts_do():
+    from bench import digits_demo, selflabel_study
+
+    assert digits_demo.parse_args(["--set", "epochs=1", "--set", "seed=3"]).overrides == ["epochs=1", "seed=3"]
+    study = selflabel_study.parse_args(["--pretext_root", "r", "--set", "a=1", "b=2", "--set", "c=3"])
+    assert study.overrides == ["a=1", "b=2", "c=3"]
+
+
 # ---------------------------------------------------------------- nested keys and value types
 
 SIMCLR = ROOT / "configs/pretext/simclr_cifar10.yml"
@@ -220,17 +228,17 @@ def test_paper_selflabel_configs_keep_the_papers_rule_and_last_epoch(env, name):
 
 
 def test_config_comments_point_only_at_what_exists():
-    """A config's comments send the user to README sections, files and make targets: each one must exist."""
-    readme = (ROOT / "README.md").read_text()
-    headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}
+    """A config's comments send the user to doc sections, files and make targets: each one must exist."""
+    docs = [(ROOT / "README.md").read_text(), *(page.read_text() for page in (ROOT / "docs").glob("*.md"))]
+    headings = {line.lstrip("#").strip() for text in docs for line in text.splitlines() if line.startswith("#")}
     makefile = (ROOT / "Makefile").read_text()
     for path in CONFIGS:
         text = path.read_text()
         comments = "\n".join(line for line in text.splitlines() if "#" in line)
         assert "REFERENCE" not in comments, f"{path.name}: REFERENCE.md is not part of the repository"
         for section in re.findall(r'section "([^"]+)"', comments):
-            assert section in headings, f"{path.name}: README has no section {section!r}"
-        for named in re.findall(r"\b((?:configs|data|models|utils)/[\w/]+\.(?:yml|py))", comments):
+            assert section in headings, f"{path.name}: no doc has a section {section!r}"
+        for named in re.findall(r"\b((?:configs|data|models|utils|docs)/[\w/-]+\.(?:yml|py|md))", comments):
             assert (ROOT / named).is_file(), f"{path.name}: {named} does not exist"
         for target in re.findall(r"`make ([\w-]+)", comments):
             assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{path.name}: no make target {target}"

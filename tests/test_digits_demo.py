@@ -48,6 +48,7 @@ def assert_unit_interval(value: float, what: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.core  # the end-to-end run of all three stages plus eval that `make test` keeps
 def test_demo_runs_every_stage_and_writes_a_summary(tmp_path: Path, capsys) -> None:
     output_dir = tmp_path / "demo"
     summary = digits_demo.main(["--seeds", "0", "--output_dir", str(output_dir), "--set", *SHORT])

@@ -34,7 +34,7 @@ from utils.checkpoint import (
 )
 from utils.config import ConfigError, auto_num_workers, load_config
 from utils.guard import NonFiniteLossError, TrainingGuard, TrainingStopped, finite_loss
-from utils.results import WriteError, save_numpy, write_json
+from utils.results import WriteError, save_numpy, write_json, write_summary
 from utils.runtime import Runtime
 
 CPU = Runtime(device=torch.device("cpu"))
@@ -174,6 +174,14 @@ def test_json_and_numpy_files_are_replaced_whole_or_not_at_all(tmp_path):
     save_numpy(np.arange(6).reshape(2, 3), tmp_path / "n.npy")
     assert np.array_equal(np.load(tmp_path / "n.npy"), np.arange(6).reshape(2, 3))
     assert sorted(os.listdir(tmp_path)) == ["m.json", "n.npy"]
+
+
+def test_a_bench_summary_is_written_as_json_and_markdown_and_printed(tmp_path, capsys):
+    write_summary({"ACC": [0.5, 0.75]}, "| ACC |\n|---|\n| 0.625 |\n", tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"ACC": [0.5, 0.75]}
+    assert (tmp_path / "summary.md").read_text() == "| ACC |\n|---|\n| 0.625 |\n"
+    assert "| 0.625 |" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["summary.json", "summary.md"]
 
 
 @pytest.fixture

@@ -153,7 +153,7 @@ def test_a_thousand_clusters_stay_within_the_bound(tmp_path):
     assert facts["top"] + facts["random"] == 4 and facts["images"] <= options.max_images
     assert len(parse(page).of("details")) == num_clusters + 1  # one per cluster + the table of clusters
     assert "open" not in parse(page).of("details")[1]  # sections start collapsed
-    # The bound stated in the README: max_images thumbnails of at most 5 KB (pixel noise) each, plus the markup.
+    # The bound stated in docs/outputs.md: max_images thumbnails of at most 5 KB (pixel noise) each, plus the markup.
     assert path.stat().st_size < options.max_images * 5_000 + 1_000_000
 
 

@@ -139,7 +139,7 @@ def _all_losses(features, logits, neighbors) -> list[torch.Tensor]:
 
 
 def test_losses_on_bfloat16_inputs_equal_the_float32_computation_on_the_same_values():
-    """The README's amp claim: the network may run in bf16, the losses never do."""
+    """The amp claim of docs/scaling.md: the network may run in bf16, the losses never do."""
     features, logits, neighbors = _bf16_inputs()
     from_bf16 = _all_losses(features, logits, neighbors)
     from_fp32 = _all_losses(features.float(), logits.float(), neighbors.float())

@@ -1,7 +1,7 @@
 """bench/mining_bench.py on tiny sizes: each case runs in its own process and lands in the table, or says why not.
 
 This checks the wiring (synthetic features, every backend, memory and recall columns, the --max-seconds skip),
-not speed: README "Mining at scale" and bench/RESULTS.md hold measured figures.
+not speed: docs/scaling.md and bench/RESULTS.md hold measured figures.
 """
 
 from __future__ import annotations

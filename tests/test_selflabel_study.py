@@ -7,28 +7,17 @@ from pathlib import Path
 
 import pytest
 
-import simclr
 from bench import selflabel_study
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
 SHORT = ["epochs=1", "num_workers=0", "backbone_kwargs.base_width=4"]
 
 
-def test_study_runs_scan_per_head_count_and_selflabel_per_variant(tmp_path: Path) -> None:
+def test_study_runs_scan_per_head_count_and_selflabel_per_variant(tmp_path: Path, digits_pretext: Path) -> None:
     pretext_root = tmp_path / "pretext_runs"
-    simclr.main(
-        [
-            "--config_env",
-            str(ROOT / "configs/env.yml"),
-            "--config_exp",
-            str(ROOT / "configs/pretext/simclr_digits.yml"),
-            "--set",
-            f"root_dir={pretext_root / 'seed_0'}",
-            *SHORT,
-        ]
-    )
+    pretext_root.mkdir()
+    (pretext_root / "seed_0").symlink_to(digits_pretext, target_is_directory=True)
     out = tmp_path / "study"
     study = selflabel_study.main(
         [

@@ -1,7 +1,7 @@
 """Smoke test of bench/throughput.py: each stage's table has both paths with their settings and numbers.
 
 Tiny models and a few steps, so this checks the wiring (synthetic data in the config's format, both backends,
-the stage loops, the kNN and mining timings), not speed: README "Speed" holds measured figures.
+the stage loops, the kNN and mining timings), not speed: docs/speed.md holds measured figures.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "augmentation_kwargs": {},
     "transformation_kwargs": {},
     "seed": None,  # None: not seeded, like the original
-    # Speed (README "Speed"): each `auto` means on / batched with CUDA, off / pil on a CPU.
+    # Speed (docs/speed.md): each `auto` means on / batched with CUDA, off / pil on a CPU.
     "amp": "auto",  # bfloat16 autocast for forward passes: true | false | auto
     "channels_last": "auto",  # NHWC memory format for the model and image batches: true | false | auto
     "compile": False,  # torch.compile the model (a minute of compiling, then faster steps)
@@ -69,7 +69,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "topk_neighbors_val": 5,
     "knn_monitor_k": 100,  # weighted-kNN progress monitor of the pretext stage
     "knn_every": 10,  # run that monitor every this many epochs, and always after the last one
-    # Neighbour mining at scale (README "Mining at scale"): exact (the paper) or faiss's approximate IVF index.
+    # Neighbour mining at scale (docs/scaling.md): exact (the paper) or faiss's approximate IVF index.
     "knn_index": "exact",  # exact | ivf (prints its recall against an exact search of 1,000 sampled queries)
     "knn_ivf_lists": "auto",  # IVF k-means cells; auto: √N
     "knn_ivf_probe": 32,  # IVF cells searched per query: more is slower and closer to exact
@@ -81,7 +81,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "confidence_threshold": 0.99,
     "use_ema": False,
     "ema_alpha": 0.999,
-    # selflabel robustness (README "Self-labeling: watched, balanced, best epoch kept")
+    # selflabel robustness (docs/selflabel.md)
     "pseudo_labels": "threshold",  # threshold (paper: above confidence_threshold) | per_cluster
     "pseudo_label_fraction": 0.5,  # per_cluster: each cluster's most confident share of its batch members
     "selflabel_keep": "last",  # last (paper) | best: lowest SCAN loss on the test neighbours, no cluster collapsed
@@ -339,14 +339,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = T
         + ("" if env_required else f" (default: {default_env})"),
     )
     parser.add_argument("--config_exp", required=True, help="experiment YAML, e.g. configs/pretext/simclr_cifar10.yml")
+    add_set_argument(
+        parser, "override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1"
+    )
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE ...` into `args.overrides`, repeatable; the benches hand the list on to every stage."""
     parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1",
+        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help
     )
 
 

@@ -138,6 +138,14 @@ def write_json(obj: object, path: str | Path) -> None:
         file.write("\n")
 
 
+def write_summary(summary: object, markdown: str, folder: str | Path) -> None:
+    """A bench's result as `summary.json` (every number) and `summary.md` (its table), and the table on stdout."""
+    write_json(summary, Path(folder) / "summary.json")
+    with atomic_write(Path(folder) / "summary.md", "w") as file:
+        file.write(markdown)
+    print(markdown, flush=True)
+
+
 def save_numpy(array: np.ndarray, path: str | Path) -> None:
     """np.save, atomically (the neighbour files every later stage reads)."""
     with atomic_write(path, "wb") as file:

@@ -91,7 +91,7 @@ def resolve_fast_path(cfg: dict, runtime: Runtime) -> None:
 
     ``amp`` and ``channels_last``: on for CUDA, off on CPU (bfloat16 autocast is slow on most CPUs).
     ``augmentation_backend``: batched on CUDA; pil, the faithful path, on CPU (where the batched backend gains
-    little, and loses for ``ours`` at small batches: README "Speed"). load_config has checked the types.
+    little, and loses for ``ours`` at small batches: docs/speed.md). load_config has checked the types.
     """
     from utils.config import ConfigError
 
