@@ -144,7 +144,7 @@ def run_case(n: int, dim: int, k: int, backend: str, max_seconds: float | None, 
     seconds, indices, where = timed_mining(features, k, backend, device)
     result.update(
         device=where,
-        seconds=round(seconds, 2),
+        seconds=float(f"{seconds:.3g}"),  # three significant digits: a tiny case is not 0.0
         features_mib=round(features_mib, 1),
         peak_rss_is="over features" if reset else "whole process",
     )
