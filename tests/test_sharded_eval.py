@@ -178,6 +178,8 @@ def worker(rank: int, world_size: int, port: int, root: str, run: str) -> None:
              "--output", str(out_dir / f"predict-rank{rank}.csv"), "--batch_size", "8",
              "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
         )  # fmt: skip
+        if dist.is_initialized():  # rank 1 is done long before rank 0 has written: tearing gloo down then may abort
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
