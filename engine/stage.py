@@ -14,7 +14,7 @@ import yaml
 
 from utils.config import ConfigError, format_config, load_config
 from utils.results import check_writable
-from utils.runtime import Runtime, barrier, init_runtime, resolve_fast_path, seed_everything
+from utils.runtime import Runtime, barrier, init_runtime, leave_process_group, resolve_fast_path, seed_everything
 
 # Where each setup writes: the folder --fresh moves aside.
 STAGE_DIRS = {
@@ -159,3 +159,4 @@ def run_cli(main) -> None:
         raise SystemExit(130) from None
     except user_errors as error:
         raise SystemExit(f"error: {user_message(error)}") from None
+    leave_process_group()

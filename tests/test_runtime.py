@@ -102,3 +102,19 @@ def test_a_cpu_checkpoint_resumed_on_a_gpu_says_the_streams_differ(monkeypatch, 
     fake_cuda(monkeypatch, device_count=1)
     restore_rng_states([state], Runtime(device=torch.device("cuda", 0)))
     assert "written by 1 process(es) not on a GPU, this run has 1 on a GPU" in capsys.readouterr().out
+
+
+def test_an_entry_script_waits_for_every_process_then_leaves_the_process_group(monkeypatch):
+    """run_cli ends a torchrun process only after all have met: one leaving early tore gloo down under the writer."""
+    from engine.stage import run_cli
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    calls = []
+    real_barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *args, **kwargs: (calls.append("barrier"), real_barrier())[1])
+    try:
+        run_cli(lambda: calls.append("main"))
+        assert calls == ["main", "barrier"] and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -225,6 +225,17 @@ def autocast(runtime: Runtime, enabled: bool):
     return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)
 
 
+def leave_process_group() -> None:
+    """Under torchrun, wait for every process, then leave the process group.
+
+    The other processes finish long before the main one has written its files; one that exited then tore gloo down
+    under the main one and died with an abort, so torchrun reported the whole run as failed.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier(runtime: Runtime) -> None:
     """Wait for all processes (e.g. while the main one writes a file the others will read)."""
     if runtime.distributed:
