@@ -4,6 +4,7 @@ turning the user's mistakes into one clear message instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -144,12 +145,13 @@ def run_cli(main) -> None:
         NonFiniteError,
         WriteError,
     )
+    stopped_with = None
     try:
         main()
     except TrainingStopped as stop:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; one says so
             print(stop, file=sys.stderr, flush=True)
-        raise SystemExit(stop.exit_code) from None
+        stopped_with = stop.exit_code
     except KeyboardInterrupt:
         print(
             "\nInterrupted at once, without saving; the last checkpoint is kept. " + resume_hint(),
@@ -159,4 +161,9 @@ def run_cli(main) -> None:
         raise SystemExit(130) from None
     except user_errors as error:
         raise SystemExit(f"error: {user_message(error)}") from None
+    if stopped_with is not None:
+        # Exit outside the `except`: the stop's traceback holds the loop's DataLoader iterator, whose workers ignore
+        # SIGTERM; kept alive until interpreter exit, multiprocessing's exit handler waited on them for ever.
+        gc.collect()
+        raise SystemExit(stopped_with)
     leave_process_group()
