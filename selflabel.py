@@ -38,12 +38,7 @@ from engine.report import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
 from losses import NoConfidentSamplesError, make_criterion, pseudo_labels
 from models import build_model
-from utils.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_state_dict_checked,
-    strip_module_prefix,
-)
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, strip_module_prefix
 from utils.config import ConfigError
 from utils.guard import TrainingGuard, finite_loss
 from utils.history import History

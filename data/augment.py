@@ -208,9 +208,5 @@ def get_val_transformations(cfg: dict) -> Callable:
     if not kwargs and is_library_backbone(cfg.get("backbone", "")):
         return library_transform(cfg["backbone"])
     return transforms.Compose(
-        [
-            transforms.CenterCrop(kwargs["crop_size"]),
-            transforms.ToTensor(),
-            transforms.Normalize(**kwargs["normalize"]),
-        ]
+        [transforms.CenterCrop(kwargs["crop_size"]), transforms.ToTensor(), transforms.Normalize(**kwargs["normalize"])]
     )

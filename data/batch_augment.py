@@ -1,22 +1,14 @@
-"""Batched augmentation on the device: the ``simclr`` / ``ours`` / val transforms of data/augment.py for a whole batch.
+"""Batched augmentation on the device: data/augment.py's ``simclr`` / ``ours`` / val transforms for a whole batch.
 
-``get_batch_transformations(cfg)`` returns a callable that takes a batch of uint8 images ``[B, 3, H, W]`` on any
-device and returns float32 normalised views ``[B, 3, S, S]``, every image with its own random draw, as if each had
-gone through the PIL transform by itself. Nothing here is device specific: the same code runs on CPU and CUDA.
+``get_batch_transformations(cfg)`` maps uint8 images ``[B, 3, H, W]`` (CPU or CUDA, same code) to float32 normalised
+views ``[B, 3, S, S]``, each image with its own random draw, as if it had gone through the PIL transform alone.
 
-Why not kornia's or torchvision's tensor ops throughout: the PIL path rounds to 8 bits after every op, and several
-of its ops are defined by that rounding (ImageEnhance blends truncate; Contrast blends toward the *rounded* mean of
-the 8-bit grey image; Sharpness blurs with a rounded 3×3 kernel and leaves the border alone; hue goes through PIL's
-8-bit HSV). kornia's per-sample ``enhance`` ops are float versions of other definitions (``adjust_brightness`` is
-additive, ``adjust_contrast`` multiplicative, hue is float HSV), and torchvision's tensor ops take one scalar per
-call. So the ops below keep images as float tensors holding 8-bit levels (0..255), take one parameter per image,
-and reproduce PIL's arithmetic; library ops are used where their semantics are PIL's (torchvision's ``equalize``,
-``center_crop``, ``normalize``; torch's ``grid_sample`` for the nearest-neighbour affine warps). Crops are resized
-with PIL's own bilinear filter (antialiased when shrinking) as per-image weight matrices, so one batched matmul
-replaces B resizes. tests/test_batch_augment.py compares every op with PIL and the whole transforms in distribution.
-
-The random draws use torch's global generator on the images' device (seeded by ``seed_everything``), and masks
-instead of data-dependent indexing, so a CUDA batch is augmented without a host round trip.
+Why not kornia's or torchvision's tensor ops: several PIL ops are defined by its rounding to 8 bits after every op
+(docs/speed.md lists them); kornia's ``enhance`` ops follow other definitions and torchvision's take one scalar per
+call. So images stay float tensors of 8-bit levels and each op takes one parameter per image and replays PIL's
+arithmetic; library ops serve where their semantics are PIL's (``equalize``, ``center_crop``, ``normalize``,
+``grid_sample`` for nearest warps). Random draws use torch's generator on the images' device, and masks replace
+data-dependent indexing, so a CUDA batch needs no host round trip. tests/test_batch_augment.py checks against PIL.
 """
 
 from __future__ import annotations

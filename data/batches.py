@@ -1,17 +1,11 @@
 """Batches of augmented views on the device, the same for both augmentation backends.
 
-A stage asks for its training or evaluation batches here and gets an iterable of dicts shaped like the PIL path's
-samples ('image' / 'image_augmented' for two views, 'anchor' / 'neighbor' / 'possible_neighbors' with mined
-neighbours, 'target', 'index'), with the images already augmented, normalised and on the device; ``len()`` and
-``set_epoch()`` work as on a DataLoader. So a stage's loop does not change with ``augmentation_backend``:
-
-* ``pil``: the faithful path. Each image is augmented with PIL in DataLoader workers (data/augment.py, the
-  wrappers of data/wrappers.py); batches are copied to the device without blocking (pinned memory on CUDA).
-* ``batched``: workers never augment. In-memory datasets are gathered by index from one uint8 tensor
-  (data/device_data.py); others are decoded by workers. The views are made on the device, for the whole batch
-  (data/batch_augment.py).
-
-Views are named by the transform that makes them: 'train' (the config's augmentation strategy) or 'val'.
+A stage gets an iterable of dicts shaped like the PIL path's samples ('image' / 'image_augmented', or 'anchor' /
+'neighbor' / 'possible_neighbors', 'target', 'index'), augmented, normalised and on the device, with ``len()`` and
+``set_epoch()`` as on a DataLoader, so its loop does not change with ``augmentation_backend``: ``pil`` augments
+per image in DataLoader workers (data/augment.py, data/wrappers.py); ``batched`` augments whole batches on the
+device (data/batch_augment.py) from memory or decoding workers (data/device_data.py). Views are named by their
+transform: 'train' (the config's augmentation strategy) or 'val'.
 """
 
 from __future__ import annotations
@@ -116,11 +110,8 @@ def _pil_transform(cfg: dict, view: str) -> Callable:
 
 
 def _raw_batches(cfg: dict, dataset, runtime: Runtime, train: bool, neighbors: torch.Tensor | None = None, crop=None):
-    """uint8 batches for the batched backend: from memory when the images fit there, else from decoding workers.
-
-    ``neighbors`` (training only): the [N, k+1] neighbour indices to draw each anchor's neighbour from. ``crop``:
-    centre-crop size for decoded images (evaluation), so that they come in one size.
-    """
+    """uint8 batches for the batched backend: from memory when the images fit there, else from decoding workers;
+    ``neighbors`` (training): the [N, k+1] indices to draw neighbours from; ``crop``: for decoded eval images."""
     images = load_uint8_images(dataset)
     if images is not None:
         store = DeviceImages(images, dataset.targets, runtime)
@@ -140,12 +131,9 @@ def train_batches(
     neighbors: np.ndarray | None = None,
     source: str = "",
 ) -> Batches:
-    """Shuffled training batches of two views of each image, or of an image and one of its mined neighbours.
-
-    Without ``neighbors``: 'image' and 'image_augmented' made by the transforms named in ``views`` (SimCLR:
-    both 'train'; self-labeling: 'val' then 'train'). With ``neighbors`` (the mined [N, k+1] indices): 'anchor'
-    and 'neighbor' (a uniform pick among the first ``cfg['num_neighbors']`` + 1 columns), both 'train'.
-    """
+    """Shuffled training batches: 'image' and 'image_augmented' by the transforms named in ``views`` (SimCLR:
+    both 'train'; self-labeling: 'val', 'train'), or with the mined ``neighbors`` 'anchor' and 'neighbor' (a
+    uniform pick among the first ``cfg['num_neighbors']`` + 1 columns), both 'train'."""
     if any(view not in VIEWS for view in views):
         raise ValueError(f"views must name transforms in {VIEWS}, got {views}")
     paired = None if neighbors is None else NeighborsDataset(dataset, neighbors, cfg["num_neighbors"], source)

@@ -1,16 +1,10 @@
 """Backbone features cached by the pretext stage, served as SCAN's (anchor, neighbour) training pairs.
 
-Training only the cluster heads on a frozen backbone (`update_cluster_head_only: true`) spends nearly all its
-time decoding and augmenting images and running the backbone, twice per pair, to train a linear layer. With
-`save_features: true` the pretext stage saves the backbone features of the train and test split once
-(`features-{train,val}.npy`, float16, beside the neighbour files); `head_input: cached_features` then trains
-the heads on those rows: no image is decoded and no backbone runs.
-
-The pairs are drawn as NeighborsDataset + the train loader draw them (every anchor once per epoch in random
-order, the last partial batch dropped, the neighbour uniform among the first `num_neighbors + 1` mined
-columns), by gathering rows of one tensor instead of loading images one by one. What differs from the
-paper's head-only training is the view: each image contributes its one unaugmented (val transform) feature
-instead of a fresh strong augmentation per step. On the same features both compute the same SCAN loss.
+Head-only training (`update_cluster_head_only: true`) spends nearly all its time decoding, augmenting and running
+the frozen backbone to train a linear layer. With `save_features: true` the pretext stage saves both splits'
+features once (float16), and `head_input: cached_features` trains the heads on those rows. Pairs are drawn as
+NeighborsDataset + the train loader draw them; what differs from the paper is the view: each image's one
+unaugmented feature instead of a fresh strong augmentation per step.
 """
 
 from __future__ import annotations
@@ -46,11 +40,8 @@ def feature_paths(pretext_dir: str | Path, split: str) -> dict[str, Path]:
 def save_split_features(
     cfg: dict, split: str, features: np.ndarray, targets: np.ndarray, classes: list[str] | None
 ) -> None:
-    """Save one split's backbone features as float16 (float32 if float16 would overflow) and its targets.
-
-    `features.json` records which backbone made them and the class names, so that a later stage can check the
-    files fit its config and name the classes without opening the dataset.
-    """
+    """Save one split's backbone features as float16 (float32 if float16 would overflow) and its targets, with
+    `features.json` naming the backbone (checked by later stages) and the classes."""
     paths = feature_paths(cfg["pretext_dir"], split)
     largest = float(np.abs(features).max(initial=0.0))
     stored = features.astype(np.float16 if largest < float(np.finfo(np.float16).max) else np.float32)
@@ -138,11 +129,8 @@ def load_cached_split(cfg: dict, split: str, pretext_command: str, num_neighbors
 
 
 class CachedPairLoader:
-    """Batches {'anchor', 'neighbor'} of backbone features, drawn as NeighborsDataset + train_loader draw images.
-
-    Randomness comes from torch's global generator (seeded by the stage), like a shuffling DataLoader's.
-    Under torchrun each process draws its own batches and does as many steps as with a DistributedSampler.
-    """
+    """Batches {'anchor', 'neighbor'} of backbone features, drawn with torch's global generator as NeighborsDataset +
+    train_loader draw images; under torchrun as many steps per process as with a DistributedSampler."""
 
     def __init__(self, split: CachedSplit, batch_size: int, device: torch.device | str, world_size: int = 1) -> None:
         per_process = max(1, split.features.shape[0] // world_size)

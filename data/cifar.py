@@ -81,11 +81,7 @@ class CIFAR10(ImageDataset):
     """CIFAR-10 from ``root/cifar-10-batches-py/``: 50k train / 10k test images of 32×32, 10 classes."""
 
     def __init__(
-        self,
-        root: str | Path,
-        train: bool = True,
-        transform: Callable | None = None,
-        download: bool = False,
+        self, root: str | Path, train: bool = True, transform: Callable | None = None, download: bool = False
     ) -> None:
         super().__init__(transform)
         root = Path(root)
@@ -123,11 +119,7 @@ class CIFAR20(ImageDataset):
     """CIFAR-100 from ``root/cifar-100-python/`` labelled with its 20 superclasses (the paper's CIFAR-100-20)."""
 
     def __init__(
-        self,
-        root: str | Path,
-        train: bool = True,
-        transform: Callable | None = None,
-        download: bool = False,
+        self, root: str | Path, train: bool = True, transform: Callable | None = None, download: bool = False
     ) -> None:
         super().__init__(transform)
         root = Path(root)

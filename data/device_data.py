@@ -1,14 +1,9 @@
 """uint8 images for the batched backend: held once in memory (on the GPU when they fit) or decoded by workers.
 
-With ``augmentation_backend: batched`` the stages augment whole batches on the device, so the data path only has
-to deliver uint8 images. Small datasets (CIFAR, STL-10, digits, folders of same-size images) are read once into
-one tensor [N, 3, H, W]; every step gathers its batch by index, with no worker processes. Larger or mixed-size
-datasets (ImageNet, big folders) keep DataLoader workers, which only decode: training images travel as a
-zero-padded canvas with each image's size, so random crops are still drawn from the whole image.
-
-Batches are drawn as the DataLoader path draws them: a fresh permutation each epoch and the last partial batch
-dropped for training, in order for evaluation; under DDP every process takes its DistributedSampler shard
-(permutation seeded by the epoch, truncated to a multiple of the world size, every world_size-th index).
+Small datasets are read once into one tensor [N, 3, H, W] and every step gathers its batch by index, no workers;
+larger or mixed-size ones keep DataLoader workers that only decode (training images as a zero-padded canvas with
+each image's size, so random crops still see the whole image). Batches are drawn as the DataLoader path draws
+them, DistributedSampler shards included (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -29,11 +24,8 @@ GPU_MEMORY_FRACTION = 0.4  # images move to the GPU when they take at most this 
 
 
 def load_uint8_images(dataset, max_bytes: int = MAX_IN_MEMORY_BYTES) -> torch.Tensor | None:
-    """Every image of ``dataset`` as one uint8 CPU tensor [N, 3, H, W], or None if they differ in size or are too big.
-
-    CIFAR and digits already hold their images in an ``images`` array; other readers are read image by image
-    (``get_image``), stopping at the first image of another size or as soon as the total would pass ``max_bytes``.
-    """
+    """Every image of ``dataset`` as one uint8 CPU tensor [N, 3, H, W] (from its ``images`` array when it has one),
+    or None at the first image of another size or when they would pass ``max_bytes``."""
     held = getattr(dataset, "images", None)
     if isinstance(held, np.ndarray) and held.ndim == 4 and held.shape[-1] == 3 and held.dtype == np.uint8:
         return torch.from_numpy(held).permute(0, 3, 1, 2).contiguous() if held.nbytes <= max_bytes else None
@@ -79,12 +71,8 @@ class DeviceImages:
 
 
 class IndexBatches:
-    """Index batches over ``num_samples`` samples, drawn like the DataLoader path (see the module docstring).
-
-    ``train``: shuffled per epoch, last partial batch dropped, DDP shards; a batch larger than a process's share
-    is capped with a warning as data/loaders.py does. Otherwise: every index in order (under torchrun this
-    process's shard, as data/loaders.eval_loader deals them).
-    """
+    """Index batches over ``num_samples`` samples as data/loaders.py draws them: ``train``, shuffled per epoch, last
+    partial batch dropped, batch capped, DDP shards; else every index in order (under torchrun this shard's)."""
 
     def __init__(self, num_samples: int, batch_size: int, runtime: Runtime, train: bool) -> None:
         self.num_samples, self.runtime, self.train = num_samples, runtime, train
@@ -123,11 +111,8 @@ class IndexBatches:
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """Worker-side decoding for data that stays on disk: sample i as a uint8 [3, H, W] tensor plus its target.
-
-    ``crop_size`` centre-crops (the val transform's first step, deterministic), so that every image has one size;
-    without it images keep their own size and :func:`pad_collate` batches them on a zero canvas.
-    """
+    """Worker-side decoding for data that stays on disk: sample i as a uint8 [3, H, W] tensor plus its target;
+    ``crop_size`` centre-crops (the val transform's first step), else :func:`pad_collate` batches mixed sizes."""
 
     def __init__(self, dataset, crop_size: int | list | None = None) -> None:
         self.dataset, self.crop_size = dataset, crop_size

@@ -62,11 +62,7 @@ class ImageNet(ImageDataset):
     """
 
     def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Callable | None = None,
-        subset: str | None = None,
+        self, root: str | Path, split: str = "train", transform: Callable | None = None, subset: str | None = None
     ) -> None:
         super().__init__(transform)
         if split not in SPLIT_FOLDERS:

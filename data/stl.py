@@ -29,12 +29,7 @@ STL10_ARCHIVE = Archive(
 )
 
 # Each split is a concatenation of file prefixes; SCAN's pretext step trains on train followed by unlabeled.
-SPLITS = {
-    "train": ["train"],
-    "test": ["test"],
-    "unlabeled": ["unlabeled"],
-    "train+unlabeled": ["train", "unlabeled"],
-}
+SPLITS = {"train": ["train"], "test": ["test"], "unlabeled": ["unlabeled"], "train+unlabeled": ["train", "unlabeled"]}
 
 
 def read_image(path: Path, position: int) -> np.ndarray:
@@ -54,11 +49,7 @@ class STL10(ImageDataset):
     """
 
     def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Callable | None = None,
-        download: bool = False,
+        self, root: str | Path, split: str = "train", transform: Callable | None = None, download: bool = False
     ) -> None:
         super().__init__(transform)
         if split not in SPLITS:
@@ -84,8 +75,7 @@ class STL10(ImageDataset):
             size = images_path.stat().st_size
             if size % IMAGE_BYTES:
                 raise STL10_ARCHIVE.error(
-                    root,
-                    f"{images_path.name} is malformed: {size} bytes is not a multiple of {IMAGE_BYTES} (3×96×96)",
+                    root, f"{images_path.name} is malformed: {size} bytes is not a multiple of {IMAGE_BYTES} (3×96×96)"
                 )
             count = size // IMAGE_BYTES
             self.parts.append((images_path, count))

@@ -1,16 +1,5 @@
-"""Label-free scores of a clustering against its mined neighbours, one function and one name each.
-
-- `scan_evaluate`: the SCAN loss of every head's probabilities on the test neighbours (entropy weight 1); the
-  clustering stage keeps the head with the lowest.
-- `neighbour_agreement`: the share of (image, neighbour) pairs put in the same cluster, what SCAN's
-  consistency term optimises.
-- `kappa`: that agreement corrected for the agreement of random assignments with the same cluster sizes.
-- `assignment_scan_loss`: the SCAN loss of hard assignments, −log(agreement) − entropy of the cluster sizes;
-  self-labeling keeps its best epoch by it (engine/cluster_watch.py).
-
-Head selection (scan.py, estimate_k.py), the self-label watch and the choice of K (engine/cluster_number.py,
-estimate_k.py) all score with these.
-"""
+"""Label-free scores of a clustering against its mined neighbours, for head selection (scan.py, estimate_k.py),
+the self-label watch (engine/cluster_watch.py) and the choice of K (engine/cluster_number.py)."""
 
 from __future__ import annotations
 
@@ -26,23 +15,16 @@ ArrayLike = torch.Tensor | np.ndarray
 
 
 def _neighbor_similarities(probabilities: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
-    """⟨P[i], P[neighbors[i, j]]⟩ as an [N, k] matrix, one neighbour column at a time.
-
-    Gathering rows instead of forming P·Pᵀ keeps memory at O(N·C) (N = 50k on ImageNet).
-    """
+    """⟨P[i], P[neighbors[i, j]]⟩ as an [N, k] matrix, one column at a time: O(N·C) memory, unlike P·Pᵀ."""
     columns = [(probabilities * probabilities[neighbors[:, j]]).sum(dim=1) for j in range(neighbors.shape[1])]
     return torch.stack(columns, dim=1)
 
 
 @torch.no_grad()
 def scan_evaluate(head_outputs: list[dict]) -> dict:
-    """SCAN loss of every head over the val neighbours (entropy weight 1); picks the lowest.
-
-    This is the model-selection criterion of the clustering stage. Consistency is the mean
-    BCE against 1 over all N·k (anchor, neighbour) pairs, self (column 0) included, in
-    anchor-major order as the original. Similarities are clamped to [0, 1] first: a float32
-    dot product of two one-hot rows can round a hair above 1, which BCE would reject.
-    """
+    """SCAN loss of every head over the val neighbours (entropy weight 1), and the lowest: the clustering stage's
+    head selection. Consistency: mean BCE against 1 over all N·k pairs, self included, anchor-major as the
+    original; similarities clamped to [0, 1] (two one-hot rows can round a hair above 1, which BCE rejects)."""
     scores = []
     for head in head_outputs:
         probabilities = head["probabilities"].float()

@@ -1,21 +1,11 @@
-"""Label-free criteria for choosing the number of clusters K, computed from SCAN runs on cached features.
+"""Label-free criteria for choosing the number of clusters K from SCAN runs on cached features
+(docs/number-of-clusters.md).
 
-For each candidate K, SCAN heads are trained with several seeds; each run gives a hard assignment of the
-training images. The criteria below say how well a K fits the data without looking at any label:
-
-- stability: mean adjusted Rand index between the assignments of every pair of seeds. The criterion that
-  chooses K (`recommend`):
-  at the right K the clusters are properties of the data and every seed finds the same ones; with too many
-  clusters SCAN's balance term must split natural groups somewhere, and each seed splits them differently;
-  with too few it must merge groups, and which ones merge varies too (Ben-Hur et al., 2002; Lange et al., 2004).
-  ARI is corrected for chance, so it does not favour large or small K by itself.
-- neighbour agreement (engine/cluster_criteria.py, like kappa): the fraction of mined (image, neighbour) pairs put
-  in the same cluster: what SCAN's consistency term optimises. It falls as K grows, so it is reported, not maximised.
-- kappa: neighbour agreement corrected for the agreement of random assignments with the same cluster sizes,
-  (agreement − Σ s_c²) / (1 − Σ s_c²): a split through a natural group lowers it, a merge barely moves it.
-- balance: entropy of the cluster sizes over log K (1 = equal sizes), and `used`: the clusters holding at least
-  a fifth of an equal share. SCAN's entropy term keeps both high; empty clusters would say K is too large.
-- normalised SCAN loss: (consistency − entropy of the mean prediction) / log K, comparable across K.
+For each candidate K, SCAN heads are trained with several seeds. The criterion that chooses K (`recommend`) is
+stability, the mean ARI between the assignments of every pair of seeds: at the right K every seed finds the same
+clusters, while too many or too few clusters must split or merge natural groups, differently per seed (Ben-Hur et
+al., 2002; Lange et al., 2004); ARI is corrected for chance, so it favours no K by itself. Neighbour agreement and
+kappa (engine/cluster_criteria.py), size balance and the normalised SCAN loss are reported, not maximised.
 """
 
 from __future__ import annotations
@@ -49,22 +39,16 @@ def used_clusters(assignment: np.ndarray, num_clusters: int, min_share: float = 
 
 
 def stability_gap(best: dict, other: dict) -> float:
-    """How many standard errors `best`'s stability lies above `other`'s (each: std of its pairwise ARIs / √pairs).
-
-    The pairwise ARIs of one K share runs, so this is a rough yardstick, floored at 0.01 so that two perfectly
-    stable K's count as tied rather than infinitely apart.
-    """
+    """How many standard errors (std of the pairwise ARIs / √pairs) `best`'s stability lies above `other`'s: rough,
+    as one K's pairs share runs, and floored at 0.01 so that two perfectly stable K's count as tied."""
     se_best = best["stability_std"] / math.sqrt(len(best["pairwise_ari"]))
     se_other = other["stability_std"] / math.sqrt(len(other["pairwise_ari"]))
     return (best["stability"] - other["stability"]) / max(math.hypot(se_best, se_other), 0.01)
 
 
 def recommend(rows: list[dict]) -> dict:
-    """The most stable K; confidence from its gap to the closest other K, in standard errors (stability_gap).
-
-    high: every other K is more than 3 standard errors less stable; medium: more than 1.5; low: some other K is
-    about as stable (it is named, so the user can look at both).
-    """
+    """The most stable K; confidence high when every other K is over 3 standard errors less stable
+    (stability_gap), medium over 1.5, else low (the closest K is named, so the user can look at both)."""
     best = max(rows, key=lambda row: row["stability"])
     others = [row for row in rows if row is not best]
     if not others:

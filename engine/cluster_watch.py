@@ -1,25 +1,11 @@
-"""Watching the clusters while self-labeling, and choosing which epoch's model to keep.
+"""Watching the clusters while self-labeling, and choosing which epoch's model to keep (docs/selflabel.md).
 
-Self-labeling trains the model toward its own confident predictions. When a few clusters supply most of the
-confident samples (as at the paper's threshold 0.99 on data outside its benchmarks), the model moves other
-clusters' images into them until some clusters empty, and accuracy ends below the SCAN model it started from.
-The original keeps the last epoch whatever happened. This module makes that visible and avoidable:
-
-- every epoch, the predicted cluster sizes on the test split are compared with those of the SCAN model
-  ("epoch 0"); a cluster that empties or falls below `cluster_warning_fraction` of its size is reported;
-- every epoch is scored by a label-free criterion, and with `selflabel_keep: best` the stage keeps the best
-  epoch whose clusters all survived, epoch 0 (the SCAN model itself) included, so the result is never worse
-  on that criterion than the SCAN model.
-
-The criterion is the SCAN loss (entropy weight 1) of the test split's cluster *assignments* on its mined
-neighbours: −log(share of (image, neighbour) pairs assigned to the same cluster) − entropy of the cluster-size
-distribution. Like the SCAN loss the clustering stage picks its head with, it rewards clusters that agree with
-the neighbours and penalises unbalanced sizes, with no labels. It is computed on the argmax rather than on the
-probabilities because self-labeling sharpens the probabilities by design: the probability-based SCAN loss
-punishes every confident disagreement with a (possibly wrong) neighbour, and on the digits it rose at every
-epoch, also while test accuracy rose from 0.947 to 0.983 (seed 0, per-cluster pseudo-labels), so it would
-always keep the SCAN model. The assignment-based one fell with that accuracy and rose with the collapse of
-the threshold rule (docs/selflabel.md).
+Self-labeling can move images of the less confident clusters into the confident ones until some empty, and the
+original keeps the last epoch whatever happened. Here every epoch's test cluster sizes are compared with the SCAN
+model's ("epoch 0") and shrunken clusters reported; with `selflabel_keep: best` the stage keeps the epoch, epoch 0
+included, with the lowest assignment SCAN loss (engine/cluster_criteria.py) among those whose clusters all
+survived. Hard assignments, not probabilities: self-labeling sharpens the probabilities by design, and the
+probability-based loss rose at every epoch on the digits while accuracy rose, so it would always keep epoch 0.
 """
 
 from __future__ import annotations
@@ -49,11 +35,8 @@ def shrunken_clusters(sizes: list[int], sizes_after_scan: list[int], fraction: f
 
 
 class SelfLabelWatch:
-    """Per-epoch cluster sizes, warnings and scores of a self-labeling run, and the best epoch so far.
-
-    Epoch 0 is the SCAN model the run starts from: its sizes are the reference for the warnings and its
-    score the bar a kept epoch must beat. `state_dict()` goes into the resumable checkpoint.
-    """
+    """Per-epoch cluster sizes, warnings and scores of a self-labeling run, and the best epoch so far; epoch 0,
+    the SCAN model, gives the reference sizes and the score to beat. `state_dict()` goes into the checkpoint."""
 
     def __init__(self, warning_fraction: float, state: dict | None = None) -> None:
         self.warning_fraction = warning_fraction
@@ -67,10 +50,8 @@ class SelfLabelWatch:
         return self.history[0]["cluster_sizes"]
 
     def observe(self, epoch: int, head_output: dict, neighbors: torch.Tensor | None, extra: dict) -> dict:
-        """Record one epoch (0 = the SCAN model) and return its record; 'improved' says whether it is the new best.
-
-        An epoch with an emptied or shrunken cluster is never kept, however good its score.
-        """
+        """Record one epoch (0 = the SCAN model) and return its record; 'improved': the new best (never an epoch
+        with an emptied or shrunken cluster)."""
         num_clusters = head_output["probabilities"].shape[1]
         sizes = cluster_sizes(head_output["predictions"], num_clusters)
         warnings = [] if epoch == 0 else shrunken_clusters(sizes, self.sizes_after_scan, self.warning_fraction)

@@ -1,10 +1,8 @@
 """Clustering metrics, computed exactly as the published SCAN numbers were (predictions: engine/inference.py).
 
-Users compare our metrics with the original code's on the same checkpoints, so every
-detail that can move a number (REFERENCE §1.4) is pinned here: the K×K count matrix with
-K = number of distinct targets, scipy's `linear_sum_assignment` on (N − counts) with
-rows = clusters (tie-breaking included), NMI/ARI/AMI on the raw cluster ids, and
-ACC / ACC Top-5 as integer counts divided by N.
+Every detail that can move a number is pinned (REFERENCE §1.4): the K×K count matrix with K = number of distinct
+targets, scipy's `linear_sum_assignment` on (N − counts) with rows = clusters (tie-breaking included), NMI/ARI/AMI
+on the raw cluster ids, and ACC / ACC Top-5 as integer counts divided by N.
 """
 
 from __future__ import annotations
@@ -25,10 +23,8 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
 
 
 def count_matrix(preds: ArrayLike, targets: ArrayLike, num_preds: int, num_targets: int) -> np.ndarray:
-    """[num_preds, num_targets] int64 co-occurrence counts in a single bincount pass.
-
-    Ids outside [0, num_preds) × [0, num_targets) are dropped, as the original's K×K loop did.
-    """
+    """[num_preds, num_targets] int64 co-occurrence counts in one bincount; ids outside the range are dropped, as
+    the original's K×K loop did."""
     preds = _to_numpy(preds).astype(np.int64).reshape(-1)
     targets = _to_numpy(targets).astype(np.int64).reshape(-1)
     keep = (preds >= 0) & (preds < num_preds) & (targets >= 0) & (targets < num_targets)
@@ -38,12 +34,8 @@ def count_matrix(preds: ArrayLike, targets: ArrayLike, num_preds: int, num_targe
 
 
 def hungarian_match(preds: ArrayLike, targets: ArrayLike, num_preds: int, num_targets: int) -> list[tuple[int, int]]:
-    """One-to-one (cluster, class) pairs maximising matched counts.
-
-    The cost is exactly N − counts (rows = clusters, columns = classes) handed to scipy
-    unchanged, so that among equally good matchings we pick the same one as the original —
-    ACC is the same for all of them, ACC Top-5 is not.
-    """
+    """One-to-one (cluster, class) pairs maximising matched counts. The cost is exactly N − counts, rows = clusters,
+    so that among equally good matchings scipy picks the original's: ACC is the same for all, ACC Top-5 is not."""
     num_samples = len(_to_numpy(targets).reshape(-1))
     counts = count_matrix(preds, targets, num_preds, num_targets)
     rows, cols = linear_sum_assignment(num_samples - counts)
@@ -51,10 +43,8 @@ def hungarian_match(preds: ArrayLike, targets: ArrayLike, num_preds: int, num_ta
 
 
 def majority_match(preds: ArrayLike, targets: ArrayLike, num_clusters: int, num_classes: int) -> list[tuple[int, int]]:
-    """Many-to-one (cluster, class) pairs for over-clustering: each cluster → its most frequent class.
-
-    np.argmax resolves ties to the lowest class id and sends empty clusters to class 0.
-    """
+    """Many-to-one (cluster, class) pairs for over-clustering: each cluster → its most frequent class (ties: the
+    lowest class id; empty clusters: class 0)."""
     counts = count_matrix(preds, targets, num_clusters, num_classes)
     return [(cluster, int(cls)) for cluster, cls in enumerate(counts.argmax(axis=1))]
 
@@ -69,18 +59,12 @@ def _apply_matching(cluster_ids: np.ndarray, matching: list[tuple[int, int]]) ->
 
 
 def cluster_metrics(
-    predictions: ArrayLike,
-    probabilities: ArrayLike,
-    targets: ArrayLike,
-    num_clusters: int | None = None,
+    predictions: ArrayLike, probabilities: ArrayLike, targets: ArrayLike, num_clusters: int | None = None
 ) -> dict:
     """ACC, NMI, ARI, AMI and ACC Top-5 of a clustering against ground truth (REFERENCE §1.4).
 
-    K = number of distinct targets. With num_clusters ≤ K, clusters are matched one-to-one
-    (Hungarian on the K×K count matrix, as the original); with more clusters than classes,
-    each cluster takes its majority class. Passing num_clusters=K forces the original's
-    Hungarian evaluation even for an over-clustered model (extra clusters then count as 0).
-    NMI/ARI/AMI use the raw cluster ids, never the matched ones.
+    With num_clusters ≤ K (distinct targets) the match is Hungarian on the K×K counts, as the original; with more
+    clusters, majority. num_clusters=K forces the Hungarian match on an over-clustered model (extras count as 0).
     """
     preds = _to_numpy(predictions).astype(np.int64).reshape(-1)
     gts = _to_numpy(targets).astype(np.int64).reshape(-1)
@@ -115,12 +99,8 @@ def cluster_metrics(
 
 @torch.no_grad()
 def get_prototype_indices(probabilities: torch.Tensor, features: torch.Tensor, topk: int = 10) -> list[int | None]:
-    """Per cluster, the index of its most representative sample (None for an empty cluster).
-
-    Among the cluster's members (argmax = c), take the `topk` most confident, average their
-    features and return the one of them nearest (L2) to that mean. Unlike the original, a
-    cluster with fewer than `topk` members is not padded with non-members.
-    """
+    """Per cluster, of its `topk` most confident members the one nearest (L2) to their mean feature (None when
+    empty); unlike the original, a cluster with fewer members is not padded with non-members."""
     max_probs, assigned = probabilities.max(dim=1)
     prototypes: list[int | None] = []
     for cluster in range(probabilities.shape[1]):

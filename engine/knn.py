@@ -8,12 +8,7 @@ import torch
 from data.cached_features import save_split_features
 from engine.inference import run_model
 from engine.knn_index import MiningSettings, faiss_on_gpu, ivf_search, sampled_recall
-from utils.distributed import (
-    gather_in_order,
-    is_main_process,
-    shard_range,
-    sum_over_processes,
-)
+from utils.distributed import gather_in_order, is_main_process, shard_range, sum_over_processes
 from utils.results import save_numpy
 
 SCORES_PER_CHUNK = 2**27  # similarity scores held at once by the chunked top-k (512 MB in float32)
@@ -32,10 +27,7 @@ def _faiss():
 
 
 def _faiss_index(faiss, features: np.ndarray, on_gpu: bool, float16: bool = False):
-    """An exact inner-product index (flat) of all rows, moved to the GPU if asked.
-
-    `float16` stores the features in float16 on the GPU (faiss then multiplies in float16 with float32 sums).
-    """
+    """An exact (flat) inner-product index of all rows, on the GPU if asked (there in float16 if `float16`)."""
     index = faiss.IndexFlatIP(features.shape[1])
     if on_gpu:
         options = faiss.GpuClonerOptions()
@@ -51,10 +43,8 @@ def query_block_rows(num_rows: int) -> int:
 
 
 def features_on_device(features: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """`features` as a `dtype` tensor on `device`, converted ROWS_PER_COPY rows at a time.
-
-    Converting piece by piece means a float16 copy never needs a float32 copy of the whole array beside it.
-    """
+    """`features` as a `dtype` tensor on `device`, converted ROWS_PER_COPY rows at a time: a float16 copy never
+    needs a float32 copy of the whole array beside it."""
     source = torch.from_numpy(np.ascontiguousarray(features))
     if source.device == device and source.dtype == dtype:
         return source
@@ -65,12 +55,9 @@ def features_on_device(features: np.ndarray, device: torch.device, dtype: torch.
 
 
 def inner_products(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Scores [len(query), len(bank)] in float32, whatever the stored dtype.
-
-    float32 is the plain matrix product. float16 rows are multiplied with float32 sums: on CUDA by the float16
-    matrix units with a float32 result; elsewhere (CPUs have no fast float16 product) each block of bank rows
-    is widened to float32 just for its product, so no float32 copy of the whole bank is made.
-    """
+    """Scores [len(query), len(bank)] in float32. A float16 bank is multiplied with float32 sums: on CUDA by the
+    float16 matrix units; on a CPU (no fast float16 product) block by block widened to float32, so no float32
+    copy of the whole bank is made."""
     if bank.dtype == torch.float32:
         return query @ bank.T
     if bank.device.type == "cuda":
@@ -84,11 +71,8 @@ def inner_products(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def chunked_topk(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, indices) [len(query), k] of the k largest inner products of each query row with the bank rows.
-
-    Exact, in descending order. Query rows are scored in chunks, at most SCORES_PER_CHUNK float32 scores at a
-    time, on the tensors' device, so memory is bounded by the features plus one chunk whatever the sizes.
-    """
+    """(scores, indices) [len(query), k] of the k largest inner products of each query row with the bank rows,
+    exact and descending; chunks of at most SCORES_PER_CHUNK scores bound the memory whatever the sizes."""
     chunk = query_block_rows(bank.shape[0])
     scores = [torch.empty(0, k, device=bank.device)]  # a process whose shard holds no query returns no row
     indices = [torch.empty(0, k, dtype=torch.long, device=bank.device)]
@@ -102,10 +86,7 @@ def chunked_topk(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch
 @torch.no_grad()
 def topk_inner_product(bank: torch.Tensor, k: int, queries: torch.Tensor | None = None) -> torch.Tensor:
     """Indices [Q, k] of the k largest inner products of every query row (default: every bank row) with all bank
-    rows, in descending order.
-
-    Exact, like faiss's flat index (chunked_topk of the queries against the bank).
-    """
+    rows, descending: exact, like faiss's flat index."""
     return chunked_topk(bank if queries is None else queries, bank, k)[1]
 
 
@@ -116,25 +97,13 @@ def mine_nearest_neighbors(
     device: torch.device | None = None,
     settings: MiningSettings | None = None,
 ):
-    """Top-(k+1) neighbours of every row among all rows by inner product.
+    """(indices [N, topk+1] int64, column 0 normally the row itself; neighbour_accuracy) by inner product.
 
-    Exact (`settings.index == "exact"`, the default) searches where the run is: on CUDA with faiss's GPU index
-    when that faiss build is installed, else with the chunked torch top-k on the GPU; on a CPU with faiss (or
-    the torch top-k without faiss). All are exact and agree up to the order of tied scores. `settings.float16`
-    keeps the features in float16 on the device (faiss's GPU index, else the torch top-k), scores in float32.
-    `ivf` uses faiss's approximate IVF index (engine/knn_index.py) and prints its recall on sampled queries.
-    Queries are searched in blocks of query_block_rows(N) rows.
-
-    Under torchrun a collective: every process searches its run of query blocks against all rows and the
-    indices are gathered, so all processes share the work and get the whole array. Not the main process mining
-    alone after the gather: that would leave the others waiting on the quadratic part. The blocks are those one
-    process searches, so the exact result is identical to one process's (a search of more or fewer queries at
-    once can round a score differently and so reorder near-ties). With `ivf` every process builds the same
-    seeded index and searches its rows.
-
-    Returns (indices [N, topk+1] int64, where column 0 is normally the sample itself, neighbour accuracy or
-    None). Accuracy is the fraction of the k neighbours (column 0 excluded) that share the anchor's label; None
-    when the data has no labels (−1).
+    Exact (the default) searches where the run is, with faiss when installed (its GPU index on CUDA) or the
+    chunked torch top-k; all agree up to the order of tied scores. `ivf`: faiss's approximate index
+    (engine/knn_index.py), its recall printed. Under torchrun a collective: every process searches its run of
+    query blocks (query_block_rows) and all get the gathered array, so none waits on the quadratic part; the
+    blocks are one process's, so the result equals one process's (other block sizes can reorder near-ties).
     """
     settings = settings or MiningSettings()
     features = np.ascontiguousarray(features, dtype=np.float32)
@@ -192,12 +161,10 @@ def weighted_knn_accuracy(
     k: int = 100,
     temperature: float = 0.1,
 ) -> float:
-    """Top-1 accuracy of a kNN classifier whose votes weigh exp(similarity / temperature).
+    """Top-1 accuracy of a kNN classifier whose votes weigh exp(similarity / temperature): SimCLR's monitor.
 
-    The SimCLR stage's progress monitor: test features voted on by the train memory bank. The neighbours come
-    from chunked_topk (bounded memory; the bank may be float16), the votes are counted VOTE_ROWS queries at a
-    time. Under torchrun a collective: each process votes for its run of query chunks (those one process would
-    score, so the count is the same) and the counts are summed.
+    Under torchrun a collective: each process votes for its run of the query chunks one process would score,
+    and the counts are summed.
     """
     k = min(k, bank.shape[0])
     correct = 0
@@ -215,13 +182,9 @@ def weighted_knn_accuracy(
 def mine_and_save_neighbors(
     model: torch.nn.Module, train_loader, val_loader, cfg: dict, device: torch.device, classes: list[str] | None = None
 ) -> dict:
-    """Mine top-k neighbours of the train split and of the test split (each within itself) and save them.
-
-    Writes `topk-train-neighbors.npy` [N_train, k_train+1] and `topk-val-neighbors.npy`
-    [N_test, k_val+1]; returns the neighbour accuracies (None without labels). With `save_features: true`
-    the backbone features of both splits are saved beside them (data/cached_features.py), from the same pass,
-    with the dataset's `classes` (names for later reports). Under torchrun every process extracts and mines its
-    share; the main process writes the files.
+    """Mine and save the top-k neighbours of the train and of the test split (each within itself); returns the
+    neighbour accuracies. With `save_features: true` the same pass saves both splits' backbone features and
+    `classes` (data/cached_features.py). Under torchrun every process mines its share; the main one writes.
     """
     save_features = cfg.get("save_features", False)
     results = {}

@@ -1,18 +1,10 @@
 """Model files that say which architecture they hold, so eval.py and predict.py need not guess it.
 
-A stage's `model.pth.tar` is what users keep, share and evaluate, often with a config that is not the one they
-trained with (a `--set backbone_kwargs.base_width=16` run, a copied template). The weights alone do not say
-which backbone width or stem built them, and a wrong guess ends in a page of shape mismatches. So every model
-file we write records its architecture:
-
-- SCAN files are dicts already ({'model': state dict, 'head': int}); they get a third key, 'architecture'.
-  The original code reads only 'model' and 'head', so it still loads them.
-- Pretext and self-label files must stay plain state dicts: the original loads them with
-  `model.load_state_dict(state)`, which rejects any extra key. Their record is a sidecar JSON beside the file,
-  `<file>.arch.json`, holding the SHA-256 of the model file it describes: a sidecar left over from another
-  file (say a model-zoo file copied over ours) is recognised and ignored rather than trusted.
-
-Files without a record (model zoo, older runs) are read as before: the config describes the model.
+Users often evaluate with another config than they trained with, and the weights alone do not say which width or
+stem built them. SCAN files ({'model', 'head'}) get a third key, 'architecture' (the original reads only the first
+two); pretext and self-label files must stay plain state dicts (the original's load_state_dict rejects extra keys),
+so theirs is a sidecar `<file>.arch.json` holding the model file's SHA-256: a sidecar left over from another file
+is ignored, not trusted. Files without a record (model zoo, older runs) are described by the config.
 """
 
 from __future__ import annotations
@@ -28,13 +20,8 @@ import torch
 
 from models import ClusteringModel, ContrastiveModel, build_backbone
 from models.resnet import ResNet18, resnet50
-from utils.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_state_dict_checked,
-    save_atomic,
-    strip_module_prefix,
-)
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_atomic, strip_module_prefix
+from utils.config import PRETEXT
 from utils.results import write_json
 
 RECORD_FORMAT = 1
@@ -51,10 +38,8 @@ class ModelFile:
 
 
 def backbone_kwargs_with_defaults(backbone: str, kwargs: dict) -> dict:
-    """The backbone's keyword arguments with its defaults filled in ({} → {'stem': 'cifar', 'base_width': 64}).
-
-    Spelled out so that a record and a config compare equal whether or not the config wrote a default.
-    """
+    """The backbone's keyword arguments with its defaults filled in ({} → {'stem': 'cifar', 'base_width': 64}),
+    so that a record and a config compare equal whether or not the config wrote a default."""
     builder = BACKBONE_BUILDERS.get(backbone)
     if builder is None:
         return dict(kwargs)
@@ -67,11 +52,9 @@ def backbone_kwargs_with_defaults(backbone: str, kwargs: dict) -> dict:
 
 
 def architecture_record(cfg: dict, num_heads: int | None = None) -> dict:
-    """The architecture a stage's model was built with, from its config.
-
-    `num_heads` overrides the config's where the file holds another count (self-labeling keeps one head).
-    """
-    contrastive = cfg["setup"] in ("simclr", "moco", "pretrained")
+    """The architecture a stage's model was built with, from its config; `num_heads` overrides the config's where
+    the file holds another count (self-labeling keeps one head)."""
+    contrastive = cfg["setup"] in PRETEXT
     record = {
         "format": RECORD_FORMAT,
         "kind": "contrastive" if contrastive else "clustering",
@@ -177,11 +160,8 @@ def read_model_file(path: str | Path) -> ModelFile:
 
 
 def architecture_differences(recorded: dict, cfg: dict, keys: tuple[str, ...]) -> list[str]:
-    """'key: file X, config Y' for each of `keys` where the record and the config disagree.
-
-    backbone_kwargs are compared entry by entry (defaults filled in on both sides), so the message names
-    e.g. `backbone_kwargs.base_width` rather than the whole mapping.
-    """
+    """'key: file X, config Y' for each of `keys` where the record and the config disagree; backbone_kwargs entry
+    by entry, so the message names e.g. `backbone_kwargs.base_width` rather than the whole mapping."""
     config_side = architecture_record(cfg)
     differences = []
     for key in keys:
@@ -236,13 +216,9 @@ def count_heads(state_dict: dict) -> int:
 
 
 def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) -> torch.nn.Module:
-    """The untrained model to load `model_file` into: the recorded architecture, else the config's.
-
-    With a record the file decides, and a config that disagrees gets a note naming the differing keys (the
-    weights are what they are). Without one, the config gives the backbone and the weights give the number
-    of heads and clusters: a self-label file (1 head) also fits a SCAN config, and an over-clustering model
-    (more clusters than classes) is evaluated by majority mapping.
-    """
+    """The untrained model to load `model_file` into: the recorded architecture (a differing config gets a note),
+    else the config's backbone with the weights' number of heads and clusters, so that a self-label file (1 head)
+    fits a SCAN config and an over-clustering model is evaluated by majority mapping."""
     state_dict, recorded = model_file.state_dict, model_file.architecture
     require_same_dataset(recorded, cfg, model_path)
     if recorded is not None:
@@ -255,21 +231,14 @@ def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) ->
                 flush=True,
             )
         model = build_from_architecture(recorded)
-    elif any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in (
-        "simclr",
-        "moco",
-        "pretrained",
-    ):
-        backbone = build_backbone(cfg["backbone"], **cfg["backbone_kwargs"])
-        model = ContrastiveModel(backbone, **pretext_model_kwargs(cfg))
     else:
-        num_clusters = (
-            state_dict["cluster_head.0.weight"].shape[0]
-            if "cluster_head.0.weight" in state_dict
-            else cfg["num_classes"]
-        )
         backbone = build_backbone(cfg["backbone"], **cfg["backbone_kwargs"])
-        model = ClusteringModel(backbone, num_clusters, max(count_heads(state_dict), 1))
+        if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in PRETEXT:
+            model = ContrastiveModel(backbone, **pretext_model_kwargs(cfg))
+        else:
+            first_head = state_dict.get("cluster_head.0.weight")
+            num_clusters = cfg["num_classes"] if first_head is None else first_head.shape[0]
+            model = ClusteringModel(backbone, num_clusters, max(count_heads(state_dict), 1))
     if isinstance(model, ClusteringModel) and model.cluster_head[0].out_features != cfg["num_classes"]:
         print(
             f"Note: the model has {model.cluster_head[0].out_features} clusters, "
@@ -280,10 +249,7 @@ def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) ->
 
 
 def load_model_file(cfg: dict, model_path: str | Path) -> tuple[torch.nn.Module, int | None]:
-    """The loaded model a file holds, and for clustering models the head to use (the stored one, else 0).
-
-    Returns (ContrastiveModel, None) for a pretext file and (ClusteringModel, head) otherwise.
-    """
+    """(ContrastiveModel, None) for a pretext file, else (ClusteringModel, the stored head or 0), loaded."""
     model_file = read_model_file(model_path)
     model = model_from_file(cfg, model_file, model_path)
     load_state_dict_checked(model, model_file.state_dict, source=f"model {model_path}")

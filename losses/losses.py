@@ -1,8 +1,5 @@
-"""The three SCAN losses (REFERENCE §2), computed in float32 so mixed precision cannot change them.
-
-Inputs are cast to float32 and autocast is switched off inside every loss, so bf16 activations
-and a loss called inside an autocast region both give the float32 result.
-"""
+"""The three SCAN losses (REFERENCE §2), computed in float32 (inputs cast, autocast off inside) so that bf16
+activations or an enclosing autocast region cannot change them."""
 
 from __future__ import annotations
 
@@ -23,10 +20,7 @@ def full_precision(tensor: torch.Tensor):
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy −Σ p log p of a probability vector (the mean prediction over a batch).
-
-    Probabilities are clamped at 1e-8 so empty clusters contribute 0 instead of NaN.
-    """
+    """Shannon entropy −Σ p log p of a probability vector; clamped at 1e-8 so empty clusters add 0, not NaN."""
     p = probabilities.clamp(min=EPS)
     return -(p * p.log()).sum()
 
@@ -34,10 +28,8 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
 class SimCLRLoss(nn.Module):
     """Contrastive loss with the first view as anchors and both views as the contrast set.
 
-    features: [b, 2, d], L2-normalised. For anchor i (view 0), the logits are its dot
-    products with all 2b features divided by the temperature, its own entry excluded;
-    the positive is view 1 of the same image. This is SCAN's variant (b anchors), not
-    the symmetric 2b-anchor NT-Xent.
+    features: [b, 2, d], L2-normalised. Anchor i (view 0) scores all 2b features but itself / temperature; its
+    positive is view 1 of the same image. SCAN's variant (b anchors), not the symmetric 2b-anchor NT-Xent.
     """
 
     def __init__(self, temperature: float) -> None:
@@ -59,15 +51,12 @@ class SimCLRLoss(nn.Module):
 
 
 class SCANLoss(nn.Module):
-    """Consistency with a mined neighbour minus weighted entropy of the mean prediction.
+    """Consistency with a mined neighbour minus weighted entropy of the mean prediction: (total, consistency,
+    entropy) scalars.
 
-    Returns (total, consistency, entropy), each a scalar.
-
-    The entropy term pulls the clusters toward equal sizes. When they are known to be unequal, a
-    `target_prior` (relative cluster sizes, e.g. [5, 5, 5, 1]) replaces it by minus the KL divergence of the
-    mean prediction from that prior, KL(sort(p̄) ‖ sort(prior)), both sorted by size, so the prior says how
-    large the clusters are, not which cluster is which. The third value is then −KL. With a uniform prior this
-    is the entropy minus log K: the same gradients. Without a prior (the default) the loss is the paper's.
+    The entropy pulls the clusters toward equal sizes. A `target_prior` (relative sizes, e.g. [5, 5, 5, 1])
+    replaces it by −KL(sort(p̄) ‖ sort(prior)): sorted, so the prior says how large the clusters are, not which is
+    which. A uniform prior gives the entropy minus log K (same gradients); no prior, the paper's loss.
     """
 
     def __init__(self, entropy_weight: float = 5.0, target_prior: list[float] | None = None) -> None:
@@ -119,9 +108,8 @@ def targets_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of the strong view's logits toward `target` on the `mask`ed samples.
 
-    With class balancing, class c present among the n targets with count n_c gets weight n / n_c (absent
-    classes weight 1), used as CE class weights with mean reduction, which rescales the mean by the weights
-    of the targets: a rare cluster's targets count as much as a common one's.
+    Class balancing weights class c (n_c of the n targets) by n / n_c (absent classes 1) in a mean-reduced CE:
+    a rare cluster's targets count as much as a common one's.
     """
     target_masked = target[mask]
     weight = None
@@ -135,12 +123,9 @@ def targets_cross_entropy(
 class ConfidenceBasedCE(nn.Module):
     """Self-labeling loss: cross-entropy on the strong view toward the weak view's pseudo-labels (`pseudo_labels`).
 
-    Without `fraction` (the paper's rule, config `pseudo_labels: threshold`) a sample is a target when its max
-    softmax probability is strictly above `threshold`. At a high threshold (the paper's 0.99) a few confident
-    clusters can then supply all targets; trained only toward those, the model moves the other clusters'
-    samples into them until some clusters empty. With `fraction` (`pseudo_labels: per_cluster`) a sample is
-    also a target when it is among the most confident `fraction` of its cluster in the batch, so every
-    predicted cluster gets its share. See `targets_cross_entropy` for the class balancing.
+    Without `fraction` (the paper's `pseudo_labels: threshold`), at a high threshold a few confident clusters can
+    supply all targets and absorb the others' samples until some clusters empty; with it (`per_cluster`) every
+    predicted cluster gets its share.
     """
 
     def __init__(self, threshold: float, apply_class_balancing: bool, fraction: float | None = None) -> None:
@@ -166,14 +151,11 @@ class ConfidenceBasedCE(nn.Module):
 def pseudo_labels(
     probabilities: torch.Tensor, threshold: float, per_cluster_fraction: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cluster of every sample, mask of those that become self-labeling targets).
+    """(argmax cluster of every sample of `probabilities` [B, C], mask of the self-labeling targets).
 
-    The cluster is the argmax of `probabilities` [B, C].
-    Without `per_cluster_fraction`: those whose max probability is strictly above `threshold`, the
-    paper's rule (ConfidenceBasedCE's). With it, each cluster c also gets its most confident
-    ceil(fraction · n_c) members, n_c = the batch's samples predicted as c, ties at the cut included:
-    a per-cluster threshold min(threshold, q_c), q_c the confidence of that last member. A cluster whose
-    samples are less sure than `threshold` thus still gets its share of targets instead of none.
+    Targets: a max probability strictly above `threshold` (the paper). With `per_cluster_fraction`, each cluster c
+    also gets its most confident ceil(fraction · n_c) of its n_c batch members, ties at the cut included: a
+    per-cluster threshold min(threshold, q_c), so an unsure cluster still gets its share instead of none.
     """
     max_prob, target = probabilities.max(dim=1)
     mask = max_prob > threshold

@@ -18,8 +18,6 @@ from utils.library_names import is_library_backbone
 class BasicBlock(nn.Module):
     """Two 3×3 convolutions with a residual connection (He et al., 2016)."""
 
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)

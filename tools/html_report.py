@@ -1,17 +1,10 @@
 """report.html: one self-contained page to look at the clusters, written by eval.py beside metrics.json.
 
-People cluster images to look at the groups. The page holds the metrics (when the data has labels), the
-training curves of the stages found beside the model, the cluster sizes, the confusion matrix and, for every
-cluster, its most confident images and a random sample of its members, with the matched class name.
-
-Everything is inside the one file: images are JPEG thumbnails in `data:` URIs, the size chart is inline SVG,
-style and the few lines of script are inline; nothing is fetched, so it opens offline and can be mailed.
-It stays usable for 1,000 clusters: every cluster is a collapsed <details> section (open by default only up to
-OPEN_UP_TO clusters) listed in a table of contents, and the number of thumbnails is capped (`max_images`):
-when clusters × (top + random) exceeds it, both galleries shrink evenly. The file size is therefore bounded by
-max_images × the size of one thumbnail plus the markup: a 64 px JPEG thumbnail takes 1.7–2.1 KB on average for
-photo crops (scikit-learn's sample photos) and 3.6 KB for pixel noise, JPEG's worst case, as base64; so at most
-about 4000 × 5 KB = 20 MB with the defaults, typically under 10 MB. Thumbnails grow with the square of their side.
+It holds the metrics (with labels), the training curves found beside the model, the cluster sizes, the confusion
+matrix and, per cluster, its most confident images and a random sample of its members. Everything is inline
+(JPEG `data:` URIs, SVG, style, script), so it opens offline and can be mailed. For 1,000 clusters: each is a
+collapsed <details> section beyond OPEN_UP_TO, and `max_images` caps the thumbnails, which bounds the file size
+(measured in docs/outputs.md).
 """
 
 from __future__ import annotations

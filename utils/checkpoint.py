@@ -1,11 +1,5 @@
-"""Saving and loading checkpoints safely.
-
-Saves are atomic and durable (utils/results.py: temporary file, fsync, rename), so an interrupted run
-never leaves a truncated model behind, and they refuse non-finite weights, so a diverged run never
-replaces a good file. Loads use `weights_only=True` (no arbitrary pickled code), with the one numpy
-scalar type the published SCAN files contain allow-listed. A resumable `checkpoint.pth.tar` records
-the config that wrote it; resuming under a config that would change the model or the data is refused.
-"""
+"""Saving and loading checkpoints safely: atomic saves that refuse non-finite weights, `weights_only` loads, and
+resumes refused under a config that would change the model or the data."""
 
 from __future__ import annotations
 
@@ -88,10 +82,8 @@ def non_finite_tensors(obj: object, prefix: str = "") -> list[str]:
 
 
 def save_atomic(obj: object, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    Refuses objects with NaN or infinite weights: a diverged run must not replace the last good file.
-    """
+    """torch.save to a temporary file, fsync, rename over `path`; refuses NaN or infinite weights, so that a
+    diverged run never replaces the last good file."""
     bad = non_finite_tensors(obj)
     if bad:
         raise NonFiniteError(
@@ -131,10 +123,7 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
 
 
 def load_checkpoint(path: str | Path, missing_hint: str = "") -> object:
-    """Load a checkpoint on the CPU without executing pickled code.
-
-    Works for zip and legacy (torch ≤ 1.5) files, CUDA-saved tensors included.
-    """
+    """Load a checkpoint on the CPU without executing pickled code (zip and legacy files, CUDA tensors included)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path}. {missing_hint}".strip())
@@ -160,12 +149,8 @@ def load_state_dict_checked(
     allowed_missing: tuple[str, ...] = (),
     source: str = "checkpoint",
 ) -> None:
-    """Load weights, failing with the full list of missing / unexpected / mis-shaped keys.
-
-    `allowed_unused` lists key prefixes that may be present in the file but unused by the
-    model, and `allowed_missing` those the model keeps at their initial values: a pretext
-    model seeds a clustering model's backbone, not its cluster heads.
-    """
+    """Load weights, failing with the full list of missing / unexpected / mis-shaped keys; `allowed_unused` and
+    `allowed_missing` are key prefixes the file may hold unused or lack (a pretext model seeds no cluster head)."""
     state_dict = strip_module_prefix(dict(state_dict))
     expected = model.state_dict()
     missing = [key for key in expected if key not in state_dict and not key.startswith(allowed_missing)]
@@ -284,12 +269,8 @@ def resume(
     cfg: dict | None = None,
     verbose: bool = True,
 ) -> dict:
-    """Restore model and optimizer from a resumable `checkpoint.pth.tar` if it exists.
-
-    Returns the checkpoint (its 'epoch' is the next epoch to run, 'step' the steps of that epoch already
-    done, plus RNG states and any stage extras), or {'epoch': 0} when there is nothing to resume. With a
-    `cfg`, a checkpoint written under other model or data settings is refused (CheckpointError).
-    """
+    """Restore model and optimizer from a resumable `checkpoint.pth.tar` if it exists; returns it ('epoch': the next
+    to run, 'step': steps of it done, RNG states, stage extras) or {'epoch': 0}. With `cfg`, check_resumable."""
     if not Path(path).is_file():
         return {"epoch": 0}
     if cfg is not None and not cfg.get("resume", True):

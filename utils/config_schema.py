@@ -61,10 +61,7 @@ CRITERION_SCHEMAS: dict[str, dict] = {
     "confidence-cross-entropy": {"apply_class_balancing": BOOL},
 }
 
-BACKBONE_SCHEMAS: dict[str, dict] = {
-    "resnet18": {"stem": STR, "base_width": INT},
-    "resnet50": {},
-}
+BACKBONE_SCHEMAS: dict[str, dict] = {"resnet18": {"stem": STR, "base_width": INT}, "resnet50": {}}
 
 CONTRASTIVE_MODEL_SCHEMA = {"head": STR, "features_dim": INT}
 

@@ -149,15 +149,6 @@ def gather_in_order(rows: dict[str, torch.Tensor], indices: torch.Tensor | None)
     return gathered
 
 
-def gather_objects(value) -> list:
-    """Every process's `value` (picklable, small), in rank order: [value] in one process."""
-    if not is_distributed():
-        return [value]
-    values: list = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-
 def sum_over_processes(value: int) -> int:
     """The sum of an integer over all processes (a collective under torchrun; the value itself in one process)."""
     if not is_distributed():

@@ -8,13 +8,10 @@ A TrainingGuard wraps what the loop already does, so a stage's loop reads the sa
         train_one_epoch(guard.batches(loader), ...)   # stops cleanly between steps when asked
         guard.save_checkpoint(epoch + 1, best_loss=...)
 
-Exact resume. The random generators (python, numpy, torch) drive shuffling (the sampler draws its seed
-from torch's), augmentation (in the main process, or in workers seeded from torch's generator when an
-epoch's loader starts) and neighbour sampling. The guard saves their state with every checkpoint and
-restores it before the first resumed batch, so a resumed run draws what the uninterrupted one drew.
-A checkpoint written mid-epoch also holds the state at the start of that epoch: on resume the epoch's
-first batches are drawn again (not trained on), so the data pipeline, workers included, continues
-exactly where it stopped, and then the state at the stop is restored for the rest of the loop.
+Exact resume (docs/reliability.md): the generators that drive shuffling, augmentation and neighbour sampling are
+saved with every checkpoint and restored before the first resumed batch; a mid-epoch checkpoint also holds the
+state at the epoch's start, so the epoch's used batches are drawn again (not trained on) before the state at the
+stop is restored.
 """
 
 from __future__ import annotations
@@ -61,11 +58,7 @@ class NonFiniteLossError(NonFiniteError):
 
 def finite_loss(loss: torch.Tensor | float, epoch: int, step: int) -> float:
     """The loss (a one-element tensor, or a float already read) as a float, or a stop naming where training
-    diverged.
-
-    Checked on the value the loop reads anyway (no extra device sync). The run stops before any file is
-    written, so the checkpoint of the last completed epoch stays as it was.
-    """
+    diverged, before any file is written; checked on the value the loop reads anyway (no extra device sync)."""
     value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
     if value != value or value in (float("inf"), float("-inf")):
         raise NonFiniteLossError(
@@ -161,11 +154,8 @@ class TrainingGuard:
             step += 1
 
     def save_checkpoint(self, epoch: int, **extras) -> None:
-        """The end-of-epoch checkpoint (`epoch` = epochs done), with the stage's `extras`.
-
-        Every process calls it (their RNG states are gathered); the main one writes. A stop requested
-        during the epoch's evaluation takes effect here, right after the checkpoint is written.
-        """
+        """The end-of-epoch checkpoint (`epoch` = epochs done) with the stage's `extras`, called by every process;
+        a stop requested during the epoch's evaluation takes effect right after it is written."""
         self.extras = extras
         self._write(epoch, 0, epoch_rng=False)
         if self._stop_requested():

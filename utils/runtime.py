@@ -1,8 +1,5 @@
-"""Where and how a run executes: device, distributed init, seeding, autocast.
-
-One code path serves a laptop CPU, one GPU and `torchrun` (DistributedDataParallel):
-stages call these helpers instead of touching CUDA or torch.distributed directly.
-"""
+"""Where and how a run executes (device, distributed init, seeding, autocast): one code path for a CPU, one GPU
+and `torchrun`, as the stages call these instead of CUDA or torch.distributed."""
 
 from __future__ import annotations
 
@@ -43,11 +40,8 @@ def first_host(nodelist: str) -> str:
 
 
 def adopt_slurm_environment(environ: dict = os.environ) -> None:
-    """Under `srun python simclr.py ...` (one task per GPU, no torchrun) take rank and world from SLURM.
-
-    torchrun's variables win when present (`srun torchrun ...` sets them per process). The rendezvous is
-    the first node of the job on MASTER_PORT (default 29500), as torchrun's static rendezvous would use.
-    """
+    """Under `srun python simclr.py ...` (one task per GPU) take rank and world from SLURM; torchrun's variables
+    win when present. The rendezvous is the job's first node on MASTER_PORT (default 29500), as torchrun's."""
     if "RANK" in environ or "SLURM_PROCID" not in environ or int(environ.get("SLURM_NTASKS", "1")) < 2:
         return
     environ["RANK"] = environ["SLURM_PROCID"]
@@ -78,21 +72,15 @@ def init_runtime() -> Runtime:
 
 
 def gpu_of(local_rank: int, device_count: int) -> int:
-    """The GPU index of the process with this local rank among the GPUs it sees.
-
-    Modulo the visible count: under srun with one GPU per task (CUDA_VISIBLE_DEVICES set per task) each process
-    sees only its own GPU, as cuda:0, whatever its local rank; with more processes than GPUs they share them.
-    """
+    """The GPU of this local rank, modulo the visible count: under srun with one GPU per task each process sees
+    only its own, as cuda:0; with more processes than GPUs they share them."""
     return local_rank % device_count
 
 
 def resolve_fast_path(cfg: dict, runtime: Runtime) -> None:
-    """Turn the config's ``auto`` speed settings into what this run does, in ``cfg`` (the log shows it) and ``runtime``.
-
-    ``amp`` and ``channels_last``: on for CUDA, off on CPU (bfloat16 autocast is slow on most CPUs).
-    ``augmentation_backend``: batched on CUDA; pil, the faithful path, on CPU (where the batched backend gains
-    little, and loses for ``ours`` at small batches: docs/speed.md). load_config has checked the types.
-    """
+    """Turn the config's ``auto`` speed settings into what this run does, in ``cfg`` (the log shows it) and
+    ``runtime``: on CUDA amp, channels_last and the batched backend; on a CPU none (bf16 autocast is slow there,
+    and the batched backend gains little: docs/speed.md)."""
     from utils.config import ConfigError
 
     cuda = runtime.device.type == "cuda"
@@ -142,11 +130,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> bool:
-    """Put every generator back where `rng_state()` found it, so the following draws repeat exactly.
-
-    The GPU generator restored is the current device's: from a one-entry list (what rng_state writes), or the
-    current device's entry of an older every-GPU list. Returns False when this run's GPU generator cannot
-    continue the saved one (saved on a CPU and resumed on a GPU, or the reverse).
+    """Put every generator back where `rng_state()` found it (the GPU's from a one-entry list, or the current
+    device's entry of an older every-GPU list); False when the saved run had a GPU and this one not, or the reverse.
     """
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
@@ -161,10 +146,7 @@ def set_rng_state(state: dict) -> bool:
 
 
 def gather_rng_states(runtime: Runtime, state: dict | None = None) -> list[dict]:
-    """Every process's generator state (`state`, default the current one), in rank order.
-
-    A collective under torchrun: all processes must call it.
-    """
+    """Every process's generator state (`state`, default the current one), in rank order (a collective)."""
     state = rng_state() if state is None else state
     if not runtime.distributed:
         return [state]
@@ -226,11 +208,8 @@ def autocast(runtime: Runtime, enabled: bool):
 
 
 def leave_process_group() -> None:
-    """Under torchrun, wait for every process, then leave the process group.
-
-    The other processes finish long before the main one has written its files; one that exited then tore gloo down
-    under the main one and died with an abort, so torchrun reported the whole run as failed.
-    """
+    """Under torchrun, wait for every process, then leave the process group: one that exited while the main one
+    still wrote tore gloo down under it, and torchrun reported the run as failed."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
