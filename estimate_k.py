@@ -3,23 +3,19 @@
     python estimate_k.py --config_env configs/env.yml --config_exp configs/scan/scan_digits_features.yml \
                          --k 5 8 10 12 15 20 --seeds 0 1 2 3 4
 
-Needs the pretext stage's cached features (`save_features: true`, see data/cached_features.py). For every K
-and seed it trains the config's SCAN heads on the train split's features (no images, seconds per run), then
-scores the train split's assignments with the criteria of engine/cluster_criteria.py and engine/cluster_number.py.
-Labels, when the data has them, give ACC/NMI/ARI on the test split for reference only: they never enter the
-recommendation.
-
-Writes <root_dir>/<db>/estimate_k/{estimate_k.json, estimate_k.md}.
+Needs the pretext stage's cached features (`save_features: true`). For every K and seed it trains the config's
+SCAN heads on the train features, then scores the train assignments (engine/cluster_number.py); labels, when
+there are any, give test ACC/NMI/ARI for reference only. Writes <root_dir>/<db>/estimate_k/estimate_k.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from utils.config import ArgumentParser, add_config_arguments
+from utils.config import ArgumentParser, add_config_arguments, parse_early
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description="Estimate the number of clusters from cached features")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--k", type=int, nargs="+", required=True, help="candidate numbers of clusters")
@@ -32,8 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-if __name__ == "__main__":
-    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+parse_early(__name__, parse_args)
 
 import statistics
 from pathlib import Path

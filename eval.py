@@ -3,12 +3,9 @@
     python eval.py --config_exp configs/scan/scan_cifar10.yml --model scan_cifar-10.pth.tar \
                    [--config_env configs/env.yml] [--visualize_prototypes] [--output_dir DIR]
 
-Clustering models: ACC, NMI, ARI, AMI, ACC Top-5 and the Hungarian match in DIR/metrics.json,
-DIR/confusion_matrix.png, DIR/predictions.csv (file, cluster, confidence, label, matched_class: predict.py's
-columns), and with --visualize_prototypes DIR/prototypes.png.
-Pretext models: neighbour accuracy for k = 1, 5, 20 in DIR/metrics.json.
-Both: DIR/report.html, one offline page with the metrics, training curves and (clustering) per-cluster galleries.
-DIR defaults to a folder beside the model file.
+Clustering models: metrics.json (ACC, NMI, ARI, AMI, ACC Top-5, Hungarian match), confusion_matrix.png,
+predictions.csv and with --visualize_prototypes prototypes.png; pretext models: neighbour accuracy for k = 1, 5,
+20. Both: report.html. DIR defaults to a folder beside the model file (docs/outputs.md).
 """
 
 from __future__ import annotations
@@ -16,10 +13,10 @@ from __future__ import annotations
 import argparse
 
 from tools.report_options import add_report_arguments, gallery_options
-from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments
+from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments, parse_early
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description="Evaluate a pretext, SCAN or self-label model on the test split")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
@@ -35,8 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":
-    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+parse_early(__name__, parse_args)
 
 from pathlib import Path
 

@@ -1,12 +1,9 @@
 """ImageNet pretext: import MoCo v2 weights, then mine neighbours on the backbone features.
 
-The MoCo case of pretrained.py: only the weights file (a MoCo checkpoint with its own key names) differs.
-
     python moco.py --config_env configs/env.yml --config_exp configs/pretext/moco_imagenet50.yml \
                    --moco_weights moco_v2_800ep_pretrain.pth.tar
 
-Writes <root_dir>/<db>/pretext/{model.pth.tar + model.pth.tar.arch.json, topk-train-neighbors.npy,
-topk-val-neighbors.npy, metrics.json}.
+pretrained.py's MoCo case: only the weights file, with its own key names, differs.
 """
 
 from __future__ import annotations
@@ -18,9 +15,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--moco_weights", required=True, help="MoCo v2 checkpoint, e.g. moco_v2_800ep_pretrain.pth.tar")
 
 
-PARSER = stage_parser("Import MoCo v2 weights and mine neighbours", add_arguments)
-if __name__ == "__main__":
-    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+PARSER = stage_parser("Import MoCo v2 weights and mine neighbours", __name__, add_arguments)
 
 from pathlib import Path
 

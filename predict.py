@@ -4,15 +4,10 @@
                       --model results/my_images/selflabel/model.pth.tar \
                       --images new_photos/ one_more.jpg --output predictions.csv [--config_env configs/env.yml]
 
-Images (files, or folders searched recursively) are read like the training images of a folder dataset
-(RGB, shorter side resized to dataset_kwargs.image_size when set) and go through the config's val transform.
-predictions.csv has eval.py's columns, one row per image: file, cluster, confidence (the cluster's softmax
-probability), label (empty: new images have none) and matched_class, the class eval.py matched to that cluster,
-read from the `hungarian_match` of --metrics (default: the metrics.json eval.py writes beside the model).
-Without a labeled evaluation it stays empty.
-Files that are not images are listed and skipped; one cut short is assigned from its decodable part with a
-warning, as in training. Batches are built as the stages build them (augmentation_backend, channels_last).
---sort_into DIR also copies (--link: symlinks) the images into DIR/cluster_03_<matched class>/, one folder per cluster.
+Images (files, or folders searched recursively) are read as a folder dataset reads its own and go through the
+config's val transform; predictions.csv has eval.py's columns (docs/outputs.md), matched_class from the
+`hungarian_match` of eval.py's metrics.json (--metrics). Files that are not images are listed and skipped.
+--sort_into DIR also copies (--link: symlinks) the images into DIR/cluster_03_<matched class>/ per cluster.
 """
 
 from __future__ import annotations
@@ -20,10 +15,10 @@ from __future__ import annotations
 import argparse
 
 from tools.sort_images import check_target_folder
-from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments
+from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments, parse_early
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description="Assign images to the clusters of a SCAN or self-label model")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--model", required=True, help="SCAN ({'model', 'head'}) or self-label model file")
@@ -58,8 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-if __name__ == "__main__":
-    parse_args(None)  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+parse_early(__name__, parse_args)
 
 import json
 from pathlib import Path

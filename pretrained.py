@@ -1,17 +1,12 @@
 """Pretext from any pretrained torchvision or timm image model: no training, only neighbour mining.
 
-    python pretrained.py --config_env configs/env.yml --config_exp configs/pretext/pretrained_digits.yml
     python pretrained.py --config_env configs/env.yml --config_exp configs/pretext/pretrained_digits.yml \
-                         --set backbone=timm:vit_small_patch14_dinov2.lvd142m --weights /path/model.safetensors
+                         [--set backbone=timm:vit_small_patch14_dinov2.lvd142m --weights /path/model.safetensors]
 
 `backbone: torchvision:<name>` or `timm:<name>` names the model; `pretrained:` (or --weights) is a weights file,
-or `default` for the library's own weights (its cache, downloaded there when online). Images go through the model's own
-preprocessing (the library's resize, crop and mean/std) unless the config sets `transformation_kwargs`.
-Neighbours are mined on the L2-normalised backbone features exactly as after SimCLR training.
-
-Writes <root_dir>/<db>/pretext/{model.pth.tar (backbone.* keys) + model.pth.tar.arch.json, topk-train-neighbors.npy,
-topk-val-neighbors.npy, metrics.json}; with `save_features: true` also features-{train,val}.npy,
-targets-{train,val}.npy and features.json for scan.py's `head_input: cached_features`.
+or `default` for the library's own. Images go through the model's own preprocessing unless the config sets
+`transformation_kwargs`; neighbours are mined on the L2-normalised backbone features as after SimCLR
+(docs/pretrained.md). Writes <root_dir>/<db>/pretext/ as simclr.py does.
 """
 
 from __future__ import annotations
@@ -38,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-PARSER = stage_parser("Pretext from a pretrained torchvision/timm backbone", add_arguments)
-if __name__ == "__main__":
-    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+PARSER = stage_parser("Pretext from a pretrained torchvision/timm backbone", __name__, add_arguments)
 
 from pathlib import Path
 

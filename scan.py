@@ -2,19 +2,16 @@
 
     python scan.py --config_env configs/env.yml --config_exp configs/scan/scan_cifar10.yml
 
-Needs the pretext stage's model.pth.tar and neighbour files. Writes <root_dir>/<db>/scan/
-{checkpoint.pth.tar, model.pth.tar ({'model', 'head', 'architecture'}), confusion_matrix.png, metrics.json}.
-With `update_cluster_head_only: true` and `head_input: cached_features`, the heads train on the backbone
-features the pretext stage saved (`save_features: true`) instead of on images (data/cached_features.py).
+Needs the pretext stage's model.pth.tar and neighbour files; writes <root_dir>/<db>/scan/ (docs/outputs.md). With
+`update_cluster_head_only: true` and `head_input: cached_features` the heads train on the backbone features the
+pretext stage saved (data/cached_features.py).
 """
 
 from __future__ import annotations
 
 from utils.config import stage_parser
 
-PARSER = stage_parser("SCAN clustering")
-if __name__ == "__main__":
-    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+PARSER = stage_parser("SCAN clustering", __name__)
 
 import math
 import time

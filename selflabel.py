@@ -1,24 +1,18 @@
-"""Stage 3: self-labeling with confident pseudo-labels of the SCAN model.
+"""Stage 3: self-labeling with confident pseudo-labels of the SCAN model (docs/selflabel.md).
 
     python selflabel.py --config_env configs/env.yml --config_exp configs/selflabel/selflabel_cifar10.yml
 
-Starts from the best head of scan/model.pth.tar (as head 0). Writes <root_dir>/<db>/selflabel/
-{checkpoint.pth.tar, model.pth.tar (plain state dict) + model.pth.tar.arch.json, confusion_matrix.png, metrics.json}.
-
-Every epoch logs the cluster sizes on the test split, the pseudo-labels each cluster got, and a warning for a
-cluster that emptied or shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the
-paper; `best` keeps the epoch with the lowest SCAN loss of the cluster assignments on the test neighbours
-whose clusters all survived,
-the SCAN model itself (epoch 0) included. `pseudo_labels: per_cluster` gives every cluster its share of targets.
+Starts from the best head of scan/model.pth.tar (as head 0); writes <root_dir>/<db>/selflabel/ (docs/outputs.md).
+Every epoch logs the test cluster sizes, each cluster's pseudo-labels and a warning for a cluster that emptied or
+shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the paper; `best` the epoch,
+SCAN model included, with the lowest assignment SCAN loss on the test neighbours and all clusters intact.
 """
 
 from __future__ import annotations
 
 from utils.config import stage_parser
 
-PARSER = stage_parser("Self-labeling")
-if __name__ == "__main__":
-    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+PARSER = stage_parser("Self-labeling", __name__)
 
 from pathlib import Path
 

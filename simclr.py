@@ -2,18 +2,14 @@
 
     python simclr.py --config_env configs/env.yml --config_exp configs/pretext/simclr_cifar10.yml
 
-Writes <root_dir>/<db>/pretext/{checkpoint.pth.tar, model.pth.tar (plain state dict) + model.pth.tar.arch.json
-(its architecture), topk-train-neighbors.npy, topk-val-neighbors.npy, metrics.json}. Resumes from
-checkpoint.pth.tar when it exists.
+Writes <root_dir>/<db>/pretext/ (docs/outputs.md); resumes from its checkpoint.pth.tar when it exists.
 """
 
 from __future__ import annotations
 
 from utils.config import stage_parser
 
-PARSER = stage_parser("SimCLR pretext training and neighbour mining")
-if __name__ == "__main__":
-    PARSER.parse_args()  # --help and usage mistakes are answered before torch is imported (seconds, not ten)
+PARSER = stage_parser("SimCLR pretext training and neighbour mining", __name__)
 
 from pathlib import Path
 

@@ -1,14 +1,9 @@
-"""Image augmentations for the three SCAN stages.
+"""Image augmentations for the three SCAN stages: ``simclr`` (pretext, and ImageNet's SCAN step), ``ours`` (the
+strong view of SCAN and self-labeling: RandAugment-style ``StrongAugment`` then ``Cutout``) and the val transform
+(also self-labeling's weak view).
 
-Two training strategies exist: ``simclr`` (pretext training, and the ImageNet SCAN
-step) and ``ours`` (the strong view of the SCAN and self-label steps: a RandAugment
-style ``StrongAugment`` followed by ``Cutout``). The validation transform doubles as
-the weak view during self-labelling.
-
-All randomness in the custom ops comes from python's ``random`` module and the
-torchvision transforms draw from torch's RNG. Numpy's global RNG is deliberately
-avoided: DataLoader workers reseed ``random`` and torch per worker but not numpy, so a
-numpy draw would repeat the same augmentation in every worker.
+Randomness comes from python's ``random`` and torch's generator, never numpy's global one: DataLoader workers
+reseed ``random`` and torch per worker but not numpy, so a numpy draw would repeat in every worker.
 """
 
 import random
@@ -111,11 +106,8 @@ OPS: list[tuple[str, Callable[[Image.Image, float], Image.Image], float, float]]
 
 
 class StrongAugment:
-    """Apply ``n`` ops drawn with replacement from ``OPS``, each at a uniform magnitude.
-
-    Unlike RandAugment there is no global magnitude: every op samples its own strength
-    across its whole range, which is what makes this view "strong".
-    """
+    """Apply ``n`` ops drawn with replacement from ``OPS``, each at a magnitude uniform over its whole range (no
+    global magnitude as in RandAugment: what makes this view "strong")."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -128,11 +120,8 @@ class StrongAugment:
 
 
 class Cutout:
-    """Zero ``n_holes`` squares of a normalised C×H×W tensor.
-
-    Applied after normalisation, so the hole holds the dataset mean rather than black.
-    The centre may lie anywhere in the image; the square is clipped at the borders.
-    """
+    """Zero ``n_holes`` squares, centred anywhere and clipped at the borders, of a normalised C×H×W tensor (so the
+    holes hold the dataset mean rather than black)."""
 
     def __init__(self, n_holes: int, length: int, random: bool = True) -> None:
         self.n_holes = n_holes
@@ -199,11 +188,8 @@ def get_train_transformations(cfg: dict) -> Callable:
 
 
 def get_val_transformations(cfg: dict) -> Callable:
-    """Deterministic transform for evaluation, feature mining and the weak self-label view.
-
-    A torchvision:/timm: backbone without `transformation_kwargs` gets its library's own preprocessing
-    (resize, center crop, mean/std of its weights), so every stage feeds it what it was trained on.
-    """
+    """Deterministic transform for evaluation, feature mining and the weak self-label view; a torchvision:/timm:
+    backbone without `transformation_kwargs` gets its library's own preprocessing, what it was trained on."""
     kwargs = cfg["transformation_kwargs"]
     if not kwargs and is_library_backbone(cfg.get("backbone", "")):
         return library_transform(cfg["backbone"])

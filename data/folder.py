@@ -6,11 +6,9 @@ Layouts below ``root`` (absolute, or relative to ``data_root``)::
     root/<class>/*.jpg        or  root/train/<class>/*.jpg    test part split off (seeded)
     root/**/*.jpg                                             unlabeled: images anywhere below root
 
-Every stage indexes images by position (the pretext stage saves neighbour indices), so all stages must see
-the same files in the same order. The first construction therefore writes the train/test file lists to
-``split_file`` (the registry puts it beside the results, ``<root_dir>/<train_db_name>/split.json``) and every
-later one reads them back: images added to the folder afterwards are left out with a notice instead of
-silently shifting every index. Unreadable files are found once, when the split is made, and skipped.
+Stages index images by position (neighbour files), so the first construction writes the train/test file lists to
+``split_file`` (``<root_dir>/<train_db_name>/split.json``) and every later one reads them back: images added
+afterwards are left out with a notice instead of shifting every index. Unreadable files are skipped at the split.
 """
 
 from __future__ import annotations
@@ -54,11 +52,8 @@ or, unlabeled: images anywhere below {root}/ (loose files, any sub-folders)."""
 
 
 def find_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursively, symlinks followed), sorted so indices are reproducible.
-
-    Hidden files and folders are left out: macOS ``._name.jpg`` companions and similar tool debris carry
-    image extensions but are not images.
-    """
+    """Image files below ``folder`` (recursively, symlinks followed), sorted so indices are reproducible; hidden
+    ones are left out (macOS ``._name.jpg`` companions carry image extensions but are not images)."""
     found = []
     for directory, subdirectories, files in os.walk(folder, followlinks=True):
         subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
@@ -71,11 +66,10 @@ def find_images(folder: Path) -> list[Path]:
 
 
 def open_rgb(path: str | Path, image_size: int | None = None) -> Image.Image:
-    """Read an image as 8-bit RGB, upright, with its shorter side resized to ``image_size`` when given.
+    """Read an image as 8-bit RGB, upright (EXIF orientation), its shorter side resized to ``image_size`` if given.
 
-    Transparent pixels are laid over white (dropping alpha would show whatever colour hides under them,
-    often black); 16-bit grayscale is scaled to 8 bits (PIL's own conversion clips it to white); EXIF
-    orientation is applied so phone photos are seen as they are displayed.
+    Transparency is laid over white (dropping alpha shows whatever colour hides under it, often black); 16-bit
+    grayscale is scaled to 8 bits (PIL's own conversion clips it to white).
     """
     with Image.open(path) as image:
         if image_size is not None:
@@ -151,11 +145,8 @@ def _listing(lines: list[str]) -> str:
 
 
 class PathList(Sequence):
-    """Absolute image paths kept as plain strings and handed out as Path objects.
-
-    A million Path objects take ~500 MB; their strings ~100 MB, which is what bounds the memory of a
-    large folder dataset (and of every DataLoader worker that copies it).
-    """
+    """Absolute image paths kept as plain strings (a million take ~100 MB, as Path objects ~500 MB, in every
+    DataLoader worker) and handed out as Path objects."""
 
     def __init__(self, root: Path, relative_paths) -> None:
         prefix = str(root) + os.sep
@@ -179,12 +170,10 @@ class PathList(Sequence):
 class FolderDataset(ImageDataset):
     """Images below ``root``, split into train and test, labeled by first-level sub-folder or unlabeled.
 
-    ``labeled``: ``'auto'`` (labeled when every image lies in a first-level sub-folder of its part and
-    there are at least two such folders), ``True`` (that layout is required) or ``False`` (targets -1).
-    Class names are the sorted sub-folder names. Without a ``test/`` part, a seeded random
-    ``test_fraction`` of the images (of each class, when labeled) becomes the test split.
-    ``split_file``: where the split is saved and, when it exists, read from; None keeps it in memory.
-    ``paths`` holds each sample's absolute path (eval.py writes it to predictions.csv).
+    ``labeled``: ``'auto'`` (labeled when every image lies in one of at least two first-level sub-folders of its
+    part), ``True`` (that layout required) or ``False`` (targets -1). Without a ``test/`` part a seeded
+    ``test_fraction`` becomes the test split. ``split_file``: where the split is saved and read back (None: kept
+    in memory). ``paths``: each sample's absolute path (eval.py's predictions.csv).
     """
 
     def __init__(
@@ -344,10 +333,8 @@ class FolderDataset(ImageDataset):
 
     @staticmethod
     def _seeded_split(targets: dict[str, int], test_fraction: float, seed: int) -> dict[str, dict[str, int]]:
-        """Move a seeded ``test_fraction`` of each class (of all images when unlabeled) to the test split.
-
-        Per class, so that a small class still shows up in the test split; both lists stay in path order.
-        """
+        """Move a seeded ``test_fraction`` of each class (so a small class still shows up; of all images when
+        unlabeled) to the test split; both lists stay in path order."""
         rng = random.Random(seed)
         test_paths = set()
         for target in sorted(set(targets.values())):

@@ -1,8 +1,7 @@
 """ImageNet (ILSVRC2012) and its 50/100/200-class subsets, read from one folder per wnid.
 
-Images are resized so the shorter side is 256 as they are read, because every transform SCAN applies to
-ImageNet (val centre crop, SimCLR and "ours" augmentations at 224) starts from that size; prototypes drawn
-from ``get_image`` then show what the model saw.
+Images are read with the shorter side resized to 256, where every transform SCAN applies to ImageNet starts, so
+prototypes drawn from ``get_image`` show what the model saw.
 """
 
 import warnings
@@ -53,12 +52,9 @@ def read_subset(name: str) -> list[tuple[str, str]]:
 
 
 class ImageNet(ImageDataset):
-    """ImageNet from ``root/ILSVRC2012_img_{train,val}/<wnid>/*.JPEG``.
-
-    ``subset=None`` takes every wnid folder in sorted order (torchvision ImageFolder's order, class names
-    are the wnids). ``subset='imagenet_50' | 'imagenet_100' | 'imagenet_200'`` takes the classes of
-    ``data/imagenet_subsets/<subset>.txt`` in line order, named as in that file; class folders missing from
-    ``root`` are skipped with a warning so that a partial copy can be used.
+    """ImageNet from ``root/ILSVRC2012_img_{train,val}/<wnid>/*.JPEG``: every wnid folder in sorted order (as
+    torchvision's ImageFolder), or with ``subset`` ('imagenet_50', ...) the classes of
+    ``data/imagenet_subsets/<subset>.txt`` in line order, folders missing from ``root`` skipped with a warning.
     """
 
     def __init__(

@@ -36,11 +36,8 @@ def _timm_data_config(arch: str) -> dict:
 
 
 def library_transform(name: str) -> Callable:
-    """The model's own evaluation preprocessing (resize, center crop, mean/std) from the library's metadata.
-
-    torchvision: the DEFAULT weights' `transforms()`; timm: `resolve_data_config` + `create_transform` on the
-    model's pretrained config. A local weights file is assumed to be preprocessed like the default weights.
-    """
+    """The model's own evaluation preprocessing from the library's metadata (a local weights file is assumed to
+    be preprocessed like the default weights)."""
     library, arch = split_name(name)
     if library == "torchvision":
         return _torchvision_preprocessing(arch)
@@ -51,11 +48,8 @@ def library_transform(name: str) -> Callable:
 
 
 def library_preprocessing(name: str) -> dict:
-    """The numbers behind `library_transform`: {resize, crop, mean, std} (resize: the shorter side before the crop).
-
-    tools/new_dataset.py sizes the other stages' crops and augmentation to them, so that the strong views of
-    self-labeling have the size and normalisation of what the model was trained on.
-    """
+    """The numbers behind `library_transform`: {resize, crop, mean, std} (resize: the shorter side before the crop),
+    to which tools/new_dataset.py sizes self-labeling's strong views."""
     library, arch = split_name(name)
     if library == "torchvision":
         preset = _torchvision_preprocessing(arch)

@@ -33,25 +33,17 @@ def capped_batch_size(num_samples: int, batch_size: int, world_size: int) -> int
 
 
 def train_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
-    """Shuffled loader that drops the last partial batch.
-
-    With fewer samples than one (per-process) batch, dropping it would run zero steps, so
-    the batch is capped at the dataset size with a warning. Workers start anew each epoch (as in the
-    original), seeded from torch's generator: an epoch's augmentations then follow from the generator
-    state at its start, which checkpoints save, so a resumed run repeats them exactly.
-    """
+    """Shuffled loader that drops the last partial batch (batch capped: capped_batch_size). Workers start anew
+    each epoch, as in the original, seeded from torch's generator, whose state checkpoints save: a resumed run
+    repeats an epoch's augmentations exactly."""
     batch_size = capped_batch_size(len(dataset), batch_size, runtime.world_size)
     sampler = DistributedSampler(dataset, shuffle=True, drop_last=True) if runtime.distributed else None
     return _loader(dataset, batch_size, num_workers, runtime, collate_fn, sampler, train=True)
 
 
 def eval_loader(dataset, batch_size: int, num_workers: int, runtime: Runtime, collate_fn=None) -> DataLoader:
-    """In-order loader over every sample; under torchrun over this process's shard, a run of whole batches.
-
-    Its consumer (engine/inference.run_model) gathers the shards in dataset order.
-    Each batch holds the same images as in one process (the shard starts at a batch boundary), so the results
-    gathered from the shards equal one process's.
-    """
+    """In-order loader over every sample; under torchrun over this process's shard, a run of whole batches, so
+    the shards engine/inference.run_model gathers equal one process's results."""
     shard = shard_range(len(dataset), batch_size, runtime.rank, runtime.world_size) if runtime.distributed else None
     return _loader(dataset, batch_size, num_workers, runtime, collate_fn, shard, train=False)
 

@@ -47,15 +47,10 @@ def run_model(
 ) -> Outputs:
     """Run `model` in eval mode over `batches` (images under 'anchor' or 'image') and collect its outputs.
 
-    `forward_pass`: None calls `model(x)` (a feature model gives features, a clustering model the logits of
-    every head); 'head' runs the heads on cached backbone features; 'return_all' gives logits and backbone
-    features. `backbone_features` also keeps what `model.backbone` output in the same pass (the input of the
-    cluster heads, before any projection head or normalisation). Outputs move to the CPU batch by batch in
-    float32, so mixed-precision models give the same predictions as float32 code and large splits never pile up
-    on the device.
-
-    Under torchrun a collective: each process runs its shard (eval batches are sharded, data/loaders.py) with the
-    main process's weights, and every process gets all rows in dataset order, as one process computes them.
+    `forward_pass` as ClusteringModel's (None: `model(x)`); `backbone_features` also keeps `model.backbone`'s
+    output of the same pass. Outputs go to the CPU batch by batch in float32, so mixed precision predicts as
+    float32 code does and large splits never pile up on the device. Under torchrun a collective: each process
+    runs its shard with the main process's weights, and all get every row in dataset order.
     """
     model.eval()
     broadcast_from_main(model)

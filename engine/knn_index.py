@@ -1,10 +1,8 @@
 """Approximate neighbour mining for millions of images: a faiss IVF index, with its recall measured as it runs.
 
-An exact search costs N² inner products (1.28M ImageNet images: 1.6·10¹² of them); an inverted-file index
-(IVF) clusters the features into `lists` cells with k-means and scores each query only against the `probe`
-cells nearest to it, about probe/lists of the exact work. It may miss neighbours, so every IVF run also
-searches a random sample of queries exactly and prints the recall, which costs a few seconds, not a full exact
-search. `knn_index: exact` (the default, the paper's) never comes here.
+An exact search costs N² inner products; IVF clusters the features into `lists` cells and scores each query
+against the `probe` nearest cells only (about probe/lists of the work). It may miss neighbours, so every run also
+searches a seeded sample of queries exactly and prints the recall. `knn_index: exact` never comes here.
 """
 
 from __future__ import annotations
@@ -63,11 +61,8 @@ def number_of_lists(ivf_lists: int | str, n: int) -> int:
 
 
 def recall_at_k(approx_indices: np.ndarray, exact_indices: np.ndarray) -> float:
-    """Fraction of the exact neighbours [n, k] that the approximate search also found (in any column of its row).
-
-    Both arrays are [n, k] rows of neighbour indices; a row's recall is |approx ∩ exact| / k, averaged over rows.
-    Ties at the k-th score may make two exact searches disagree, so 1.0 is expected only without ties.
-    """
+    """Fraction of the exact neighbours [n, k] that the approximate search also found, in any column of its row
+    (ties at the k-th score can make even two exact searches disagree)."""
     if approx_indices.shape != exact_indices.shape:
         raise ValueError(f"recall_at_k: shapes {approx_indices.shape} and {exact_indices.shape} differ")
     found = [np.intersect1d(a, e).size for a, e in zip(approx_indices, exact_indices, strict=True)]
@@ -91,12 +86,8 @@ def ivf_search(
     rows: range | None = None,
 ) -> np.ndarray:
     """Approximate top-k inner products of the `rows` (default: all) among all rows: indices [len(rows), k], self
-    normally in column 0.
-
-    The index is trained on a seeded sample of TRAIN_POINTS_PER_LIST points per list and holds all rows;
-    rows whose probed cells hold fewer than k vectors (faiss pads them with -1) are searched exactly, so every
-    row has k real neighbours, like the exact search.
-    """
+    normally in column 0. Rows whose probed cells hold fewer than k vectors (faiss pads with -1) are searched
+    exactly, so every row has k real neighbours."""
     faiss = require_faiss()
     device = device or torch.device("cpu")
     features = np.ascontiguousarray(features, dtype=np.float32)
@@ -122,11 +113,8 @@ def ivf_search(
 def sampled_recall(
     features: np.ndarray, approx_indices: np.ndarray, settings: MiningSettings, device: torch.device | None = None
 ) -> tuple[float, int]:
-    """Recall of `approx_indices` [N, k+1] (column 0: self) against an exact search of RECALL_QUERIES random rows.
-
-    Returns (recall of the k neighbours, self excluded; queries searched). The sample is seeded, so reruns on the
-    same features check the same queries.
-    """
+    """(recall of `approx_indices` [N, k+1] without column 0, queries searched) against an exact search of
+    RECALL_QUERIES seeded random rows."""
     faiss = require_faiss()
     features = np.ascontiguousarray(features, dtype=np.float32)
     n, width = approx_indices.shape

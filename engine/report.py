@@ -19,11 +19,8 @@ PREDICTION_COLUMNS = ("file", "cluster", "confidence", "label", "matched_class")
 def clustering_report(
     head_output: dict, class_names: list[str], out_dir: str | Path, extra: dict | None = None, title: str = "Clustering"
 ) -> dict:
-    """Score `head_output` (one head of engine.inference.Outputs) and write metrics.json + confusion_matrix.png.
-
-    Without labels (targets −1) the label metrics are skipped with one notice; cluster
-    sizes are always reported.
-    """
+    """Score `head_output` (one head of engine.inference.Outputs) and write metrics.json + confusion_matrix.png;
+    without labels (targets −1) only the cluster sizes, with one notice."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions, targets = head_output["predictions"], head_output["targets"]

@@ -1,11 +1,7 @@
 """Image models of torchvision and timm as SCAN backbones: `backbone: torchvision:<name>` or `timm:<name>`.
 
-A backbone pretrained on millions of images gives far better neighbours than a SimCLR run on a small
-dataset, so most users should start from one. The model keeps the library's own module names, so the
-library's published weights load unchanged, and only loses its classifier: it returns the pooled features
-the classifier would have seen, and `out_dim` is their width.
-
-timm is optional (requirements-extra.txt): it is imported only when a config names a `timm:` backbone.
+The model keeps the library's module names, so its published weights load unchanged, and loses only its
+classifier: it returns the pooled features (`out_dim` wide). timm is optional, imported only for `timm:` names.
 """
 
 from __future__ import annotations
@@ -118,11 +114,8 @@ def _timm_default(model: nn.Module, arch: str) -> None:
 
 
 def load_pretrained_weights(backbone: nn.Module, name: str, pretrained: str | None) -> str:
-    """Load `pretrained` (a file path, or 'default' for the library's own weights) into `backbone`.
-
-    A file may hold the full classifier model: its classifier keys are dropped, every other key must fit.
-    Returns a description of where the weights came from, for the log.
-    """
+    """Load `pretrained` (a file path, or 'default' for the library's own weights) into `backbone`; a file's
+    classifier keys are dropped, every other key must fit. Returns where the weights came from, for the log."""
     library, arch = split_name(name)
     if pretrained is None:
         raise PretrainedWeightsError(

@@ -4,27 +4,13 @@
     python -m tools.new_dataset --name birds --images ~/photos/birds --num_classes 10 \
                                 --pretrained torchvision:resnet50 [--weights PATH]
 
-It checks the folder (readable images, labeled by class sub-folders or not; data/folder.py), saves the
-train/test split, picks the input size and the ResNet-18 stem, computes the images' mean/std
-(tools/dataset_stats.py), writes configs/{pretext,scan,selflabel}/<stage>_<name>.yml from the commented
-templates configs/*/*_custom.yml, and prints the commands to run, in order. `--quick` writes smoke-test
-configs instead (dataset name `<name>_quick`): every stage for one epoch with a tiny network, to check within
-minutes on a CPU that everything runs; their clusters mean nothing.
-
-How the size is chosen (the paper's two settings for ResNet-18, SimCLR from scratch):
-- images whose median shorter side is at most 64 px keep their size, with the `cifar` stem (3×3 convolution,
-  no pooling: every pixel counts, as for CIFAR's 32×32 images); crops are the whole image size;
-- larger images are read at 96 px (shorter side) with the `stl` stem (one more pooling step and a fixed 7×7
-  average pool, STL-10's network for 96×96 crops). Larger inputs cost (S / 96)² times more compute per epoch,
-  and SimCLR from scratch on a few thousand images gains little from them.
-`--image_size S` overrides the choice: 96 uses the `stl` stem, any other size the `cifar` stem (the `stl`
-stem's fixed pooling only fits 96×96 crops).
-
-`--pretrained torchvision:<name>` or `timm:<name>` takes a pretrained model as the pretext instead of SimCLR
-(pretrained.py; `--weights` a local weights file, else the library's own): the size and mean/std are then the
-model's own preprocessing (its library's metadata), nothing is computed. The configs come from the
-*pretrained_custom.yml templates: neighbours and cached features from the frozen model, SCAN heads on those
-features, and self-labeling of the whole network on strong views cropped and normalised like the model's input.
+It checks the folder (data/folder.py), saves the split, picks the input size and ResNet-18 stem (up to 64 px
+median shorter side: the images' size and the `cifar` stem; larger: 96 px and the `stl` stem, the paper's two
+settings), computes the mean/std, writes configs/{pretext,scan,selflabel}/<stage>_<name>.yml from the commented
+*_custom.yml templates and prints the commands (docs/own-data.md). `--quick` writes one-epoch smoke-test configs
+with a tiny network (dataset `<name>_quick`). `--pretrained` takes a torchvision/timm model as the pretext: its
+own preprocessing sets size and mean/std, and the *pretrained_custom.yml templates train SCAN heads on its
+cached features.
 """
 
 from __future__ import annotations

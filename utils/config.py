@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -314,8 +315,15 @@ class ArgumentParser(argparse.ArgumentParser):
         super().error("\n  ".join([message, *hints]))
 
 
-def stage_parser(description: str, extra_arguments=None) -> ArgumentParser:
-    """The arguments of a training stage's script; built before torch loads, so that --help answers at once."""
+def parse_early(module_name: str, parse: Callable[[], object]) -> None:
+    """In an entry script run from the shell (`module_name` "__main__"), parse the arguments before torch is
+    imported: --help and usage mistakes are answered in seconds, not ten."""
+    if module_name == "__main__":
+        parse()
+
+
+def stage_parser(description: str, module_name: str, extra_arguments=None) -> ArgumentParser:
+    """The arguments of a training stage's script, parsed at once when it runs from the shell (parse_early)."""
     parser = ArgumentParser(description=description)
     add_config_arguments(parser)
     parser.add_argument(
@@ -325,6 +333,7 @@ def stage_parser(description: str, extra_arguments=None) -> ArgumentParser:
     )
     if extra_arguments is not None:
         extra_arguments(parser)
+    parse_early(module_name, parser.parse_args)
     return parser
 
 

@@ -1,10 +1,4 @@
-"""Collective operations the stages need under torchrun, each a no-op in a single process.
-
-SimCLR's loss contrasts every anchor with the whole batch, so under DistributedDataParallel the
-features of all processes are gathered *with gradients* (`torch.distributed.nn.all_gather`): the
-loss each process computes is then the single-process loss on the global batch, instead of one
-that only sees a 1/world_size slice of the negatives.
-"""
+"""Collective operations the stages need under torchrun, each a no-op in a single process."""
 
 from __future__ import annotations
 
@@ -19,12 +13,8 @@ def is_distributed() -> bool:
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` of every process along dim 0 (rank order); gradients flow back to each owner.
-
-    Every process then computes the same loss on the global batch. The backward of the gather sums each
-    process's gradient onto the features it owns, and DDP averages over processes, so the parameter
-    gradient equals the single-process gradient on the concatenated batch.
-    """
+    """Concatenate `tensor` of every process along dim 0 (rank order), with gradients flowing back to each owner:
+    SimCLR's loss on the global batch then has the single-process gradient, not 1/world_size of the negatives."""
     if not is_distributed():
         return tensor
     from torch.distributed.nn.functional import all_gather
@@ -48,12 +38,8 @@ def is_main_process() -> bool:
 
 
 def shard_range(num_items: int, block: int, rank: int | None = None, world_size: int | None = None) -> range:
-    """This process's share of `num_items` items that are processed `block` at a time: a run of whole blocks.
-
-    The blocks are dealt out in contiguous runs, as evenly as their number allows (a process may get none when
-    there are fewer blocks than processes); only the last block may be partial, as in one process. Rank and world
-    size default to the process group's (0 and 1 without one).
-    """
+    """This process's share of `num_items` items processed `block` at a time: a contiguous run of whole blocks
+    (possibly none), dealt as evenly as their number allows; rank and world size default to the process group's."""
     if rank is None or world_size is None:
         rank, world_size = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
     blocks = -(-num_items // block)
@@ -68,11 +54,8 @@ def _collective_device() -> torch.device:
 
 @torch.no_grad()
 def broadcast_from_main(module: torch.nn.Module) -> None:
-    """Give every process the main process's parameters and buffers (in place) before a sharded evaluation.
-
-    DDP keeps the parameters equal, but without SyncBatchNorm (CPU) each process updates its BatchNorm statistics
-    on its own batches: the model the main process saves is then the one every process evaluates.
-    """
+    """Give every process the main process's parameters and buffers (in place) before a sharded evaluation: without
+    SyncBatchNorm (CPU) each process's BatchNorm statistics differ, and the main process's model is the one saved."""
     if not is_distributed():
         return
     device = _collective_device()
@@ -121,12 +104,8 @@ def concat_indices(indices: list[torch.Tensor | None]) -> torch.Tensor | None:
 
 
 def gather_in_order(rows: dict[str, torch.Tensor], indices: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Every process's `rows` (tensors whose row i belongs to dataset item `indices[i]`), in dataset order.
-
-    A collective under torchrun, where all processes get the same result; the identity in one process. A process
-    with no rows passes `{}` and an empty `indices`; the others tell it the tensors' shapes. The processes' indices
-    must together cover 0..N-1 exactly once (each item evaluated by one process).
-    """
+    """Every process's `rows` (row i belongs to dataset item `indices[i]`) in dataset order, on every process; the
+    identity in one process. A process without rows passes `{}`; the indices must cover 0..N-1 exactly once."""
     if not is_distributed():
         return rows
     if indices is None:

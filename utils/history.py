@@ -1,15 +1,5 @@
-"""Training curves: one JSON line per epoch in `history.jsonl`, redrawn as `curves.png` (+ TensorBoard when asked).
-
-A stage creates one `History` before its epoch loop and calls `log(epoch, **values)` once per epoch:
-
-    history = History(cfg["scan_dir"], start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
-    ...
-    history.log(epoch + 1, lr=lr, loss=loss, ACC=accuracy)
-
-The file is plain JSON lines, so it can be read without this code (pandas.read_json(lines=True)). On resume the
-lines of epochs after the checkpoint are dropped first, so an interrupted and resumed run has each epoch once.
-TensorBoard (`tensorboard: true` in the config) is an optional dependency: imported only when asked for.
-"""
+"""Training curves: one JSON line per epoch in `history.jsonl` (readable without this code, e.g.
+pandas.read_json(lines=True)), redrawn as `curves.png`, and TensorBoard when asked (imported only then)."""
 
 from __future__ import annotations
 
@@ -116,14 +106,10 @@ def plot_history(records: list[dict], title: str = "") -> bytes:
 class History:
     """Per-epoch log of one stage in `out_dir`: history.jsonl, curves.png and optionally TensorBoard events.
 
-    `start_epoch` is the number of epochs already done (the resumed checkpoint's): lines of later epochs are
-    dropped. `enabled=False` (processes other than the main one under torchrun) makes every call a no-op.
-    `time_s` is measured between consecutive `log` calls (the first from construction), so it covers
-    everything an epoch does, evaluation included.
-
-    curves.png is redrawn after the first and the last (`epochs`) epoch, and in between whenever the time since
-    the previous drawing is at least DRAW_BUDGET times what that drawing took: with epochs of a few seconds
-    (a CPU demo) drawing costs at most ~5 % of the run, with epochs of a minute it happens every epoch.
+    Lines of epochs after `start_epoch` (the resumed checkpoint's) are dropped, so a resumed run has each epoch
+    once; `enabled=False` (non-main processes) makes every call a no-op; `time_s` runs from `log` to `log`,
+    evaluation included. curves.png is redrawn after the first and last epoch and whenever DRAW_BUDGET times the
+    last drawing's time has passed: at most ~5 % of a CPU demo, every epoch for minute-long epochs.
     """
 
     def __init__(

@@ -1,10 +1,5 @@
-"""Crash-safe files: every file a run writes appears whole or not at all.
-
-A file is written to a temporary name in its own folder, flushed and fsync'ed, then renamed over the
-target, and the folder is fsync'ed so that the rename itself survives a power cut. A run killed at any
-moment therefore leaves either the previous file or the new one, never half of one; a failed write
-(full disk, read-only folder) leaves the previous file untouched and says so.
-"""
+"""Crash-safe files: every file a run writes appears whole or not at all (temporary file in the same folder,
+fsync, rename, fsync of the folder); a failed write leaves the previous file untouched and says so."""
 
 from __future__ import annotations
 
