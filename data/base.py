@@ -1,9 +1,5 @@
-"""What every dataset reader shares: the sample format, the error for missing data, the download step.
-
-The training stages never look at file formats; they only see samples of the form
-``{'image', 'target', 'meta'}`` from an :class:`ImageDataset`. Each reader (CIFAR, STL-10, ImageNet,
-digits) only says how to fetch the raw RGB image for an index, so the sample format lives in one place.
-"""
+"""What every dataset reader shares: the sample format ``{'image', 'target', 'meta'}`` of :class:`ImageDataset`
+(a reader only says how to fetch the raw RGB image of an index), the error for missing data, the download step."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,18 +15,13 @@ UNLABELED = -1
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A dataset folder is missing, incomplete or holds a malformed file.
-
-    Subclasses FileNotFoundError so callers that already handle missing files keep working. Build it with
-    :func:`dataset_error` so the message always names the folder, the expected layout and the fix.
-    """
+    """A dataset folder is missing, incomplete or holds a malformed file (a FileNotFoundError, so callers that
+    handle missing files keep working); :func:`dataset_error` builds its message."""
 
 
 def dataset_error(dataset: str, folder: Path, problem: str, layout: str, hint: str) -> DatasetNotFoundError:
-    """Build the error a user can act on without reading code: where we looked, what we expected, what to do.
-
-    ``layout`` is a small tree of the expected files, relative to ``folder``'s parent (the ``root`` argument).
-    """
+    """The error a user can act on without reading code: where we looked, the expected ``layout`` (a small tree
+    relative to ``folder``'s parent, the ``root`` argument), what to do."""
     tree = "\n".join("    " + line for line in layout.splitlines())
     message = f"{dataset}: {problem}\nLooked in: {folder}\nExpected layout:\n  {folder.parent}/\n{tree}\n{hint}"
     return DatasetNotFoundError(message)
@@ -56,13 +47,8 @@ class Archive:
         return dataset_error(self.dataset, root / self.folder, problem, self.layout, hint)
 
     def ensure(self, root: Path, find_problem: Callable[[Path], str | None], download: bool) -> None:
-        """Raise the clear error unless the folder exists and ``find_problem(folder)`` is None.
-
-        With ``download``, the archive is fetched once first when something is missing.
-
-        Any download failure (offline machine, proxy, checksum mismatch, broken archive) means the same
-        thing to the caller, the data is not there, so every exception becomes the dataset's own message.
-        """
+        """Raise the clear error unless the folder exists and ``find_problem(folder)`` is None; with ``download``
+        the archive is fetched once first, and any download failure becomes the dataset's own message."""
         folder = root / self.folder
 
         def check() -> str | None:
@@ -82,11 +68,8 @@ class Archive:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Base class: subclasses set ``classes`` and ``targets`` and implement :meth:`load_image`.
-
-    ``transform`` is a public attribute because the stages build one dataset and then swap transforms
-    (augmented views for training, the val transform for feature extraction).
-    """
+    """Base class: subclasses set ``classes`` and ``targets`` and implement :meth:`load_image`; the stages swap
+    ``transform`` on one dataset (augmented views for training, the val transform for features)."""
 
     classes: list[str]
     targets: list[int]

@@ -42,10 +42,7 @@ CIFAR20_TABLE = Path(__file__).parent / "cifar100_to_cifar20.json"
 
 
 def load_pickle(path: Path, archive: Archive, root: Path) -> dict:
-    """Unpickle one CIFAR file; any failure means the file is malformed, which we report as such.
-
-    The files were written by Python 2, so their strings need ``encoding='latin1'``.
-    """
+    """Unpickle one CIFAR file (written by Python 2: ``encoding='latin1'``); any failure means it is malformed."""
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
@@ -57,10 +54,7 @@ def load_pickle(path: Path, archive: Archive, root: Path) -> dict:
 
 
 def read_batch(path: Path, label_key: str, archive: Archive, root: Path) -> tuple[np.ndarray, list[int]]:
-    """Return (N×32×32×3 uint8 images, N labels) of one data file.
-
-    On disk each row is 3072 bytes: the red plane, then green, then blue, each 32×32 row-major.
-    """
+    """(N×32×32×3 uint8 images, N labels) of one data file, whose rows hold the red, green, blue 32×32 planes."""
     entry = load_pickle(path, archive, root)
     for key in ("data", label_key):
         if key not in entry:

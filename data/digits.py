@@ -1,8 +1,5 @@
-"""scikit-learn's bundled 8×8 handwritten digits, served as small RGB images.
-
-It ships with scikit-learn, so the whole pipeline (pretext, SCAN, self-label, evaluation) can run end to
-end on a machine with no dataset downloaded and no network, in seconds on a CPU.
-"""
+"""scikit-learn's bundled 8×8 handwritten digits as small RGB images: the whole pipeline runs without a download
+or a network, in seconds on a CPU."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +29,11 @@ def subsample_classes(indices: np.ndarray, targets: np.ndarray, fractions: dict,
 
 
 class Digits(ImageDataset):
-    """The 1,797 digits of ``sklearn.datasets.load_digits``, split into train/test once and for all.
+    """The 1,797 digits of ``sklearn.datasets.load_digits``, split (stratified, fixed by ``seed``) into train/test.
 
-    The split is stratified and fixed by ``seed`` so that every stage sees the same train and test images.
-    ``class_fraction`` (e.g. ``{3: 0.2}``) keeps only that fraction of a digit's images in both splits (a seeded
-    choice), to try clustering on unequal classes.
-    Images are scaled to uint8, resized to ``image_size`` (bicubic) and made 3-channel, so the CIFAR-style
-    transforms and models apply unchanged. ``root`` is ignored; it keeps the constructor shape of the others.
+    ``class_fraction`` (e.g. ``{3: 0.2}``) keeps a seeded fraction of a digit's images in both splits, for unequal
+    classes. Images become uint8 RGB resized to ``image_size`` (bicubic), so the CIFAR-style transforms and models
+    apply unchanged; ``root`` is ignored (the constructor shape of the others).
     """
 
     def __init__(

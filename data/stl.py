@@ -1,9 +1,5 @@
-"""STL-10 read from the official binary files (``stl10_binary/``).
-
-Images are read lazily, one seek per sample, because ``unlabeled_X.bin`` is 2.7 GB: holding it in memory
-(or pickling it into every DataLoader worker) is not an option. A file cut short by a whole number of
-images still loads, so a small copy can stand in for the real one.
-"""
+"""STL-10 read from the official binary files (``stl10_binary/``), one seek per sample: ``unlabeled_X.bin`` is
+2.7 GB, too much for memory and every DataLoader worker. A file cut short by whole images still loads."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -33,11 +29,8 @@ SPLITS = {"train": ["train"], "test": ["test"], "unlabeled": ["unlabeled"], "tra
 
 
 def read_image(path: Path, position: int) -> np.ndarray:
-    """Read image ``position`` of an ``*_X.bin`` file as H×W×3 uint8.
-
-    Each image is 3×96×96 bytes, channel by channel, and within a channel column by column (Matlab order),
-    so the bytes reshape to (channel, column, row) and must be transposed to (row, column, channel).
-    """
+    """Image ``position`` of an ``*_X.bin`` file as H×W×3 uint8; stored channel by channel, each column by column
+    (Matlab order), hence the transpose."""
     raw = np.fromfile(path, dtype=np.uint8, count=IMAGE_BYTES, offset=position * IMAGE_BYTES)
     return np.ascontiguousarray(raw.reshape(3, 96, 96).transpose(2, 1, 0))
 

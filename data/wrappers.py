@@ -13,11 +13,8 @@ from data.neighbors import check_neighbors
 
 
 class AugmentedDataset(Dataset):
-    """Returns {'image': image_transform(x), 'image_augmented': augment_transform(x), 'target'}.
-
-    SimCLR uses the same random transform for both views; self-labeling uses the val
-    transform for the weak view and the strong augmentation for the other.
-    """
+    """Returns {'image': image_transform(x), 'image_augmented': augment_transform(x), 'target'}: SimCLR's two
+    draws of one random transform, or self-labeling's weak (val) and strong views."""
 
     def __init__(self, dataset, image_transform: Callable, augment_transform: Callable | None = None) -> None:
         self.dataset = dataset
@@ -40,11 +37,8 @@ class AugmentedDataset(Dataset):
 
 
 class NeighborsDataset(Dataset):
-    """Returns an anchor with one neighbour drawn uniformly from its first `num_neighbors + 1` mined ones.
-
-    Column 0 of the neighbour file is (normally) the anchor itself, so the anchor may be
-    paired with itself, as in the original method.
-    """
+    """Returns an anchor with one neighbour drawn uniformly from its first `num_neighbors + 1` mined ones, column 0
+    (normally the anchor itself) included, as in the original method."""
 
     def __init__(
         self, dataset, indices: np.ndarray | torch.Tensor, num_neighbors: int | None = None, source: str = ""

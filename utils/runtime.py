@@ -79,8 +79,8 @@ def gpu_of(local_rank: int, device_count: int) -> int:
 
 def resolve_fast_path(cfg: dict, runtime: Runtime) -> None:
     """Turn the config's ``auto`` speed settings into what this run does, in ``cfg`` (the log shows it) and
-    ``runtime``: on CUDA amp, channels_last and the batched backend; on a CPU none (bf16 autocast is slow there,
-    and the batched backend gains little: docs/speed.md)."""
+    ``runtime``: on CUDA amp, channels_last and the batched backend (pil for a library model's own preprocessing);
+    on a CPU none (bf16 autocast is slow there, and the batched backend gains little: docs/speed.md)."""
     from utils.config import ConfigError
 
     cuda = runtime.device.type == "cuda"
