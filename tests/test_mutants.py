@@ -28,6 +28,7 @@ class Images:
 # losses/losses.py: `0.0 < fraction <= 1.0` with 1.0 changed
 def test_the_per_cluster_fraction_may_be_one_but_not_more_nor_zero():
     ConfidenceBasedCE(0.99, False, fraction=1.0)  # every member of every cluster: allowed
+    ConfidenceBasedCE(0.99, False, fraction=0.01)  # one in a hundred: allowed too
     for fraction in (1.2, 0.0, -0.5):
         with pytest.raises(ValueError, match=r"\(0, 1\]"):
             ConfidenceBasedCE(0.99, False, fraction=fraction)
@@ -254,3 +255,72 @@ def test_a_one_head_model_file_without_a_stored_head_uses_head_zero(tmp_path):
     save_state_dict_file(model.state_dict(), path, architecture_record({**cfg, "num_heads": 1}, num_heads=1))
     loaded, head = load_model_file({**cfg, "num_heads": 1}, path)
     assert head == 0 and loaded.num_heads == 1
+
+
+# engine/evaluate.py: the metrics take tensors that still carry gradients (`.detach()` dropped in `_to_numpy`)
+def test_cluster_metrics_accept_probabilities_that_carry_gradients():
+    from engine.evaluate import cluster_metrics
+
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [2.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    probabilities = torch.softmax(logits, dim=1)
+    predictions, targets = torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0])
+    scores = cluster_metrics(predictions, probabilities, targets)
+    assert scores["ACC"] == 1.0 and scores["matching"] == "hungarian"
+    assert scores["reordered_predictions"].tolist() == [1, 0, 1, 0]
+
+
+# engine/knn.py: fewer samples than neighbours asked for (`k < topk + 1`, `topk + 1 - k` changed): every row still
+# gets topk + 1 columns, the missing ones repeating its farthest real neighbour
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_mining_fewer_samples_than_neighbours_repeats_the_farthest_one(n):
+    from engine.knn import mine_nearest_neighbors
+
+    angles = torch.arange(n, dtype=torch.float32) * 0.3  # points on an arc: neighbours ordered by |i − j|
+    features = torch.stack([angles.cos(), angles.sin()], dim=1).numpy()
+    indices, _ = mine_nearest_neighbors(features, np.zeros(n, dtype=np.int64), topk=5)
+    assert indices.shape == (n, 6)
+    for i in range(n):
+        by_distance = sorted(range(n), key=lambda j: (abs(i - j), j))
+        real = indices[i, :n]
+        assert real[0] == i and sorted(abs(i - j) for j in real) == [abs(i - j) for j in by_distance]
+        assert (indices[i, n:] == indices[i, n - 1]).all()
+
+
+# engine/knn.py: SCORES_PER_CHUNK (2**27 changed to 2*27): a chunk holds 512 MB of float32 scores, not a handful
+def test_a_query_block_holds_up_to_512_mb_of_float32_scores():
+    from engine.knn import query_block_rows
+
+    budget = 512 * 2**20 // 4  # float32 scores
+    for rows in (10, 50_000, 1_281_167):
+        block = query_block_rows(rows)
+        assert block * rows <= budget < (block + 1) * rows
+
+
+# utils/distributed.py: ELEMENTS_PER_GATHER (2**26 changed to 2*26): a gather of a few MB (features of a test split)
+# goes in one message per tensor, not in thousands of slices
+def test_a_gather_of_a_few_megabytes_goes_in_one_message(monkeypatch):
+    from tests.test_invariants import ThreadedProcessGroup
+    from utils import distributed
+
+    class CountingGroup(ThreadedProcessGroup):
+        def __init__(self, world_size: int) -> None:
+            super().__init__(world_size)
+            self.sizes: list[int] = []
+
+        def all_gather(self, received, sent) -> None:
+            if self.get_rank() == 0:
+                self.sizes.append(sent.numel())
+            super().all_gather(received, sent)
+
+    group = CountingGroup(2)
+    monkeypatch.setattr(distributed, "dist", group)
+    shards = [torch.arange(0, 600), torch.arange(600, 1000)]
+
+    def work(rank: int) -> dict:
+        features = shards[rank][:, None].float().expand(-1, 128).contiguous()
+        return distributed.gather_in_order({"features": features}, shards[rank])
+
+    for gathered in group.run(work):
+        assert not isinstance(gathered, Exception), gathered
+        assert torch.equal(gathered["features"][:, 0], torch.arange(1000.0))
+    assert [size for size in group.sizes if size % 128 == 0 and size > 1] == [600 * 128]  # the largest shard
