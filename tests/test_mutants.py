@@ -324,3 +324,124 @@ def test_a_gather_of_a_few_megabytes_goes_in_one_message(monkeypatch):
         assert not isinstance(gathered, Exception), gathered
         assert torch.equal(gathered["features"][:, 0], torch.arange(1000.0))
     assert [size for size in group.sizes if size % 128 == 0 and size > 1] == [600 * 128]  # the largest shard
+
+
+# utils/runtime.py: `srun` with two tasks is already distributed (`SLURM_NTASKS < 2` changed to `<= 2`)
+def test_srun_with_two_tasks_takes_rank_and_world_from_slurm():
+    from utils.runtime import adopt_slurm_environment
+
+    environ = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "node[4-5]"}
+    adopt_slurm_environment(environ)
+    assert (environ["RANK"], environ["WORLD_SIZE"], environ["MASTER_ADDR"]) == ("1", "2", "node4")
+
+
+# data/loaders.py: a split that exactly fills one batch per process keeps the batch without a warning (`>=` to `>`)
+def test_a_batch_exactly_as_large_as_the_split_is_kept_without_a_warning():
+    import warnings
+
+    from data.loaders import capped_batch_size
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert capped_batch_size(10, 10, 1) == 10 and capped_batch_size(20, 10, 2) == 10
+    with pytest.warns(UserWarning, match="using batch_size 9"):
+        assert capped_batch_size(9, 10, 1) == 9
+
+
+# data/loaders.py: under torchrun the train sampler shuffles and drops the uneven tail (`shuffle=True`,
+# `drop_last=True` changed): not the same interleaved order every run, no sample twice in an epoch
+def test_the_distributed_train_loader_shuffles_its_shard(monkeypatch):
+    import torch.distributed as dist
+
+    from data.loaders import train_loader
+    from utils.runtime import Runtime
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+    loader = train_loader(list(range(41)), 4, 0, Runtime(torch.device("cpu"), rank=0, world_size=2))
+    assert len(loader.sampler) == 20  # 41 items: each of 2 processes gets 20, none a padded repeat
+    seen = [int(x) for batch in loader for x in batch]
+    assert len(seen) == 20 and len(set(seen)) == 20
+    assert seen != list(range(0, 40, 2))  # unshuffled, rank 0 of 2 would get 0, 2, 4, ...
+
+
+# engine/stage.py: an error re-raised from a DataLoader worker keeps every line of its own message (`i + 1` changed)
+def test_a_worker_error_keeps_all_lines_of_its_message():
+    from engine.stage import user_message
+    from utils.config import ConfigError
+
+    text = (
+        "Caught ConfigError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise ConfigError(...)\n'
+        "utils.config.ConfigError: first line\nsecond line\nthird line"
+    )
+    assert user_message(ConfigError(text)) == "first line\nsecond line\nthird line"
+
+
+# tools/new_dataset.py: SMALL_IMAGES (64 changed): images up to 64 px keep their size, larger ones are read at 96
+def test_images_up_to_64_px_keep_their_size_and_larger_ones_are_read_at_96():
+    from tools.new_dataset import choose_geometry
+
+    assert (choose_geometry(64).image_size, choose_geometry(64).stem) == (64, "cifar")
+    assert (choose_geometry(65).image_size, choose_geometry(65).stem) == (96, "stl")
+
+
+# tools/report_options.py: the gallery's defaults are the documented ones (docs/outputs.md: --gallery_top 8,
+# --gallery_random 8, --thumbnail_size 64) and a thumbnail of 8 px is the smallest accepted (`value < 8` changed)
+def test_gallery_defaults_are_the_documented_ones_and_thumbnails_start_at_8_px():
+    import argparse
+
+    from tools.report_options import add_report_arguments, gallery_options
+
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    options = gallery_options(parser.parse_args([]))
+    assert (options.top, options.random, options.thumbnail) == (8, 8, 64)
+    assert gallery_options(parser.parse_args(["--thumbnail_size", "8"])).thumbnail == 8
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--thumbnail_size", "7"])
+
+
+# eval.py: prediction_rows' confidence is each image's largest probability (`max(dim=1)` changed)
+def test_prediction_rows_name_each_image_its_cluster_confidence_and_label():
+    import eval as eval_script
+
+    class Split:
+        classes = ["cat", "dog"]
+
+    output = {
+        "probabilities": torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]),
+        "predictions": torch.tensor([0, 1, 0]),
+        "targets": torch.tensor([1, 0, -1]),
+    }
+    rows = eval_script.prediction_rows(Split(), output, "pets")
+    assert [(file, cluster, label) for file, cluster, _, label in rows] == [
+        ("pets[0]", 0, "dog"),
+        ("pets[1]", 1, "cat"),
+        ("pets[2]", 0, ""),
+    ]
+    assert [confidence for _, _, confidence, _ in rows] == pytest.approx([0.9, 0.7, 0.6])
+
+
+# engine/report.py: clustering_report scores labelled data (`targets < 0` changed; `metrics.update(scores)` dropped)
+# and skips the label metrics, not the sizes, without labels
+def test_clustering_report_scores_labelled_data_and_counts_sizes_without_labels(tmp_path, monkeypatch):
+    import json
+
+    from engine import report
+
+    drawn = []
+    monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args: drawn.append(args[-1]))
+    output = {
+        "predictions": torch.tensor([2, 2, 0, 0, 0]),
+        "probabilities": torch.nn.functional.one_hot(torch.tensor([2, 2, 0, 0, 0]), 3).float(),
+        "targets": torch.tensor([0, 0, 1, 1, 0]),
+    }
+    metrics = report.clustering_report(output, ["a", "b"], tmp_path / "labelled", extra={"head": 1})
+    assert metrics["head"] == 1 and metrics["num_samples"] == 5 and metrics["cluster_sizes"] == [3, 0, 2]
+    assert metrics["ACC"] == pytest.approx(0.8) and "reordered_predictions" not in metrics
+    assert json.loads((tmp_path / "labelled/metrics.json").read_text()) == metrics
+    assert drawn == [tmp_path / "labelled/confusion_matrix.png"]
+    unlabelled = report.clustering_report({**output, "targets": torch.full((5,), -1)}, [], tmp_path / "none")
+    assert unlabelled == {"num_samples": 5, "cluster_sizes": [3, 0, 2]} and len(drawn) == 1
