@@ -445,3 +445,29 @@ def test_clustering_report_scores_labelled_data_and_counts_sizes_without_labels(
     assert drawn == [tmp_path / "labelled/confusion_matrix.png"]
     unlabelled = report.clustering_report({**output, "targets": torch.full((5,), -1)}, [], tmp_path / "none")
     assert unlabelled == {"num_samples": 5, "cluster_sizes": [3, 0, 2]} and len(drawn) == 1
+
+
+# models/library.py: `pretrained: default` of a timm backbone loads timm's weights into it (`load_state_dict`
+# dropped; `num_classes=0` changed, which gives a model with a classifier). timm is optional: a stand-in that
+# builds models as timm.create_model does (a classifier `head` unless num_classes=0).
+def test_timm_default_weights_are_loaded_into_the_backbone(monkeypatch):
+    from models import library
+
+    class TimmModel(torch.nn.Module):
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(3, 4)
+            self.head = torch.nn.Linear(4, num_classes) if num_classes else torch.nn.Identity()
+            self.pretrained_cfg = {"hf_hub_id": "timm/tiny.test"}
+
+    class Timm:
+        @staticmethod
+        def create_model(arch: str, pretrained: bool = False, num_classes: int = 1000) -> TimmModel:
+            torch.manual_seed(1 if pretrained else 0)
+            return TimmModel(num_classes)
+
+    monkeypatch.setattr(library, "import_timm", lambda: Timm)
+    backbone = Timm.create_model("tiny", num_classes=0)
+    published = Timm.create_model("tiny", pretrained=True, num_classes=0).state_dict()
+    assert library.load_pretrained_weights(backbone, "timm:tiny", "default") == "timm's default weights of tiny"
+    assert all(torch.equal(value, published[key]) for key, value in backbone.state_dict().items())

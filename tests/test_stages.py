@@ -440,3 +440,57 @@ def test_selflabel_main_takes_targets_from_the_val_view_watches_epoch_zero_and_c
     reference = {0: expected, 2: checkpoint["model"]}.get(metrics["kept_epoch"])
     if reference is not None:  # a kept epoch 1 was overwritten in the checkpoint: nothing to compare with
         assert all(torch.equal(value, reference[key]) for key, value in kept.items())
+
+
+def test_mine_pretext_files_mines_both_splits_and_writes_the_metrics_with_the_extras(tiny_env):
+    """The end of moco.py and pretrained.py: neighbours of the train and test split and metrics.json (+ extras)."""
+    from engine.pretext import backbone_feature_model, mine_pretext_files
+    from utils.config import load_config
+
+    overrides = [*TINY, "topk_neighbors_train=5", "topk_neighbors_val=3"]
+    cfg = load_config(tiny_env, ROOT / "configs/pretext/simclr_cifar10.yml", overrides)
+    cfg["augmentation_backend"] = "pil"
+    torch.manual_seed(0)
+    model = backbone_feature_model(ContrastiveModel(build_backbone("resnet18", base_width=2)))
+    metrics = mine_pretext_files(model, cfg, CPU, extra={"source": "test weights"})
+    pretext = tiny_env.parent / "results/cifar-10/pretext"
+    assert metrics["source"] == "test weights"
+    assert json.loads((pretext / "metrics.json").read_text()) == metrics
+    train, val = np.load(pretext / "topk-train-neighbors.npy"), np.load(pretext / "topk-val-neighbors.npy")
+    assert train.shape == (20, 6) and val.shape == (10, 4)
+    assert (train[:, 0] == np.arange(20)).all() and (val[:, 0] == np.arange(10)).all()  # each image is its nearest
+
+
+def test_predict_main_assigns_each_image_the_argmax_cluster_with_its_softmax_confidence(tiny_env, tmp_path):
+    import csv
+
+    import predict
+    from data.augment import get_val_transformations
+    from utils.config import load_config
+
+    scan_file = tiny_scan_file(tiny_env, head=1)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    output = tmp_path / "predictions.csv"
+    config = ROOT / "configs/scan/scan_cifar10.yml"
+    model_file = tiny_env.parent / "results/cifar-10/scan/model.pth.tar"
+    args = ["--config_env", str(tiny_env), "--config_exp", str(config), "--model", str(model_file)]
+    result = predict.main([*args, "--images", str(folder), "--output", str(output), "--set", *TINY, "num_heads=2"])
+    assert result["num_images"] == 3 and result["num_failed"] == 0 and sum(result["cluster_sizes"]) == 3
+
+    cfg = load_config(tiny_env, config, [*TINY, "num_heads=2"])
+    model = ClusteringModel(build_backbone("resnet18", base_width=2), 10, 2)
+    model.load_state_dict(scan_file["model"])
+    transform = get_val_transformations(cfg)
+    images = torch.stack([transform(Image.open(folder / f"{i}.png").convert("RGB")) for i in range(3)])
+    with torch.no_grad():
+        probabilities = torch.softmax(model.eval()(images)[1], dim=1)  # head 1, the file's best
+    rows = list(csv.DictReader(output.open()))
+    assert [Path(row["file"]).name for row in rows] == ["0.png", "1.png", "2.png"]
+    assert [int(row["cluster"]) for row in rows] == probabilities.argmax(dim=1).tolist()
+    assert [float(row["confidence"]) for row in rows] == pytest.approx(
+        probabilities.max(dim=1).values.tolist(), abs=2e-3
+    )
