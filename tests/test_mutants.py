@@ -471,3 +471,16 @@ def test_timm_default_weights_are_loaded_into_the_backbone(monkeypatch):
     published = Timm.create_model("tiny", pretrained=True, num_classes=0).state_dict()
     assert library.load_pretrained_weights(backbone, "timm:tiny", "default") == "timm's default weights of tiny"
     assert all(torch.equal(value, published[key]) for key, value in backbone.state_dict().items())
+
+
+# utils/config.py: a dashed flag is answered with its underscored spelling (`flag[2:]` changed), not with the
+# closest other flag difflib finds (here one as close: `--ab-cd` is one letter from both)
+def test_a_dashed_flag_is_answered_with_its_underscored_spelling():
+    import argparse
+
+    from utils.config import spelling_hints
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ab_cd")
+    parser.add_argument("--abxcd")
+    assert spelling_hints(["--ab-cd", "1"], parser._option_string_actions) == ["--ab-cd: did you mean --ab_cd?"]
