@@ -129,7 +129,7 @@ def blob_splits(tmp_path, groups: int = 3, per_group: int = 30) -> tuple[dict, o
     return cfg, load_cached_split(cfg, "train", "", cfg["num_neighbors"]), load_cached_split(cfg, "val", "")
 
 
-def test_train_heads_repeats_scans_head_only_loop_on_the_cached_features(tmp_path):
+def test_train_heads_repeats_scans_head_only_loop_on_the_cached_features(tmp_path, one_torch_thread):
     """estimate_k's training is scan.py's epoch on cached features: same seed, same weights, bit for bit; its
     criterion has the config's entropy weight, without the target prior (which cannot follow K)."""
     import scan
@@ -158,7 +158,7 @@ def test_train_heads_repeats_scans_head_only_loop_on_the_cached_features(tmp_pat
     assert trained.training  # left in training mode, as built
 
 
-def test_estimate_k_main_on_three_blobs_recommends_three_and_writes_its_table(tmp_path):
+def test_estimate_k_main_on_three_blobs_recommends_three_and_writes_its_table(tmp_path, one_torch_thread):
     """A short run of the whole script (seconds): K=3 splits the blobs alike in both seeds, K=2 cannot."""
     pretext = tmp_path / "results/digits/pretext"
     pretext.mkdir(parents=True)

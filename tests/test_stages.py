@@ -287,9 +287,9 @@ TINY = ["num_workers=0", "backbone_kwargs.base_width=2", "seed=0", "batch_size=1
 
 
 @pytest.fixture
-def tiny_env(tmp_path, monkeypatch):
+def tiny_env(tmp_path, monkeypatch, one_torch_thread):
     """An env.yml over a 20-train / 10-test CIFAR-10 copy; curves.png and confusion matrices are not drawn, and
-    torch computes in one thread."""
+    torch computes in one thread (conftest.one_torch_thread)."""
     import utils.history
     from engine import report
     from tests.conftest import write_cifar10
@@ -299,10 +299,7 @@ def tiny_env(tmp_path, monkeypatch):
     env.write_text(f"root_dir: {tmp_path / 'results'}\ndata_root: {tmp_path / 'datasets'}\ndownload: false\n")
     monkeypatch.setattr(utils.history, "plot_history", lambda records, title="": b"")
     monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args, **kwargs: None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: more threads only contend, many times slower on a shared CPU
-    yield env
-    torch.set_num_threads(threads)
+    return env
 
 
 def tiny_args(env, config: str, *overrides: str) -> list[str]:
