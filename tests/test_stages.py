@@ -282,7 +282,7 @@ def test_selflabel_criterion_follows_pseudo_labels_and_refuses_unknown_rules():
 
 
 # Each stage's main() on 20 tiny images (fast tier) ---------------------------------------------------------------
-# Seconds each: 20 train / 10 test CIFAR images seen at 8×8 by a ResNet-18 of width 2, without drawing curves.
+# About a second each: 20 train / 10 test CIFAR images seen at 8×8 by a ResNet-18 of width 2, in one thread, no plots.
 TINY = ["num_workers=0", "backbone_kwargs.base_width=2", "seed=0", "batch_size=10", "transformation_kwargs.crop_size=8"]
 
 
