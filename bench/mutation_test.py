@@ -334,7 +334,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="the slow tier (for fast survivors) runs the slow tests of the files that import or name the module "
         "(direct), or of every file that reaches it through other modules (all: far slower)",
     )
-    parser.add_argument("--lines", default=None, help="reuse the line record of an earlier run of the same tree")
+    parser.add_argument(
+        "--lines",
+        default=None,
+        help="reuse the line record of an earlier run of the same tree (a run without --lines writes its record "
+        "beside --output as .lines.json; `--sample 0` over every module records the lines and runs no mutant)",
+    )
     args = parser.parse_args(argv)
 
     # Pre-import the heavy third-party libraries once; forked children inherit them.
@@ -362,6 +367,8 @@ def main(argv: list[str] | None = None) -> dict:
     baseline = "survived"  # an earlier record of the same tree's lines comes from a baseline that passed
     if args.lines is None:
         baseline = run_tests_forked(workdir, baseline_tests, 10 * args.timeout, record=record)  # all at once
+    if args.lines is None and record is not None and record.exists():  # kept beside the report, for --lines
+        shutil.copy(record, Path(args.output).with_suffix(".lines.json"))
     record = Path(args.lines) if args.lines is not None else record
     if baseline != "survived":
         raise SystemExit(f"The unmutated tree does not pass {' '.join(baseline_tests)} ({baseline}); fix that first.")
@@ -410,7 +417,9 @@ def main(argv: list[str] | None = None) -> dict:
                 mutant.status, mutant.tier = ran, "fast"
                 if mutant.status == "survived" and not args.skip_slow:
                     slow = [t for t in slow_tests_of[module] if t not in UNFORKABLE]
-                    mutant.status, mutant.tier = run_tests_forked(workdir, slow, args.timeout, marker="slow"), "slow"
+                    # No file: it stays a survivor (an empty list would make pytest run every slow test).
+                    ran = run_tests_forked(workdir, slow, args.timeout, marker="slow") if slow else "survived"
+                    mutant.status, mutant.tier = ran, "slow"
             path.write_text(original)
             mutants.append(mutant)
             print(f"  {module}:{line} {description}: {mutant.status} ({mutant.tier}, {mutant.tests})", flush=True)

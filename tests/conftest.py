@@ -92,3 +92,15 @@ def digits_pretext(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ]
         )
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch in one thread for the test: on tiny tensors more threads only contend, many times slower on a
+    shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

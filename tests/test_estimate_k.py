@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import estimate_k
 from data.cached_features import save_split_features
@@ -113,3 +114,65 @@ def test_estimate_k_needs_two_seeds(capsys):
     with pytest.raises(SystemExit):
         estimate_k.main(["--config_exp", "x.yml", "--k", "2", "3", "--seeds", "0"])
     assert "at least two seeds" in capsys.readouterr().err
+
+
+def blob_splits(tmp_path, groups: int = 3, per_group: int = 30) -> tuple[dict, object, object]:
+    """The config, train and val split of `write_blob_features`, as estimate_k.main reads them."""
+    from data.cached_features import load_cached_split
+    from utils.config import load_config
+
+    pretext = tmp_path / "results/digits/pretext"
+    pretext.mkdir(parents=True)
+    write_blob_features(pretext, groups=groups, per_group=per_group)
+    overrides = [f"root_dir={tmp_path / 'results'}", "epochs=3", "batch_size=30", "num_heads=2"]
+    cfg = load_config(ROOT / "configs/env.yml", ROOT / "configs/scan/scan_digits_features.yml", overrides)
+    return cfg, load_cached_split(cfg, "train", "", cfg["num_neighbors"]), load_cached_split(cfg, "val", "")
+
+
+def test_train_heads_repeats_scans_head_only_loop_on_the_cached_features(tmp_path, one_torch_thread):
+    """estimate_k's training is scan.py's epoch on cached features: same seed, same weights, bit for bit; its
+    criterion has the config's entropy weight, without the target prior (which cannot follow K)."""
+    import scan
+    from data.cached_features import CachedPairLoader
+    from losses import SCANLoss
+    from models import ClusteringModel
+    from utils.optim import adjust_learning_rate, build_optimizer
+    from utils.runtime import Runtime, seed_everything
+
+    cfg, train, _ = blob_splits(tmp_path)
+    cfg["criterion_kwargs"] = {"entropy_weight": 2.0, "target_prior": [1.0] * cfg["num_classes"]}
+    trained = estimate_k.train_heads(train, 4, cfg, seed=5, device="cpu")
+
+    seed_everything(5)
+    identity = torch.nn.Identity()
+    identity.out_dim = 16
+    expected = ClusteringModel(identity, 4, 2)
+    optimizer = build_optimizer({**cfg, "update_cluster_head_only": True}, expected)
+    loader = CachedPairLoader(train, cfg["batch_size"], "cpu")
+    scan_cfg = {"update_cluster_head_only": True, "head_input": "cached_features", "amp": False}
+    for epoch in range(3):
+        adjust_learning_rate(cfg, optimizer, epoch)
+        scan.train_one_epoch(loader, expected, SCANLoss(2.0), optimizer, Runtime("cpu"), scan_cfg, epoch)
+    for key, value in expected.state_dict().items():
+        assert torch.equal(trained.state_dict()[key], value), key
+    assert trained.training  # left in training mode, as built
+
+
+def test_estimate_k_main_on_three_blobs_recommends_three_and_writes_its_table(tmp_path, one_torch_thread):
+    """A short run of the whole script (seconds): K=3 splits the blobs alike in both seeds, K=2 cannot."""
+    pretext = tmp_path / "results/digits/pretext"
+    pretext.mkdir(parents=True)
+    write_blob_features(pretext, groups=3, per_group=40)
+    args = ["--config_exp", str(ROOT / "configs/scan/scan_digits_features.yml"), "--k", "3", "2", "--seeds", "0", "1"]
+    overrides = [f"root_dir={tmp_path / 'results'}", "epochs=20", "batch_size=40", "optimizer_kwargs.lr=0.01"]
+    result = estimate_k.main([*args, "--set", *overrides])
+    rows = {row["k"]: row for row in result["rows"]}
+    assert [row["k"] for row in result["rows"]] == [2, 3] and result["seeds"] == [0, 1]
+    assert result["recommendation"]["k"] == 3
+    assert rows[3]["stability"] == pytest.approx(1.0) and rows[3]["ACC"] == pytest.approx(1.0)
+    assert rows[3]["used"] == 3 and rows[2]["used"] == 2 and rows[2]["ACC"] < 0.7
+    # Confident and neighbour-consistent on 3 equal blobs: SCAN loss (entropy weight 1) near 0 − log 3, over log 3.
+    assert -1.0 < rows[3]["scan_loss_per_log_k"] < -0.8
+    out = tmp_path / "results/digits/estimate_k"
+    assert json.loads((out / "estimate_k.json").read_text())["rows"][1]["k"] == 3
+    assert "Recommended K = 3" in (out / "estimate_k.md").read_text()

@@ -28,6 +28,7 @@ class Images:
 # losses/losses.py: `0.0 < fraction <= 1.0` with 1.0 changed
 def test_the_per_cluster_fraction_may_be_one_but_not_more_nor_zero():
     ConfidenceBasedCE(0.99, False, fraction=1.0)  # every member of every cluster: allowed
+    ConfidenceBasedCE(0.99, False, fraction=0.01)  # one in a hundred: allowed too
     for fraction in (1.2, 0.0, -0.5):
         with pytest.raises(ValueError, match=r"\(0, 1\]"):
             ConfidenceBasedCE(0.99, False, fraction=fraction)
@@ -254,3 +255,232 @@ def test_a_one_head_model_file_without_a_stored_head_uses_head_zero(tmp_path):
     save_state_dict_file(model.state_dict(), path, architecture_record({**cfg, "num_heads": 1}, num_heads=1))
     loaded, head = load_model_file({**cfg, "num_heads": 1}, path)
     assert head == 0 and loaded.num_heads == 1
+
+
+# engine/evaluate.py: the metrics take tensors that still carry gradients (`.detach()` dropped in `_to_numpy`)
+def test_cluster_metrics_accept_probabilities_that_carry_gradients():
+    from engine.evaluate import cluster_metrics
+
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [2.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    probabilities = torch.softmax(logits, dim=1)
+    predictions, targets = torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0])
+    scores = cluster_metrics(predictions, probabilities, targets)
+    assert scores["ACC"] == 1.0 and scores["matching"] == "hungarian"
+    assert scores["reordered_predictions"].tolist() == [1, 0, 1, 0]
+
+
+# engine/knn.py: fewer samples than neighbours asked for (`k < topk + 1`, `topk + 1 - k` changed): every row still
+# gets topk + 1 columns, the missing ones repeating its farthest real neighbour
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_mining_fewer_samples_than_neighbours_repeats_the_farthest_one(n):
+    from engine.knn import mine_nearest_neighbors
+
+    angles = torch.arange(n, dtype=torch.float32) * 0.3  # points on an arc: neighbours ordered by |i − j|
+    features = torch.stack([angles.cos(), angles.sin()], dim=1).numpy()
+    indices, _ = mine_nearest_neighbors(features, np.zeros(n, dtype=np.int64), topk=5)
+    assert indices.shape == (n, 6)
+    for i in range(n):
+        by_distance = sorted(range(n), key=lambda j: (abs(i - j), j))
+        real = indices[i, :n]
+        assert real[0] == i and sorted(abs(i - j) for j in real) == [abs(i - j) for j in by_distance]
+        assert (indices[i, n:] == indices[i, n - 1]).all()
+
+
+# engine/knn.py: SCORES_PER_CHUNK (2**27 changed to 2*27): a chunk holds 512 MB of float32 scores, not a handful
+def test_a_query_block_holds_up_to_512_mb_of_float32_scores():
+    from engine.knn import query_block_rows
+
+    budget = 512 * 2**20 // 4  # float32 scores
+    for rows in (10, 50_000, 1_281_167):
+        block = query_block_rows(rows)
+        assert block * rows <= budget < (block + 1) * rows
+
+
+# utils/distributed.py: ELEMENTS_PER_GATHER (2**26 changed to 2*26): a gather of a few MB (features of a test split)
+# goes in one message per tensor, not in thousands of slices
+def test_a_gather_of_a_few_megabytes_goes_in_one_message(monkeypatch):
+    from tests.test_invariants import ThreadedProcessGroup
+    from utils import distributed
+
+    class CountingGroup(ThreadedProcessGroup):
+        def __init__(self, world_size: int) -> None:
+            super().__init__(world_size)
+            self.sizes: list[int] = []
+
+        def all_gather(self, received, sent) -> None:
+            if self.get_rank() == 0:
+                self.sizes.append(sent.numel())
+            super().all_gather(received, sent)
+
+    group = CountingGroup(2)
+    monkeypatch.setattr(distributed, "dist", group)
+    shards = [torch.arange(0, 600), torch.arange(600, 1000)]
+
+    def work(rank: int) -> dict:
+        features = shards[rank][:, None].float().expand(-1, 128).contiguous()
+        return distributed.gather_in_order({"features": features}, shards[rank])
+
+    for gathered in group.run(work):
+        assert not isinstance(gathered, Exception), gathered
+        assert torch.equal(gathered["features"][:, 0], torch.arange(1000.0))
+    assert [size for size in group.sizes if size % 128 == 0 and size > 1] == [600 * 128]  # the largest shard
+
+
+# utils/runtime.py: `srun` with two tasks is already distributed (`SLURM_NTASKS < 2` changed to `<= 2`)
+def test_srun_with_two_tasks_takes_rank_and_world_from_slurm():
+    from utils.runtime import adopt_slurm_environment
+
+    environ = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "node[4-5]"}
+    adopt_slurm_environment(environ)
+    assert (environ["RANK"], environ["WORLD_SIZE"], environ["MASTER_ADDR"]) == ("1", "2", "node4")
+
+
+# data/loaders.py: a split that exactly fills one batch per process keeps the batch without a warning (`>=` to `>`)
+def test_a_batch_exactly_as_large_as_the_split_is_kept_without_a_warning():
+    import warnings
+
+    from data.loaders import capped_batch_size
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert capped_batch_size(10, 10, 1) == 10 and capped_batch_size(20, 10, 2) == 10
+    with pytest.warns(UserWarning, match="using batch_size 9"):
+        assert capped_batch_size(9, 10, 1) == 9
+
+
+# data/loaders.py: under torchrun the train sampler shuffles and drops the uneven tail (`shuffle=True`,
+# `drop_last=True` changed): not the same interleaved order every run, no sample twice in an epoch
+def test_the_distributed_train_loader_shuffles_its_shard(monkeypatch):
+    import torch.distributed as dist
+
+    from data.loaders import train_loader
+    from utils.runtime import Runtime
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+    loader = train_loader(list(range(41)), 4, 0, Runtime(torch.device("cpu"), rank=0, world_size=2))
+    assert len(loader.sampler) == 20  # 41 items: each of 2 processes gets 20, none a padded repeat
+    seen = [int(x) for batch in loader for x in batch]
+    assert len(seen) == 20 and len(set(seen)) == 20
+    assert seen != list(range(0, 40, 2))  # unshuffled, rank 0 of 2 would get 0, 2, 4, ...
+
+
+# engine/stage.py: an error re-raised from a DataLoader worker keeps every line of its own message (`i + 1` changed)
+def test_a_worker_error_keeps_all_lines_of_its_message():
+    from engine.stage import user_message
+    from utils.config import ConfigError
+
+    text = (
+        "Caught ConfigError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise ConfigError(...)\n'
+        "utils.config.ConfigError: first line\nsecond line\nthird line"
+    )
+    assert user_message(ConfigError(text)) == "first line\nsecond line\nthird line"
+
+
+# tools/new_dataset.py: SMALL_IMAGES (64 changed): images up to 64 px keep their size, larger ones are read at 96
+def test_images_up_to_64_px_keep_their_size_and_larger_ones_are_read_at_96():
+    from tools.new_dataset import choose_geometry
+
+    assert (choose_geometry(64).image_size, choose_geometry(64).stem) == (64, "cifar")
+    assert (choose_geometry(65).image_size, choose_geometry(65).stem) == (96, "stl")
+
+
+# tools/report_options.py: the gallery's defaults are the documented ones (docs/outputs.md: --gallery_top 8,
+# --gallery_random 8, --thumbnail_size 64) and a thumbnail of 8 px is the smallest accepted (`value < 8` changed)
+def test_gallery_defaults_are_the_documented_ones_and_thumbnails_start_at_8_px():
+    import argparse
+
+    from tools.report_options import add_report_arguments, gallery_options
+
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    options = gallery_options(parser.parse_args([]))
+    assert (options.top, options.random, options.thumbnail) == (8, 8, 64)
+    assert gallery_options(parser.parse_args(["--thumbnail_size", "8"])).thumbnail == 8
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--thumbnail_size", "7"])
+
+
+# eval.py: prediction_rows' confidence is each image's largest probability (`max(dim=1)` changed)
+def test_prediction_rows_name_each_image_its_cluster_confidence_and_label():
+    import eval as eval_script
+
+    class Split:
+        classes = ["cat", "dog"]
+
+    output = {
+        "probabilities": torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]),
+        "predictions": torch.tensor([0, 1, 0]),
+        "targets": torch.tensor([1, 0, -1]),
+    }
+    rows = eval_script.prediction_rows(Split(), output, "pets")
+    assert [(file, cluster, label) for file, cluster, _, label in rows] == [
+        ("pets[0]", 0, "dog"),
+        ("pets[1]", 1, "cat"),
+        ("pets[2]", 0, ""),
+    ]
+    assert [confidence for _, _, confidence, _ in rows] == pytest.approx([0.9, 0.7, 0.6])
+
+
+# engine/report.py: clustering_report scores labelled data (`targets < 0` changed; `metrics.update(scores)` dropped)
+# and skips the label metrics, not the sizes, without labels
+def test_clustering_report_scores_labelled_data_and_counts_sizes_without_labels(tmp_path, monkeypatch):
+    import json
+
+    from engine import report
+
+    drawn = []
+    monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args: drawn.append(args[-1]))
+    output = {
+        "predictions": torch.tensor([2, 2, 0, 0, 0]),
+        "probabilities": torch.nn.functional.one_hot(torch.tensor([2, 2, 0, 0, 0]), 3).float(),
+        "targets": torch.tensor([0, 0, 1, 1, 0]),
+    }
+    metrics = report.clustering_report(output, ["a", "b"], tmp_path / "labelled", extra={"head": 1})
+    assert metrics["head"] == 1 and metrics["num_samples"] == 5 and metrics["cluster_sizes"] == [3, 0, 2]
+    assert metrics["ACC"] == pytest.approx(0.8) and "reordered_predictions" not in metrics
+    assert json.loads((tmp_path / "labelled/metrics.json").read_text()) == metrics
+    assert drawn == [tmp_path / "labelled/confusion_matrix.png"]
+    unlabelled = report.clustering_report({**output, "targets": torch.full((5,), -1)}, [], tmp_path / "none")
+    assert unlabelled == {"num_samples": 5, "cluster_sizes": [3, 0, 2]} and len(drawn) == 1
+
+
+# models/library.py: `pretrained: default` of a timm backbone loads timm's weights into it (`load_state_dict`
+# dropped; `num_classes=0` changed, which gives a model with a classifier). timm is optional: a stand-in that
+# builds models as timm.create_model does (a classifier `head` unless num_classes=0).
+def test_timm_default_weights_are_loaded_into_the_backbone(monkeypatch):
+    from models import library
+
+    class TimmModel(torch.nn.Module):
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(3, 4)
+            self.head = torch.nn.Linear(4, num_classes) if num_classes else torch.nn.Identity()
+            self.pretrained_cfg = {"hf_hub_id": "timm/tiny.test"}
+
+    class Timm:
+        @staticmethod
+        def create_model(arch: str, pretrained: bool = False, num_classes: int = 1000) -> TimmModel:
+            torch.manual_seed(1 if pretrained else 0)
+            return TimmModel(num_classes)
+
+    monkeypatch.setattr(library, "import_timm", lambda: Timm)
+    backbone = Timm.create_model("tiny", num_classes=0)
+    published = Timm.create_model("tiny", pretrained=True, num_classes=0).state_dict()
+    assert library.load_pretrained_weights(backbone, "timm:tiny", "default") == "timm's default weights of tiny"
+    assert all(torch.equal(value, published[key]) for key, value in backbone.state_dict().items())
+
+
+# utils/config.py: a dashed flag is answered with its underscored spelling (`flag[2:]` changed), not with the
+# closest other flag difflib finds (here one as close: `--ab-cd` is one letter from both)
+def test_a_dashed_flag_is_answered_with_its_underscored_spelling():
+    import argparse
+
+    from utils.config import spelling_hints
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ab_cd")
+    parser.add_argument("--abxcd")
+    assert spelling_hints(["--ab-cd", "1"], parser._option_string_actions) == ["--ab-cd: did you mean --ab_cd?"]

@@ -380,3 +380,21 @@ def test_library_preprocessing_keeps_the_pil_backend_on_a_gpu():
     assert cfg["augmentation_backend"] == "batched"
     with pytest.raises(ConfigError, match="pil backend only"):
         resolve_fast_path({**base, "backbone": "timm:resnet10t", "augmentation_backend": "batched"}, cuda)
+
+
+def test_pretrained_main_saves_the_loaded_backbone_and_its_record_before_mining(tmp_path, monkeypatch):
+    """Fast: mining (engine/pretext.py, tested on its own) is replaced by a stub that returns its extras."""
+    env = pretrained_env(tmp_path)
+    weights = tmp_path / "r18.pth"
+    state = random_resnet18_file(weights)
+    monkeypatch.setattr(pretrained, "mine_pretext_files", lambda model, cfg, runtime, extra: dict(extra))
+    config = ROOT / "configs/pretext/pretrained_digits.yml"
+    metrics = pretrained.main(
+        ["--config_env", str(env), "--config_exp", str(config), "--weights", str(weights), "--set", *FOLDER]
+    )
+    assert metrics == {"backbone": "torchvision:resnet18", "weights": str(weights)}
+    pretext = tmp_path / "results/blobs/pretext"
+    saved = torch.load(pretext / "model.pth.tar", weights_only=True)
+    assert torch.equal(saved["backbone.layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    record = json.loads((pretext / "model.pth.tar.arch.json").read_text())["architecture"]
+    assert record["backbone"] == "torchvision:resnet18" and record["model_kwargs"] == {"head": "none"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,215 @@ def test_selflabel_criterion_follows_pseudo_labels_and_refuses_unknown_rules():
     assert type(per_cluster) is ConfidenceBasedCE and per_cluster.fraction == 0.25
     with pytest.raises(ConfigError, match="threshold, per_cluster"):
         selflabel.build_criterion({**cfg, "pseudo_labels": "balanced"})
+
+
+# Each stage's main() on 20 tiny images (fast tier) ---------------------------------------------------------------
+# About a second each: 20 train / 10 test CIFAR images seen at 8×8 by a ResNet-18 of width 2, in one thread, no plots.
+TINY = ["num_workers=0", "backbone_kwargs.base_width=2", "seed=0", "batch_size=10", "transformation_kwargs.crop_size=8"]
+
+
+@pytest.fixture
+def tiny_env(tmp_path, monkeypatch, one_torch_thread):
+    """An env.yml over a 20-train / 10-test CIFAR-10 copy; curves.png and confusion matrices are not drawn, and
+    torch computes in one thread (conftest.one_torch_thread)."""
+    import utils.history
+    from engine import report
+    from tests.conftest import write_cifar10
+
+    write_cifar10(tmp_path / "datasets" / "cifar-10", train_per_batch=4, test=10)
+    env = tmp_path / "env.yml"
+    env.write_text(f"root_dir: {tmp_path / 'results'}\ndata_root: {tmp_path / 'datasets'}\ndownload: false\n")
+    monkeypatch.setattr(utils.history, "plot_history", lambda records, title="": b"")
+    monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args, **kwargs: None)
+    return env
+
+
+def tiny_args(env, config: str, *overrides: str) -> list[str]:
+    return ["--config_env", str(env), "--config_exp", str(ROOT / "configs" / config), "--set", *TINY, *overrides]
+
+
+def spy(monkeypatch, module, name: str) -> list:
+    """Replace `module.name` by a wrapper that calls the original and records (args, kwargs, result) of each call."""
+    calls, original = [], getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append((args, kwargs, result))
+        return result
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def history_of(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+
+
+def test_simclr_main_trains_on_two_train_views_reshuffles_each_epoch_and_runs_the_knn_monitor_when_due(
+    tiny_env, monkeypatch
+):
+    batches, epochs_set, monitors = (
+        spy(monkeypatch, simclr, name) for name in ("train_batches", "set_epoch", "knn_monitor")
+    )
+
+    overrides = ["epochs=3", "knn_every=2", "topk_neighbors_train=5", "topk_neighbors_val=3", "knn_monitor_k=5"]
+    metrics = simclr.main(
+        tiny_args(tiny_env, "pretext/simclr_cifar10.yml", *overrides, "augmentation_kwargs.random_resized_crop.size=8")
+    )
+    assert [kwargs["views"] for _, kwargs, _ in batches] == [("train", "train")]  # SimCLR: two augmented views
+    assert [(args[0], args[1]) for args, _, _ in epochs_set] == [(batches[0][2], epoch) for epoch in range(3)]
+    assert len(monitors) == 2  # after epochs 2 (knn_every) and 3 (the last)
+    pretext = tiny_env.parent / "results/cifar-10/pretext"
+    knn = [record["knn_top1"] for record in history_of(pretext)]
+    assert knn[0] is None and knn[1] is not None and knn[2] is not None and metrics["knn_top1"] == knn[2]
+    checkpoint = torch.load(pretext / "checkpoint.pth.tar", weights_only=True)
+    assert checkpoint["epoch"] == 3 and checkpoint["knn_top1"] == knn[2]
+    model = torch.load(pretext / "model.pth.tar", weights_only=True)
+    assert model.keys() == checkpoint["model"].keys()
+    assert all(torch.equal(value, checkpoint["model"][key]) for key, value in model.items())
+    assert np.load(pretext / "topk-train-neighbors.npy").shape == (20, 6)
+    assert np.load(pretext / "topk-val-neighbors.npy").shape == (10, 4)
+    assert json.loads((pretext / "metrics.json").read_text()) == metrics
+
+
+def tiny_pretext_outputs(env) -> dict:
+    """A seeded random pretext model and random neighbour files of the tiny copy: what scan.py needs."""
+    from models import build_model
+    from utils.checkpoint import save_atomic
+    from utils.config import load_config
+
+    cfg = load_config(env, ROOT / "configs/pretext/simclr_cifar10.yml", TINY)
+    torch.manual_seed(0)
+    save_atomic(build_model(cfg).state_dict(), cfg["pretext_model"])
+    rng = np.random.default_rng(0)
+    np.save(cfg["topk_neighbors_train_path"], rng.integers(0, 20, size=(20, 6)))
+    np.save(cfg["topk_neighbors_val_path"], rng.integers(0, 10, size=(10, 4)))
+    return cfg
+
+
+def test_scan_main_reshuffles_each_epoch_keeps_the_lowest_loss_head_and_logs_the_accuracy_of_its_pick(
+    tiny_env, monkeypatch
+):
+    from engine.evaluate import cluster_metrics
+
+    tiny_pretext_outputs(tiny_env)
+    scripted = iter([(1, 0.5), (0, 0.7), (0, 0.5)])  # epoch 2 worse, epoch 3 a tie: no improvement
+    picks, real_evaluate = [], scan.scan_evaluate
+
+    def scripted_evaluate(head_outputs):
+        scores = real_evaluate(head_outputs)
+        scores["lowest_loss_head"], scores["lowest_loss"] = next(scripted)
+        chosen = head_outputs[scores["lowest_loss_head"]]
+        picks.append(cluster_metrics(chosen["predictions"], chosen["probabilities"], chosen["targets"])["ACC"])
+        return scores
+
+    monkeypatch.setattr(scan, "scan_evaluate", scripted_evaluate)
+    batches, epochs_set, saved = (
+        spy(monkeypatch, scan, name) for name in ("train_batches", "set_epoch", "save_scan_file")
+    )
+    metrics = scan.main(tiny_args(tiny_env, "scan/scan_cifar10.yml", "epochs=3", "num_heads=2", "num_neighbors=5"))
+    assert [(args[0], args[1]) for args, _, _ in epochs_set] == [(batches[0][2], epoch) for epoch in range(3)]
+    assert [args[1] for args, _, _ in saved] == [1]  # saved after epoch 1 only
+    out = tiny_env.parent / "results/cifar-10/scan"
+    history = history_of(out)
+    assert [record["head"] for record in history] == [1, 0, 0] and [r["val_loss"] for r in history] == [0.5, 0.7, 0.5]
+    assert [record["ACC"] for record in history] == pytest.approx(picks)
+    checkpoint = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert checkpoint["epoch"] == 3 and checkpoint["best_loss"] == 0.5 and checkpoint["best_loss_head"] == 1
+    kept = torch.load(out / "model.pth.tar", weights_only=True)
+    assert kept["head"] == 1 and metrics["head"] == 1 and metrics["best_loss"] == 0.5
+    assert metrics["num_samples"] == 10 and sum(metrics["cluster_sizes"]) == 10 and "ACC" in metrics
+
+
+def tiny_scan_file(env, head: int = 1) -> dict:
+    """A seeded random two-head SCAN model file whose best head is `head`, and the test neighbours."""
+    from engine.model_files import architecture_record, save_scan_file
+    from models import build_model
+    from utils.config import load_config
+
+    cfg = load_config(env, ROOT / "configs/scan/scan_cifar10.yml", [*TINY, "num_heads=2"])
+    torch.manual_seed(1)
+    save_scan_file(build_model(cfg).state_dict(), head, cfg["scan_model"], architecture_record(cfg))
+    Path(cfg["pretext_dir"]).mkdir(parents=True)
+    np.save(cfg["topk_neighbors_val_path"], np.random.default_rng(0).integers(0, 10, size=(10, 4)))
+    return torch.load(cfg["scan_model"], weights_only=True)
+
+
+def test_selflabel_main_takes_targets_from_the_val_view_watches_epoch_zero_and_checkpoints_each_epoch(
+    tiny_env, monkeypatch
+):
+    scan_file = tiny_scan_file(tiny_env)
+    names = ("train_batches", "set_epoch", "watch_epoch", "run_model")
+    batches, epochs_set, watched, evaluated = (spy(monkeypatch, selflabel, name) for name in names)
+    overrides = ["epochs=2", "selflabel_keep=best", "augmentation_kwargs.crop_size=8", "confidence_threshold=0.3"]
+    metrics = selflabel.main(tiny_args(tiny_env, "selflabel/selflabel_cifar10.yml", *overrides))
+    assert [kwargs["views"] for _, kwargs, _ in batches] == [("val", "train")]  # weak: val transform; strong: train
+    assert [(args[0], args[1]) for args, _, _ in epochs_set] == [(batches[0][2], epoch) for epoch in range(2)]
+    assert [args[1] for args, _, _ in watched] == [0, 1, 2]  # the SCAN model first, then every epoch
+    assert [record["epoch"] for record in metrics["epochs"]] == [0, 1, 2]
+    # Epoch 0 evaluates the SCAN model's best head, as head 0.
+    first_model = evaluated[0][0][0]
+    expected = selflabel.best_head_state_dict(scan_file)
+    assert first_model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in first_model.state_dict().items())
+    out = tiny_env.parent / "results/cifar-10/selflabel"
+    checkpoint = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["selflabel_keep"] == "best"
+    kept = torch.load(out / "model.pth.tar", weights_only=True)
+    reference = {0: expected, 2: checkpoint["model"]}.get(metrics["kept_epoch"])
+    if reference is not None:  # a kept epoch 1 was overwritten in the checkpoint: nothing to compare with
+        assert all(torch.equal(value, reference[key]) for key, value in kept.items())
+
+
+def test_mine_pretext_files_mines_both_splits_and_writes_the_metrics_with_the_extras(tiny_env):
+    """The end of moco.py and pretrained.py: neighbours of the train and test split and metrics.json (+ extras)."""
+    from engine.pretext import backbone_feature_model, mine_pretext_files
+    from utils.config import load_config
+
+    overrides = [*TINY, "topk_neighbors_train=5", "topk_neighbors_val=3"]
+    cfg = load_config(tiny_env, ROOT / "configs/pretext/simclr_cifar10.yml", overrides)
+    cfg["augmentation_backend"] = "pil"
+    torch.manual_seed(0)
+    model = backbone_feature_model(ContrastiveModel(build_backbone("resnet18", base_width=2)))
+    metrics = mine_pretext_files(model, cfg, CPU, extra={"source": "test weights"})
+    pretext = tiny_env.parent / "results/cifar-10/pretext"
+    assert metrics["source"] == "test weights"
+    assert json.loads((pretext / "metrics.json").read_text()) == metrics
+    train, val = np.load(pretext / "topk-train-neighbors.npy"), np.load(pretext / "topk-val-neighbors.npy")
+    assert train.shape == (20, 6) and val.shape == (10, 4)
+    assert (train[:, 0] == np.arange(20)).all() and (val[:, 0] == np.arange(10)).all()  # each image is its nearest
+
+
+def test_predict_main_assigns_each_image_the_argmax_cluster_with_its_softmax_confidence(tiny_env, tmp_path):
+    import csv
+
+    import predict
+    from data.augment import get_val_transformations
+    from utils.config import load_config
+
+    scan_file = tiny_scan_file(tiny_env, head=1)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    output = tmp_path / "predictions.csv"
+    config = ROOT / "configs/scan/scan_cifar10.yml"
+    model_file = tiny_env.parent / "results/cifar-10/scan/model.pth.tar"
+    args = ["--config_env", str(tiny_env), "--config_exp", str(config), "--model", str(model_file)]
+    result = predict.main([*args, "--images", str(folder), "--output", str(output), "--set", *TINY, "num_heads=2"])
+    assert result["num_images"] == 3 and result["num_failed"] == 0 and sum(result["cluster_sizes"]) == 3
+
+    cfg = load_config(tiny_env, config, [*TINY, "num_heads=2"])
+    model = ClusteringModel(build_backbone("resnet18", base_width=2), 10, 2)
+    model.load_state_dict(scan_file["model"])
+    transform = get_val_transformations(cfg)
+    images = torch.stack([transform(Image.open(folder / f"{i}.png").convert("RGB")) for i in range(3)])
+    with torch.no_grad():
+        probabilities = torch.softmax(model.eval()(images)[1], dim=1)  # head 1, the file's best
+    rows = list(csv.DictReader(output.open()))
+    assert [Path(row["file"]).name for row in rows] == ["0.png", "1.png", "2.png"]
+    assert [int(row["cluster"]) for row in rows] == probabilities.argmax(dim=1).tolist()
+    assert [float(row["confidence"]) for row in rows] == pytest.approx(
+        probabilities.max(dim=1).values.tolist(), abs=2e-3
+    )
