@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from tools.report_options import add_report_arguments, gallery_options
-from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments, parse_early
+from utils.config import ArgumentParser, add_config_arguments, add_eval_batch_size_argument, parse_early
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,12 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
     parser.add_argument("--output_dir", default=None, help="where results go (default: beside the model file)")
     parser.add_argument("--visualize_prototypes", action="store_true", help="also save prototypes.png")
-    parser.add_argument(
-        "--batch_size",
-        type=int,
-        default=EVAL_BATCH_SIZE,
-        help=f"images per batch (default {EVAL_BATCH_SIZE}; the config's batch_size is the training one)",
-    )
+    add_eval_batch_size_argument(parser)
     add_report_arguments(parser)
     return parser.parse_args(argv)
 

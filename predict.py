@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from tools.sort_images import check_target_folder
-from utils.config import EVAL_BATCH_SIZE, ArgumentParser, add_config_arguments, parse_early
+from utils.config import ArgumentParser, add_config_arguments, add_eval_batch_size_argument, parse_early
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,12 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also copy the images into one folder per cluster below DIR (new or empty), e.g. DIR/cluster_03_cat/",
     )
     parser.add_argument("--link", action="store_true", help="with --sort_into: symlink the images instead of copying")
-    parser.add_argument(
-        "--batch_size",
-        type=int,
-        default=EVAL_BATCH_SIZE,
-        help=f"images per batch (default {EVAL_BATCH_SIZE}; the config's batch_size is the training one)",
-    )
+    add_eval_batch_size_argument(parser)
     args = parser.parse_args(argv)
     if args.link and not args.sort_into:
         parser.error("--link needs --sort_into DIR")

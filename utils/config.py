@@ -150,9 +150,6 @@ def check_stage_keys(setup: str, given: dict[str, str]) -> None:
             )
 
 
-EVAL_BATCH_SIZE = 256  # eval.py and predict.py: images per batch, whatever batch the model was trained with
-
-
 class ConfigError(ValueError):
     """A config file or override that cannot be used as written."""
 
@@ -350,6 +347,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = T
     parser.add_argument("--config_exp", required=True, help="experiment YAML, e.g. configs/pretext/simclr_cifar10.yml")
     add_set_argument(
         parser, "override config entries, dotted keys for nested ones: --set epochs=2 optimizer_kwargs.lr=0.1"
+    )
+
+
+def add_eval_batch_size_argument(parser: argparse.ArgumentParser) -> None:
+    """--batch_size of eval.py and predict.py: images per batch, whatever batch the model was trained with."""
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=256,
+        help="images per batch (default 256; the config's batch_size is the training one)",
     )
 
 
