@@ -104,3 +104,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_random_pretext_outputs(env: Path, overrides: list[str], train_shape: tuple, val_shape: tuple) -> dict:
+    """What scan.py needs without training SimCLR: a seeded random pretext model (simclr_cifar10.yml with
+    `overrides`) and random neighbour files of the given shapes [rows, k + 1], indices below `rows`."""
+    import torch
+
+    from models import build_model
+    from utils.checkpoint import save_atomic
+    from utils.config import load_config
+
+    cfg = load_config(env, ROOT / "configs/pretext/simclr_cifar10.yml", overrides)
+    torch.manual_seed(0)
+    save_atomic(build_model(cfg).state_dict(), cfg["pretext_model"])
+    rng = np.random.default_rng(0)
+    np.save(cfg["topk_neighbors_train_path"], rng.integers(0, train_shape[0], size=train_shape))
+    np.save(cfg["topk_neighbors_val_path"], rng.integers(0, val_shape[0], size=val_shape))
+    return cfg

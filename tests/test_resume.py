@@ -21,7 +21,7 @@ import selflabel
 import simclr
 from losses import CRITERIA
 from models import build_model
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_random_pretext_outputs
 from utils.checkpoint import save_atomic
 from utils.config import load_config
 from utils.guard import TrainingStopped
@@ -41,13 +41,7 @@ def stage_args(env, config, *overrides) -> list[str]:
 
 
 def write_pretext_outputs(env) -> None:
-    """A seeded random pretext model and random neighbour files: what scan.py needs, without SimCLR."""
-    cfg = load_config(env, PRETEXT, TINY)
-    torch.manual_seed(0)
-    save_atomic(build_model(cfg).state_dict(), cfg["pretext_model"])
-    rng = np.random.default_rng(0)
-    np.save(cfg["topk_neighbors_train_path"], rng.integers(0, 100, size=(100, 21)))
-    np.save(cfg["topk_neighbors_val_path"], rng.integers(0, 50, size=(50, 6)))
+    write_random_pretext_outputs(env, TINY, (100, 21), (50, 6))
 
 
 def write_scan_model(env) -> None:

@@ -14,9 +14,7 @@ import eval as eval_script
 import scan
 import selflabel
 import simclr
-from models import build_model
-from tests.conftest import ROOT
-from utils.checkpoint import save_atomic
+from tests.conftest import ROOT, write_random_pretext_outputs
 from utils.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -30,14 +28,7 @@ def stage_args(env, config, *overrides) -> list[str]:
 
 
 def write_pretext_outputs(env) -> dict:
-    """A seeded random pretext model and random neighbour files: what scan.py needs, without training SimCLR."""
-    cfg = load_config(env, ROOT / "configs/pretext/simclr_cifar10.yml", FAST)
-    torch.manual_seed(0)
-    save_atomic(build_model(cfg).state_dict(), cfg["pretext_model"])
-    rng = np.random.default_rng(0)
-    np.save(cfg["topk_neighbors_train_path"], rng.integers(0, 100, size=(100, 21)))
-    np.save(cfg["topk_neighbors_val_path"], rng.integers(0, 50, size=(50, 6)))
-    return cfg
+    return write_random_pretext_outputs(env, FAST, (100, 21), (50, 6))
 
 
 def test_scan_keeps_the_lowest_loss_head_and_replaces_the_model_only_on_improvement(tiny_cifar_env, monkeypatch):

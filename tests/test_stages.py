@@ -18,7 +18,7 @@ import simclr
 from data.loaders import train_loader
 from losses import ConfidenceBasedCE, SCANLoss
 from models import ClusteringModel, ContrastiveModel, build_backbone
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_random_pretext_outputs
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 from utils.prerequisites import MissingPrerequisiteError
@@ -351,18 +351,7 @@ def test_simclr_main_trains_on_two_train_views_reshuffles_each_epoch_and_runs_th
 
 
 def tiny_pretext_outputs(env) -> dict:
-    """A seeded random pretext model and random neighbour files of the tiny copy: what scan.py needs."""
-    from models import build_model
-    from utils.checkpoint import save_atomic
-    from utils.config import load_config
-
-    cfg = load_config(env, ROOT / "configs/pretext/simclr_cifar10.yml", TINY)
-    torch.manual_seed(0)
-    save_atomic(build_model(cfg).state_dict(), cfg["pretext_model"])
-    rng = np.random.default_rng(0)
-    np.save(cfg["topk_neighbors_train_path"], rng.integers(0, 20, size=(20, 6)))
-    np.save(cfg["topk_neighbors_val_path"], rng.integers(0, 10, size=(10, 4)))
-    return cfg
+    return write_random_pretext_outputs(env, TINY, (20, 6), (10, 4))
 
 
 def test_scan_main_reshuffles_each_epoch_keeps_the_lowest_loss_head_and_logs_the_accuracy_of_its_pick(
