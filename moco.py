@@ -46,7 +46,9 @@ def convert_moco_state_dict(state_dict: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage(PARSER, argv, ("moco",))
+    args, cfg, runtime, plan = setup_stage(PARSER, argv, ("moco",))
+    if plan.up_to_date:
+        return plan.saved_metrics
     checkpoint = load_checkpoint(
         args.moco_weights,
         "Pass the MoCo v2 checkpoint file with --moco_weights "
@@ -59,12 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
     load_state_dict_checked(model, convert_moco_state_dict(state_dict), source=f"MoCo checkpoint {args.moco_weights}")
     if runtime.is_main:
         Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
-        save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg))
+        save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg), plan.record)
         print(f"Saved the converted pretext model to {cfg['pretext_model']}", flush=True)
 
     # Neighbours come from the 2048-d backbone features (before the MLP head), L2-normalised by the model;
     # under torchrun every process mines its shard.
-    return mine_pretext_files(backbone_feature_model(model), cfg, runtime)
+    return mine_pretext_files(backbone_feature_model(model), cfg, runtime, extra={"record": plan.record})
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ from utils.runtime import barrier
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage(PARSER, argv, ("pretrained",))
+    args, cfg, runtime, plan = setup_stage(PARSER, argv, ("pretrained",))
+    if plan.up_to_date:
+        return plan.saved_metrics
     if not is_library_backbone(cfg["backbone"]):
         raise ConfigError(
             f"pretrained.py imports library models: set backbone to torchvision:<name> or timm:<name>, not "
@@ -62,10 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
         barrier(runtime)
         print(f"Loaded {cfg['backbone']} ({model.backbone.out_dim}-d features) from {source}", flush=True)
         Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
-        save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg))
+        save_state_dict_file(model.state_dict(), cfg["pretext_model"], architecture_record(cfg), plan.record)
         print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
     # Every process mines its shard.
-    return mine_pretext_files(model, cfg, runtime, extra={"backbone": cfg["backbone"], "weights": source})
+    return mine_pretext_files(
+        model, cfg, runtime, extra={"backbone": cfg["backbone"], "weights": source, "record": plan.record}
+    )
 
 
 if __name__ == "__main__":

@@ -83,7 +83,9 @@ def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage(PARSER, argv, ("scan",))
+    args, cfg, runtime, plan = setup_stage(PARSER, argv, ("scan",))
+    if plan.up_to_date:
+        return plan.saved_metrics
     pretext_command = stage_command("pretext", cfg["train_db_name"], args.config_env, cfg["backbone"])
     require_files(
         [cfg["pretext_model"], cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]], pretext_command
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     require_matching_architecture(
-        read_sidecar(cfg["pretext_model"]),
+        (read_sidecar(cfg["pretext_model"]) or {}).get("architecture"),
         cfg,
         ("backbone", "backbone_kwargs"),
         source=f"pretext model {cfg['pretext_model']}",
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = wrap_model(model, runtime)
     criterion = make_criterion(cfg, "scan")
 
-    guard = TrainingGuard(cfg, runtime, cfg["scan_checkpoint"], unwrap(model), optimizer)
+    guard = TrainingGuard(cfg, runtime, cfg["scan_checkpoint"], unwrap(model), optimizer, plan)
     checkpoint = guard.resume()
     best_loss, best_loss_head = checkpoint.get("best_loss", math.inf), checkpoint.get("best_loss_head")
     history = History(cfg["scan_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
@@ -176,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(summary, flush=True)
             history.log(epoch + 1, **losses, lr=lr, val_loss=head_loss, head=head, ACC=accuracy)
             if improved:
-                save_scan_file(unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg))
+                save_scan_file(
+                    unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg), plan.record
+                )
                 print(f"  lowest loss so far: saved head {head} to {cfg['scan_model']}", flush=True)
         guard.save_checkpoint(epoch + 1, best_loss=best_loss, best_loss_head=best_loss_head)
 
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         scores = scan_evaluate(val_predictions(unwrap(model)))
         best_loss, head = scores["lowest_loss"], scores["lowest_loss_head"]
         if runtime.is_main:
-            save_scan_file(unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg))
+            save_scan_file(unwrap(model).state_dict(), head, cfg["scan_model"], architecture_record(cfg), plan.record)
             print(f"No epoch trained: saved the untrained heads (head {head}) to {cfg['scan_model']}", flush=True)
         barrier(runtime)
     best = load_checkpoint(cfg["scan_model"])
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
             head_outputs[int(best["head"])],
             class_names,
             cfg["scan_dir"],
-            extra={"head": int(best["head"]), "best_loss": best_loss},
+            extra={"head": int(best["head"]), "best_loss": best_loss, "record": plan.record},
             title=f"SCAN (head {int(best['head'])}) on the test split",
         )
     barrier(runtime)

@@ -143,7 +143,9 @@ def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage(PARSER, argv, ("selflabel",))
+    args, cfg, runtime, plan = setup_stage(PARSER, argv, ("selflabel",))
+    if plan.up_to_date:
+        return plan.saved_metrics
     scan_command = stage_command("scan", cfg["train_db_name"], args.config_env)
     require_files([cfg["scan_model"]], scan_command)
     if cfg["selflabel_keep"] == "best":  # the selection criterion needs the test split's neighbours
@@ -183,14 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = build_optimizer(cfg, model)
     architecture = architecture_record(cfg, num_heads=1)
 
-    guard = TrainingGuard(cfg, runtime, cfg["selflabel_checkpoint"], unwrap(model), optimizer)
+    guard = TrainingGuard(cfg, runtime, cfg["selflabel_checkpoint"], unwrap(model), optimizer, plan)
     checkpoint = guard.resume()
-    if checkpoint.get("selflabel_keep", cfg["selflabel_keep"]) != cfg["selflabel_keep"]:
-        raise ConfigError(
-            f"{cfg['selflabel_checkpoint']} belongs to a run with selflabel_keep: {checkpoint['selflabel_keep']}, "
-            f"and model.pth.tar holds that run's choice. Resume with that setting, or delete the checkpoint to "
-            f"start over with selflabel_keep: {cfg['selflabel_keep']}."
-        )
     watch = SelfLabelWatch(cfg["cluster_warning_fraction"], checkpoint.get("watch"))
     # EMA writes its average back into the model after every step, so the resumed weights are its state.
     ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None
@@ -206,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         head_output = run_model(scan_model, val_loader, runtime.device).head(0)  # each process: its shard
         watch_epoch(watch, 0, head_output, val_neighbors, runtime)
         if keep_best and runtime.is_main:
-            save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture)
+            save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture, plan.record)
     barrier(runtime)
 
     for epoch in guard.epochs():
@@ -241,12 +237,12 @@ def main(argv: list[str] | None = None) -> dict:
                 pseudo_labels_per_cluster=stats["pseudo_labels_per_cluster"],
             )
             if not keep_best or record["improved"]:
-                save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
-        guard.save_checkpoint(epoch + 1, watch=watch.state_dict(), selflabel_keep=cfg["selflabel_keep"])
+                save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture, plan.record)
+        guard.save_checkpoint(epoch + 1, watch=watch.state_dict())
 
     if not Path(cfg["selflabel_model"]).is_file():  # epochs: 0 — the SCAN model's best head, untrained further
         if runtime.is_main:
-            save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
+            save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture, plan.record)
         barrier(runtime)
     final_model = build_model(cfg).to(runtime.device)
     load_state_dict_checked(final_model, load_checkpoint(cfg["selflabel_model"]), source=cfg["selflabel_model"])
@@ -265,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
             "kept_reason": reason,
             "cluster_warnings": watch.all_warnings(),
             "epochs": watch.history,
+            "record": plan.record,
         }
         metrics = clustering_report(
             head_output, val_dataset.classes, cfg["selflabel_dir"], extra=extra, title="Self-label on the test split"

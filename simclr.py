@@ -89,7 +89,9 @@ def knn_monitor(model, base_loader, val_loader, cfg, device) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg, runtime = setup_stage(PARSER, argv, ("simclr",))
+    args, cfg, runtime, plan = setup_stage(PARSER, argv, ("simclr",))
+    if plan.up_to_date:
+        return plan.saved_metrics
     Path(cfg["pretext_dir"]).mkdir(parents=True, exist_ok=True)
 
     model = build_model(cfg)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = make_criterion(cfg, "simclr")
     optimizer = build_optimizer(cfg, model)
 
-    guard = TrainingGuard(cfg, runtime, cfg["pretext_checkpoint"], unwrap(model), optimizer)
+    guard = TrainingGuard(cfg, runtime, cfg["pretext_checkpoint"], unwrap(model), optimizer, plan)
     knn_top1 = guard.resume().get("knn_top1")
 
     history = History(cfg["pretext_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
@@ -132,13 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
         guard.save_checkpoint(epoch + 1, knn_top1=knn_top1)
 
     if runtime.is_main:
-        save_state_dict_file(unwrap(model).state_dict(), cfg["pretext_model"], architecture_record(cfg))
+        save_state_dict_file(unwrap(model).state_dict(), cfg["pretext_model"], architecture_record(cfg), plan.record)
         print(f"Saved the pretext model to {cfg['pretext_model']}", flush=True)
     # Every process mines its shard; the main one writes the neighbour files.
     metrics = mine_and_save_neighbors(
         unwrap(model), base_loader, val_loader, cfg, runtime.device, classes=val_dataset.classes
     )
-    metrics["knn_top1"] = knn_top1
+    metrics.update(knn_top1=knn_top1, record=plan.record)
     if runtime.is_main:
         write_json(metrics, Path(cfg["pretext_dir"]) / "metrics.json")
     barrier(runtime)

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,13 @@ BACKBONE_BUILDERS = {"resnet18": ResNet18, "resnet50": resnet50}  # whose keywor
 
 @dataclass
 class ModelFile:
-    """What a model file holds: weights, the stored head (SCAN files) and the architecture (when recorded)."""
+    """What a model file holds: weights, the stored head (SCAN files), the architecture and the run's record
+    (engine/run_record.py; None for model-zoo files and older runs)."""
 
     state_dict: dict
     head: int | None
     architecture: dict | None
+    record: dict | None = None
 
 
 def backbone_kwargs_with_defaults(backbone: str, kwargs: dict) -> dict:
@@ -112,28 +115,33 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_state_dict_file(state_dict: dict, path: str | Path, architecture: dict) -> None:
-    """A plain state dict (loadable by the original code) plus its sidecar record."""
+def dated(record: dict | None) -> dict | None:
+    """The run's record as saved with a model file: with the time the file was written."""
+    return None if record is None else {**record, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def save_state_dict_file(state_dict: dict, path: str | Path, architecture: dict, record: dict | None = None) -> None:
+    """A plain state dict (loadable by the original code) plus its sidecar: architecture and the run's record."""
     save_atomic(state_dict, path)
-    write_json(
-        {"model_file": Path(path).name, "sha256": file_sha256(path), "architecture": architecture},
-        sidecar_path(path),
-    )
+    sidecar = {"model_file": Path(path).name, "sha256": file_sha256(path), "architecture": architecture}
+    write_json({**sidecar, "record": dated(record)}, sidecar_path(path))
 
 
-def save_scan_file(state_dict: dict, head: int, path: str | Path, architecture: dict) -> None:
-    """The SCAN format {'model', 'head'} with the record as a third key."""
-    save_atomic({"model": state_dict, "head": int(head), "architecture": architecture}, path)
+def save_scan_file(
+    state_dict: dict, head: int, path: str | Path, architecture: dict, record: dict | None = None
+) -> None:
+    """The SCAN format {'model', 'head'} with the architecture and the run's record as extra keys."""
+    save_atomic({"model": state_dict, "head": int(head), "architecture": architecture, "record": dated(record)}, path)
 
 
 def read_sidecar(path: str | Path) -> dict | None:
-    """The recorded architecture of a plain state-dict file, or None when there is no valid record for it."""
+    """The sidecar of a plain state-dict file ('architecture', 'record'), or None when there is no valid one."""
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
         return None
     try:
         content = json.loads(sidecar.read_text())
-        recorded_sha, architecture = content["sha256"], content["architecture"]
+        recorded_sha, _ = content["sha256"], content["architecture"]
     except (ValueError, KeyError, TypeError) as error:
         print(f"Note: ignoring {sidecar}, which is not an architecture record ({error}).", flush=True)
         return None
@@ -144,7 +152,7 @@ def read_sidecar(path: str | Path) -> dict | None:
             flush=True,
         )
         return None
-    return architecture
+    return content
 
 
 def read_model_file(path: str | Path) -> ModelFile:
@@ -155,8 +163,10 @@ def read_model_file(path: str | Path) -> ModelFile:
     if "model" in checkpoint and isinstance(checkpoint["model"], dict):  # SCAN {'model', 'head'} or a checkpoint
         head = checkpoint.get("head", checkpoint.get("best_loss_head"))
         head = None if head is None else int(head)
-        return ModelFile(strip_module_prefix(checkpoint["model"]), head, checkpoint.get("architecture"))
-    return ModelFile(strip_module_prefix(checkpoint), None, read_sidecar(path))
+        record = checkpoint.get("record")
+        return ModelFile(strip_module_prefix(checkpoint["model"]), head, checkpoint.get("architecture"), record)
+    sidecar = read_sidecar(path) or {}
+    return ModelFile(strip_module_prefix(checkpoint), None, sidecar.get("architecture"), sidecar.get("record"))
 
 
 def architecture_differences(recorded: dict, cfg: dict, keys: tuple[str, ...]) -> list[str]:
@@ -248,9 +258,21 @@ def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) ->
     return model
 
 
+def describe_record(path: str | Path, record: dict | None) -> str:
+    """One line or a few for eval.py and predict.py: which model file, made by which stage, when, from what."""
+    if record is None:
+        return f"Model {path}: no record of what produced it (a model-zoo file or an older run): inputs unknown."
+    inputs = ", ".join(f"{name} {entry['path']} ({entry['sha256'][:12]})" for name, entry in record["inputs"].items())
+    lines = [f"Model {path}: {record['stage']} stage, written {record.get('date', '?')}; inputs: {inputs or 'none'}"]
+    lines += [f"  resumed under a change: {line}" for line in record.get("changes_on_resume", [])]
+    return "\n".join(lines)
+
+
 def load_model_file(cfg: dict, model_path: str | Path) -> tuple[torch.nn.Module, int | None]:
-    """(ContrastiveModel, None) for a pretext file, else (ClusteringModel, the stored head or 0), loaded."""
+    """(ContrastiveModel, None) for a pretext file, else (ClusteringModel, the stored head or 0), loaded; says
+    which file it read and what produced it."""
     model_file = read_model_file(model_path)
+    print(describe_record(model_path, model_file.record), flush=True)
     model = model_from_file(cfg, model_file, model_path)
     load_state_dict_checked(model, model_file.state_dict, source=f"model {model_path}")
     if isinstance(model, ContrastiveModel):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from engine.run_record import RunPlan, plan_run
 from utils.config import ConfigError, format_config, load_config
 from utils.results import check_writable
-from utils.runtime import Runtime, barrier, init_runtime, leave_process_group, resolve_fast_path, seed_everything
+from utils.runtime import Runtime, from_main, init_runtime, leave_process_group, resolve_fast_path, seed_everything
 
 # Where each setup writes: the folder --fresh moves aside.
 STAGE_DIRS = {
@@ -29,9 +30,10 @@ STAGE_DIRS = {
 
 def setup_stage(
     parser: argparse.ArgumentParser, argv: list[str] | None, expected_setups: tuple[str, ...]
-) -> tuple[argparse.Namespace, dict, Runtime]:
+) -> tuple[argparse.Namespace, dict, Runtime, RunPlan]:
     """Parse arguments (`parser`: utils.config.stage_parser), load and check the config, pick the device, seed,
-    print what will run."""
+    decide from the run's record whether to train, resume or do nothing (engine/run_record.py), print what will
+    run."""
     args = parser.parse_args(argv)
     cfg = load_config(args.config_env, args.config_exp, args.overrides)
     if cfg["setup"] not in expected_setups:
@@ -42,17 +44,25 @@ def setup_stage(
     runtime = init_runtime()
     resolve_fast_path(cfg, runtime)
     stage_dir = Path(cfg[STAGE_DIRS[cfg["setup"]]])
+    plan: RunPlan | Exception | None = None
     if runtime.is_main:
         if args.fresh:
             moved = move_aside(stage_dir)
             print(f"--fresh: moved the previous {stage_dir} to {moved}" if moved else "--fresh: nothing to move aside")
-        check_writable(stage_dir)  # fail now, not after the first epoch
-    barrier(runtime)
+        try:
+            plan = plan_run(cfg, args, move_aside)
+            if not plan.up_to_date:
+                check_writable(stage_dir)  # fail now, not after the first epoch
+        except Exception as error:  # every process raises it below, not only the main one
+            plan = error
+    plan = from_main(plan, runtime)  # rank 0 decides, the others follow
+    if isinstance(plan, Exception):
+        raise plan
     seed_everything(cfg["seed"], runtime.rank)
-    if runtime.is_main:
+    if runtime.is_main and not plan.up_to_date:
         print(format_config(cfg), flush=True)
         print(f"Device: {runtime.device} (world size {runtime.world_size})", flush=True)
-    return args, cfg, runtime
+    return args, cfg, runtime, plan
 
 
 def move_aside(folder: Path) -> Path | None:

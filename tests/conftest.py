@@ -122,3 +122,27 @@ def write_random_pretext_outputs(env: Path, overrides: list[str], train_shape: t
     np.save(cfg["topk_neighbors_train_path"], rng.integers(0, train_shape[0], size=train_shape))
     np.save(cfg["topk_neighbors_val_path"], rng.integers(0, val_shape[0], size=val_shape))
     return cfg
+
+
+# A stage's main() on 20 tiny images in about a second: the fast tier's stage runs.
+TINY = ["num_workers=0", "backbone_kwargs.base_width=2", "seed=0", "batch_size=10", "transformation_kwargs.crop_size=8"]
+
+
+@pytest.fixture
+def tiny_env(tmp_path, monkeypatch, one_torch_thread):
+    """An env.yml over a 20-train / 10-test CIFAR-10 copy; curves.png and confusion matrices are not drawn, and
+    torch computes in one thread (conftest.one_torch_thread)."""
+    import utils.history
+    from engine import report
+    from tests.conftest import write_cifar10
+
+    write_cifar10(tmp_path / "datasets" / "cifar-10", train_per_batch=4, test=10)
+    env = tmp_path / "env.yml"
+    env.write_text(f"root_dir: {tmp_path / 'results'}\ndata_root: {tmp_path / 'datasets'}\ndownload: false\n")
+    monkeypatch.setattr(utils.history, "plot_history", lambda records, title="": b"")
+    monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args, **kwargs: None)
+    return env
+
+
+def tiny_args(env, config: str, *overrides: str) -> list[str]:
+    return ["--config_env", str(env), "--config_exp", str(ROOT / "configs" / config), "--set", *TINY, *overrides]

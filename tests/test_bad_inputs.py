@@ -8,6 +8,7 @@ their time is importing torch; each test then checks its own row.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import torch
 import yaml
 from PIL import Image
 
+from engine.run_record import current_record
 from models import build_model
 from tests.conftest import ROOT, write_cifar10
 from utils.checkpoint import save_atomic, training_checkpoint
@@ -94,7 +96,8 @@ def resumable_checkpoint(env: Path, config: Path, *overrides: str) -> dict:
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=0.1)
     key = {"simclr": "pretext_checkpoint", "scan": "scan_checkpoint"}[cfg["setup"]]
     state = {"epoch": 1, "step": 0, "rng": [rng_state()], "batch_size": cfg["batch_size"]}
-    save_atomic(training_checkpoint(cfg, model, optimizer, **state), cfg[key])
+    record = current_record(cfg, argparse.Namespace())
+    save_atomic(training_checkpoint(record, model, optimizer, **state), cfg[key])
     return cfg
 
 
@@ -271,8 +274,8 @@ def truncated_checkpoint(root):
 def checkpoint_other_settings(root):
     env = cifar_env(root)
     pretext_outputs(env)
-    resumable_checkpoint(env, SCAN)
-    return stage("scan.py", env, SCAN, "num_heads=2")
+    resumable_checkpoint(env, SCAN, "epochs=2")  # unfinished
+    return stage("scan.py", env, SCAN, "epochs=2", "num_heads=2")
 
 
 def neighbours_other_dataset(root):
@@ -336,14 +339,15 @@ def disk_full(root):
     results = small_disk(root / "results", "400k")
     ROWS_BY_NAME["disk full while saving a checkpoint"].unmount.append(results)
     env = cifar_env(root, results=results)
-    resumable_checkpoint(env, PRETEXT)  # 256 KB: a second one (with momentum) does not fit beside it
+    resumable_checkpoint(env, PRETEXT, "epochs=2")  # 256 KB: a second one (with momentum) does not fit beside it
     return stage("simclr.py", env, PRETEXT, "epochs=2")
 
 
 def diverging(root):
     env = cifar_env(root)
-    resumable_checkpoint(env, PRETEXT)  # a good epoch-1 checkpoint that must survive
-    return stage("simclr.py", env, PRETEXT, "epochs=2", "optimizer_kwargs.lr=1.0e+30")
+    overrides = ("epochs=2", "optimizer_kwargs.lr=1.0e+30")
+    resumable_checkpoint(env, PRETEXT, *overrides)  # a good epoch-1 checkpoint that must survive
+    return stage("simclr.py", env, PRETEXT, *overrides)
 
 
 DOTALL = r"(?s)"
@@ -406,7 +410,7 @@ ROWS = [
     Row(
         "checkpoint written with other model settings",
         checkpoint_other_settings,
-        r"written with other model or data settings.*num_heads: checkpoint 1, now 2.*--fresh .*--set resume=false",
+        r"unfinished run with other inputs.*num_heads: 1 → 2.*--fresh .*nothing deleted.*cannot continue it",
     ),
     Row(
         "neighbour file of another dataset",

@@ -25,14 +25,12 @@ from tests.conftest import ROOT
 from utils.checkpoint import (
     CheckpointError,
     NonFiniteError,
-    check_resumable,
-    config_changes,
     load_checkpoint,
     resume,
     save_atomic,
     training_checkpoint,
 )
-from utils.config import ConfigError, auto_num_workers, load_config
+from utils.config import ConfigError
 from utils.guard import NonFiniteLossError, TrainingGuard, TrainingStopped, finite_loss
 from utils.results import WriteError, save_numpy, write_json, write_summary
 from utils.runtime import Runtime
@@ -252,57 +250,14 @@ def test_killing_the_process_during_a_large_write_leaves_the_previous_checkpoint
     assert os.listdir(tmp_path) == ["checkpoint.pth.tar"]
 
 
-# Config fingerprint and resume --------------------------------------------------------------------------
-SCAN_CONFIG = ROOT / "configs/scan/scan_cifar10.yml"
-
-
-def test_config_changes_are_sorted_into_refused_noted_and_free(tiny_cifar_env):
-    saved = load_config(tiny_cifar_env, SCAN_CONFIG)
-    record = training_checkpoint(saved, torch.nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1)], lr=1))["config"]
-    changed = load_config(
-        tiny_cifar_env,
-        SCAN_CONFIG,
-        ["num_heads=3", "backbone_kwargs.base_width=8", "augmentation_kwargs.crop_size=28", "epochs=7"]
-        + ["num_workers=0", "batch_size=64", "optimizer_kwargs.lr=0.5", "augmentation_kwargs.num_strong_augs=2"],
-    )
-    refused, noted = config_changes(record, changed)
-    assert refused == [
-        "augmentation_kwargs.crop_size: checkpoint 32, now 28",
-        "backbone_kwargs.base_width: checkpoint (unset), now 8",
-        "num_heads: checkpoint 1, now 3",
-    ]
-    assert noted == [
-        "augmentation_kwargs.num_strong_augs: checkpoint 4, now 2",
-        "batch_size: checkpoint 128, now 64",
-        f"num_workers: checkpoint {auto_num_workers()}, now 0",  # the paper's config says auto
-        "optimizer_kwargs.lr: checkpoint 0.0001, now 0.5",
-    ]
-    assert config_changes(record, load_config(tiny_cifar_env, SCAN_CONFIG, ["epochs=9"])) == ([], [])
-
-
-def test_resuming_under_other_model_settings_is_refused_with_the_way_out(tiny_cifar_env, tmp_path):
-    cfg = load_config(tiny_cifar_env, SCAN_CONFIG)
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    checkpoint = training_checkpoint(cfg, model, optimizer, epoch=1, step=0)
-    other = load_config(tiny_cifar_env, SCAN_CONFIG, ["num_classes=20"])
-    with pytest.raises(CheckpointError) as error:
-        check_resumable(checkpoint, other, tmp_path / "scan" / "checkpoint.pth.tar")
-    message = str(error.value)
-    assert "num_classes: checkpoint 10, now 20" in message
-    assert "--fresh" in message and "--set resume=false" in message and "nothing deleted" in message
-
-
-def test_resume_false_ignores_the_checkpoint_and_odd_files_are_refused(tiny_cifar_env, tmp_path):
+def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     model, path = torch.nn.Linear(2, 2), tmp_path / "checkpoint.pth.tar"
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    cfg = load_config(tiny_cifar_env, SCAN_CONFIG)
-    save_atomic(training_checkpoint(cfg, model, optimizer, epoch=4, step=0), path)
-    assert resume(path, model, optimizer, {**cfg, "resume": False}) == {"epoch": 0}
-    assert resume(path, model, optimizer, cfg)["epoch"] == 4
+    save_atomic(training_checkpoint(None, model, optimizer, epoch=4, step=0), path)
+    assert resume(path, model, optimizer)["epoch"] == 4
     save_atomic({"model": model.state_dict(), "head": 0}, path)  # a SCAN model file, not a checkpoint
     with pytest.raises(CheckpointError, match="not a resumable checkpoint"):
-        resume(path, model, optimizer, cfg)
+        resume(path, model, optimizer)
 
 
 def test_unreadable_checkpoints_are_explained(tmp_path):

@@ -18,7 +18,7 @@ import simclr
 from data.loaders import train_loader
 from losses import ConfidenceBasedCE, SCANLoss
 from models import ClusteringModel, ContrastiveModel, build_backbone
-from tests.conftest import ROOT, write_random_pretext_outputs
+from tests.conftest import ROOT, TINY, tiny_args, write_random_pretext_outputs
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 from utils.prerequisites import MissingPrerequisiteError
@@ -283,29 +283,6 @@ def test_selflabel_criterion_follows_pseudo_labels_and_refuses_unknown_rules():
 
 # Each stage's main() on 20 tiny images (fast tier) ---------------------------------------------------------------
 # About a second each: 20 train / 10 test CIFAR images seen at 8×8 by a ResNet-18 of width 2, in one thread, no plots.
-TINY = ["num_workers=0", "backbone_kwargs.base_width=2", "seed=0", "batch_size=10", "transformation_kwargs.crop_size=8"]
-
-
-@pytest.fixture
-def tiny_env(tmp_path, monkeypatch, one_torch_thread):
-    """An env.yml over a 20-train / 10-test CIFAR-10 copy; curves.png and confusion matrices are not drawn, and
-    torch computes in one thread (conftest.one_torch_thread)."""
-    import utils.history
-    from engine import report
-    from tests.conftest import write_cifar10
-
-    write_cifar10(tmp_path / "datasets" / "cifar-10", train_per_batch=4, test=10)
-    env = tmp_path / "env.yml"
-    env.write_text(f"root_dir: {tmp_path / 'results'}\ndata_root: {tmp_path / 'datasets'}\ndownload: false\n")
-    monkeypatch.setattr(utils.history, "plot_history", lambda records, title="": b"")
-    monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args, **kwargs: None)
-    return env
-
-
-def tiny_args(env, config: str, *overrides: str) -> list[str]:
-    return ["--config_env", str(env), "--config_exp", str(ROOT / "configs" / config), "--set", *TINY, *overrides]
-
-
 def spy(monkeypatch, module, name: str) -> list:
     """Replace `module.name` by a wrapper that calls the original and records (args, kwargs, result) of each call."""
     calls, original = [], getattr(module, name)
@@ -421,7 +398,7 @@ def test_selflabel_main_takes_targets_from_the_val_view_watches_epoch_zero_and_c
     assert all(torch.equal(value, expected[key]) for key, value in first_model.state_dict().items())
     out = tiny_env.parent / "results/cifar-10/selflabel"
     checkpoint = torch.load(out / "checkpoint.pth.tar", weights_only=True)
-    assert checkpoint["epoch"] == 2 and checkpoint["selflabel_keep"] == "best"
+    assert checkpoint["epoch"] == 2 and checkpoint["record"]["config"]["selflabel_keep"] == "best"
     kept = torch.load(out / "model.pth.tar", weights_only=True)
     reference = {0: expected, 2: checkpoint["model"]}.get(metrics["kept_epoch"])
     if reference is not None:  # a kept epoch 1 was overwritten in the checkpoint: nothing to compare with

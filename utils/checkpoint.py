@@ -1,10 +1,7 @@
-"""Saving and loading checkpoints safely: atomic saves that refuse non-finite weights, `weights_only` loads, and
-resumes refused under a config that would change the model or the data."""
+"""Saving and loading checkpoints safely: atomic saves that refuse non-finite weights, `weights_only` loads."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import warnings
 from pathlib import Path
@@ -25,41 +22,6 @@ _SAFE_GLOBALS = [
     type(np.dtype(np.int64)),
     type(np.dtype(np.int32)),
 ]
-
-# Config keys (dotted for nested ones; a key covers everything below it) that decide the model or the
-# data. A checkpoint written under other values describes another experiment: resuming it is refused.
-MODEL_AND_DATA_KEYS = (
-    "setup",
-    "backbone",
-    "backbone_kwargs",
-    "model_kwargs",
-    "num_classes",
-    "num_heads",
-    "train_db_name",
-    "val_db_name",
-    "train_split",
-    "dataset_kwargs",
-    "augmentation_strategy",
-    "augmentation_kwargs.random_resized_crop.size",
-    "augmentation_kwargs.crop_size",
-    "transformation_kwargs.crop_size",
-    "num_neighbors",
-    "update_cluster_head_only",  # which parameters the optimizer holds
-    "head_input",  # images or cached features: what the heads train on
-    "optimizer",  # another optimizer cannot take over the saved one's state
-)
-# Keys that may change on resume without a word (how long to train, how to load). Every other key may
-# change too, with a note that the result will differ from an uninterrupted run.
-FREELY_CHANGED_KEYS = (
-    "epochs",
-    "resume",
-    "knn_monitor_k",
-    "knn_every",
-    "tensorboard",
-    "topk_neighbors_train",
-    "topk_neighbors_val",
-    "save_features",  # only what is extracted after training: a finished run re-mines and caches its features
-)
 
 
 class CheckpointError(RuntimeError):
@@ -176,29 +138,6 @@ def load_state_dict_checked(
     model.load_state_dict({key: state_dict[key] for key in expected if key in state_dict}, strict=not allowed_missing)
 
 
-def _flatten(cfg: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}, 'c': {}} → {'a.b': 1}; an empty mapping, like a missing one, adds nothing."""
-    flat = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "(unset)"
-
-
-_UNSET = _Unset()
-
-
-def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
-
-
 def config_record(cfg: dict) -> dict:
     """The experiment part of a config (no paths, no machine settings), as stored in a checkpoint."""
     from utils.config import EXPERIMENT_DEFAULTS
@@ -206,85 +145,21 @@ def config_record(cfg: dict) -> dict:
     return {key: cfg[key] for key in EXPERIMENT_DEFAULTS if key in cfg}
 
 
-def config_fingerprint(cfg: dict) -> str:
-    """A short hash of the model-and-data keys: equal fingerprints, same model and same data."""
-    flat = _flatten(config_record(cfg))
-    chosen = {key: value for key, value in flat.items() if _covered(key, MODEL_AND_DATA_KEYS)}
-    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def training_checkpoint(record: dict | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **state) -> dict:
+    """What `checkpoint.pth.tar` holds: weights, optimizer state, the run's record (engine/run_record.py) and
+    `state` (epoch, step, RNG states, stage extras such as SCAN's best loss)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record, **state}
 
 
-def config_changes(saved: dict, cfg: dict) -> tuple[list[str], list[str]]:
-    """(refused, noted): `key: checkpoint value, now value` lines for keys that differ from a checkpoint's."""
-    before, after = _flatten(saved), _flatten(config_record(cfg))
-    refused, noted = [], []
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key, _UNSET), after.get(key, _UNSET)
-        if old == new or _covered(key, FREELY_CHANGED_KEYS):
-            continue
-        line = f"{key}: checkpoint {old!r}, now {new!r}"
-        (refused if _covered(key, MODEL_AND_DATA_KEYS) else noted).append(line)
-    return refused, noted
-
-
-def training_checkpoint(cfg: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **state) -> dict:
-    """What `checkpoint.pth.tar` holds: weights, optimizer state, the config that wrote it, and `state`
-    (epoch, step, RNG states, stage extras such as SCAN's best loss)."""
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "config": config_record(cfg),
-        "fingerprint": config_fingerprint(cfg),
-        **state,
-    }
-
-
-def check_resumable(checkpoint: dict, cfg: dict, path: str | Path, verbose: bool = True) -> None:
-    """Refuse a checkpoint written under other model/data settings; note (when `verbose`) other changes."""
-    if "config" not in checkpoint:
-        if verbose:
-            print(f"Note: {path} records no config (written by an older version): resumed unchecked.", flush=True)
-        return
-    refused, noted = config_changes(checkpoint["config"], cfg)
-    folder = Path(path).parent
-    if refused:
-        raise CheckpointError(
-            f"{path} was written with other model or data settings, so resuming it would mix two experiments:\n  "
-            + "\n  ".join(refused)
-            + "\nSet these keys back to the checkpoint's values to continue that run, or start over:\n"
-            f"  --fresh            moves {folder}/ aside (renamed with a timestamp, nothing deleted) and starts anew\n"
-            f"  --set resume=false  trains from scratch here, overwriting {Path(path).name} after the first epoch"
-        )
-    if noted and verbose:
-        print(
-            "Note: resuming with changed settings; the result will differ from an uninterrupted run:\n  "
-            + "\n  ".join(noted),
-            flush=True,
-        )
-
-
-def resume(
-    path: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    cfg: dict | None = None,
-    verbose: bool = True,
-) -> dict:
-    """Restore model and optimizer from a resumable `checkpoint.pth.tar` if it exists; returns it ('epoch': the next
-    to run, 'step': steps of it done, RNG states, stage extras) or {'epoch': 0}. With `cfg`, check_resumable."""
-    if not Path(path).is_file():
-        return {"epoch": 0}
-    if cfg is not None and not cfg.get("resume", True):
-        if verbose:
-            print(f"resume: false — ignoring {path}; it is overwritten after the first epoch.", flush=True)
-        return {"epoch": 0}
+def resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, verbose: bool = True) -> dict:
+    """Restore model and optimizer from a resumable `checkpoint.pth.tar`; returns it ('epoch': the next to run,
+    'step': steps of it done, RNG states, stage extras). Whether to resume is engine/run_record.py's decision."""
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or not {"model", "optimizer", "epoch"} <= checkpoint.keys():
         raise CheckpointError(
             f"{path} is not a resumable checkpoint (a dict with 'model', 'optimizer' and 'epoch'). "
             f"Start over with --fresh or --set resume=false."
         )
-    if cfg is not None:
-        check_resumable(checkpoint, cfg, path, verbose)
     load_state_dict_checked(model, checkpoint["model"], source=f"checkpoint {path}")
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])

@@ -328,6 +328,11 @@ def stage_parser(description: str, module_name: str, extra_arguments=None) -> Ar
         action="store_true",
         help="start this stage over: its output folder is moved aside (renamed with a timestamp), not deleted",
     )
+    parser.add_argument(
+        "--resume_changed",
+        action="store_true",
+        help="continue an unfinished run's checkpoint although its settings or input files changed (recorded)",
+    )
     if extra_arguments is not None:
         extra_arguments(parser)
     parse_early(module_name, parser.parse_args)

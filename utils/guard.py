@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -30,7 +31,7 @@ from utils.runtime import Runtime, any_process, barrier, gather_rng_states, rest
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Keys of checkpoint.pth.tar that the guard writes itself; the rest are the stage's extras.
-GUARD_KEYS = ("model", "optimizer", "config", "fingerprint", "epoch", "step", "batch_size", "rng", "epoch_rng")
+GUARD_KEYS = ("model", "optimizer", "record", "epoch", "step", "batch_size", "rng", "epoch_rng")
 
 
 def resume_hint(argv: list[str] | None = None) -> str:
@@ -86,8 +87,12 @@ class GuardedBatches:
 class TrainingGuard:
     """Checkpointing, resume, stop requests and RNG state for one stage's training loop."""
 
-    def __init__(self, cfg: dict, runtime: Runtime, path: str, model, optimizer) -> None:
+    def __init__(self, cfg: dict, runtime: Runtime, path: str, model, optimizer, plan=None) -> None:
+        """`plan`: engine.run_record.RunPlan, whether to resume and the record to save; None: resume the file at
+        `path` when there is one, record nothing."""
         self.cfg, self.runtime, self.path = cfg, runtime, path
+        self.resume_checkpoint = Path(path).is_file() if plan is None else plan.resume
+        self.record = None if plan is None else plan.record
         self.model, self.optimizer = model, optimizer  # the bare model (not DDP-wrapped)
         self.start_epoch = self.epoch = 0
         self.extras: dict = {}  # the stage's extras of the last checkpoint, kept for a mid-epoch stop
@@ -99,8 +104,10 @@ class TrainingGuard:
 
     # Resume -------------------------------------------------------------------------------------------
     def resume(self) -> dict:
-        """Load checkpoint.pth.tar when there is one (see utils.checkpoint.resume); returns it, or {'epoch': 0}."""
-        checkpoint = resume(self.path, self.model, self.optimizer, self.cfg, self.runtime.is_main)
+        """Load checkpoint.pth.tar when the plan says so (see utils.checkpoint.resume); returns it, or {'epoch': 0}."""
+        checkpoint = {"epoch": 0}
+        if self.resume_checkpoint:
+            checkpoint = resume(self.path, self.model, self.optimizer, self.runtime.is_main)
         self.start_epoch = checkpoint["epoch"]
         self.extras = {key: value for key, value in checkpoint.items() if key not in GUARD_KEYS}
         self._checkpoint = checkpoint if "rng" in checkpoint else {}
@@ -167,7 +174,7 @@ class TrainingGuard:
             state["epoch_rng"] = gather_rng_states(self.runtime, self._epoch_start_rng)
         if self.runtime.is_main:
             state["batch_size"] = self._batch_size
-            save_atomic(training_checkpoint(self.cfg, self.model, self.optimizer, **state, **self.extras), self.path)
+            save_atomic(training_checkpoint(self.record, self.model, self.optimizer, **state, **self.extras), self.path)
         barrier(self.runtime)
 
     # Stop requests -----------------------------------------------------------------------------------

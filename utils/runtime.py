@@ -178,6 +178,15 @@ def any_process(flag: bool, runtime: Runtime) -> bool:
     return bool(value.item())
 
 
+def from_main(value: object, runtime: Runtime) -> object:
+    """The main process's `value` on every process (a decision the others follow)."""
+    if not runtime.distributed:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
 def wrap_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
     """Move to the device (channels_last when asked); wrap in DDP when distributed (BatchNorm synced across GPUs);
     compile when asked."""
