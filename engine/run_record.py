@@ -17,7 +17,8 @@ from pathlib import Path
 
 from data.cached_features import feature_paths
 from engine.model_files import file_sha256
-from utils.checkpoint import CheckpointError, config_record, load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.config import EXPERIMENT_DEFAULTS, reads_key
 
 # Config keys that do not change a stage's result (dotted for nested ones; a key covers everything below it):
 # how fast or where it runs, what it logs. Every other experiment key changes the result.
@@ -81,6 +82,11 @@ def flatten(values: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def config_record(cfg: dict) -> dict:
+    """The experiment keys this stage reads (no paths, no env), as the record keeps them."""
+    return {key: cfg[key] for key in EXPERIMENT_DEFAULTS if key in cfg and reads_key(cfg["setup"], key)}
 
 
 def stage_inputs(cfg: dict, args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
@@ -165,6 +171,8 @@ def finished_outputs(cfg: dict) -> bool:
     files = [model_path(cfg), Path(model_path(cfg)).parent / "metrics.json"]
     if cfg["setup"] not in MODEL_FILES:
         files += [cfg["topk_neighbors_train_path"], cfg["topk_neighbors_val_path"]]
+        if cfg["save_features"]:
+            files += [path for split in ("train", "val") for path in feature_paths(cfg["pretext_dir"], split).values()]
     return all(Path(file).is_file() for file in files)
 
 

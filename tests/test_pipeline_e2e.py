@@ -61,8 +61,8 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path, backend):
     saved = json.loads((pretext / "metrics.json").read_text())
     assert 0.0 <= saved["train_neighbor_acc"] <= 1.0 and saved == metrics
     checkpoint = torch.load(pretext / "checkpoint.pth.tar", weights_only=True)
-    assert {"optimizer", "model", "epoch", "step", "rng", "config", "fingerprint"} <= set(checkpoint)
-    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 0 and checkpoint["config"]["setup"] == "simclr"
+    assert {"optimizer", "model", "epoch", "step", "rng", "record"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 0 and checkpoint["record"]["config"]["setup"] == "simclr"
     pretext_state = torch.load(pretext / "model.pth.tar", weights_only=True)
     assert "contrastive_head.0.weight" in pretext_state and "backbone.conv1.weight" in pretext_state
     assert read_model_file(pretext / "model.pth.tar").architecture["backbone_kwargs"]["base_width"] == 8

@@ -3,6 +3,7 @@ pretrained.py end to end, and SCAN + self-label on top of such a pretext."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -392,6 +393,7 @@ def test_pretrained_main_saves_the_loaded_backbone_and_its_record_before_mining(
     metrics = pretrained.main(
         ["--config_env", str(env), "--config_exp", str(config), "--weights", str(weights), "--set", *FOLDER]
     )
+    assert metrics.pop("record")["inputs"]["pretrained"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert metrics == {"backbone": "torchvision:resnet18", "weights": str(weights)}
     pretext = tmp_path / "results/blobs/pretext"
     saved = torch.load(pretext / "model.pth.tar", weights_only=True)

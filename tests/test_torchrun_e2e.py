@@ -66,7 +66,14 @@ def test_three_stages_and_eval_under_torchrun_then_resume_with_one_process(tiny_
     run("scan.py", tiny_cifar_env, "configs/scan/scan_cifar10.yml", "--fresh", "--set", "epochs=1",
         "update_cluster_head_only=true")  # fmt: skip
     head_only = torch.load(results / "scan/checkpoint.pth.tar", weights_only=True)
-    assert head_only["epoch"] == 1 and head_only["config"]["update_cluster_head_only"] is True
+    assert head_only["epoch"] == 1 and head_only["record"]["config"]["update_cluster_head_only"] is True
+    # Rank 0 decides what a rerun does and every process follows: up to date, then a changed setting starts over.
+    again = run("scan.py", tiny_cifar_env, "configs/scan/scan_cifar10.yml", "--set", "epochs=1",
+                "update_cluster_head_only=true")  # fmt: skip
+    assert again.stdout.count("Up to date") == 1 and "Epoch 1/1" not in again.stdout
+    again = run("scan.py", tiny_cifar_env, "configs/scan/scan_cifar10.yml", "--set", "epochs=1",
+                "update_cluster_head_only=true", "criterion_kwargs.entropy_weight=2.0")  # fmt: skip
+    assert again.stdout.count("Starting over") == 1 and "Epoch 1/1" in again.stdout
 
     # The two-process pretext checkpoint resumes under one process: epoch 2 runs, with a note on the RNG streams.
     resumed = run("simclr.py", tiny_cifar_env, "configs/pretext/simclr_cifar10.yml", "--set", "epochs=2", processes=1)

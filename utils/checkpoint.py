@@ -138,13 +138,6 @@ def load_state_dict_checked(
     model.load_state_dict({key: state_dict[key] for key in expected if key in state_dict}, strict=not allowed_missing)
 
 
-def config_record(cfg: dict) -> dict:
-    """The experiment part of a config (no paths, no machine settings), as stored in a checkpoint."""
-    from utils.config import EXPERIMENT_DEFAULTS
-
-    return {key: cfg[key] for key in EXPERIMENT_DEFAULTS if key in cfg}
-
-
 def training_checkpoint(record: dict | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **state) -> dict:
     """What `checkpoint.pth.tar` holds: weights, optimizer state, the run's record (engine/run_record.py) and
     `state` (epoch, step, RNG states, stage extras such as SCAN's best loss)."""
