@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from utils.config import ConfigError, format_config, load_config
-from utils.results import check_writable
+from utils.files import check_writable
 from utils.runtime import Runtime, barrier, init_runtime, leave_process_group, resolve_fast_path, seed_everything
 
 # Where each setup writes: the folder --fresh moves aside.
@@ -132,9 +132,9 @@ def run_cli(main) -> None:
     from data.base import DatasetNotFoundError
     from data.neighbors import NeighborsFileError
     from utils.checkpoint import CheckpointError, NonFiniteError
+    from utils.files import WriteError
     from utils.guard import TrainingStopped, resume_hint
     from utils.prerequisites import MissingPrerequisiteError
-    from utils.results import WriteError
 
     user_errors = (
         ConfigError,

@@ -116,8 +116,8 @@ def test_save_atomic_creates_missing_parent_folders(tmp_path):
 def test_written_files_get_the_permissions_of_an_ordinary_open(tmp_path, umask):
     """Models, metrics and reports are shared on servers: their mode follows the umask, as open(path, "w")."""
     from tools.html_report import write_atomic_text
+    from utils.files import write_json
     from utils.history import History
-    from utils.results import write_json
 
     previous = os.umask(umask)
     try:

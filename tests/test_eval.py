@@ -155,16 +155,16 @@ def test_recorded_architecture_wins_over_the_config(tiny_cifar_env, tmp_path, ca
 
 def test_evaluation_takes_its_own_batch_size_not_the_training_one(tiny_cifar_env, tmp_path, monkeypatch):
     """selflabel_cifar10.yml trains with batches of 1000; eval.py evaluates with 256 (or --batch_size)."""
-    import data.loaders
+    import data.dataloaders
 
     sizes = []
 
-    class RecordingLoader(data.loaders.DataLoader):
+    class RecordingLoader(data.dataloaders.DataLoader):
         def __init__(self, *args, **kwargs):
             sizes.append(kwargs["batch_size"])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(data.loaders, "DataLoader", RecordingLoader)
+    monkeypatch.setattr(data.dataloaders, "DataLoader", RecordingLoader)
     path = tmp_path / "selflabel.pth.tar"
     torch.save(clustering_model(heads=1).state_dict(), path)
     run_eval(tiny_cifar_env, "configs/selflabel/selflabel_cifar10.yml", path, tmp_path / "out")

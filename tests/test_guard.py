@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.neighbors import NeighborsFileError, read_neighbors
-from data.wrappers import NeighborsDataset
+from data.pair_datasets import NeighborsDataset
 from engine.stage import check_cluster_count, move_aside, user_message
 from tests.conftest import ROOT
 from utils.checkpoint import (
@@ -33,8 +33,8 @@ from utils.checkpoint import (
     training_checkpoint,
 )
 from utils.config import ConfigError, auto_num_workers, load_config
+from utils.files import WriteError, save_numpy, write_json, write_summary
 from utils.guard import NonFiniteLossError, TrainingGuard, TrainingStopped, finite_loss
-from utils.results import WriteError, save_numpy, write_json, write_summary
 from utils.runtime import Runtime
 
 CPU = Runtime(device=torch.device("cpu"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.wrappers import AugmentedDataset, NeighborsDataset
+from data.pair_datasets import AugmentedDataset, NeighborsDataset
 from engine import knn
 from engine.knn import mine_nearest_neighbors, neighbor_accuracy, weighted_knn_accuracy
 from utils.optim import EMA, learning_rate

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data.neighbors import NeighborsFileError
-from data.wrappers import NeighborsDataset
+from data.pair_datasets import NeighborsDataset
 from losses import ConfidenceBasedCE, SCANLoss
 
 
@@ -43,7 +43,7 @@ def test_a_target_prior_needs_two_sizes_and_two_are_enough():
             SCANLoss(target_prior=bad)
 
 
-# data/wrappers.py: `indices.max() < len(dataset)` with < changed to <=, and `indices.size == 0` with 0 changed
+# data/pair_datasets.py: `indices.max() < len(dataset)` with < changed to <=, and `indices.size == 0` with 0 changed
 def test_a_neighbour_index_one_past_the_dataset_is_refused_the_last_one_accepted():
     dataset = Images(4)
     last = np.array([[0, 3], [1, 3], [2, 3], [3, 0]])
@@ -90,13 +90,13 @@ def test_the_jitter_step_applies_brightness_contrast_and_saturation_as_numbered(
     assert torch.equal(idle, x)  # an inactive image is left exactly as it was
 
 
-# data/batches.py: Batches.set_epoch forwards to the loader (dropped statement): under torchrun every epoch would
+# data/stage_batches.py: Batches.set_epoch forwards to the loader (dropped statement): under torchrun every epoch would
 # otherwise draw the same shuffled order
 def test_batches_pass_the_epoch_to_the_distributed_sampler_so_each_epoch_reshuffles():
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from data.batches import Batches
-    from data.loaders import set_epoch
+    from data.dataloaders import set_epoch
+    from data.stage_batches import Batches
     from utils.runtime import Runtime
 
     data = torch.arange(16.0)
@@ -257,9 +257,9 @@ def test_a_one_head_model_file_without_a_stored_head_uses_head_zero(tmp_path):
     assert head == 0 and loaded.num_heads == 1
 
 
-# engine/evaluate.py: the metrics take tensors that still carry gradients (`.detach()` dropped in `_to_numpy`)
+# engine/metrics.py: the metrics take tensors that still carry gradients (`.detach()` dropped in `_to_numpy`)
 def test_cluster_metrics_accept_probabilities_that_carry_gradients():
-    from engine.evaluate import cluster_metrics
+    from engine.metrics import cluster_metrics
 
     logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [2.0, 0.0], [0.0, 1.0]], requires_grad=True)
     probabilities = torch.softmax(logits, dim=1)
@@ -335,11 +335,11 @@ def test_srun_with_two_tasks_takes_rank_and_world_from_slurm():
     assert (environ["RANK"], environ["WORLD_SIZE"], environ["MASTER_ADDR"]) == ("1", "2", "node4")
 
 
-# data/loaders.py: a split that exactly fills one batch per process keeps the batch without a warning (`>=` to `>`)
+# data/dataloaders.py: a split that exactly fills one batch per process keeps the batch without a warning (`>=` to `>`)
 def test_a_batch_exactly_as_large_as_the_split_is_kept_without_a_warning():
     import warnings
 
-    from data.loaders import capped_batch_size
+    from data.dataloaders import capped_batch_size
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -348,12 +348,12 @@ def test_a_batch_exactly_as_large_as_the_split_is_kept_without_a_warning():
         assert capped_batch_size(9, 10, 1) == 9
 
 
-# data/loaders.py: under torchrun the train sampler shuffles and drops the uneven tail (`shuffle=True`,
+# data/dataloaders.py: under torchrun the train sampler shuffles and drops the uneven tail (`shuffle=True`,
 # `drop_last=True` changed): not the same interleaved order every run, no sample twice in an epoch
 def test_the_distributed_train_loader_shuffles_its_shard(monkeypatch):
     import torch.distributed as dist
 
-    from data.loaders import train_loader
+    from data.dataloaders import train_loader
     from utils.runtime import Runtime
 
     monkeypatch.setattr(dist, "is_available", lambda: True)
@@ -424,26 +424,27 @@ def test_prediction_rows_name_each_image_its_cluster_confidence_and_label():
     assert [confidence for _, _, confidence, _ in rows] == pytest.approx([0.9, 0.7, 0.6])
 
 
-# engine/report.py: clustering_report scores labelled data (`targets < 0` changed; `metrics.update(scores)` dropped)
+# engine/result_files.py: clustering_report scores labelled data (`targets < 0` changed;
+# `metrics.update(scores)` dropped)
 # and skips the label metrics, not the sizes, without labels
 def test_clustering_report_scores_labelled_data_and_counts_sizes_without_labels(tmp_path, monkeypatch):
     import json
 
-    from engine import report
+    from engine import result_files
 
     drawn = []
-    monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args: drawn.append(args[-1]))
+    monkeypatch.setattr(result_files, "plot_confusion_matrix", lambda *args: drawn.append(args[-1]))
     output = {
         "predictions": torch.tensor([2, 2, 0, 0, 0]),
         "probabilities": torch.nn.functional.one_hot(torch.tensor([2, 2, 0, 0, 0]), 3).float(),
         "targets": torch.tensor([0, 0, 1, 1, 0]),
     }
-    metrics = report.clustering_report(output, ["a", "b"], tmp_path / "labelled", extra={"head": 1})
+    metrics = result_files.clustering_report(output, ["a", "b"], tmp_path / "labelled", extra={"head": 1})
     assert metrics["head"] == 1 and metrics["num_samples"] == 5 and metrics["cluster_sizes"] == [3, 0, 2]
     assert metrics["ACC"] == pytest.approx(0.8) and "reordered_predictions" not in metrics
     assert json.loads((tmp_path / "labelled/metrics.json").read_text()) == metrics
     assert drawn == [tmp_path / "labelled/confusion_matrix.png"]
-    unlabelled = report.clustering_report({**output, "targets": torch.full((5,), -1)}, [], tmp_path / "none")
+    unlabelled = result_files.clustering_report({**output, "targets": torch.full((5,), -1)}, [], tmp_path / "none")
     assert unlabelled == {"num_samples": 5, "cluster_sizes": [3, 0, 2]} and len(drawn) == 1
 
 

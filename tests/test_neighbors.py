@@ -11,7 +11,7 @@ import torch
 
 from data.cached_features import load_cached_split, save_split_features
 from data.neighbors import NeighborsFileError, load_neighbors, read_neighbors
-from data.wrappers import NeighborsDataset
+from data.pair_datasets import NeighborsDataset
 
 NUM_IMAGES = 12
 

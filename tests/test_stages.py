@@ -15,7 +15,7 @@ import moco
 import scan
 import selflabel
 import simclr
-from data.loaders import train_loader
+from data.dataloaders import train_loader
 from losses import ConfidenceBasedCE, SCANLoss
 from models import ClusteringModel, ContrastiveModel, build_backbone
 from tests.conftest import ROOT, write_random_pretext_outputs
@@ -291,14 +291,14 @@ def tiny_env(tmp_path, monkeypatch, one_torch_thread):
     """An env.yml over a 20-train / 10-test CIFAR-10 copy; curves.png and confusion matrices are not drawn, and
     torch computes in one thread (conftest.one_torch_thread)."""
     import utils.history
-    from engine import report
+    from engine import result_files
     from tests.conftest import write_cifar10
 
     write_cifar10(tmp_path / "datasets" / "cifar-10", train_per_batch=4, test=10)
     env = tmp_path / "env.yml"
     env.write_text(f"root_dir: {tmp_path / 'results'}\ndata_root: {tmp_path / 'datasets'}\ndownload: false\n")
     monkeypatch.setattr(utils.history, "plot_history", lambda records, title="": b"")
-    monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args, **kwargs: None)
+    monkeypatch.setattr(result_files, "plot_confusion_matrix", lambda *args, **kwargs: None)
     return env
 
 
@@ -357,7 +357,7 @@ def tiny_pretext_outputs(env) -> dict:
 def test_scan_main_reshuffles_each_epoch_keeps_the_lowest_loss_head_and_logs_the_accuracy_of_its_pick(
     tiny_env, monkeypatch
 ):
-    from engine.evaluate import cluster_metrics
+    from engine.metrics import cluster_metrics
 
     tiny_pretext_outputs(tiny_env)
     scripted = iter([(1, 0.5), (0, 0.7), (0, 0.5)])  # epoch 2 worse, epoch 3 a tie: no improvement

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.results import atomic_write
+from utils.files import atomic_write
 
 # The published SCAN checkpoints (torch 1.4, numpy 1) store the best head as a numpy.int64,
 # pickled as `numpy.core.multiarray.scalar(dtype, bytes)`. Allow exactly that reconstruction

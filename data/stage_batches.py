@@ -3,8 +3,8 @@
 A stage gets an iterable of dicts shaped like the PIL path's samples ('image' / 'image_augmented', or 'anchor' /
 'neighbor' / 'possible_neighbors', 'target', 'index'), augmented, normalised and on the device, with ``len()`` and
 ``set_epoch()`` as on a DataLoader, so its loop does not change with ``augmentation_backend``: ``pil`` augments
-per image in DataLoader workers (data/augment.py, data/wrappers.py); ``batched`` augments whole batches on the
-device (data/batch_augment.py) from memory or decoding workers (data/device_data.py). Views are named by their
+per image in DataLoader workers (data/augment.py, data/pair_datasets.py); ``batched`` augments whole batches on the
+device (data/batch_augment.py) from memory or decoding workers (data/uint8_images.py). Views are named by their
 transform: 'train' (the config's augmentation strategy) or 'val'.
 """
 
@@ -17,9 +17,9 @@ import torch
 
 from data.augment import get_train_transformations, get_val_transformations
 from data.batch_augment import get_batch_transformations
-from data.device_data import DecodedImages, DeviceImages, IndexBatches, load_uint8_images, pad_collate
-from data.loaders import eval_loader, set_epoch, train_loader
-from data.wrappers import AugmentedDataset, NeighborsDataset
+from data.dataloaders import eval_loader, set_epoch, train_loader
+from data.pair_datasets import AugmentedDataset, NeighborsDataset
+from data.uint8_images import DecodedImages, DeviceImages, IndexBatches, load_uint8_images, pad_collate
 from utils.runtime import Runtime
 
 VIEWS = ("train", "val")

@@ -1,4 +1,4 @@
-"""Tests of engine/evaluate.py: metrics checked by hand counts, brute force and sklearn."""
+"""Tests of engine/metrics.py: metrics checked by hand counts, brute force and sklearn."""
 
 import itertools
 import math
@@ -13,14 +13,14 @@ from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, nor
 from torch.utils.data import DataLoader, Dataset
 
 from engine.cluster_criteria import scan_evaluate
-from engine.evaluate import (
+from engine.inference import run_model
+from engine.metrics import (
     cluster_metrics,
     count_matrix,
     get_prototype_indices,
     hungarian_match,
     majority_match,
 )
-from engine.inference import run_model
 
 
 def one_hot_probs(preds, num_clusters):

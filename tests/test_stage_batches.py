@@ -1,4 +1,5 @@
-"""data/batches.py: both augmentation backends give a stage the same batches; speed settings resolve per device."""
+"""data/stage_batches.py: both augmentation backends give a stage the same batches; speed settings resolve per
+device."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import torch
 from PIL import Image
 
 from data.augment import get_val_transformations
-from data.batches import eval_batches, train_batches
 from data.folder import FolderDataset
 from data.registry import get_train_dataset
+from data.stage_batches import eval_batches, train_batches
 from tests.conftest import ROOT
 from utils.config import ConfigError, load_config
 from utils.runtime import Runtime, resolve_fast_path, unwrap, wrap_model
@@ -153,8 +154,8 @@ def test_every_training_loader_caps_the_batch_alike():
     """Image loader, device-resident index batches and cached-feature pairs: 10 samples and batch_size 16 give
     batches of 10, with the same warning."""
     from data.cached_features import CachedPairLoader, CachedSplit
-    from data.device_data import IndexBatches
-    from data.loaders import train_loader
+    from data.dataloaders import train_loader
+    from data.uint8_images import IndexBatches
 
     split = CachedSplit(torch.zeros(10, 3), torch.zeros(10, dtype=torch.long), torch.zeros(10, 2, dtype=torch.long), [])
     makers = (
