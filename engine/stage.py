@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from utils.config import ConfigError, format_config, load_config
+from utils.errors import UserError
 from utils.files import check_writable
 from utils.runtime import Runtime, barrier, init_runtime, leave_process_group, resolve_fast_path, seed_everything
 
@@ -129,22 +130,8 @@ def run_cli(main) -> None:
     Warnings print as one `warning: ...` line.
     """
     warnings.formatwarning = one_line_warning
-    from data.base import DatasetNotFoundError
-    from data.neighbors import NeighborsFileError
-    from utils.checkpoint import CheckpointError, NonFiniteError
-    from utils.files import WriteError
     from utils.guard import TrainingStopped, resume_hint
-    from utils.prerequisites import MissingPrerequisiteError
 
-    user_errors = (
-        ConfigError,
-        DatasetNotFoundError,
-        CheckpointError,
-        MissingPrerequisiteError,
-        NeighborsFileError,
-        NonFiniteError,
-        WriteError,
-    )
     stopped_with = None
     try:
         main()
@@ -159,7 +146,7 @@ def run_cli(main) -> None:
             flush=True,
         )
         raise SystemExit(130) from None
-    except user_errors as error:
+    except UserError as error:
         raise SystemExit(f"error: {user_message(error)}") from None
     if stopped_with is not None:
         # Exit outside the `except`: the stop's traceback holds the loop's DataLoader iterator, whose workers ignore

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import UserError
 from utils.files import atomic_write
 
 # The published SCAN checkpoints (torch 1.4, numpy 1) store the best head as a numpy.int64,
@@ -62,11 +63,11 @@ FREELY_CHANGED_KEYS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the model described by the config."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """Training diverged (NaN or infinite loss or weights); nothing good on disk was replaced."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from utils.config_schema import SchemaError, check_nested, check_top_level
+from utils.errors import UserError
 
 REQUIRED = object()
 
@@ -150,7 +151,7 @@ def check_stage_keys(setup: str, given: dict[str, str]) -> None:
             )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used as written."""
 
 

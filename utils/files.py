@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import UserError
+
 _HOST = socket.gethostname()
 
 
-class WriteError(OSError):
+class WriteError(UserError, OSError):
     """A file could not be written (disk full, folder not writable, ...); the previous version is intact."""
 
 
