@@ -1,5 +1,5 @@
 """Crash-safe files: every file a run writes appears whole or not at all (temporary file in the same folder,
-fsync, rename, fsync of the folder); a failed write leaves the previous file untouched and says so."""
+fsync, rename); a failed write leaves the previous file untouched and says so."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import io
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,13 @@ _HOST = socket.gethostname()
 
 class WriteError(UserError, OSError):
     """A file could not be written (disk full, folder not writable, ...); the previous version is intact."""
+
+
+def _os_error_behind(error: BaseException | None) -> OSError | None:
+    """The OSError in `error`'s chain: torch.save reports a full disk as a RuntimeError raised while handling it."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def _write_error(path: Path, error: OSError, existed: bool) -> WriteError:
@@ -38,94 +44,49 @@ def _write_error(path: Path, error: OSError, existed: bool) -> WriteError:
     return failure
 
 
-def _temporary_prefix(path: Path) -> str:
-    """`.<name>.<host>-<pid>.`: names the writer, so a later write can remove what a killed one left."""
-    return f".{path.name}.{_HOST}-{os.getpid()}."
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files of `path` left by killed processes of this host (their pid no longer runs)."""
-    for stale in path.parent.glob(f".{path.name}.{_HOST}-*.tmp"):
-        pid = stale.name[len(f".{path.name}.{_HOST}-") :].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            stale.unlink(missing_ok=True)
-        except OSError:
-            pass  # the process exists (owned by someone else): leave its file alone
-
-
-def _os_error_behind(error: BaseException) -> OSError | None:
-    """The operating-system error behind `error`: torch.save reports a full disk as a RuntimeError raised
-    while handling the OSError, so the chain of causes is searched."""
-    seen = 0
-    while error is not None and seen < 10:
-        if isinstance(error, OSError):
-            return error
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return None
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (/proc), else set and put back."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable. Some filesystems cannot fsync a folder; the file itself is already safe."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
+def _remove_stale_temporaries(path: Path, prefix: str) -> None:
+    """Delete the temporary files of `path` that writers of this host left when killed (their pid no longer runs)."""
+    for stale in path.parent.glob(f"{prefix}*.tmp"):
+        pid = stale.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                stale.unlink(missing_ok=True)
+            except OSError:
+                pass  # the process runs, as another user: its file is being written
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[io.IOBase]:
-    """Open a temporary file beside `path` for writing; on success it replaces `path` durably.
+    """Open `.<name>.<host>-<pid>.tmp` beside `path` for writing; on success it is fsync'ed and renamed over `path`.
 
-    On any failure the temporary file is removed and `path` keeps its previous content; operating-system
-    errors become a WriteError that says what happened and what to do.
+    One temporary file per writer (every torchrun process may write the same split.json); open() gives it the
+    umask's usual mode. On any failure the temporary file is removed and `path` keeps its previous content; an
+    operating-system error becomes a WriteError that says what happened and what to do.
     """
-    path = Path(path)
-    existed = path.exists()
-    tmp = None
+    path, prefix = Path(path), f".{Path(path).name}.{_HOST}-"
+    tmp, existed = path.with_name(f"{prefix}{os.getpid()}.tmp"), path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(path)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
-        # mkstemp creates the file private (0600); give it what open(path, "w") would, so colleagues can read it.
-        os.fchmod(handle, 0o666 & ~current_umask())
-        with os.fdopen(handle, mode, **open_kwargs) as file:
+        _remove_stale_temporaries(path, prefix)
+        with open(tmp, mode, **open_kwargs) as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-        tmp = None
-        _fsync_folder(path.parent)
+        with contextlib.suppress(OSError):  # the rename is durable once the folder is synced, where it can be
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     except Exception as error:
+        tmp.unlink(missing_ok=True)
         cause = _os_error_behind(error)
         if cause is None or isinstance(error, WriteError):
             raise
         raise _write_error(path, cause, existed) from error
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json(obj: object, path: str | Path) -> None:
