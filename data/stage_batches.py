@@ -95,16 +95,6 @@ class _MemoryBatches:
             yield batch
 
 
-def _check_backend(cfg: dict) -> str:
-    backend = cfg["augmentation_backend"]
-    if backend not in ("pil", "batched"):
-        raise ValueError(
-            f"augmentation_backend is {backend!r} here; the stage resolves 'auto' to 'pil' or 'batched' first "
-            "(utils/runtime.resolve_fast_path)."
-        )
-    return backend
-
-
 def _pil_transform(cfg: dict, view: str) -> Callable:
     return get_train_transformations(cfg) if view == "train" else get_val_transformations(cfg)
 
@@ -137,7 +127,7 @@ def train_batches(
     if any(view not in VIEWS for view in views):
         raise ValueError(f"views must name transforms in {VIEWS}, got {views}")
     paired = None if neighbors is None else NeighborsDataset(dataset, neighbors, cfg["num_neighbors"], source)
-    if _check_backend(cfg) == "pil":
+    if cfg["augmentation_backend"] == "pil":
         if paired is not None:
             dataset.transform = get_train_transformations(cfg)
             wrapped = paired
@@ -168,7 +158,7 @@ def eval_batches(
     """Every image in order through the val transform: 'image' ('anchor' + 'possible_neighbors' with ``neighbors``)."""
     paired = None if neighbors is None else NeighborsDataset(dataset, neighbors, source=source)
     key = "image" if paired is None else "anchor"
-    if _check_backend(cfg) == "pil":
+    if cfg["augmentation_backend"] == "pil":
         dataset.transform = get_val_transformations(cfg)
         loader = eval_loader(paired if paired is not None else dataset, cfg["batch_size"], cfg["num_workers"], runtime)
         return Batches(loader, lambda batch: batch, runtime)

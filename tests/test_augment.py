@@ -291,8 +291,11 @@ def test_horizontal_flip_can_be_disabled(make_cfg):
 
 
 def test_unknown_strategy_lists_valid_ones():
-    with pytest.raises(ValueError, match="simclr.*ours"):
-        augment.get_train_transformations({"augmentation_strategy": "autoaugment", "augmentation_kwargs": {}})
+    from tests.conftest import ROOT
+    from utils.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'autoaugment', but it must be one of simclr, ours"):
+        load_config(None, ROOT / "configs/scan/scan_cifar10.yml", ["augmentation_strategy=autoaugment"])
 
 
 # ---------------------------------------------------------------- the pipelines of every shipped config

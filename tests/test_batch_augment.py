@@ -254,9 +254,15 @@ def test_random_crop_larger_than_image_is_a_clear_error():
 
 
 def test_unsupported_crop_option_is_a_clear_error():
-    kwargs = _simclr_kwargs(random_resized_crop={"size": 32, "interpolation": 3})
-    with pytest.raises(ValueError, match="augmentation_backend: pil"):
-        ba.get_batch_transformations(_cfg("simclr", kwargs))
+    """RandomResizedCrop's other options (interpolation, antialias) are refused by the config, for both backends."""
+    from tests.conftest import ROOT
+    from utils.config import ConfigError, load_config
+
+    override = "augmentation_kwargs.random_resized_crop.interpolation=3"
+    with pytest.raises(
+        ConfigError, match="Unknown config key 'interpolation' in augmentation_kwargs.random_resized_crop"
+    ):
+        load_config(None, ROOT / "configs/pretext/simclr_cifar10.yml", [override])
 
 
 # ---------------------------------------------------------------- whole transforms: the same distribution

@@ -191,7 +191,7 @@ def test_kwargs_follow_the_chosen_optimizer_and_criterion(env):
     assert load_config(env, SIMCLR, ["optimizer_kwargs.momentum=0.5"])["optimizer_kwargs"]["momentum"] == 0.5
     with pytest.raises(ConfigError, match="'temperature' in criterion_kwargs"):
         load_config(env, SCAN, ["criterion_kwargs.temperature=0.1"])
-    with pytest.raises(ConfigError, match="optimizer 'adamw' is not one of sgd, adam"):
+    with pytest.raises(ConfigError, match="'optimizer' is 'adamw', but it must be one of sgd, adam"):
         load_config(env, SCAN, ["optimizer=adamw"])
 
 

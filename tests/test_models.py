@@ -100,8 +100,11 @@ def test_resnet50_backbone_keys_are_torchvisions():
 
 
 def test_unknown_backbone_is_a_clear_error():
-    with pytest.raises(ValueError, match="resnet18"):
-        build_backbone("vgg16")
+    from tests.conftest import ROOT
+    from utils.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'backbone' is 'vgg16': use resnet18, resnet50, torchvision:"):
+        load_config(None, ROOT / "configs/scan/scan_cifar10.yml", ["backbone=vgg16"])
 
 
 # ---------------------------------------------------------------- the forward pass itself

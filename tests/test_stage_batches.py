@@ -140,14 +140,22 @@ def test_channels_last_and_compile_wrappers_unwrap_to_the_model():
     ]
 
 
-def test_both_backends_know_the_same_strategies_and_fail_alike():
+def test_both_backends_build_every_strategy_the_config_allows(tiny_cifar_env):
     from data.augment import get_train_transformations
     from data.batch_augment import get_batch_transformations
+    from utils.config_schema import CHOICES
 
-    cfg = {"augmentation_strategy": "randaugment", "augmentation_kwargs": {}}
-    for build in (get_train_transformations, get_batch_transformations):
-        with pytest.raises(ValueError, match="unknown augmentation_strategy 'randaugment'; valid: simclr, ours"):
-            build(cfg)
+    with pytest.raises(
+        ConfigError, match="'augmentation_strategy' is 'randaugment', but it must be one of simclr, ours"
+    ):
+        load_config(tiny_cifar_env, ROOT / "configs/pretext/simclr_cifar10.yml", ["augmentation_strategy=randaugment"])
+    built = set()
+    for config in ("pretext/simclr_cifar10.yml", "selflabel/selflabel_cifar10.yml"):
+        cfg = load_config(tiny_cifar_env, ROOT / "configs" / config)
+        for build in (get_train_transformations, get_batch_transformations):
+            assert callable(build(cfg))
+        built.add(cfg["augmentation_strategy"])
+    assert built == set(CHOICES["augmentation_strategy"])
 
 
 def test_every_training_loader_caps_the_batch_alike():

@@ -103,6 +103,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "knn_index": ("exact", "ivf"),
     "knn_ivf_lists": ("auto",),
     "num_workers": ("auto",),
+    "optimizer": tuple(OPTIMIZER_SCHEMAS),
+    "scheduler": tuple(SCHEDULER_SCHEMAS),
+    "criterion": tuple(CRITERION_SCHEMAS),
+    "augmentation_strategy": tuple(AUGMENTATION_SCHEMAS),
 }
 LIBRARY_PREFIXES = ("torchvision:", "timm:")
 
