@@ -175,3 +175,20 @@ def test_every_training_loader_caps_the_batch_alike():
         with pytest.warns(UserWarning, match="^batch_size 16 is larger than the 10 training samples per process; "):
             loader = make()
         assert loader.batch_size == 10 and len(loader) == 1
+
+
+def test_batches_pass_the_epoch_to_the_distributed_sampler_so_each_epoch_reshuffles():
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from data.dataloaders import set_epoch
+    from data.stage_batches import Batches
+    from utils.runtime import Runtime
+
+    data = torch.arange(16.0)
+    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=0)
+    batches = Batches(DataLoader(data, batch_size=8, sampler=sampler), lambda batch: batch, Runtime("cpu"))
+    orders = []
+    for epoch in (0, 1):
+        set_epoch(batches, epoch)  # as the stages call it, on their Batches
+        orders.append(list(sampler))
+    assert sampler.epoch == 1 and orders[0] != orders[1]
