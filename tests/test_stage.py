@@ -16,7 +16,7 @@ def test_a_worker_error_keeps_all_lines_of_its_message():
     text = (
         "Caught ConfigError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 1, in f\n    raise ConfigError(...)\n'
-        "utils.config.ConfigError: first line\nsecond line\nthird line"
+        f"{ConfigError.__module__}.ConfigError: first line\nsecond line\nthird line"
     )
     assert user_message(ConfigError(text)) == "first line\nsecond line\nthird line"
 
