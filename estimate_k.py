@@ -39,15 +39,15 @@ import torch
 from data.cached_features import CachedPairLoader, load_cached_split
 from engine.cluster_criteria import kappa, neighbour_agreement, scan_evaluate
 from engine.cluster_number import recommend, size_balance, stability, used_clusters
-from engine.evaluate import cluster_metrics
 from engine.inference import run_model
+from engine.metrics import cluster_metrics
 from engine.stage import run_cli, stage_command
 from losses import make_criterion
 from models import ClusteringModel
 from utils.config import load_config
+from utils.files import write_json
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.progress import tqdm
-from utils.results import write_json
 from utils.runtime import init_runtime, seed_everything
 
 LABEL_METRICS = ("ACC", "NMI", "ARI")

@@ -31,18 +31,18 @@ parse_early(__name__, parse_args)
 
 from pathlib import Path
 
-from data.batches import eval_batches
 from data.registry import get_val_dataset
-from engine.evaluate import get_prototype_indices
+from data.stage_batches import eval_batches
 from engine.inference import run_model
 from engine.knn import mine_nearest_neighbors, neighbor_accuracy
+from engine.metrics import get_prototype_indices
 from engine.model_files import default_output_dir, load_model_file
-from engine.report import clustering_report, write_predictions_csv
+from engine.result_files import clustering_report, write_predictions_csv
 from engine.stage import run_cli
 from tools.html_report import write_eval_report
 from utils.config import format_config, load_config
+from utils.files import check_writable, write_json
 from utils.plots import plot_prototypes
-from utils.results import check_writable, write_json
 from utils.runtime import init_runtime, resolve_fast_path
 
 PRETEXT_KS = (1, 5, 20)

@@ -56,12 +56,12 @@ from pathlib import Path
 import torch
 
 from data.base import UNLABELED, ImageDataset
-from data.batches import eval_batches
 from data.folder import IMAGE_EXTENSIONS, find_images, read_image, unreadable_reason
 from data.registry import get_val_dataset
+from data.stage_batches import eval_batches
 from engine.inference import run_model
 from engine.model_files import default_output_dir, load_model_file
-from engine.report import write_predictions_csv
+from engine.result_files import write_predictions_csv
 from engine.stage import run_cli
 from tools.sort_images import sort_into
 from utils.checkpoint import CheckpointError

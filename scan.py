@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
-from data.batches import eval_batches, train_batches
 from data.cached_features import CachedPairLoader, check_cached_mode, load_cached_split
-from data.loaders import set_epoch
+from data.dataloaders import set_epoch
 from data.neighbors import read_neighbors
 from data.registry import get_train_dataset, get_val_dataset
+from data.stage_batches import eval_batches, train_batches
 from engine.cluster_criteria import scan_evaluate
-from engine.evaluate import cluster_metrics
 from engine.inference import run_model
+from engine.metrics import cluster_metrics
 from engine.model_files import architecture_record, read_sidecar, require_matching_architecture, save_scan_file
-from engine.report import clustering_report
+from engine.result_files import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
 from losses import make_criterion
 from models import build_model

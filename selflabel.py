@@ -20,15 +20,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data.batches import eval_batches, train_batches
-from data.loaders import set_epoch
+from data.dataloaders import set_epoch
 from data.neighbors import load_neighbors
 from data.registry import get_train_dataset, get_val_dataset
+from data.stage_batches import eval_batches, train_batches
 from engine.cluster_watch import SelfLabelWatch
-from engine.evaluate import cluster_metrics
 from engine.inference import run_model
+from engine.metrics import cluster_metrics
 from engine.model_files import architecture_record, require_matching_architecture, save_state_dict_file
-from engine.report import clustering_report
+from engine.result_files import clustering_report
 from engine.stage import check_cluster_count, run_cli, setup_stage, stage_command
 from losses import NoConfidentSamplesError, make_criterion, pseudo_labels
 from models import build_model

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from data.batches import eval_batches, train_batches
-from data.loaders import set_epoch
+from data.dataloaders import set_epoch
 from data.registry import get_train_dataset, get_val_dataset
+from data.stage_batches import eval_batches, train_batches
 from engine.inference import run_model
 from engine.knn import mine_and_save_neighbors, weighted_knn_accuracy
 from engine.model_files import architecture_record, save_state_dict_file
@@ -25,11 +25,11 @@ from engine.stage import run_cli, setup_stage
 from losses import make_criterion
 from models import build_model
 from utils.distributed import gather_with_grad
+from utils.files import write_json
 from utils.guard import TrainingGuard, finite_loss
 from utils.history import History
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.progress import tqdm
-from utils.results import write_json
 from utils.runtime import autocast, barrier, unwrap, wrap_model
 
 

@@ -34,14 +34,14 @@ sys.path.insert(0, str(ROOT))
 import scan  # noqa: E402
 from data.augment import get_train_transformations  # noqa: E402
 from data.cached_features import CachedPairLoader, CachedSplit  # noqa: E402
-from data.loaders import train_loader  # noqa: E402
+from data.dataloaders import train_loader  # noqa: E402
+from data.pair_datasets import NeighborsDataset  # noqa: E402
 from data.registry import get_train_dataset  # noqa: E402
-from data.wrappers import NeighborsDataset  # noqa: E402
 from losses import SCANLoss  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.files import write_json  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
-from utils.results import write_json  # noqa: E402
 from utils.runtime import init_runtime, resolve_fast_path  # noqa: E402
 
 CONFIG = ROOT / "configs/scan/scan_cifar10.yml"

@@ -31,7 +31,7 @@ import selflabel  # noqa: E402
 import simclr  # noqa: E402
 from tools.html_report import REPORT_FILE  # noqa: E402
 from utils.config import add_set_argument  # noqa: E402
-from utils.results import write_summary  # noqa: E402
+from utils.files import write_summary  # noqa: E402
 
 PRETEXT_CONFIG = ROOT / "configs/pretext/simclr_digits.yml"
 SCAN_CONFIG = ROOT / "configs/scan/scan_digits.yml"

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import pretrained  # noqa: E402
 import scan  # noqa: E402
 import simclr  # noqa: E402
-from utils.results import write_summary  # noqa: E402
+from utils.files import write_summary  # noqa: E402
 
 METRICS = ("ACC", "NMI", "ARI")
 

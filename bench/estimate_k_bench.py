@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import estimate_k  # noqa: E402
 from bench.table_features import write_table_features  # noqa: E402
-from utils.results import write_summary  # noqa: E402
+from utils.files import write_summary  # noqa: E402
 
 CONFIG = ROOT / "configs/scan/scan_digits_features.yml"
 # name → (true K, candidate Ks, extra overrides)

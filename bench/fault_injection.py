@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.results import write_json  # noqa: E402
+from utils.files import write_json  # noqa: E402
 
 STAGES = (
     ("pretext", "simclr.py", "configs/pretext/simclr_digits.yml", ()),

@@ -24,7 +24,7 @@ fi
 EVAL_IMAGES=50000 MINING_IMAGES=1281167 STEPS=30 WARMUP=5
 SMALL=""  # extra --set overrides of the throughput runs
 # The CUDA tests: the batched augmentation and mining on the GPU (bit-identical to the CPU path), the pipeline.
-TEST_SELECTIONS=("tests/test_batch_augment.py tests/test_mining.py -k cuda"
+TEST_SELECTIONS=("tests/test_batch_augment.py tests/test_knn.py -k cuda"
                  "tests/test_pipeline_e2e.py::test_three_stages_and_eval[batched]")
 if [ -n "${QUICK:-}" ]; then
     EVAL_IMAGES=50 MINING_IMAGES=5000 STEPS=2 WARMUP=1
@@ -35,7 +35,7 @@ RESULTS=${RESULTS:-bench/GPU_RESULTS.md}
 CUDA=${CUDA:-$($PYTHON -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)}
 export CUDA SITE_FILE=${SITE_FILE:-$(mktemp)}
 if [ "$CUDA" != 1 ]; then  # no GPU: the same test steps on the CPU (the CUDA tests' rows say "skipped on CPU")
-    TEST_SELECTIONS+=("tests/test_mining.py -k recall_counts_by_hand or number_of_lists")
+    TEST_SELECTIONS+=("tests/test_knn_index.py -k recall_counts_by_hand or number_of_lists")
 fi
 
 SCALE=${GPU_CHECK_TIME_SCALE:-1}  # multiplies every limit: a loaded CPU (the QUICK test) imports torch slowly

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.evaluate import cluster_metrics, count_matrix  # noqa: E402
+from engine.metrics import cluster_metrics, count_matrix  # noqa: E402
 
 
 def main() -> None:

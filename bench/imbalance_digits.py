@@ -26,15 +26,15 @@ sys.path.insert(0, str(ROOT))
 import scan  # noqa: E402
 from data.augment import get_val_transformations  # noqa: E402
 from data.cached_features import load_cached_split  # noqa: E402
-from data.loaders import eval_loader  # noqa: E402
+from data.dataloaders import eval_loader  # noqa: E402
 from data.registry import get_train_dataset, get_val_dataset  # noqa: E402
-from engine.evaluate import cluster_metrics  # noqa: E402
 from engine.inference import run_model  # noqa: E402
 from engine.knn import mine_and_save_neighbors  # noqa: E402
+from engine.metrics import cluster_metrics  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.results import write_summary  # noqa: E402
+from utils.files import write_summary  # noqa: E402
 from utils.runtime import init_runtime  # noqa: E402
 
 PRETEXT_CONFIG = ROOT / "configs/pretext/simclr_digits.yml"

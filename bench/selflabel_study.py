@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # the entry scripts live at the repository root, 
 import scan  # noqa: E402
 import selflabel  # noqa: E402
 from utils.config import add_set_argument  # noqa: E402
-from utils.results import write_json  # noqa: E402
+from utils.files import write_json  # noqa: E402
 
 SCAN_CONFIG = ROOT / "configs/scan/scan_digits.yml"
 SELFLABEL_CONFIG = ROOT / "configs/selflabel/selflabel_digits.yml"

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from data.cached_features import META_FILE, feature_paths  # noqa: E402
 from engine.knn import mine_nearest_neighbors  # noqa: E402
-from utils.results import save_numpy, write_json  # noqa: E402
+from utils.files import save_numpy, write_json  # noqa: E402
 
 LOADERS = {
     "wine": datasets.load_wine,

@@ -35,7 +35,7 @@ import scan  # noqa: E402
 import selflabel  # noqa: E402
 import simclr  # noqa: E402
 from data.base import ImageDataset  # noqa: E402
-from data.batches import eval_batches, train_batches  # noqa: E402
+from data.stage_batches import eval_batches, train_batches  # noqa: E402
 from engine import knn  # noqa: E402
 from engine.inference import run_model  # noqa: E402
 from engine.knn import mine_nearest_neighbors  # noqa: E402

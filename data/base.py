@@ -11,10 +11,12 @@ import torch.utils.data
 from PIL import Image
 from torchvision.datasets.utils import download_and_extract_archive
 
+from utils.errors import UserError
+
 UNLABELED = -1
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset folder is missing, incomplete or holds a malformed file (a FileNotFoundError, so callers that
     handle missing files keep working); :func:`dataset_error` builds its message."""
 

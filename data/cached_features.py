@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.loaders import capped_batch_size
+from data.dataloaders import capped_batch_size
 from data.neighbors import load_neighbors
 from utils.config import ConfigError
 from utils.distributed import shard_range
+from utils.files import save_numpy, write_json
 from utils.prerequisites import require_files
-from utils.results import save_numpy, write_json
 
 META_FILE = "features.json"
 SPLITS = ("train", "val")

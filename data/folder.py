@@ -28,8 +28,8 @@ from PIL import Image, ImageFile, ImageOps
 
 from data.base import UNLABELED, DatasetNotFoundError, ImageDataset, dataset_error
 from utils.config import ConfigError
+from utils.files import write_json
 from utils.progress import tqdm
-from utils.results import write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # compared in lower case
 SPLITS = ("train", "test")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torchvision
 
+from utils.config import ConfigError
 from utils.library_names import import_timm, split_name
 
 
@@ -19,7 +20,7 @@ def _torchvision_preprocessing(arch: str):
     try:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
     except (ValueError, AttributeError):
-        raise ValueError(
+        raise ConfigError(
             f"torchvision publishes no weights (hence no preprocessing) for '{arch}': set transformation_kwargs "
             "(crop_size and normalize) in the config."
         ) from None

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import UserError
 
-class NeighborsFileError(ValueError):
+
+class NeighborsFileError(UserError, ValueError):
     """A neighbour file that cannot be read, or that does not belong to the dataset it is used with."""
 
 

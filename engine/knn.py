@@ -9,7 +9,7 @@ from data.cached_features import save_split_features
 from engine.inference import run_model
 from engine.knn_index import MiningSettings, faiss_on_gpu, ivf_search, sampled_recall
 from utils.distributed import gather_in_order, is_main_process, shard_range, sum_over_processes
-from utils.results import save_numpy
+from utils.files import save_numpy
 
 SCORES_PER_CHUNK = 2**27  # similarity scores held at once by the chunked top-k (512 MB in float32)
 ROWS_PER_COPY = 2**16  # rows converted and copied to the device at a time

@@ -23,7 +23,7 @@ from models import ClusteringModel, ContrastiveModel, build_backbone
 from models.resnet import ResNet18, resnet50
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_atomic, strip_module_prefix
 from utils.config import PRETEXT
-from utils.results import write_json
+from utils.files import write_json
 
 RECORD_FORMAT = 1
 BACKBONE_BUILDERS = {"resnet18": ResNet18, "resnet50": resnet50}  # whose keyword defaults the record spells out

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from data.augment import get_val_transformations
-from data.batches import eval_batches
 from data.registry import get_train_dataset, get_val_dataset
+from data.stage_batches import eval_batches
 from engine.knn import mine_and_save_neighbors
 from models import ContrastiveModel
-from utils.results import write_json
+from utils.files import write_json
 from utils.runtime import Runtime
 
 

@@ -15,7 +15,8 @@ import yaml
 
 from engine.run_record import RunPlan, plan_run
 from utils.config import ConfigError, format_config, load_config
-from utils.results import check_writable
+from utils.errors import UserError
+from utils.files import check_writable
 from utils.runtime import Runtime, from_main, init_runtime, leave_process_group, resolve_fast_path, seed_everything
 
 # Where each setup writes: the folder --fresh moves aside.
@@ -139,22 +140,8 @@ def run_cli(main) -> None:
     Warnings print as one `warning: ...` line.
     """
     warnings.formatwarning = one_line_warning
-    from data.base import DatasetNotFoundError
-    from data.neighbors import NeighborsFileError
-    from utils.checkpoint import CheckpointError, NonFiniteError
     from utils.guard import TrainingStopped, resume_hint
-    from utils.prerequisites import MissingPrerequisiteError
-    from utils.results import WriteError
 
-    user_errors = (
-        ConfigError,
-        DatasetNotFoundError,
-        CheckpointError,
-        MissingPrerequisiteError,
-        NeighborsFileError,
-        NonFiniteError,
-        WriteError,
-    )
     stopped_with = None
     try:
         main()
@@ -169,7 +156,7 @@ def run_cli(main) -> None:
             flush=True,
         )
         raise SystemExit(130) from None
-    except user_errors as error:
+    except UserError as error:
         raise SystemExit(f"error: {user_message(error)}") from None
     if stopped_with is not None:
         # Exit outside the `except`: the stop's traceback holds the loop's DataLoader iterator, whose workers ignore

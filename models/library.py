@@ -13,6 +13,7 @@ import torch.nn as nn
 import torchvision
 
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+from utils.config import ConfigError
 from utils.library_names import import_timm, split_name
 
 
@@ -24,7 +25,7 @@ def _last_linear(model: nn.Module) -> str:
     """Name of the classifier of a torchvision model: its last nn.Linear (fc, classifier.1, heads.head, ...)."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not names:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} has no linear classifier to remove (e.g. SqueezeNet's is a convolution); "
             "pick another torchvision model or a timm one."
         )
@@ -35,7 +36,7 @@ def _torchvision_backbone(arch: str) -> nn.Module:
     try:
         model = torchvision.models.get_model(arch, weights=None)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"torchvision has no model '{arch}'. Names: torchvision.models.list_models(), e.g. resnet50, vit_b_16."
         ) from None
     classifier = _last_linear(model)
@@ -49,7 +50,7 @@ def _torchvision_backbone(arch: str) -> nn.Module:
 def _timm_backbone(arch: str) -> nn.Module:
     timm = import_timm()
     if not timm.is_model(arch.split(".")[0]):
-        raise ValueError(
+        raise ConfigError(
             f"timm has no model '{arch}'. Names: timm.list_models(), e.g. resnet50, vit_small_patch16_224."
         )
     model = timm.create_model(arch, pretrained=False, num_classes=0)  # num_classes=0: pooled features, no classifier

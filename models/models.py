@@ -44,8 +44,6 @@ class ClusteringModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int, num_heads: int = 1) -> None:
         super().__init__()
-        if num_heads < 1:
-            raise ValueError(f"num_heads must be at least 1, got {num_heads}.")
         self.backbone = backbone
         self.num_heads = num_heads
         self.cluster_head = nn.ModuleList([nn.Linear(backbone.out_dim, num_classes) for _ in range(num_heads)])

@@ -92,15 +92,5 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     `torchvision:<name>` / `timm:<name>` are the libraries' models without classifier (models/library.py).
     """
     if is_library_backbone(name):
-        if kwargs:
-            raise ValueError(f"{name} takes no backbone_kwargs, got {sorted(kwargs)}.")
         return build_library_backbone(name)
-    if name == "resnet18":
-        return ResNet18(**kwargs)
-    if name == "resnet50":
-        if kwargs:
-            raise ValueError(f"resnet50 takes no backbone_kwargs, got {sorted(kwargs)}.")
-        return resnet50()
-    raise ValueError(
-        f"Unknown backbone '{name}': use 'resnet18', 'resnet50', 'torchvision:<model name>' or 'timm:<model name>'."
-    )
+    return ResNet18(**kwargs) if name == "resnet18" else resnet50()

@@ -1,5 +1,6 @@
-"""Tests for data/augment.py against expectations computed independently of it."""
+"""data/augment.py (the PIL transforms, Cutout) against expectations computed independently of it."""
 
+import math
 import random
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from data import augment
+from data import batch_augment as ba
 
 CIFAR_NORM = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]}
 
@@ -291,8 +293,11 @@ def test_horizontal_flip_can_be_disabled(make_cfg):
 
 
 def test_unknown_strategy_lists_valid_ones():
-    with pytest.raises(ValueError, match="simclr.*ours"):
-        augment.get_train_transformations({"augmentation_strategy": "autoaugment", "augmentation_kwargs": {}})
+    from tests.conftest import ROOT
+    from utils.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'autoaugment', but it must be one of simclr, ours"):
+        load_config(None, ROOT / "configs/scan/scan_cifar10.yml", ["augmentation_strategy=autoaugment"])
 
 
 # ---------------------------------------------------------------- the pipelines of every shipped config
@@ -440,3 +445,38 @@ def test_cutout_centre_ranges_follow_height_and_width_of_a_wide_image(monkeypatc
     expected = torch.ones(1, 4, 12)
     expected[:, 1:4, 9:12] = 0  # centre (3, 11), half-side 2, clipped at the borders
     assert torch.equal(out, expected)
+
+
+# Cutout on every strong view -----------------------------------------------------------------------------------
+def test_cutout_zeroes_one_square_on_every_image_with_the_expected_mean_area():
+    torch.manual_seed(0)
+    n, size, length = 4000, 32, 8
+    out = ba.cutout(torch.ones(n, 3, size, size), n_holes=1, length=length, random_size=False)
+    zero = out[:, 0] == 0
+    assert torch.equal(zero, (out == 0).all(dim=1))  # the same hole in every channel
+    rows, cols = zero.any(dim=2).sum(dim=1), zero.any(dim=1).sum(dim=1)
+    area = zero.sum(dim=(1, 2))
+    assert torch.equal(area, rows * cols)  # one rectangle per image: a square clipped at the border
+    assert int(area.min()) >= (length // 2) ** 2 and int(area.max()) == length**2  # never skipped, never larger
+    # Rows covered for a centre y uniform in 0..31 and half-side 4: min(y + 4, 32) − max(y − 4, 0), which averages
+    # (22 + 25 · 8 + 18) / 32 = 7.5; rows and columns are independent, so the mean area is 7.5² = 56.25.
+    assert float(area.float().mean()) == pytest.approx(56.25, abs=0.6)
+    assert len({tuple(mask.flatten().tolist()) for mask in zero[:200]}) > 150  # each image draws its own place
+
+
+def test_cutout_with_a_random_side_draws_it_uniformly_from_one_to_length():
+    torch.manual_seed(0)
+    n, length = 4000, 4
+    out = ba.cutout(torch.ones(n, 1, 64, 64), n_holes=1, length=length, random_size=True)
+    width = (out[:, 0] == 0).any(dim=1).sum(dim=1)
+    # A side s spans s//2 columns each side of the centre: side 1 no hole, sides 2 and 3 two columns, side 4 four
+    # (three or two only when its centre is in the first or last column, 2 of 64 places).
+    shares = {"no hole": 1 / 4, "side 2 or 3": 2 / 4, "side 4": 1 / 4}
+    counts = {
+        "no hole": int((width == 0).sum()),
+        "side 2 or 3": int((width == 2).sum()),
+        "side 4": int((width > 2).sum()),
+    }
+    assert sum(counts.values()) >= n - 0.02 * n  # the rest: a side 4 at the border
+    for name, share in shares.items():
+        assert abs(counts[name] / n - share) <= 4 * math.sqrt(share * (1 - share) / n), counts

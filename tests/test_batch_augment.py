@@ -254,9 +254,15 @@ def test_random_crop_larger_than_image_is_a_clear_error():
 
 
 def test_unsupported_crop_option_is_a_clear_error():
-    kwargs = _simclr_kwargs(random_resized_crop={"size": 32, "interpolation": 3})
-    with pytest.raises(ValueError, match="augmentation_backend: pil"):
-        ba.get_batch_transformations(_cfg("simclr", kwargs))
+    """RandomResizedCrop's other options (interpolation, antialias) are refused by the config, for both backends."""
+    from tests.conftest import ROOT
+    from utils.config import ConfigError, load_config
+
+    override = "augmentation_kwargs.random_resized_crop.interpolation=3"
+    with pytest.raises(
+        ConfigError, match="Unknown config key 'interpolation' in augmentation_kwargs.random_resized_crop"
+    ):
+        load_config(None, ROOT / "configs/pretext/simclr_cifar10.yml", [override])
 
 
 # ---------------------------------------------------------------- whole transforms: the same distribution
@@ -437,3 +443,18 @@ def test_ours_outputs_and_op_frequencies_match_pil(monkeypatch):
     batched_fraction = (batched_v - low[batched_ops]) / (high - low)[batched_ops]
     assert (batched_fraction >= 0).all() and (batched_fraction < 1).all()
     assert _ks_statistic(pil_fraction, batched_fraction) <= _ks_bound(len(pil_fraction), len(batched_fraction))
+
+
+def test_the_jitter_step_applies_brightness_contrast_and_saturation_as_numbered():
+    from data import batch_augment as ba
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 6, 6)).float()
+    factors = torch.tensor([[0.5, 1.5, 0.2, 0.0]]).expand(3, 4)  # brightness, contrast, saturation, hue
+    op, active = torch.tensor([0, 1, 2]), torch.tensor([True, True, True])
+    out = ba.SimCLRBatchTransform.blend_step(x, op, active, factors)
+    assert torch.equal(out[0], ba.adjust_brightness(x[:1], torch.tensor([0.5]))[0])
+    assert torch.equal(out[1], ba.adjust_contrast(x[1:2], torch.tensor([1.5]))[0])
+    assert torch.equal(out[2], ba.adjust_color(x[2:3], torch.tensor([0.2]))[0])
+    idle = ba.SimCLRBatchTransform.blend_step(x, op, torch.tensor([False, False, False]), factors)
+    assert torch.equal(idle, x)  # an inactive image is left exactly as it was

@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic saves, the published legacy format, `module.` prefixes, clear key errors."""
+"""utils/checkpoint.py: saves that refuse non-finite tensors, the published legacy format, `module.` prefixes, clear
+key errors, resumable files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import pytest
 import torch
 
 from models import ClusteringModel, build_backbone
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_atomic
+from utils.checkpoint import (
+    CheckpointError,
+    NonFiniteError,
+    load_checkpoint,
+    load_state_dict_checked,
+    non_finite_tensors,
+    resume,
+    save_atomic,
+    training_checkpoint,
+)
 
 
 def legacy_cuda_file(obj: object) -> bytes:
@@ -112,25 +122,61 @@ def test_save_atomic_creates_missing_parent_folders(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["model.pth.tar"]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
-def test_written_files_get_the_permissions_of_an_ordinary_open(tmp_path, umask):
-    """Models, metrics and reports are shared on servers: their mode follows the umask, as open(path, "w")."""
-    from tools.html_report import write_atomic_text
-    from utils.history import History
-    from utils.results import write_json
+# Non-finite weights never saved --------------------------------------------------------------------------------
+def test_non_finite_tensors_are_found_anywhere_in_a_checkpoint_and_integers_are_ignored():
+    checkpoint = {
+        "model": {"w": torch.ones(2), "b": torch.tensor([0.0, float("inf")])},
+        "optimizer": {"state": {0: {"exp_avg": torch.tensor([float("nan")])}}},
+        "heads": [torch.zeros(1), torch.tensor([-float("inf")], dtype=torch.bfloat16)],
+        "step": torch.tensor([3], dtype=torch.long),
+        "epoch": 4,
+    }
+    assert non_finite_tensors(checkpoint) == ["model.b.", "optimizer.state.0.exp_avg.", "heads.1."]
+    assert non_finite_tensors(torch.tensor(float("nan"))) == ["tensor"]
+    assert non_finite_tensors({"model": {"w": torch.ones(2)}, "step": 3}) == []
 
-    previous = os.umask(umask)
-    try:
-        with open(tmp_path / "plain.txt", "w") as handle:
-            handle.write("x")
-        save_atomic({"w": torch.zeros(2)}, tmp_path / "model.pth.tar")
-        write_json({"ACC": 0.5}, tmp_path / "metrics.json")
-        write_atomic_text("<html></html>", tmp_path / "report.html")
-        History(tmp_path / "stage", 0, 1).log(1, loss=1.0)
-    finally:
-        os.umask(previous)
-    expected = 0o666 & ~umask
-    assert (os.stat(tmp_path / "plain.txt").st_mode & 0o777) == expected
-    assert (os.stat(tmp_path / "model.pth.tar").st_mode & 0o777) == expected
-    for name in ("metrics.json", "report.html", "stage/history.jsonl"):
-        assert (os.stat(tmp_path / name).st_mode & 0o777) == expected, name
+
+def test_a_checkpoint_with_a_non_finite_optimizer_state_is_not_written(tmp_path):
+    path = tmp_path / "checkpoint.pth.tar"
+    with pytest.raises(NonFiniteError, match="exp_avg"):
+        save_atomic({"model": {"w": torch.ones(2)}, "optimizer": {"exp_avg": torch.tensor([float("nan")])}}, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_weights_never_replace_a_saved_file(tmp_path):
+    path = tmp_path / "model.pth.tar"
+    save_atomic({"w": torch.ones(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises(NonFiniteError, match=r"(?s)model.pth.tar.*w.*unchanged"):
+        save_atomic({"w": torch.tensor([1.0, float("nan"), 2.0])}, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.pth.tar"]
+
+
+def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    model, path = torch.nn.Linear(2, 2), tmp_path / "checkpoint.pth.tar"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_atomic(training_checkpoint(None, model, optimizer, epoch=4, step=0), path)
+    assert resume(path, model, optimizer)["epoch"] == 4
+    save_atomic({"model": model.state_dict(), "head": 0}, path)  # a SCAN model file, not a checkpoint
+    with pytest.raises(CheckpointError, match="not a resumable checkpoint"):
+        resume(path, model, optimizer)
+
+
+def test_unreadable_checkpoints_are_explained(tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": {}, "head": Evil()}, tmp_path / "evil.pth.tar")
+    with pytest.raises(CheckpointError, match=r"Refused to load .*evil.pth.tar.*could run code.*posix.system"):
+        load_checkpoint(tmp_path / "evil.pth.tar")
+    assert not marker.exists()
+    (tmp_path / "random.pth.tar").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "random.pth.tar")
+    save_atomic({"w": torch.ones(1000)}, tmp_path / "good.pth.tar")
+    (tmp_path / "cut.pth.tar").write_bytes((tmp_path / "good.pth.tar").read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt.*--fresh"):
+        load_checkpoint(tmp_path / "cut.pth.tar")

@@ -66,7 +66,7 @@ def test_a_plain_line_counts_images_and_the_time_left(monkeypatch):
 
 
 def test_the_bar_and_the_log_line_number_epochs_alike(monkeypatch, capsys):
-    """The first epoch is `Epoch 1/N` in the log, so its progress says epoch 1 (it said epoch 0)."""
+    """The first epoch is `Epoch 1/N` in the log, so its progress line says epoch 1, not 0."""
     import scan
     import simclr
     from losses import SCANLoss, SimCLRLoss

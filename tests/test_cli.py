@@ -65,3 +65,14 @@ def test_help_answers_before_torch_is_imported(script):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith(f"usage: {script}.py")
     assert done.stdout.rstrip().endswith("torch loaded: False")
+
+
+def test_a_dashed_flag_is_answered_with_its_underscored_spelling():
+    import argparse
+
+    from utils.config import spelling_hints
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ab_cd")
+    parser.add_argument("--abxcd")
+    assert spelling_hints(["--ab-cd", "1"], parser._option_string_actions) == ["--ab-cd: did you mean --ab_cd?"]

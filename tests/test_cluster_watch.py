@@ -1,4 +1,5 @@
-"""The self-label watch: cluster warnings, the label-free score, and which epoch is kept (hand-counted cases)."""
+"""engine/cluster_watch.py: cluster warnings, the label-free score, and which self-label epoch is kept (hand-counted
+cases)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.cluster_criteria import assignment_scan_loss, neighbour_agreement
 from engine.cluster_watch import SelfLabelWatch, shrunken_clusters
@@ -90,3 +92,47 @@ def test_one_neighbour_agreement_for_the_watch_and_the_choice_of_k():
     # Pairs left: (0,1) ✓ (0,2) ✗ (1,0) ✓ (1,3) ✗ (2,3) ✓ (2,0) ✗ (3,2) ✓ (3,1) ✗ → 4 of 8, not 5 of 9.
     assert neighbour_agreement(torch.tensor(assignment), torch.tensor(neighbors)) == 0.5
     assert neighbour_agreement(np.array(assignment), np.array(neighbors)) == 0.5
+
+
+def test_the_kept_reason_quotes_the_scan_models_score_and_the_kept_epochs():
+    from engine.cluster_watch import SelfLabelWatch
+
+    def output(predictions: list[int]) -> dict:
+        predictions = torch.tensor(predictions)
+        return {"predictions": predictions, "probabilities": torch.nn.functional.one_hot(predictions, 2).float()}
+
+    groups = torch.tensor([[i] + [j for j in range(4 * (i // 4), 4 * (i // 4) + 4) if j != i] for i in range(8)])
+    watch = SelfLabelWatch(0.5)
+    watch.observe(0, output([0, 1, 0, 1, 0, 1, 0, 1]), groups, {})  # log 3 − log 2 = 0.4055
+    watch.observe(1, output([0, 0, 0, 0, 1, 1, 1, 1]), groups, {})  # −log 2 = −0.6931
+    watch.observe(2, output([0, 0, 0, 1, 1, 1, 1, 1]), groups, {})  # a worse epoch after the kept one
+    assert "(-0.6931; SCAN model 0.4055)" in watch.kept_reason()
+
+
+def assignments(predictions: list[int]) -> dict:
+    predictions = torch.tensor(predictions)
+    probabilities = F.one_hot(predictions, 2).float() * 0.9 + 0.05
+    return {"predictions": predictions, "probabilities": probabilities}
+
+
+def test_an_epoch_with_an_emptied_or_shrunken_cluster_is_never_kept_whatever_its_score():
+    watch = SelfLabelWatch(warning_fraction=0.5)
+    # Epoch 0 (the SCAN model): sizes [4, 4], each image agrees with 1 of its 3 neighbours: log 3 − log 2.
+    scan = watch.observe(0, assignments([0, 1, 0, 1, 0, 1, 0, 1]), GROUPS, {})
+    assert scan["score"] == pytest.approx(math.log(3) - math.log(2), rel=1e-6) and watch.best_epoch == 0
+    # Epoch 1: cluster 0 keeps 1 of its 4 images (below half); 18 of 24 pairs agree, sizes 1/8, 7/8.
+    shrunk = watch.observe(1, assignments([1, 1, 1, 1, 1, 1, 1, 0]), GROUPS, {})
+    size_entropy = -(1 / 8 * math.log(1 / 8) + 7 / 8 * math.log(7 / 8))
+    assert shrunk["score"] == pytest.approx(-math.log(18 / 24) - size_entropy, rel=1e-6)
+    assert shrunk["score"] < scan["score"] and not shrunk["improved"] and shrunk["warnings"][0]["kind"] == "shrunk"
+    # Epoch 2: everything in cluster 1; every pair agrees, score 0, below the SCAN model's, but cluster 0 emptied.
+    emptied = watch.observe(2, assignments([1] * 8), GROUPS, {})
+    assert emptied["score"] == pytest.approx(0.0, abs=1e-6) and emptied["score"] < scan["score"]
+    assert not emptied["improved"] and emptied["warnings"][0]["kind"] == "emptied" and watch.best_epoch == 0
+    # Epoch 3: the groups become the clusters, all intact: score −log 2, kept.
+    intact = watch.observe(3, assignments([0, 0, 0, 0, 1, 1, 1, 1]), GROUPS, {})
+    assert intact["score"] == pytest.approx(-math.log(2), rel=1e-6)
+    assert intact["improved"] and watch.best_epoch == 3 and watch.best_score == intact["score"]
+    # Epoch 4: the same score again is no improvement; the earlier epoch stays the kept one.
+    again = watch.observe(4, assignments([1, 1, 1, 1, 0, 0, 0, 0]), GROUPS, {})
+    assert again["score"] == pytest.approx(intact["score"]) and not again["improved"] and watch.best_epoch == 3

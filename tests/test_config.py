@@ -191,7 +191,7 @@ def test_kwargs_follow_the_chosen_optimizer_and_criterion(env):
     assert load_config(env, SIMCLR, ["optimizer_kwargs.momentum=0.5"])["optimizer_kwargs"]["momentum"] == 0.5
     with pytest.raises(ConfigError, match="'temperature' in criterion_kwargs"):
         load_config(env, SCAN, ["criterion_kwargs.temperature=0.1"])
-    with pytest.raises(ConfigError, match="optimizer 'adamw' is not one of sgd, adam"):
+    with pytest.raises(ConfigError, match="'optimizer' is 'adamw', but it must be one of sgd, adam"):
         load_config(env, SCAN, ["optimizer=adamw"])
 
 
@@ -302,3 +302,16 @@ def test_each_stage_prints_only_its_own_settings(env):
     selflabel = yaml.safe_load(format_config(load_config(env, ROOT / "configs/selflabel/selflabel_cifar10.yml")))
     assert {"confidence_threshold", "scan_model", "selflabel_dir", "num_heads"} <= set(selflabel)
     assert not {"knn_every", "topk_neighbors_train", "num_neighbors", "pretext_model"} & set(selflabel)
+
+
+def test_the_default_env_file_is_the_repositorys_configs_env_yml():
+    import argparse
+    from pathlib import Path
+
+    from utils.config import add_config_arguments
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, env_required=False)
+    args = parser.parse_args(["--config_exp", "x.yml"])
+    assert Path(args.config_env) == Path(__file__).resolve().parents[1] / "configs" / "env.yml"
+    assert Path(args.config_env).is_file()

@@ -176,3 +176,43 @@ def test_estimate_k_main_on_three_blobs_recommends_three_and_writes_its_table(tm
     out = tmp_path / "results/digits/estimate_k"
     assert json.loads((out / "estimate_k.json").read_text())["rows"][1]["k"] == 3
     assert "Recommended K = 3" in (out / "estimate_k.md").read_text()
+
+
+def estimate_k_run(assignment: list[int], agreement: float, with_labels: bool) -> dict:
+    run = {"assignment": np.array(assignment), "agreement": agreement, "kappa": 0.5, "balance": 1.0, "used": 2}
+    run["scan_loss_per_log_k"] = -1.0
+    return run | ({"ACC": agreement, "NMI": 0.1, "ARI": 0.2} if with_labels else {})
+
+
+def test_estimate_k_averages_every_criterion_over_the_seeds_and_measures_their_stability():
+    import estimate_k
+
+    runs = [estimate_k_run([0, 0, 1, 1], 0.8, True), estimate_k_run([1, 1, 0, 0], 0.6, True)]
+    row = estimate_k.summarize_k(2, runs)
+    assert row["k"] == 2 and row["stability"] == pytest.approx(1.0) and row["stability_std"] == 0.0
+    assert row["agreement"] == pytest.approx(0.7) and row["ACC"] == pytest.approx(0.7) and row["used"] == 2
+    unlabelled = estimate_k.summarize_k(2, [estimate_k_run([0, 1, 0, 1], 0.5, False)] * 2)
+    assert "ACC" not in unlabelled and unlabelled["agreement"] == 0.5
+
+
+def test_estimate_k_table_marks_the_recommended_k_and_has_a_column_per_cell():
+    import estimate_k
+
+    rows = [estimate_k.summarize_k(k, [estimate_k_run([0, 0, 1, 1], 0.8, True)] * 2) | {"k": k} for k in (2, 3)]
+    table = estimate_k.format_table(rows, {"k": 3, "confidence": "high", "reason": "most stable"})
+    lines = table.splitlines()
+    assert lines[1] == "|---" * 10 + "|"  # K, six criteria, three label metrics
+    assert lines[2].startswith("| 2 |") and lines[3].startswith("| 3 ← |")
+    assert all(line.count("|") == 11 for line in lines[:4])
+    assert "Recommended K = 3 (confidence: high)" in table
+
+
+def test_estimate_k_accepts_k_two_and_two_seeds_and_refuses_less():
+    import estimate_k
+
+    args = estimate_k.parse_args(["--config_exp", "x.yml", "--k", "2", "3"])
+    assert args.k == [2, 3] and args.seeds == [0, 1, 2, 3, 4]
+    assert estimate_k.parse_args(["--config_exp", "x.yml", "--k", "2", "--seeds", "7", "8"]).seeds == [7, 8]
+    for bad in (["--k", "1", "3"], ["--k", "2", "--seeds", "0"]):
+        with pytest.raises(SystemExit):
+            estimate_k.parse_args(["--config_exp", "x.yml", *bad])

@@ -1,4 +1,5 @@
-"""eval.py on every checkpoint format: published SCAN files, self-label and pretext state dicts, bad files."""
+"""eval.py on every checkpoint format (published SCAN files, self-label and pretext state dicts, bad files) and its
+prediction rows."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from tests.conftest import ROOT
 from tests.test_checkpoint import legacy_cuda_file
 from utils.checkpoint import CheckpointError
 
-pytestmark = pytest.mark.slow
 WIDTH = ["backbone_kwargs.base_width=8", "num_workers=0"]
 
 
@@ -50,6 +50,7 @@ def accuracy_from_csv(out) -> float:
     return sum(r["matched_class"] == r["label"] for r in rows) / len(rows)
 
 
+@pytest.mark.slow
 def test_published_scan_format_evaluates_the_stored_head(tiny_cifar_env, tmp_path):
     model = clustering_model(heads=3)
     torch.nn.init.normal_(model.cluster_head[1].weight, std=5.0)  # make head 1 differ clearly from head 0
@@ -80,6 +81,7 @@ def test_published_scan_format_evaluates_the_stored_head(tiny_cifar_env, tmp_pat
     assert clusters[0] != clusters[1]
 
 
+@pytest.mark.slow
 def test_selflabel_state_dict_with_ddp_prefix_and_default_output_dir(tiny_cifar_env, tmp_path):
     model = clustering_model(heads=1)
     path = tmp_path / "models" / "selflabel_cifar-10.pth.tar"
@@ -102,6 +104,7 @@ def test_selflabel_state_dict_with_ddp_prefix_and_default_output_dir(tiny_cifar_
     assert metrics["ACC"] == pytest.approx(accuracy_from_csv(out))
 
 
+@pytest.mark.slow
 def test_pretext_model_gives_neighbour_accuracy(tiny_cifar_env, tmp_path):
     torch.manual_seed(0)
     model = ContrastiveModel(build_backbone("resnet18", base_width=8))
@@ -115,6 +118,7 @@ def test_pretext_model_gives_neighbour_accuracy(tiny_cifar_env, tmp_path):
     assert "top-20 neighbour accuracy" in report and "class='cluster'" not in report
 
 
+@pytest.mark.slow
 def test_over_clustering_uses_majority_mapping(tiny_cifar_env, tmp_path):
     path = tmp_path / "overcluster.pth.tar"
     torch.save(clustering_model(heads=1, clusters=20).state_dict(), path)
@@ -123,6 +127,7 @@ def test_over_clustering_uses_majority_mapping(tiny_cifar_env, tmp_path):
     assert metrics["ACC"] == pytest.approx(accuracy_from_csv(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_lists_the_bad_keys(tiny_cifar_env, tmp_path):
     path = tmp_path / "wide.pth.tar"
     torch.save(ClusteringModel(build_backbone("resnet18", base_width=16), 10, 1).state_dict(), path)
@@ -130,6 +135,7 @@ def test_checkpoint_of_another_architecture_lists_the_bad_keys(tiny_cifar_env, t
         run_eval(tiny_cifar_env, "configs/scan/scan_cifar10.yml", path, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_recorded_architecture_wins_over_the_config(tiny_cifar_env, tmp_path, capsys):
     model = clustering_model(heads=2)
     path = tmp_path / "model.pth.tar"
@@ -153,18 +159,19 @@ def test_recorded_architecture_wins_over_the_config(tiny_cifar_env, tmp_path, ca
     assert "backbone_kwargs.base_width: file 8, config 64" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_evaluation_takes_its_own_batch_size_not_the_training_one(tiny_cifar_env, tmp_path, monkeypatch):
     """selflabel_cifar10.yml trains with batches of 1000; eval.py evaluates with 256 (or --batch_size)."""
-    import data.loaders
+    import data.dataloaders
 
     sizes = []
 
-    class RecordingLoader(data.loaders.DataLoader):
+    class RecordingLoader(data.dataloaders.DataLoader):
         def __init__(self, *args, **kwargs):
             sizes.append(kwargs["batch_size"])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(data.loaders, "DataLoader", RecordingLoader)
+    monkeypatch.setattr(data.dataloaders, "DataLoader", RecordingLoader)
     path = tmp_path / "selflabel.pth.tar"
     torch.save(clustering_model(heads=1).state_dict(), path)
     run_eval(tiny_cifar_env, "configs/selflabel/selflabel_cifar10.yml", path, tmp_path / "out")
@@ -172,3 +179,23 @@ def test_evaluation_takes_its_own_batch_size_not_the_training_one(tiny_cifar_env
     sizes.clear()
     run_eval(tiny_cifar_env, "configs/selflabel/selflabel_cifar10.yml", path, tmp_path / "out", "--batch_size", "7")
     assert sizes and set(sizes) == {7}
+
+
+def test_prediction_rows_name_each_image_its_cluster_confidence_and_label():
+    import eval as eval_script
+
+    class Split:
+        classes = ["cat", "dog"]
+
+    output = {
+        "probabilities": torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]),
+        "predictions": torch.tensor([0, 1, 0]),
+        "targets": torch.tensor([1, 0, -1]),
+    }
+    rows = eval_script.prediction_rows(Split(), output, "pets")
+    assert [(file, cluster, label) for file, cluster, _, label in rows] == [
+        ("pets[0]", 0, "dog"),
+        ("pets[1]", 1, "cat"),
+        ("pets[2]", 0, ""),
+    ]
+    assert [confidence for _, _, confidence, _ in rows] == pytest.approx([0.9, 0.7, 0.6])

@@ -208,3 +208,17 @@ def test_report_opens_offline_in_a_headless_browser(tmp_path):
     assert opened == 3
     left = [url for url in requests if not url.startswith("data:") and url != path.as_uri()]
     assert left == [], f"the page requested {left}"
+
+
+def test_gallery_defaults_are_the_documented_ones_and_thumbnails_start_at_8_px():
+    import argparse
+
+    from tools.report_options import add_report_arguments, gallery_options
+
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    options = gallery_options(parser.parse_args([]))
+    assert (options.top, options.random, options.thumbnail) == (8, 8, 64)
+    assert gallery_options(parser.parse_args(["--thumbnail_size", "8"])).thumbnail == 8
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--thumbnail_size", "7"])

@@ -292,3 +292,19 @@ def test_criterion_builds_its_loss_and_refuses_what_the_stage_cannot_train():
         0.5,
         False,
     )
+
+
+def test_the_per_cluster_fraction_may_be_one_but_not_more_nor_zero():
+    ConfidenceBasedCE(0.99, False, fraction=1.0)  # every member of every cluster: allowed
+    ConfidenceBasedCE(0.99, False, fraction=0.01)  # one in a hundred: allowed too
+    for fraction in (1.2, 0.0, -0.5):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            ConfidenceBasedCE(0.99, False, fraction=fraction)
+
+
+def test_a_target_prior_needs_two_sizes_and_two_are_enough():
+    loss = SCANLoss(target_prior=[3.0, 1.0])
+    assert torch.allclose(loss.target_prior, torch.tensor([0.75, 0.25]))
+    for bad in ([1.0], [2.0, 0.0], [[1.0, 1.0]]):
+        with pytest.raises(ValueError, match="one positive size per cluster"):
+            SCANLoss(target_prior=bad)

@@ -143,3 +143,15 @@ def test_a_model_of_another_dataset_is_named_as_such_before_anything_else(tmp_pa
     assert "backbone_kwargs" not in capsys.readouterr().out  # named first: no width note before it
     loaded, head = load_model_file(digits, path)  # the right config loads it
     assert head == 0 and loaded.num_heads == 2
+
+
+def test_a_one_head_model_file_without_a_stored_head_uses_head_zero(tmp_path):
+    from engine.model_files import architecture_record, load_model_file, save_state_dict_file
+    from models import ClusteringModel, build_backbone
+
+    cfg = {"setup": "selflabel", "backbone": "resnet18", "backbone_kwargs": {"base_width": 4}, "num_classes": 3}
+    model = ClusteringModel(build_backbone("resnet18", base_width=4), 3, 1)
+    path = tmp_path / "self-label_model.pth.tar"
+    save_state_dict_file(model.state_dict(), path, architecture_record({**cfg, "num_heads": 1}, num_heads=1))
+    loaded, head = load_model_file({**cfg, "num_heads": 1}, path)
+    assert head == 0 and loaded.num_heads == 1

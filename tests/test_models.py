@@ -100,8 +100,11 @@ def test_resnet50_backbone_keys_are_torchvisions():
 
 
 def test_unknown_backbone_is_a_clear_error():
-    with pytest.raises(ValueError, match="resnet18"):
-        build_backbone("vgg16")
+    from tests.conftest import ROOT
+    from utils.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'backbone' is 'vgg16': use resnet18, resnet50, torchvision:"):
+        load_config(None, ROOT / "configs/scan/scan_cifar10.yml", ["backbone=vgg16"])
 
 
 # ---------------------------------------------------------------- the forward pass itself
@@ -181,3 +184,11 @@ def test_resnet18_forward_matches_pinned_values():
     assert features.shape == (2, 64)
     torch.testing.assert_close(features[:, :4], torch.tensor(PINNED_CIFAR_FEATURES), rtol=1e-4, atol=1e-5)
     assert features.sum().item() == pytest.approx(PINNED_CIFAR_SUM, rel=1e-4)
+
+
+def test_a_fresh_resnet_starts_its_batchnorms_at_weight_one_and_bias_zero():
+    from models import build_backbone
+
+    backbone = build_backbone("resnet18", base_width=2)
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(bool((m.weight == 1).all()) and bool((m.bias == 0).all()) for m in norms)

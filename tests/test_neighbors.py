@@ -11,7 +11,7 @@ import torch
 
 from data.cached_features import load_cached_split, save_split_features
 from data.neighbors import NeighborsFileError, load_neighbors, read_neighbors
-from data.wrappers import NeighborsDataset
+from data.pair_datasets import NeighborsDataset
 
 NUM_IMAGES = 12
 
@@ -78,3 +78,21 @@ def test_columns_are_checked_and_sliced(tmp_path):
     assert torch.equal(load_neighbors(path, NUM_IMAGES), torch.from_numpy(neighbors))
     with pytest.raises(NeighborsFileError, match=r"num_neighbors=5 needs 6 columns but the neighbour file .* has 5"):
         load_neighbors(path, NUM_IMAGES, 5)
+
+
+def test_neighbour_files_of_other_data_are_named():
+    with pytest.raises(
+        NeighborsFileError, match=r"shape \(100, 6\) and indices 0..119, but the dataset has 100 images"
+    ):
+        NeighborsDataset(list(range(100)), np.arange(600).reshape(100, 6) % 120)
+    with pytest.raises(NeighborsFileError, match=r"shape \(60, 6\).*mined on other data"):
+        NeighborsDataset(list(range(100)), np.zeros((60, 6), dtype=np.int64))
+
+
+def test_unreadable_neighbour_file(tmp_path):
+    (tmp_path / "nn.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(NeighborsFileError, match="truncated or not a .npy array"):
+        read_neighbors(tmp_path / "nn.npy")
+    np.save(tmp_path / "float.npy", np.zeros((4, 3)))
+    with pytest.raises(NeighborsFileError, match="float64 array"):
+        read_neighbors(tmp_path / "float.npy")

@@ -255,3 +255,10 @@ def test_the_printed_pretrained_commands_run_as_printed(tmp_path, env):
     state = torch.load(results / "selflabel" / "model.pth.tar", weights_only=True)
     assert state["cluster_head.0.weight"].shape == (3, 1024)
     assert "ACC" in logs[3] and (results / "selflabel" / "model_eval" / "report.html").is_file()
+
+
+def test_images_up_to_64_px_keep_their_size_and_larger_ones_are_read_at_96():
+    from tools.new_dataset import choose_geometry
+
+    assert (choose_geometry(64).image_size, choose_geometry(64).stem) == (64, "cifar")
+    assert (choose_geometry(65).image_size, choose_geometry(65).stem) == (96, "stl")

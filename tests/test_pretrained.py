@@ -400,3 +400,26 @@ def test_pretrained_main_saves_the_loaded_backbone_and_its_record_before_mining(
     assert torch.equal(saved["backbone.layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
     record = json.loads((pretext / "model.pth.tar.arch.json").read_text())["architecture"]
     assert record["backbone"] == "torchvision:resnet18" and record["model_kwargs"] == {"head": "none"}
+
+
+def test_timm_default_weights_are_loaded_into_the_backbone(monkeypatch):
+    from models import library
+
+    class TimmModel(torch.nn.Module):
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(3, 4)
+            self.head = torch.nn.Linear(4, num_classes) if num_classes else torch.nn.Identity()
+            self.pretrained_cfg = {"hf_hub_id": "timm/tiny.test"}
+
+    class Timm:
+        @staticmethod
+        def create_model(arch: str, pretrained: bool = False, num_classes: int = 1000) -> TimmModel:
+            torch.manual_seed(1 if pretrained else 0)
+            return TimmModel(num_classes)
+
+    monkeypatch.setattr(library, "import_timm", lambda: Timm)
+    backbone = Timm.create_model("tiny", num_classes=0)
+    published = Timm.create_model("tiny", pretrained=True, num_classes=0).state_dict()
+    assert library.load_pretrained_weights(backbone, "timm:tiny", "default") == "timm's default weights of tiny"
+    assert all(torch.equal(value, published[key]) for key, value in backbone.state_dict().items())

@@ -20,7 +20,15 @@ import scan
 import selflabel
 import simclr
 from engine.model_files import read_model_file
-from engine.run_record import FREE_KEYS, MODEL_AND_DATA_KEYS, ChangedInputsError, current_record, differences
+from engine.run_record import (
+    FREE_KEYS,
+    MODEL_AND_DATA_KEYS,
+    ChangedInputsError,
+    config_record,
+    covered,
+    current_record,
+    differences,
+)
 from tests.conftest import tiny_args, write_random_pretext_outputs
 from utils.config import load_config
 from utils.guard import TrainingStopped
@@ -219,3 +227,138 @@ def test_every_experiment_key_outside_the_free_list_changes_the_comparison(tiny_
         changed = load_config(tiny_env, Path(__file__).parents[1] / "configs" / SCAN, [f"{key}={new}"])
         assert differences(record, current_record(changed, None), FREE_KEYS) == []
     assert not set(FREE_KEYS) & set(MODEL_AND_DATA_KEYS)
+
+
+# What the run record's comparison covers ------------------------------------------------------------------------
+def scan_config() -> dict:
+    """A SCAN config as load_config returns it (experiment keys, plus paths and machine settings)."""
+    return {
+        "setup": "scan",
+        "backbone": "resnet18",
+        "backbone_kwargs": {"base_width": 64},
+        "model_kwargs": {"head": "mlp", "features_dim": 128},
+        "num_classes": 10,
+        "num_heads": 1,
+        "train_db_name": "cifar-10",
+        "val_db_name": "cifar-10",
+        "train_split": "train",
+        "dataset_kwargs": {"image_size": 32},
+        "criterion": "scan",
+        "criterion_kwargs": {"entropy_weight": 5.0},
+        "epochs": 50,
+        "optimizer": "adam",
+        "optimizer_kwargs": {"lr": 1e-4, "weight_decay": 1e-4},
+        "scheduler": "constant",
+        "batch_size": 128,
+        "num_workers": 8,
+        "augmentation_strategy": "ours",
+        "augmentation_kwargs": {"crop_size": 32, "num_strong_augs": 4, "random_resized_crop": {"size": 32}},
+        "transformation_kwargs": {"crop_size": 32},
+        "seed": 0,
+        "amp": "auto",
+        "resume": True,
+        "tensorboard": False,
+        "topk_neighbors_train": 20,
+        "topk_neighbors_val": 5,
+        "knn_monitor_k": 100,
+        "knn_every": 10,
+        "num_neighbors": 20,
+        "update_cluster_head_only": False,
+        "head_input": "images",
+        "save_features": False,
+        "scan_dir": "/results/cifar-10/scan",  # a path: not part of the experiment
+    }
+
+
+def changed(cfg: dict, dotted: str, value) -> dict:
+    """A deep copy of `cfg` with the (possibly nested, possibly new) key `dotted` set to `value`."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    *parents, last = dotted.split(".")
+    node = cfg
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return cfg
+
+
+# Each decides which model is built, which images it sees, or which parameters the optimizer holds.
+MODEL_OR_DATA_CHANGES = [
+    ("backbone", "resnet50"),
+    ("backbone_kwargs.base_width", 8),
+    ("backbone_kwargs.stem", "stl"),
+    ("num_classes", 20),
+    ("num_heads", 5),
+    ("train_db_name", "stl-10"),
+    ("val_db_name", "stl-10"),
+    ("dataset_kwargs.image_size", 16),
+    ("augmentation_strategy", "simclr"),
+    ("augmentation_kwargs.crop_size", 28),
+    ("augmentation_kwargs.random_resized_crop.size", 28),
+    ("transformation_kwargs.crop_size", 28),
+    ("num_neighbors", 5),
+    ("update_cluster_head_only", True),
+    ("head_input", "cached_features"),
+    ("optimizer", "sgd"),
+]
+# How fast, how often to log, where to write: the same result.
+FREE_CHANGES = [
+    ("knn_every", 1),
+    ("knn_monitor_k", 20),
+    ("resume", False),
+    ("tensorboard", True),
+    ("num_workers", 0),
+    ("amp", True),
+    ("scan_dir", "/elsewhere"),
+]
+# The same model on the same data, trained otherwise: another result, which an unfinished run may continue into.
+RESULT_CHANGES = [
+    ("batch_size", 64),
+    ("seed", 1),
+    ("optimizer_kwargs.lr", 0.5),
+    ("augmentation_kwargs.num_strong_augs", 2),
+    ("criterion_kwargs.entropy_weight", 2.0),
+    ("scheduler", "cosine"),
+]
+
+
+def record_of(cfg: dict) -> dict:
+    return {"config": config_record(cfg), "inputs": {}}
+
+
+def changed_keys(key: str, value) -> list[str]:
+    return [
+        line.split(":")[0]
+        for line in differences(record_of(scan_config()), record_of(changed(scan_config(), key, value)), FREE_KEYS)
+    ]
+
+
+@pytest.mark.parametrize("key, value", MODEL_OR_DATA_CHANGES)
+def test_each_model_or_data_key_alone_is_a_change_that_cannot_be_continued(key, value):
+    assert changed_keys(key, value) == [key] and covered(key, MODEL_AND_DATA_KEYS)
+
+
+@pytest.mark.parametrize("key, value", RESULT_CHANGES)
+def test_each_training_key_alone_is_a_change_that_may_be_continued(key, value):
+    assert changed_keys(key, value) == [key] and not covered(key, MODEL_AND_DATA_KEYS)
+
+
+@pytest.mark.parametrize("key, value", FREE_CHANGES)
+def test_a_free_key_or_a_path_is_no_change(key, value):
+    assert changed_keys(key, value) == []
+
+
+@pytest.mark.parametrize("key, value", [("model_kwargs.features_dim", 64), ("train_split", "train+unlabeled")])
+def test_the_pretext_keys_are_compared_where_a_pretext_stage_reads_them(key, value):
+    pretext = {**scan_config(), "setup": "simclr"}
+    lines = differences(record_of(pretext), record_of(changed(pretext, key, value)), FREE_KEYS)
+    assert [line.split(":")[0] for line in lines] == [key] and changed_keys(key, value) == []  # SCAN: not read
+
+
+def test_the_comparison_does_not_depend_on_the_order_of_keys():
+    cfg = scan_config()
+    reordered = dict(reversed(list(cfg.items())))
+    cfg["backbone_kwargs"] = {"base_width": 64, "stem": "cifar"}
+    reordered["backbone_kwargs"] = {"stem": "cifar", "base_width": 64}  # nested keys in the other order too
+    assert differences(record_of(reordered), record_of(cfg), FREE_KEYS) == []

@@ -1,7 +1,9 @@
-"""Where a run executes: SLURM's variables become torchrun's when a job is started with plain srun."""
+"""utils/runtime.py: where a run executes (SLURM's variables become torchrun's under plain srun, the GPU of each
+process), seeding, and the random generators of a resumed run."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -118,3 +120,27 @@ def test_an_entry_script_waits_for_every_process_then_leaves_the_process_group(m
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_seed_everything_makes_python_numpy_and_torch_draws_repeat_and_offsets_them_by_rank():
+    import random
+
+    from utils.runtime import seed_everything
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    seed_everything(3)
+    first = draws()
+    seed_everything(3)
+    assert draws() == first
+    seed_everything(3, rank=1)
+    assert all(a != b for a, b in zip(draws(), first))
+
+
+def test_srun_with_two_tasks_takes_rank_and_world_from_slurm():
+    from utils.runtime import adopt_slurm_environment
+
+    environ = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "node[4-5]"}
+    adopt_slurm_environment(environ)
+    assert (environ["RANK"], environ["WORLD_SIZE"], environ["MASTER_ADDR"]) == ("1", "2", "node4")

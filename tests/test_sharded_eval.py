@@ -70,12 +70,12 @@ def write_inputs(root: Path) -> Path:
 def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
     """Everything the stages evaluate, computed by this process (its shard) and gathered."""
     import engine.knn as knn
-    from data.batches import eval_batches
     from data.cached_features import CachedSplit
     from data.registry import get_train_dataset, get_val_dataset
+    from data.stage_batches import eval_batches
     from engine.cluster_criteria import scan_evaluate
-    from engine.evaluate import cluster_metrics
     from engine.inference import run_model
+    from engine.metrics import cluster_metrics
     from models import build_model
     from utils.config import load_config
     from utils.runtime import Runtime, resolve_fast_path

@@ -53,3 +53,12 @@ def test_a_folder_that_is_not_empty_is_refused(tmp_path, photos):
     with pytest.raises(SystemExit, match="not empty"):
         sort_into(photos, tmp_path / "out", num_clusters=2)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_cluster_folders_have_two_digits_unless_more_clusters_need_more():
+    from tools.sort_images import cluster_folder_name
+
+    assert cluster_folder_name(3, 10) == "cluster_03"
+    assert cluster_folder_name(3, 2) == "cluster_03"
+    assert cluster_folder_name(7, 101) == "cluster_007"
+    assert cluster_folder_name(7, 100, "a cat/dog") == "cluster_07_a_cat_dog"

@@ -1,26 +1,32 @@
-"""Stage behaviour beyond the happy path: prerequisites, resume, small data, multi-head sums, frozen backbones."""
+"""The stage scripts' loops (simclr.py, scan.py, selflabel.py, moco.py, predict.py): prerequisites, resume, small
+data, multi-head sums, frozen backbones, weak and strong views, which SCAN head and file they keep, what eval.py
+agrees with, and that labels never reach a training loss."""
 
 from __future__ import annotations
 
 import json
+import math
+import pickle
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+import eval as eval_script
 import moco
 import scan
 import selflabel
 import simclr
-from data.loaders import train_loader
-from losses import ConfidenceBasedCE, SCANLoss
+from data.dataloaders import train_loader
+from losses import ConfidenceBasedCE, SCANLoss, SimCLRLoss
 from models import ClusteringModel, ContrastiveModel, build_backbone
 from tests.conftest import ROOT, TINY, tiny_args, write_random_pretext_outputs
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError
+from utils.config import ConfigError, load_config
 from utils.prerequisites import MissingPrerequisiteError
 from utils.runtime import Runtime
 
@@ -283,6 +289,8 @@ def test_selflabel_criterion_follows_pseudo_labels_and_refuses_unknown_rules():
 
 # Each stage's main() on 20 tiny images (fast tier) ---------------------------------------------------------------
 # About a second each: 20 train / 10 test CIFAR images seen at 8×8 by a ResNet-18 of width 2, in one thread, no plots.
+
+
 def spy(monkeypatch, module, name: str) -> list:
     """Replace `module.name` by a wrapper that calls the original and records (args, kwargs, result) of each call."""
     calls, original = [], getattr(module, name)
@@ -334,7 +342,7 @@ def tiny_pretext_outputs(env) -> dict:
 def test_scan_main_reshuffles_each_epoch_keeps_the_lowest_loss_head_and_logs_the_accuracy_of_its_pick(
     tiny_env, monkeypatch
 ):
-    from engine.evaluate import cluster_metrics
+    from engine.metrics import cluster_metrics
 
     tiny_pretext_outputs(tiny_env)
     scripted = iter([(1, 0.5), (0, 0.7), (0, 0.5)])  # epoch 2 worse, epoch 3 a tie: no improvement
@@ -457,3 +465,262 @@ def test_predict_main_assigns_each_image_the_argmax_cluster_with_its_softmax_con
     assert [float(row["confidence"]) for row in rows] == pytest.approx(
         probabilities.max(dim=1).values.tolist(), abs=2e-3
     )
+
+
+def test_a_selflabel_epoch_without_batches_reports_zeros_and_empty_counts():
+    import selflabel
+    from losses import ConfidenceBasedCE
+    from utils.runtime import Runtime
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = selflabel.train_one_epoch(
+        [], model, ConfidenceBasedCE(0.99, False), optimizer, None, Runtime("cpu"), False, 0
+    )
+    assert result == {
+        "loss": 0.0,
+        "steps": 0,
+        "skipped": 0,
+        "train_cluster_sizes": [],
+        "pseudo_labels_per_cluster": [],
+        "confident": 0.0,
+    }
+
+
+def test_the_scan_epoch_logs_each_term_as_the_mean_over_heads_and_the_total_as_their_sum():
+    import scan
+    from losses import SCANLoss
+    from models import ClusteringModel
+    from utils.runtime import Runtime
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Flatten()
+    backbone.out_dim = 12
+    model = ClusteringModel(backbone, num_classes=3, num_heads=3)
+    batch = {"anchor": torch.randn(6, 3, 2, 2), "neighbor": torch.randn(6, 3, 2, 2)}
+    criterion = SCANLoss(5.0)
+    with torch.no_grad():
+        per_head = [criterion(a, n) for a, n in zip(model(batch["anchor"]), model(batch["neighbor"]))]
+    cfg = {"update_cluster_head_only": False, "amp": False}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    logged = scan.train_one_epoch([batch], model, criterion, optimizer, Runtime("cpu"), cfg, epoch=0)
+    assert logged["total"] == pytest.approx(sum(total.item() for total, _, _ in per_head), rel=1e-5)
+    assert logged["consistency"] == pytest.approx(sum(c.item() for _, c, _ in per_head) / 3, rel=1e-5)
+    assert logged["entropy"] == pytest.approx(sum(e.item() for _, _, e in per_head) / 3, rel=1e-5)
+
+
+# Weak and strong views -----------------------------------------------------------------------------------------
+class LogitsByFirstPixel(torch.nn.Module):
+    """A clustering model whose logits for an image are row `image[0, 0, 0]` of a fixed table (one head)."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.tensor(table)
+        self.shift = torch.nn.Parameter(torch.zeros(1))  # something for the optimizer; softmax ignores it
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.table[x[:, 0, 0, 0].long()] + self.shift]
+
+
+def images_numbered(*numbers: int) -> torch.Tensor:
+    return torch.tensor(numbers, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+
+
+def test_selflabel_takes_targets_from_the_weak_image_and_trains_the_strong_augmented_one():
+    # Weak views (images 0, 1) are sure: clusters 0 and 1. Strong views (images 2, 3) are unsure, so with the
+    # views swapped no sample would pass the threshold and the batch would be skipped.
+    model = LogitsByFirstPixel([[9.0, 0.0, 0.0], [0.0, 9.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    batch = {"image": images_numbered(0, 1), "image_augmented": images_numbered(2, 3)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = selflabel.train_one_epoch([batch], model, ConfidenceBasedCE(0.99, False), optimizer, None, CPU, False, 0)
+    # Cross-entropy of the strong logits [1, 0, 0] toward 0 and [0, 0, 1] toward 1, by hand: both log(e + 2) − …
+    expected = ((math.log(math.e + 2) - 1) + math.log(math.e + 2)) / 2
+    assert result["steps"] == 1 and result["skipped"] == 0
+    assert result["loss"] == pytest.approx(expected, rel=1e-6)
+    assert result["train_cluster_sizes"] == [1, 1, 0]  # counted on the weak view
+    assert result["pseudo_labels_per_cluster"] == [1, 1, 0]
+
+
+def test_simclr_anchors_are_the_first_view_and_the_positives_the_second():
+    torch.manual_seed(0)
+    images, augmented = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(model(x), dim=1)
+
+    criterion = SimCLRLoss(0.5)
+    with torch.no_grad():
+        expected = criterion(torch.stack([features(images), features(augmented)], dim=1)).item()
+        swapped = criterion(torch.stack([features(augmented), features(images)], dim=1)).item()
+    assert abs(expected - swapped) > 1e-3  # the loss tells the two orders apart (anchors are view 0 only)
+
+    class Normalised(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.normalize(self.inner(x), dim=1)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    batch = {"image": images, "image_augmented": augmented}
+    loss = simclr.train_one_epoch([batch], Normalised(), criterion, optimizer, CPU, False, 0, gather_negatives=False)
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+# When the kNN monitor of the pretext stage runs ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "knn_every, epochs, expected",
+    [
+        (10, 25, [10, 20, 25]),  # every 10th epoch, and the last
+        (5, 10, [5, 10]),  # the last one is a 5th: once
+        (1, 4, [1, 2, 3, 4]),
+        (30, 5, [5]),  # a run shorter than knn_every: after the last epoch only
+        (3, 1, [1]),
+    ],
+)
+def test_the_knn_monitor_runs_every_knn_every_epochs_and_after_the_last(knn_every, epochs, expected):
+    due = [epoch + 1 for epoch in range(epochs) if simclr.knn_monitor_due(epoch, knn_every, epochs)]
+    assert due == expected
+
+
+FAST_32 = ["num_workers=0", "backbone_kwargs.base_width=8", "seed=0", "batch_size=32"]
+
+
+SCAN_CONFIG = ROOT / "configs/scan/scan_cifar10.yml"
+
+
+def stage_args(env, config, *overrides) -> list[str]:
+    return ["--config_env", str(env), "--config_exp", str(config), "--set", *FAST_32, *overrides]
+
+
+def write_pretext_outputs(env) -> dict:
+    return write_random_pretext_outputs(env, FAST_32, (100, 21), (50, 6))
+
+
+@pytest.mark.slow
+def test_scan_keeps_the_lowest_loss_head_and_replaces_the_model_only_on_improvement(tiny_cifar_env, monkeypatch):
+    cfg = write_pretext_outputs(tiny_cifar_env)
+    # Scripted head selection: epoch 1 head 1 (0.5), epoch 2 head 2 (0.7, worse), epoch 3 head 0 (0.3), epoch 4
+    # head 2 (0.3, a tie is no improvement).
+    scripted = iter([(1, 0.5), (2, 0.7), (0, 0.3), (2, 0.3)])
+    real_evaluate = scan.scan_evaluate
+
+    def scripted_evaluate(head_outputs):
+        scores = real_evaluate(head_outputs)
+        scores["lowest_loss_head"], scores["lowest_loss"] = next(scripted)
+        return scores
+
+    saved_models = []
+    real_save = scan.save_scan_file
+
+    def recording_save(state_dict, head, path, architecture):
+        if str(path) == cfg["scan_model"]:
+            saved_models.append({"head": head, "model": {k: v.clone() for k, v in state_dict.items()}})
+        real_save(state_dict, head, path, architecture)
+
+    monkeypatch.setattr(scan, "scan_evaluate", scripted_evaluate)
+    monkeypatch.setattr(scan, "save_scan_file", recording_save)
+    metrics = scan.main(stage_args(tiny_cifar_env, SCAN_CONFIG, "epochs=4", "num_heads=3"))
+
+    assert [saved["head"] for saved in saved_models] == [1, 0]
+    final = torch.load(cfg["scan_model"], weights_only=True)
+    assert final["head"] == 0
+    for key, value in saved_models[-1]["model"].items():
+        assert torch.equal(final["model"][key], value), key
+    checkpoint = torch.load(cfg["scan_checkpoint"], weights_only=True)
+    assert checkpoint["best_loss"] == 0.3 and checkpoint["best_loss_head"] == 0
+    # The final weights (epoch 4) differ from the kept ones (epoch 3): the kept file is not simply the last.
+    assert not torch.equal(checkpoint["model"]["cluster_head.0.weight"], final["model"]["cluster_head.0.weight"])
+    assert metrics["head"] == 0 and metrics["best_loss"] == 0.3
+
+
+@pytest.mark.slow
+def test_scan_metrics_equal_eval_on_the_same_model_and_split(tiny_cifar_env, tmp_path):
+    cfg = write_pretext_outputs(tiny_cifar_env)
+    scan_metrics = scan.main(stage_args(tiny_cifar_env, SCAN_CONFIG, "epochs=2", "num_heads=2"))
+    saved = json.loads((tmp_path / "results/cifar-10/scan/metrics.json").read_text())
+    eval_metrics = eval_script.main(
+        [
+            "--config_env",
+            str(tiny_cifar_env),
+            "--config_exp",
+            str(SCAN_CONFIG),
+            "--model",
+            cfg["scan_model"],
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--set",
+            *FAST_32,
+            "num_heads=2",
+        ]
+    )
+    written = json.loads((tmp_path / "eval/metrics.json").read_text())
+    for key in ("ACC", "NMI", "ARI", "AMI", "ACC Top-5", "hungarian_match", "cluster_sizes", "head"):
+        assert saved[key] == written[key], key
+    assert scan_metrics["ACC"] == eval_metrics["ACC"]
+
+
+def permute_cifar_labels(root, seed: int) -> None:
+    """Rewrite every CIFAR-10 batch with its labels shuffled; the images stay byte for byte the same."""
+    rng = np.random.default_rng(seed)
+    for path in sorted((root / "datasets/cifar-10/cifar-10-batches-py").glob("*_batch*")):
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle)
+        batch["labels"] = rng.permutation(batch["labels"]).tolist()
+        with open(path, "wb") as handle:
+            pickle.dump(batch, handle, protocol=2)
+
+
+def train_all_stages(env) -> dict[str, dict]:
+    simclr.main(stage_args(env, ROOT / "configs/pretext/simclr_cifar10.yml", "epochs=2"))
+    scan.main(stage_args(env, SCAN_CONFIG, "epochs=2", "num_heads=2"))
+    selflabel.main(
+        stage_args(env, ROOT / "configs/selflabel/selflabel_cifar10.yml", "epochs=2", "confidence_threshold=0.1")
+    )
+    cfg = load_config(env, SCAN_CONFIG, FAST_32)
+    return {
+        "pretext": torch.load(cfg["pretext_checkpoint"], weights_only=True)["model"],
+        "scan": torch.load(cfg["scan_checkpoint"], weights_only=True)["model"],
+        "selflabel": torch.load(cfg["selflabel_checkpoint"], weights_only=True)["model"],
+        "neighbors": {"train": np.load(cfg["topk_neighbors_train_path"])},
+    }
+
+
+@pytest.mark.slow
+def test_labels_never_reach_a_training_loss(tmp_path_factory):
+    """The same images with shuffled labels train to bit-identical weights and neighbours in all three stages."""
+    from tests.conftest import write_cifar10
+
+    runs = []
+    for shuffled in (False, True):
+        root = tmp_path_factory.mktemp("labels_shuffled" if shuffled else "labels_true")
+        write_cifar10(root / "datasets" / "cifar-10")
+        if shuffled:
+            permute_cifar_labels(root, seed=1)
+        env = root / "env.yml"
+        env.write_text(f"root_dir: {root / 'results'}\ndata_root: {root / 'datasets'}\ndownload: false\n")
+        runs.append(train_all_stages(env))
+    true_labels, shuffled_labels = runs
+    assert np.array_equal(true_labels["neighbors"]["train"], shuffled_labels["neighbors"]["train"])
+    for stage in ("pretext", "scan", "selflabel"):
+        for key, value in true_labels[stage].items():
+            assert torch.equal(value, shuffled_labels[stage][key]), f"{stage}: {key}"
+
+
+@pytest.mark.slow
+def test_zero_epochs_writes_the_untrained_heads_as_simclr_writes_its_model(tiny_cifar_env, tmp_path):
+    """`--set epochs=0` is a baseline (SCAN heads untrained on the pretext backbone), not a missing file."""
+    cfg = write_pretext_outputs(tiny_cifar_env)
+    metrics = scan.main(stage_args(tiny_cifar_env, SCAN_CONFIG, "epochs=0", "num_heads=2"))
+    saved = torch.load(cfg["scan_model"], weights_only=True)
+    assert saved["head"] in (0, 1) and metrics["head"] == saved["head"] and np.isfinite(metrics["best_loss"])
+    pretext = torch.load(cfg["pretext_model"], weights_only=True)
+    assert torch.equal(saved["model"]["backbone.conv1.weight"], pretext["backbone.conv1.weight"])  # untrained
+    config = ROOT / "configs/selflabel/selflabel_cifar10.yml"
+    selflabel_metrics = selflabel.main(stage_args(tiny_cifar_env, config, "epochs=0"))
+    kept = torch.load(tmp_path / "results/cifar-10/selflabel/model.pth.tar", weights_only=True)
+    head = saved["head"]
+    assert torch.equal(kept["cluster_head.0.weight"], saved["model"][f"cluster_head.{head}.weight"])
+    assert selflabel_metrics["kept_epoch"] == 0

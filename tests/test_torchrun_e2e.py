@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,42 @@ def test_three_stages_and_eval_under_torchrun_then_resume_with_one_process(tiny_
     resumed = run("simclr.py", tiny_cifar_env, "configs/pretext/simclr_cifar10.yml", "--set", "epochs=2", processes=1)
     assert "written by 2 process(es), this run has 1" in resumed.stdout
     assert torch.load(results / "pretext/checkpoint.pth.tar", weights_only=True)["epoch"] == 2
+
+
+def layout(value):
+    """What a reader of a file depends on, without the numbers: mapping keys (nested), tensor shapes and dtypes,
+    the types of other values."""
+    if isinstance(value, dict):
+        return {key: layout(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [layout(item) for item in value]
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype))
+    return type(value).__name__
+
+
+def test_files_written_under_torchrun_have_the_single_process_layout(tiny_cifar_env, tmp_path):
+    """Model files, checkpoints and neighbour files of a two-process run have the published layout, key for key,
+    that one process writes: no `module.` prefix of DDP, the same tensors, shapes and dtypes."""
+    single_env = tmp_path / "single.yml"
+    single_env.write_text(tiny_cifar_env.read_text().replace(str(tmp_path / "results"), str(tmp_path / "single")))
+    for env, processes in ((tiny_cifar_env, 2), (single_env, 1)):
+        run("simclr.py", env, "configs/pretext/simclr_cifar10.yml", "--set", "epochs=1", processes=processes)
+        run("scan.py", env, "configs/scan/scan_cifar10.yml", "--set", "epochs=1", processes=processes)
+    distributed, single = tmp_path / "results" / "cifar-10", tmp_path / "single" / "cifar-10"
+    for name in (
+        "pretext/model.pth.tar",
+        "pretext/checkpoint.pth.tar",
+        "scan/model.pth.tar",
+        "scan/checkpoint.pth.tar",
+    ):
+        written = [torch.load(root / name, weights_only=True) for root in (distributed, single)]
+        models = [saved.get("model", saved) for saved in written]
+        assert not [key for key in models[0] if key.startswith("module.")], name
+        assert layout(models[0]) == layout(models[1]), name
+        if "checkpoint" in name:  # one random generator state per process; everything else alike
+            assert len(written[0].pop("rng")) == 2 and len(written[1].pop("rng")) == 1
+        assert layout(written[0]) == layout(written[1]), name
+    for name in ("pretext/topk-train-neighbors.npy", "pretext/topk-val-neighbors.npy"):
+        arrays = [np.load(root / name) for root in (distributed, single)]
+        assert (arrays[0].shape, arrays[0].dtype) == (arrays[1].shape, arrays[1].dtype), name

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from tools.report_options import GalleryOptions
+from utils.files import atomic_write
 from utils.history import HISTORY_FILE, plot_history, read_history
 from utils.progress import tqdm
-from utils.results import atomic_write
 
 REPORT_FILE = "report.html"
 OPEN_UP_TO = 20  # clusters whose sections start open; beyond, all start collapsed

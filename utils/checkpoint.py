@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.results import atomic_write
+from utils.errors import UserError
+from utils.files import atomic_write
 
 # The published SCAN checkpoints (torch 1.4, numpy 1) store the best head as a numpy.int64,
 # pickled as `numpy.core.multiarray.scalar(dtype, bytes)`. Allow exactly that reconstruction
@@ -24,11 +25,11 @@ _SAFE_GLOBALS = [
 ]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the model described by the config."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """Training diverged (NaN or infinite loss or weights); nothing good on disk was replaced."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from utils.config_schema import SchemaError, check_nested, check_top_level
+from utils.config_schema import ConfigError, check_nested, check_top_level, unknown_key
 
 REQUIRED = object()
 
@@ -150,16 +150,6 @@ def check_stage_keys(setup: str, given: dict[str, str]) -> None:
             )
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used as written."""
-
-
-def _unknown_key_error(key: str, known: dict, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known.keys(), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"Unknown config key '{key}' in {where}.{hint} Valid keys: {', '.join(sorted(known))}.")
-
-
 class NumberLoader(yaml.SafeLoader):
     """YAML as PyTorch users write it: `1e-4`, `5E-4` and `1e3` are numbers (YAML 1.1 reads them as strings,
     wanting `1.0e-4`)."""
@@ -201,7 +191,7 @@ def apply_override(cfg: dict, dotted_key: str, value: Any, known: dict) -> None:
     """Set `cfg[a][b]... = value` for 'a.b...'; the top-level key must be a known one."""
     parts = dotted_key.split(".")
     if parts[0] not in known:
-        raise _unknown_key_error(parts[0], known, f"--set {dotted_key}")
+        raise unknown_key(parts[0], known, f"--set {dotted_key}")
     node = cfg
     for part in parts[:-1]:
         child = node.get(part)
@@ -251,7 +241,7 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
             continue
         for key, value in _read_yaml(path).items():
             if key not in defaults:
-                raise _unknown_key_error(key, defaults, str(path))
+                raise unknown_key(key, defaults, str(path))
             cfg[key] = value
             given[key] = f"in {path}"
     for key, value in parse_overrides(overrides or []).items():
@@ -271,7 +261,7 @@ def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[
     try:
         check_top_level(cfg, known, REQUIRED)
         check_nested(cfg)
-    except SchemaError as error:
+    except ConfigError as error:
         raise ConfigError(f"{error} (config: {config_exp}{', with --set overrides' if overrides else ''})") from None
     cfg["root_dir"] = os.path.abspath(os.path.expanduser(str(cfg["root_dir"])))
     cfg["data_root"] = os.path.abspath(os.path.expanduser(str(cfg["data_root"])))

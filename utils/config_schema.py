@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from utils.errors import UserError
+
 NUMBER = (int, float)
 INT = (int,)
 BOOL = (bool,)
@@ -103,6 +105,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "knn_index": ("exact", "ivf"),
     "knn_ivf_lists": ("auto",),
     "num_workers": ("auto",),
+    "optimizer": tuple(OPTIMIZER_SCHEMAS),
+    "scheduler": tuple(SCHEDULER_SCHEMAS),
+    "criterion": tuple(CRITERION_SCHEMAS),
+    "augmentation_strategy": tuple(AUGMENTATION_SCHEMAS),
 }
 LIBRARY_PREFIXES = ("torchvision:", "timm:")
 
@@ -125,8 +131,8 @@ MINIMUMS: dict[str, tuple[float, str]] = {
 }
 
 
-class SchemaError(ValueError):
-    """A config value or key that does not fit the schema (turned into a ConfigError by the caller)."""
+class ConfigError(UserError, ValueError):
+    """A config file or override that cannot be used as written."""
 
 
 def describe_types(types: tuple) -> str:
@@ -152,11 +158,11 @@ def is_instance(value: Any, types: tuple) -> bool:
     return isinstance(value, types)
 
 
-def unknown_key(key: str, valid: dict | list, where: str) -> SchemaError:
+def unknown_key(key: str, valid: dict | list, where: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(valid), n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     listing = ", ".join(sorted(valid)) or "none (this block takes no keys)"
-    return SchemaError(f"Unknown config key '{key}' in {where}.{hint} Valid keys: {listing}.")
+    return ConfigError(f"Unknown config key '{key}' in {where}.{hint} Valid keys: {listing}.")
 
 
 def check_block(block: Any, schema: dict, where: str) -> None:
@@ -164,7 +170,7 @@ def check_block(block: Any, schema: dict, where: str) -> None:
     if block is None:
         return
     if not isinstance(block, dict):
-        raise SchemaError(f"Config key '{where}' must be a mapping of keys to values, got {block!r}.")
+        raise ConfigError(f"Config key '{where}' must be a mapping of keys to values, got {block!r}.")
     for key, value in block.items():
         if key not in schema:
             raise unknown_key(key, schema, where)
@@ -172,7 +178,7 @@ def check_block(block: Any, schema: dict, where: str) -> None:
         if isinstance(expected, dict):
             check_block(value, expected, f"{where}.{key}")
         elif not is_instance(value, expected):
-            raise SchemaError(
+            raise ConfigError(
                 f"Config key '{where}.{key}' must be {describe_types(expected)}, got {value!r} "
                 f"({type(value).__name__})."
             )
@@ -182,7 +188,7 @@ def select(schemas: dict[str, dict], choice: Any, chooser: str, block: str) -> d
     """The schema chosen by `cfg[chooser]`; an unknown choice is an error only when the block is used."""
     if choice in schemas:
         return schemas[choice]
-    raise SchemaError(f"{chooser} '{choice}' is not one of {', '.join(schemas)} (needed to check {block}).")
+    raise ConfigError(f"{chooser} '{choice}' is not one of {', '.join(schemas)} (needed to check {block}).")
 
 
 def dataset_schema(name: str) -> dict:
@@ -206,20 +212,21 @@ def check_top_level(cfg: dict, defaults: dict, required: object) -> None:
         if value is None and key in defaults and defaults[key] is None:
             continue
         if not is_instance(value, expected):
-            raise SchemaError(
+            raise ConfigError(
                 f"Config key '{key}' must be {describe_types(expected)}, got {value!r} ({type(value).__name__})."
             )
         if key in CHOICES and isinstance(value, str) and value not in CHOICES[key]:
             allowed = ", ".join(CHOICES[key]) + (", true, false" if bool in expected else "")
-            raise SchemaError(f"Config key '{key}' is '{value}', but it must be one of {allowed}.")
-        if key == "backbone" and value not in BACKBONE_SCHEMAS and not value.startswith(LIBRARY_PREFIXES):
-            raise SchemaError(
+            raise ConfigError(f"Config key '{key}' is '{value}', but it must be one of {allowed}.")
+        library = key == "backbone" and value.startswith(LIBRARY_PREFIXES) and value.partition(":")[2] != ""
+        if key == "backbone" and value not in BACKBONE_SCHEMAS and not library:
+            raise ConfigError(
                 f"Config key 'backbone' is {value!r}: use {', '.join(BACKBONE_SCHEMAS)}, "
                 "torchvision:<model name> or timm:<model name>."
             )
         if key in MINIMUMS and not isinstance(value, str) and value < MINIMUMS[key][0]:
             minimum, meaning = MINIMUMS[key]
-            raise SchemaError(f"Config key '{key}' is {value}, but it must be {minimum} or more ({meaning}).")
+            raise ConfigError(f"Config key '{key}' is {value}, but it must be {minimum} or more ({meaning}).")
 
 
 def check_nested(cfg: dict) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from utils.results import atomic_write
+from utils.files import atomic_write
 
 HISTORY_FILE = "history.jsonl"
 CURVES_FILE = "curves.png"

@@ -20,12 +20,7 @@ def is_library_backbone(name: str) -> bool:
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """'timm:resnet50' → ('timm', 'resnet50'), with a clear error for anything else."""
-    if not is_library_backbone(name):
-        raise ValueError(
-            f"Backbone '{name}' is not a library backbone: write torchvision:<model name> (e.g. torchvision:resnet50) "
-            "or timm:<model name> (e.g. timm:vit_small_patch14_dinov2.lvd142m)."
-        )
+    """'timm:resnet50' → ('timm', 'resnet50'), for a name is_library_backbone accepts."""
     library, _, arch = name.partition(":")
     return library, arch
 

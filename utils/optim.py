@@ -23,11 +23,7 @@ def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
         # On CUDA one fused kernel updates every parameter (the same update, far fewer launches); elsewhere
         # PyTorch's default (the multi-tensor foreach implementation where supported).
         kwargs.setdefault("fused", True)
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, **kwargs)
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(params, **kwargs)
-    raise ValueError(f"Unknown optimizer '{cfg['optimizer']}': use 'sgd' or 'adam'.")
+    return (torch.optim.SGD if cfg["optimizer"] == "sgd" else torch.optim.Adam)(params, **kwargs)
 
 
 def learning_rate(cfg: dict, epoch: int) -> float:
@@ -40,9 +36,7 @@ def learning_rate(cfg: dict, epoch: int) -> float:
     if scheduler == "step":
         steps = sum(epoch > milestone for milestone in kwargs["lr_decay_epochs"])
         return lr * kwargs["lr_decay_rate"] ** steps
-    if scheduler == "constant":
-        return lr
-    raise ValueError(f"Unknown scheduler '{scheduler}': use 'cosine', 'step' or 'constant'.")
+    return lr  # constant
 
 
 def adjust_learning_rate(cfg: dict, optimizer: torch.optim.Optimizer, epoch: int) -> float:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from utils.errors import UserError
 
-class MissingPrerequisiteError(FileNotFoundError):
+
+class MissingPrerequisiteError(UserError, FileNotFoundError):
     """A stage was started before the stage it builds on has written its files."""
 
 

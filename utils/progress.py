@@ -1,9 +1,5 @@
-"""Progress: a bar on a terminal, a plain line every minute elsewhere.
-
-A bar redrawn in place is useful on a screen but fills a log file with thousands of carriage-return fragments
-(`python simclr.py ... > train.log 2>&1`, a batch scheduler, nohup). Yet one line per epoch leaves such a log
-silent for the many minutes an ImageNet epoch takes. So every loop of the project takes its progress from
-here: on a terminal a tqdm bar, otherwise a plain line every SCAN_PROGRESS_SECONDS seconds (default 60):
+"""Progress: a tqdm bar on a terminal; in a log file (`> train.log`, nohup, a batch scheduler), where a redrawn bar
+leaves carriage-return fragments, a plain line every SCAN_PROGRESS_SECONDS seconds (default 60):
 
     epoch 3: 120/500 batches, 850 images/s, loss 1.2345, ETA 7m27s
 """
@@ -18,25 +14,6 @@ from collections.abc import Iterable, Iterator
 from tqdm import tqdm as _tqdm
 
 
-def on_terminal(stream=None) -> bool:
-    """True when `stream` (default: stderr, where tqdm draws) is an interactive terminal."""
-    stream = sys.stderr if stream is None else stream
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
-        return False
-
-
-def progress_seconds() -> float:
-    """Seconds between plain progress lines: SCAN_PROGRESS_SECONDS, default 60."""
-    value = os.environ.get("SCAN_PROGRESS_SECONDS", "60")
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        raise ValueError(f"SCAN_PROGRESS_SECONDS must be a number of seconds, not {value!r}.") from None
-
-
 def batch_images(batch) -> int:
     """How many images a batch holds: the length of its first tensor-like entry (1 for anything else)."""
     first = next(iter(batch.values()), None) if isinstance(batch, dict) else batch
@@ -46,20 +23,12 @@ def batch_images(batch) -> int:
     return int(shape[0]) if shape else 1
 
 
-def duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-
-
 class PlainProgress:
     """What a bar would show, as one plain line every `every` seconds (iterations, images/s, postfix, ETA)."""
 
     def __init__(self, iterable: Iterable, desc: str | None, total: int | None, every: float) -> None:
-        self.iterable, self.desc, self.every = iterable, desc or "progress", every
-        if total is None and hasattr(iterable, "__len__"):
-            total = len(iterable)
-        self.total, self.postfix = total, {}
+        self.iterable, self.desc, self.every, self.postfix = iterable, desc or "progress", every, {}
+        self.total = len(iterable) if total is None and hasattr(iterable, "__len__") else total
 
     def set_postfix(self, **values) -> None:
         self.postfix = values
@@ -73,8 +42,7 @@ class PlainProgress:
         for step, item in enumerate(self.iterable, 1):
             yield item
             images += batch_images(item)
-            now = time.monotonic()
-            if now - last >= self.every:
+            if (now := time.monotonic()) - last >= self.every:
                 last = now
                 print(self.line(step, images, now - start), flush=True)
 
@@ -83,12 +51,21 @@ class PlainProgress:
         parts.append(f"{images / max(elapsed, 1e-9):.0f} images/s")
         parts += [f"{key} {value}" for key, value in self.postfix.items()]
         if self.total:
-            parts.append(f"ETA {duration(elapsed / step * (self.total - step))}")
+            minutes, seconds = divmod(int(elapsed / step * (self.total - step)), 60)
+            parts.append(
+                f"ETA {minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"ETA {minutes}m{seconds:02d}s"
+            )
         return f"{self.desc}: {', '.join(parts)}"
 
 
 def tqdm(iterable=None, *args, disable: bool = False, **kwargs):
-    """A tqdm bar on a terminal; elsewhere (a log file) plain lines every progress_seconds(); nothing if disabled."""
-    if disable or on_terminal(kwargs.get("file")):
+    """A tqdm bar on a terminal (`file`, default stderr); elsewhere plain lines; nothing if disabled."""
+    stream = kwargs.get("file") or sys.stderr
+    if disable or (not getattr(stream, "closed", False) and stream.isatty()):
         return _tqdm(iterable, *args, disable=disable, **kwargs)
-    return PlainProgress(iterable, kwargs.get("desc"), kwargs.get("total"), progress_seconds())
+    value = os.environ.get("SCAN_PROGRESS_SECONDS", "60")
+    try:
+        every = max(float(value), 0.0)
+    except ValueError:
+        raise ValueError(f"SCAN_PROGRESS_SECONDS must be a number of seconds, not {value!r}.") from None
+    return PlainProgress(iterable, kwargs.get("desc"), kwargs.get("total"), every)

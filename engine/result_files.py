@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from engine.evaluate import cluster_metrics
+from engine.metrics import cluster_metrics
+from utils.files import atomic_write, write_json
 from utils.plots import plot_confusion_matrix
-from utils.results import atomic_write, write_json
 
 # predictions.csv, from eval.py and predict.py alike: label and matched_class stay empty where unknown.
 PREDICTION_COLUMNS = ("file", "cluster", "confidence", "label", "matched_class")

@@ -1,4 +1,4 @@
-"""data/device_data.py: images held in memory, index batches drawn like the DataLoader path, decoding workers."""
+"""data/uint8_images.py: images held in memory, index batches drawn like the DataLoader path, decoding workers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from data.cifar import CIFAR10
-from data.device_data import DecodedImages, DeviceImages, IndexBatches, load_uint8_images, pad_collate
 from data.folder import FolderDataset
 from data.stl import STL10
+from data.uint8_images import DecodedImages, DeviceImages, IndexBatches, load_uint8_images, pad_collate
 from tests.conftest import write_cifar10
 from tests.test_datasets import write_stl
 from utils.runtime import Runtime

@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms.functional as TVF
 from tqdm import tqdm
 
-from data.loaders import capped_batch_size
+from data.dataloaders import capped_batch_size
 from utils.distributed import shard_range
 from utils.runtime import Runtime
 
@@ -71,7 +71,7 @@ class DeviceImages:
 
 
 class IndexBatches:
-    """Index batches over ``num_samples`` samples as data/loaders.py draws them: ``train``, shuffled per epoch, last
+    """Index batches over ``num_samples`` samples as data/dataloaders.py draws them: ``train``, shuffled per epoch, last
     partial batch dropped, batch capped, DDP shards; else every index in order (under torchrun this shard's)."""
 
     def __init__(self, num_samples: int, batch_size: int, runtime: Runtime, train: bool) -> None:
@@ -86,7 +86,7 @@ class IndexBatches:
 
     def indices(self) -> torch.Tensor:
         """This process's sample order for the current epoch."""
-        if not self.train:  # in order; under torchrun this process's run of whole batches (data/loaders.py)
+        if not self.train:  # in order; under torchrun this process's run of whole batches (data/dataloaders.py)
             return torch.tensor(
                 shard_range(self.num_samples, self.batch_size, self.runtime.rank, self.runtime.world_size),
                 dtype=torch.long,

@@ -1,105 +1,66 @@
-"""Mining at scale: the IVF index and its recall, float16 exact search, the chunked kNN monitor, the config keys."""
+"""engine/knn.py: exact neighbour mining (faiss or chunked torch top-k, float16 features), neighbour accuracy, the
+weighted-kNN monitor."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from bench.mining_bench import clustered_features
 from engine import knn
-from engine.knn import mine_nearest_neighbors, weighted_knn_accuracy
-from engine.knn_index import MiningSettings, ivf_search, number_of_lists, recall_at_k
-from utils.config import ConfigError, load_config
+from engine.knn import mine_nearest_neighbors, neighbor_accuracy, weighted_knn_accuracy
+from engine.knn_index import MiningSettings
+from tests.test_knn_index import exact_neighbors
+
+
+def test_mining_equals_brute_force_inner_product():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, 8)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    targets = np.arange(60) % 3
+    indices, accuracy = mine_nearest_neighbors(features, targets, topk=5)
+    assert indices.shape == (60, 6)
+    brute = np.argsort(-(features @ features.T), axis=1, kind="stable")[:, :6]
+    assert np.array_equal(indices, brute)
+    assert (indices[:, 0] == np.arange(60)).all()
+    assert accuracy == pytest.approx((targets[brute[:, 1:]] == targets[:, None]).mean())
+
+
+def test_chunked_torch_mining_returns_faiss_neighbours(monkeypatch):
+    """The torch top-k (GPU machines without faiss-gpu) against faiss's flat index on a fixed case without ties."""
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(300, 16)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    targets = np.arange(300) % 4
+    with_faiss, accuracy = mine_nearest_neighbors(features, targets, topk=20)
+    monkeypatch.setattr(knn, "SCORES_PER_CHUNK", 300 * 7)  # chunks of 7 queries, the last one partial
+    monkeypatch.setattr(knn, "_faiss", lambda: None)
+    with_torch, torch_accuracy = mine_nearest_neighbors(features, targets, topk=20)
+    assert np.array_equal(with_torch, with_faiss) and torch_accuracy == accuracy
+    assert np.array_equal(knn.topk_inner_product(torch.from_numpy(features), 21).numpy(), with_faiss)
+
+
+def test_neighbor_accuracy_counts_by_hand():
+    targets = np.array([0, 0, 1, 1])
+    indices = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0], [3, 0, 1]])
+    # k=1: 0→1 ok, 1→0 ok, 2→3 ok, 3→0 wrong → 3/4. k=2 adds 0→2 no, 1→3 no, 2→0 no, 3→1 no → 3/8.
+    assert neighbor_accuracy(indices, targets, 1) == 0.75
+    assert neighbor_accuracy(indices, targets) == 0.375
+    assert neighbor_accuracy(indices, np.full(4, -1)) is None
+
+
+def test_weighted_knn_vote_by_hand():
+    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8]])
+    bank_targets = torch.tensor([0, 1, 1])
+    query = torch.tensor([[1.0, 0.0]])
+    # Similarities 1.0 (class 0), 0.8 and 0.6 (class 1). With temperature 1: e^1 = 2.72 < e^.8 + e^.6 = 4.05 → 1.
+    assert weighted_knn_accuracy(query, torch.tensor([1]), bank, bank_targets, 2, k=3, temperature=1.0) == 1.0
+    # With temperature 0.1: e^10 dominates → class 0; with k=1 only the nearest votes.
+    assert weighted_knn_accuracy(query, torch.tensor([0]), bank, bank_targets, 2, k=3, temperature=0.1) == 1.0
+    assert weighted_knn_accuracy(query, torch.tensor([0]), bank, bank_targets, 2, k=1, temperature=1.0) == 1.0
+
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def exact_neighbors(features: np.ndarray, k: int) -> np.ndarray:
-    """The reference: a full score matrix sorted row by row (stable, so ties keep index order)."""
-    return np.argsort(-(features @ features.T), axis=1, kind="stable")[:, :k]
-
-
-def test_recall_counts_by_hand():
-    exact = np.array([[1, 2, 3], [0, 2, 3]])
-    approx = np.array([[3, 1, 9], [7, 8, 9]])  # row 0 finds 1 and 3 (in another order): 2/3; row 1 finds none
-    assert recall_at_k(approx, exact) == pytest.approx(2 / 6)
-    assert recall_at_k(exact, exact) == 1.0
-    with pytest.raises(ValueError, match="shapes"):
-        recall_at_k(approx[:, :2], exact)
-
-
-def test_number_of_lists():
-    assert number_of_lists("auto", 1_000_000) == 1000  # √N
-    assert number_of_lists("auto", 2000) == 45
-    assert number_of_lists(100, 2000) == 51  # never fewer than 39 vectors a list
-    assert number_of_lists("auto", 10) == 1
-
-
-def test_ivf_probing_every_list_is_the_exact_search():
-    features = clustered_features(1500, 16, seed=0, clusters=30)
-    lists = number_of_lists("auto", 1500)
-    indices = ivf_search(features, 11, MiningSettings(index="ivf", ivf_probe=lists))
-    assert np.array_equal(indices, exact_neighbors(features, 11))
-
-
-def test_ivf_recall_on_clustered_data_and_the_printed_check(capsys):
-    features = clustered_features(3000, 16, seed=1, clusters=30)
-    targets = np.zeros(3000, dtype=np.int64)
-    settings = MiningSettings(index="ivf", ivf_probe=4)
-    indices, accuracy = mine_nearest_neighbors(features, targets, topk=10, settings=settings)
-    exact = exact_neighbors(features, 11)
-    recall = recall_at_k(indices[:, 1:], exact[:, 1:])
-    assert 0.9 <= recall < 1.0  # approximate, and close: 4 of 55 lists probed (0.93 measured)
-    assert (indices[:, 0] == np.arange(3000)).all() and accuracy == 1.0  # self first, like the exact search
-    printed = capsys.readouterr().out
-    sampled = float(printed.split("IVF recall@10 vs exact: ")[1].split()[0])
-    assert "on 1000 sampled queries" in printed and abs(sampled - recall) < 0.03
-
-
-def test_ivf_rows_with_too_few_candidates_are_searched_exactly():
-    # 5 far-apart clusters of 40 points and 5 lists: one probed list holds 40 (or 80, if k-means merges two
-    # clusters) of the 100 neighbours asked for, so faiss pads every row with -1 and every row is searched again.
-    rng = np.random.default_rng(2)
-    centres = np.eye(16, dtype=np.float32)[:5] * 10
-    features = (np.repeat(centres, 40, axis=0) + rng.normal(size=(200, 16))).astype(np.float32)
-    features /= np.linalg.norm(features, axis=1, keepdims=True)
-    indices = ivf_search(features, 100, MiningSettings(index="ivf", ivf_lists=5, ivf_probe=1))
-    assert (indices >= 0).all()
-    assert np.array_equal(indices, exact_neighbors(features, 100))
-
-
-def test_ivf_without_faiss_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
-    with pytest.raises(ImportError, match="pip install faiss-cpu"):
-        ivf_search(np.eye(4, dtype=np.float32), 2, MiningSettings(index="ivf"))
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    config = tmp_path / "exp.yml"
-    config.write_text(
-        "setup: simclr\nbackbone: resnet18\nnum_classes: 10\ntrain_db_name: cifar-10\nval_db_name: cifar-10\n"
-    )
-    with pytest.raises(ConfigError, match="knn_index: ivf needs faiss.*pip install faiss-cpu"):
-        load_config(None, config, ["knn_index=ivf"])
-    assert load_config(None, config)["knn_index"] == "exact"
-
-
-def test_mining_config_keys_are_validated(tmp_path):
-    config = tmp_path / "exp.yml"
-    config.write_text(
-        "setup: simclr\nbackbone: resnet18\nnum_classes: 10\ntrain_db_name: cifar-10\nval_db_name: cifar-10\n"
-    )
-    cfg = load_config(None, config, ["knn_index=ivf", "knn_ivf_lists=200", "knn_ivf_probe=8", "knn_float16=true"])
-    assert MiningSettings.from_config(cfg) == MiningSettings("ivf", 200, 8, True, 0)
-    for override, message in (
-        ("knn_index=hnsw", "must be one of exact, ivf"),
-        ("knn_ivf_lists=some", "must be one of auto"),
-        ("knn_ivf_lists=0", "1 or more"),
-        ("knn_ivf_probe=0", "1 or more"),
-    ):
-        with pytest.raises(ConfigError, match=message):
-            load_config(None, config, [override])
 
 
 def star_features(n: int, dim_seed: int = 0) -> np.ndarray:
@@ -178,3 +139,27 @@ def test_chunked_topk_of_no_query_rows_is_empty():
     """Under torchrun a process whose shard holds no query row (fewer query blocks than processes) gets none."""
     scores, indices = knn.chunked_topk(torch.empty(0, 4), torch.randn(10, 4), 3)
     assert scores.shape == (0, 3) and indices.shape == (0, 3) and indices.dtype == torch.long
+
+
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_mining_fewer_samples_than_neighbours_repeats_the_farthest_one(n):
+    from engine.knn import mine_nearest_neighbors
+
+    angles = torch.arange(n, dtype=torch.float32) * 0.3  # points on an arc: neighbours ordered by |i − j|
+    features = torch.stack([angles.cos(), angles.sin()], dim=1).numpy()
+    indices, _ = mine_nearest_neighbors(features, np.zeros(n, dtype=np.int64), topk=5)
+    assert indices.shape == (n, 6)
+    for i in range(n):
+        by_distance = sorted(range(n), key=lambda j: (abs(i - j), j))
+        real = indices[i, :n]
+        assert real[0] == i and sorted(abs(i - j) for j in real) == [abs(i - j) for j in by_distance]
+        assert (indices[i, n:] == indices[i, n - 1]).all()
+
+
+def test_a_query_block_holds_up_to_512_mb_of_float32_scores():
+    from engine.knn import query_block_rows
+
+    budget = 512 * 2**20 // 4  # float32 scores
+    for rows in (10, 50_000, 1_281_167):
+        block = query_block_rows(rows)
+        assert block * rows <= budget < (block + 1) * rows

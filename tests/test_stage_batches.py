@@ -1,4 +1,5 @@
-"""data/batches.py: both augmentation backends give a stage the same batches; speed settings resolve per device."""
+"""data/stage_batches.py: both augmentation backends give a stage the same batches; speed settings resolve per
+device."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import torch
 from PIL import Image
 
 from data.augment import get_val_transformations
-from data.batches import eval_batches, train_batches
 from data.folder import FolderDataset
 from data.registry import get_train_dataset
+from data.stage_batches import eval_batches, train_batches
 from tests.conftest import ROOT
 from utils.config import ConfigError, load_config
 from utils.runtime import Runtime, resolve_fast_path, unwrap, wrap_model
@@ -139,22 +140,30 @@ def test_channels_last_and_compile_wrappers_unwrap_to_the_model():
     ]
 
 
-def test_both_backends_know_the_same_strategies_and_fail_alike():
+def test_both_backends_build_every_strategy_the_config_allows(tiny_cifar_env):
     from data.augment import get_train_transformations
     from data.batch_augment import get_batch_transformations
+    from utils.config_schema import CHOICES
 
-    cfg = {"augmentation_strategy": "randaugment", "augmentation_kwargs": {}}
-    for build in (get_train_transformations, get_batch_transformations):
-        with pytest.raises(ValueError, match="unknown augmentation_strategy 'randaugment'; valid: simclr, ours"):
-            build(cfg)
+    with pytest.raises(
+        ConfigError, match="'augmentation_strategy' is 'randaugment', but it must be one of simclr, ours"
+    ):
+        load_config(tiny_cifar_env, ROOT / "configs/pretext/simclr_cifar10.yml", ["augmentation_strategy=randaugment"])
+    built = set()
+    for config in ("pretext/simclr_cifar10.yml", "selflabel/selflabel_cifar10.yml"):
+        cfg = load_config(tiny_cifar_env, ROOT / "configs" / config)
+        for build in (get_train_transformations, get_batch_transformations):
+            assert callable(build(cfg))
+        built.add(cfg["augmentation_strategy"])
+    assert built == set(CHOICES["augmentation_strategy"])
 
 
 def test_every_training_loader_caps_the_batch_alike():
     """Image loader, device-resident index batches and cached-feature pairs: 10 samples and batch_size 16 give
     batches of 10, with the same warning."""
     from data.cached_features import CachedPairLoader, CachedSplit
-    from data.device_data import IndexBatches
-    from data.loaders import train_loader
+    from data.dataloaders import train_loader
+    from data.uint8_images import IndexBatches
 
     split = CachedSplit(torch.zeros(10, 3), torch.zeros(10, dtype=torch.long), torch.zeros(10, 2, dtype=torch.long), [])
     makers = (
@@ -166,3 +175,20 @@ def test_every_training_loader_caps_the_batch_alike():
         with pytest.warns(UserWarning, match="^batch_size 16 is larger than the 10 training samples per process; "):
             loader = make()
         assert loader.batch_size == 10 and len(loader) == 1
+
+
+def test_batches_pass_the_epoch_to_the_distributed_sampler_so_each_epoch_reshuffles():
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from data.dataloaders import set_epoch
+    from data.stage_batches import Batches
+    from utils.runtime import Runtime
+
+    data = torch.arange(16.0)
+    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=0)
+    batches = Batches(DataLoader(data, batch_size=8, sampler=sampler), lambda batch: batch, Runtime("cpu"))
+    orders = []
+    for epoch in (0, 1):
+        set_epoch(batches, epoch)  # as the stages call it, on their Batches
+        orders.append(list(sampler))
+    assert sampler.epoch == 1 and orders[0] != orders[1]

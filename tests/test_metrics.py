@@ -1,26 +1,21 @@
-"""Tests of engine/evaluate.py: metrics checked by hand counts, brute force and sklearn."""
+"""engine/metrics.py: metrics and prototypes checked by hand counts, brute force and sklearn."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
-from torch.utils.data import DataLoader, Dataset
 
-from engine.cluster_criteria import scan_evaluate
-from engine.evaluate import (
+from engine.metrics import (
     cluster_metrics,
     count_matrix,
     get_prototype_indices,
     hungarian_match,
     majority_match,
 )
-from engine.inference import run_model
 
 
 def one_hot_probs(preds, num_clusters):
@@ -208,53 +203,6 @@ def test_more_clusters_than_classes_defaults_to_majority():
     assert result["hungarian_match"][6] == [6, 0]  # cluster 6 holds one class-5 and one class-0 sample: tie → 0
 
 
-# ---------------------------------------------------------------- scan_evaluate
-
-
-def test_scan_evaluate_picks_confident_consistent_head():
-    neighbors = torch.tensor([[0, 1], [1, 0], [2, 3], [3, 2]])
-    uniform = torch.full((4, 2), 0.5)
-    confident = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    collapsed = torch.tensor([[1.0, 0.0]] * 4)
-    heads = [{"probabilities": p, "neighbors": neighbors} for p in (uniform, confident, collapsed)]
-    result = scan_evaluate(heads)
-    uniform_s, confident_s, collapsed_s = result["scan"]
-
-    assert uniform_s["entropy"] == pytest.approx(math.log(2))
-    assert uniform_s["consistency"] == pytest.approx(math.log(2))  # −log 0.5
-    assert uniform_s["total_loss"] == pytest.approx(0.0, abs=1e-6)
-    assert confident_s["entropy"] == pytest.approx(math.log(2))
-    assert confident_s["consistency"] == pytest.approx(0.0)
-    assert confident_s["total_loss"] == pytest.approx(-math.log(2))
-    collapsed_entropy = -1e-8 * math.log(1e-8)  # p̄ = [1, 0] clamped to [1, 1e-8]
-    assert collapsed_s["entropy"] == pytest.approx(collapsed_entropy, rel=1e-3)
-    assert collapsed_s["consistency"] == pytest.approx(0.0)
-    assert result["lowest_loss_head"] == 1
-    assert type(result["lowest_loss_head"]) is int
-    assert result["lowest_loss"] == pytest.approx(-math.log(2))
-
-
-def test_scan_evaluate_clamps_log_at_minus_100_and_uses_all_columns():
-    # Column 0 (self) has similarity 1, column 1 an orthogonal neighbour (similarity 0 → BCE 100).
-    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    neighbors = torch.tensor([[0, 1], [1, 0]])
-    result = scan_evaluate([{"probabilities": probs, "neighbors": neighbors}])
-    assert result["scan"][0]["consistency"] == pytest.approx(50.0)
-    assert result["scan"][0]["total_loss"] == pytest.approx(50.0 - math.log(2))
-
-
-def test_scan_evaluate_matches_dense_computation():
-    torch.manual_seed(0)
-    probs = torch.softmax(torch.randn(50, 7) * 3, dim=1)
-    neighbors = torch.cat([torch.arange(50)[:, None], torch.randint(0, 50, (50, 4))], dim=1)
-    result = scan_evaluate([{"probabilities": probs, "neighbors": neighbors}])
-    dense = (probs @ probs.T)[torch.arange(50)[:, None].expand_as(neighbors).reshape(-1), neighbors.reshape(-1)]
-    expected = F.binary_cross_entropy(dense, torch.ones_like(dense)).item()
-    assert result["scan"][0]["consistency"] == pytest.approx(expected, rel=1e-5)
-    p_bar = probs.mean(0)
-    assert result["scan"][0]["entropy"] == pytest.approx(-(p_bar * p_bar.log()).sum().item(), rel=1e-6)
-
-
 # ---------------------------------------------------------------- get_prototype_indices
 
 
@@ -269,84 +217,6 @@ def test_get_prototype_indices_known_answer():
     assert get_prototype_indices(probs, features, topk=3) == [2, 5, None]
 
 
-# ---------------------------------------------------------------- run_model on cluster heads
-
-
-class TinyClusteringModel(nn.Module):
-    """Same forward signature as ClusteringModel, on flat 4-d inputs, 2 heads of 3 clusters."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.Dropout(0.5))
-        self.cluster_head = nn.ModuleList([nn.Linear(5, 3) for _ in range(2)])
-
-    def forward(self, x, forward_pass="default"):
-        features = self.backbone(x)
-        outputs = [head(features) for head in self.cluster_head]
-        if forward_pass == "return_all":
-            return {"features": features, "output": outputs}
-        return outputs
-
-
-class DictDataset(Dataset):
-    def __init__(self, images, targets, key, neighbors=None):
-        self.images, self.targets, self.key, self.neighbors = images, targets, key, neighbors
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        item = {self.key: self.images[i], "target": self.targets[i]}
-        if self.neighbors is not None:
-            item["possible_neighbors"] = self.neighbors[i]
-        return item
-
-
-@pytest.mark.parametrize("key", ["image", "anchor"])
-@pytest.mark.parametrize("return_features", [False, True])
-def test_run_model_collects_every_head(key, return_features):
-    torch.manual_seed(0)
-    model = TinyClusteringModel()
-    images = torch.randn(7, 2, 2)
-    targets = torch.tensor([0, 1, 2, 0, 1, 2, 0])
-    neighbors = torch.randint(0, 7, (7, 3)) if key == "anchor" else None
-    loader = DataLoader(DictDataset(images, targets, key, neighbors), batch_size=3, shuffle=False)
-
-    outputs = run_model(model, loader, torch.device("cpu"), "return_all" if return_features else None)
-    heads, features = outputs.heads(), outputs.features
-
-    assert not model.training  # dropout off, so the results are deterministic
-    with torch.no_grad():
-        expected = model(images, forward_pass="return_all")
-    assert len(heads) == 2
-    for head, logits in zip(heads, expected["output"]):
-        assert head["predictions"].dtype == torch.int64
-        assert head["predictions"].tolist() == logits.argmax(1).tolist()
-        assert head["probabilities"].dtype == torch.float32
-        torch.testing.assert_close(head["probabilities"], torch.softmax(logits, 1))
-        assert head["targets"].tolist() == targets.tolist()
-        if key == "anchor":
-            assert head["neighbors"].tolist() == neighbors.tolist()
-        else:
-            assert "neighbors" not in head
-    if return_features:
-        assert features.dtype == torch.float32 and features.shape == (7, 5)
-        torch.testing.assert_close(features, expected["features"])
-    else:
-        assert features is None
-
-
-def test_run_model_feeds_scan_evaluate():
-    torch.manual_seed(1)
-    images = torch.randn(6, 4)
-    neighbors = torch.cat([torch.arange(6)[:, None], torch.randint(0, 6, (6, 2))], dim=1)
-    loader = DataLoader(DictDataset(images, torch.zeros(6, dtype=torch.long), "anchor", neighbors), batch_size=4)
-    heads = run_model(TinyClusteringModel(), loader, "cpu").heads()
-    result = scan_evaluate(heads)
-    assert len(result["scan"]) == 2
-    assert result["lowest_loss_head"] in (0, 1)
-
-
 def test_prototypes_average_the_ten_most_confident_members_by_default():
     # One cluster of 12 members whose confidence falls with the index (REFERENCE: the 10 most confident count).
     confidence = torch.linspace(0.99, 0.5, 12)
@@ -359,21 +229,12 @@ def test_prototypes_average_the_ten_most_confident_members_by_default():
     assert get_prototype_indices(probs, features, topk=11)[0] == 8
 
 
-class Bfloat16Model(nn.Module):
-    """A model that runs in bf16, as under autocast: its logits and features come out in bfloat16."""
+def test_cluster_metrics_accept_probabilities_that_carry_gradients():
+    from engine.metrics import cluster_metrics
 
-    def forward(self, x, forward_pass="default"):
-        features = x.flatten(1).bfloat16()
-        logits = [features[:, :3] * 7.3]
-        return {"features": features, "output": logits} if forward_pass == "return_all" else logits
-
-
-def test_predictions_of_a_bf16_model_are_float32_softmaxes_of_its_logits():
-    images = torch.randn(6, 4)
-    loader = DataLoader(DictDataset(images, list(range(6)), "image"), batch_size=4)
-    outputs = run_model(Bfloat16Model(), loader, "cpu", "return_all")
-    heads, features = outputs.heads(), outputs.features
-    logits = (images.bfloat16()[:, :3] * 7.3).float()
-    assert heads[0]["probabilities"].dtype == torch.float32 and features.dtype == torch.float32
-    assert torch.equal(heads[0]["probabilities"], F.softmax(logits, dim=1))
-    assert torch.equal(features, images.bfloat16().float())
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [2.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    probabilities = torch.softmax(logits, dim=1)
+    predictions, targets = torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0])
+    scores = cluster_metrics(predictions, probabilities, targets)
+    assert scores["ACC"] == 1.0 and scores["matching"] == "hungarian"
+    assert scores["reordered_predictions"].tolist() == [1, 0, 1, 0]

@@ -3,8 +3,8 @@
 A stage gets an iterable of dicts shaped like the PIL path's samples ('image' / 'image_augmented', or 'anchor' /
 'neighbor' / 'possible_neighbors', 'target', 'index'), augmented, normalised and on the device, with ``len()`` and
 ``set_epoch()`` as on a DataLoader, so its loop does not change with ``augmentation_backend``: ``pil`` augments
-per image in DataLoader workers (data/augment.py, data/wrappers.py); ``batched`` augments whole batches on the
-device (data/batch_augment.py) from memory or decoding workers (data/device_data.py). Views are named by their
+per image in DataLoader workers (data/augment.py, data/pair_datasets.py); ``batched`` augments whole batches on the
+device (data/batch_augment.py) from memory or decoding workers (data/uint8_images.py). Views are named by their
 transform: 'train' (the config's augmentation strategy) or 'val'.
 """
 
@@ -17,9 +17,9 @@ import torch
 
 from data.augment import get_train_transformations, get_val_transformations
 from data.batch_augment import get_batch_transformations
-from data.device_data import DecodedImages, DeviceImages, IndexBatches, load_uint8_images, pad_collate
-from data.loaders import eval_loader, set_epoch, train_loader
-from data.wrappers import AugmentedDataset, NeighborsDataset
+from data.dataloaders import eval_loader, set_epoch, train_loader
+from data.pair_datasets import AugmentedDataset, NeighborsDataset
+from data.uint8_images import DecodedImages, DeviceImages, IndexBatches, load_uint8_images, pad_collate
 from utils.runtime import Runtime
 
 VIEWS = ("train", "val")
@@ -95,16 +95,6 @@ class _MemoryBatches:
             yield batch
 
 
-def _check_backend(cfg: dict) -> str:
-    backend = cfg["augmentation_backend"]
-    if backend not in ("pil", "batched"):
-        raise ValueError(
-            f"augmentation_backend is {backend!r} here; the stage resolves 'auto' to 'pil' or 'batched' first "
-            "(utils/runtime.resolve_fast_path)."
-        )
-    return backend
-
-
 def _pil_transform(cfg: dict, view: str) -> Callable:
     return get_train_transformations(cfg) if view == "train" else get_val_transformations(cfg)
 
@@ -137,7 +127,7 @@ def train_batches(
     if any(view not in VIEWS for view in views):
         raise ValueError(f"views must name transforms in {VIEWS}, got {views}")
     paired = None if neighbors is None else NeighborsDataset(dataset, neighbors, cfg["num_neighbors"], source)
-    if _check_backend(cfg) == "pil":
+    if cfg["augmentation_backend"] == "pil":
         if paired is not None:
             dataset.transform = get_train_transformations(cfg)
             wrapped = paired
@@ -168,7 +158,7 @@ def eval_batches(
     """Every image in order through the val transform: 'image' ('anchor' + 'possible_neighbors' with ``neighbors``)."""
     paired = None if neighbors is None else NeighborsDataset(dataset, neighbors, source=source)
     key = "image" if paired is None else "anchor"
-    if _check_backend(cfg) == "pil":
+    if cfg["augmentation_backend"] == "pil":
         dataset.transform = get_val_transformations(cfg)
         loader = eval_loader(paired if paired is not None else dataset, cfg["batch_size"], cfg["num_workers"], runtime)
         return Batches(loader, lambda batch: batch, runtime)
