@@ -133,14 +133,14 @@ def tiny_env(tmp_path, monkeypatch, one_torch_thread):
     """An env.yml over a 20-train / 10-test CIFAR-10 copy; curves.png and confusion matrices are not drawn, and
     torch computes in one thread (conftest.one_torch_thread)."""
     import utils.history
-    from engine import report
+    from engine import result_files
     from tests.conftest import write_cifar10
 
     write_cifar10(tmp_path / "datasets" / "cifar-10", train_per_batch=4, test=10)
     env = tmp_path / "env.yml"
     env.write_text(f"root_dir: {tmp_path / 'results'}\ndata_root: {tmp_path / 'datasets'}\ndownload: false\n")
     monkeypatch.setattr(utils.history, "plot_history", lambda records, title="": b"")
-    monkeypatch.setattr(report, "plot_confusion_matrix", lambda *args, **kwargs: None)
+    monkeypatch.setattr(result_files, "plot_confusion_matrix", lambda *args, **kwargs: None)
     return env
 
 

@@ -84,11 +84,11 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path, backend):
     for name in ("checkpoint.pth.tar", "model.pth.tar", "confusion_matrix.png", "metrics.json"):
         assert (scan_dir / name).is_file(), name
     scan_model = torch.load(scan_dir / "model.pth.tar", weights_only=True)
-    assert set(scan_model) == {"model", "head", "architecture"} and scan_model["head"] in (0, 1)
+    assert set(scan_model) == {"model", "head", "architecture", "record"} and scan_model["head"] in (0, 1)
     assert scan_model["architecture"]["num_heads"] == 2
     assert "cluster_head.1.weight" in scan_model["model"]
     scan_checkpoint = torch.load(scan_dir / "checkpoint.pth.tar", weights_only=True)
-    assert {"optimizer", "model", "epoch", "best_loss", "best_loss_head", "rng", "config"} <= set(scan_checkpoint)
+    assert {"optimizer", "model", "epoch", "best_loss", "best_loss_head", "rng", "record"} <= set(scan_checkpoint)
     for key in ("ACC", "NMI", "ARI", "ACC Top-5"):
         assert 0.0 <= scan_metrics[key] <= 1.0
     Image.open(scan_dir / "confusion_matrix.png").verify()
