@@ -17,7 +17,7 @@ from pathlib import Path
 
 from data.cached_features import feature_paths
 from engine.model_files import file_sha256
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import CheckpointError, load_resumable
 from utils.config import EXPERIMENT_DEFAULTS, reads_key
 
 # Config keys that do not change a stage's result (dotted for nested ones; a key covers everything below it):
@@ -203,12 +203,7 @@ def plan_run(cfg: dict, args: argparse.Namespace, move_aside) -> RunPlan:
             restart(stage_dir, differences(done, record, FREE_KEYS) or ["(outputs missing)"], move_aside)
         return RunPlan(record)
 
-    checkpoint = load_checkpoint(checkpoint_path)
-    if not isinstance(checkpoint, dict) or not {"model", "optimizer", "epoch"} <= checkpoint.keys():
-        raise CheckpointError(
-            f"{checkpoint_path} is not a resumable checkpoint (a dict with 'model', 'optimizer' and 'epoch'). "
-            f"Start over with --fresh or --set resume=false."
-        )
+    checkpoint = load_resumable(checkpoint_path)
     saved = checkpoint.get("record")
     if saved is None:
         print(f"Note: {checkpoint_path} records no inputs (written by an older version): resumed unchecked.")

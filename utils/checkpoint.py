@@ -145,15 +145,21 @@ def training_checkpoint(record: dict | None, model: torch.nn.Module, optimizer: 
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record, **state}
 
 
-def resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, verbose: bool = True) -> dict:
-    """Restore model and optimizer from a resumable `checkpoint.pth.tar`; returns it ('epoch': the next to run,
-    'step': steps of it done, RNG states, stage extras). Whether to resume is engine/run_record.py's decision."""
+def load_resumable(path: str | Path) -> dict:
+    """A stage's checkpoint.pth.tar, or a clear error for any other file."""
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or not {"model", "optimizer", "epoch"} <= checkpoint.keys():
         raise CheckpointError(
             f"{path} is not a resumable checkpoint (a dict with 'model', 'optimizer' and 'epoch'). "
             f"Start over with --fresh or --set resume=false."
         )
+    return checkpoint
+
+
+def resume(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, verbose: bool = True) -> dict:
+    """Restore model and optimizer from a resumable `checkpoint.pth.tar`; returns it ('epoch': the next to run,
+    'step': steps of it done, RNG states, stage extras). Whether to resume is engine/run_record.py's decision."""
+    checkpoint = load_resumable(path)
     load_state_dict_checked(model, checkpoint["model"], source=f"checkpoint {path}")
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
