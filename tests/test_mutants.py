@@ -234,14 +234,14 @@ def test_the_default_env_file_is_the_repositorys_configs_env_yml():
     assert Path(args.config_env).is_file()
 
 
-# tools/sort_images.py: cluster folders are numbered with two digits at least, more only when K needs them
+# tools/cluster_names.py: default cluster names are numbered with two digits at least, more only when K needs them
 def test_cluster_folders_have_two_digits_unless_more_clusters_need_more():
-    from tools.sort_images import cluster_folder_name
+    from tools.cluster_names import default_names
 
-    assert cluster_folder_name(3, 10) == "cluster_03"
-    assert cluster_folder_name(3, 2) == "cluster_03"
-    assert cluster_folder_name(7, 101) == "cluster_007"
-    assert cluster_folder_name(7, 100, "a cat/dog") == "cluster_07_a_cat_dog"
+    assert default_names(10, {})[3] == "cluster_03"
+    assert default_names(2, {})[1] == "cluster_01"
+    assert default_names(101, {})[7] == "cluster_007"
+    assert default_names(100, {7: "a cat/dog"})[7] == "a cat_dog"
 
 
 # engine/model_files.py: a clustering file that stores no head (a self-label model) is read with head 0
@@ -403,25 +403,27 @@ def test_gallery_defaults_are_the_documented_ones_and_thumbnails_start_at_8_px()
         parser.parse_args(["--thumbnail_size", "7"])
 
 
-# eval.py: prediction_rows' confidence is each image's largest probability (`max(dim=1)` changed)
-def test_prediction_rows_name_each_image_its_cluster_confidence_and_label():
-    import eval as eval_script
+# engine/report.py: predictions.csv's confidence is each image's largest probability, the runner-up the second
+def test_predictions_csv_names_each_image_its_cluster_confidence_and_label(tmp_path):
+    import csv
 
-    class Split:
-        classes = ["cat", "dog"]
+    from engine.report import write_predictions_csv
 
     output = {
         "probabilities": torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]),
         "predictions": torch.tensor([0, 1, 0]),
         "targets": torch.tensor([1, 0, -1]),
     }
-    rows = eval_script.prediction_rows(Split(), output, "pets")
-    assert [(file, cluster, label) for file, cluster, _, label in rows] == [
-        ("pets[0]", 0, "dog"),
-        ("pets[1]", 1, "cat"),
-        ("pets[2]", 0, ""),
+    files = ["pets[0]", "pets[1]", "pets[2]"]
+    write_predictions_csv(tmp_path / "p.csv", files, output, ["cat", "dog"], {0: "dog"}, ["a", "b", "a"])
+    rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert [(r["file"], r["cluster"], r["label"], r["matched_class"], r["name"]) for r in rows] == [
+        ("pets[0]", "0", "dog", "dog", "a"),
+        ("pets[1]", "1", "cat", "", "b"),
+        ("pets[2]", "0", "", "dog", "a"),
     ]
-    assert [confidence for _, _, confidence, _ in rows] == pytest.approx([0.9, 0.7, 0.6])
+    assert [float(r["confidence"]) for r in rows] == pytest.approx([0.9, 0.7, 0.6])
+    assert [(r["runner_up"], float(r["runner_up_confidence"])) for r in rows] == [("1", 0.1), ("0", 0.3), ("1", 0.4)]
 
 
 # engine/report.py: clustering_report scores labelled data (`targets < 0` changed; `metrics.update(scores)` dropped)
