@@ -51,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--link needs --sort_into DIR")
     if args.skip_unsure and not (args.sort_into or args.labels_csv):
         parser.error("--skip_unsure needs --sort_into DIR or --labels_csv FILE")
-    if args.names and not Path(args.names).is_file():
-        parser.error(f"--names {args.names}: no such file (eval.py writes cluster_names.yml beside its outputs)")
+    for flag, path in (("--metrics", args.metrics), ("--names", args.names)):
+        if path and not Path(path).is_file():
+            parser.error(f"{flag} {path}: no such file (eval.py writes it beside its outputs)")
     if args.sort_into:
         check_target_folder(args.sort_into)  # before the work, not after
     return args
@@ -95,11 +96,9 @@ def collect_images(paths: list[str]) -> list[Path]:
     return images
 
 
-def matched_classes(metrics_path: Path, explicit: bool, cfg: dict, head: int) -> dict[int, str]:
+def matched_classes(metrics_path: Path, cfg: dict, head: int) -> dict[int, str]:
     """Cluster → class name from eval.py's Hungarian match on labeled test data; {} when there is none."""
     if not metrics_path.is_file():
-        if explicit:
-            raise SystemExit(f"error: --metrics {metrics_path}: file not found. It is written by eval.py.")
         print(
             f"No evaluation at {metrics_path}: matched_class stays empty (run eval.py on this model to fill it).",
             flush=True,
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     model = model.to(runtime.device).eval()
     metrics_path = Path(args.metrics) if args.metrics else default_output_dir(args.model) / "metrics.json"
-    cluster_to_class = matched_classes(metrics_path, args.metrics is not None, cfg, head)
+    cluster_to_class = matched_classes(metrics_path, cfg, head)
     num_clusters = model.cluster_head[head].out_features
     names_path = Path(args.names) if args.names else default_output_dir(args.model) / NAMES_FILE
     names = cluster_names(names_path, num_clusters, cluster_to_class, write=False)

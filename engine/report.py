@@ -12,16 +12,8 @@ from utils.plots import plot_confusion_matrix
 from utils.results import atomic_write, write_json
 
 # predictions.csv, from eval.py and predict.py alike: label and matched_class stay empty where unknown.
-PREDICTION_COLUMNS = (
-    "file",
-    "cluster",
-    "confidence",
-    "label",
-    "matched_class",
-    "runner_up",
-    "runner_up_confidence",
-    "name",
-)
+PREDICTION_COLUMNS = ("file", "cluster", "confidence", "label", "matched_class")
+PREDICTION_COLUMNS += ("runner_up", "runner_up_confidence", "name")
 
 
 def clustering_report(
@@ -81,15 +73,5 @@ def write_predictions_csv(
         writer.writerow(PREDICTION_COLUMNS)
         for i, (cluster, target) in enumerate(zip(clusters, targets)):
             runner_up = [indices[i][1], f"{values[i][1]:.6f}"] if len(values[i]) > 1 else ["", ""]  # K = 1: none
-            label = class_names[target] if target >= 0 else ""
-            writer.writerow(
-                [
-                    files[i],
-                    cluster,
-                    f"{values[i][0]:.6f}",
-                    label,
-                    cluster_to_class.get(cluster, ""),
-                    *runner_up,
-                    names[i],
-                ]
-            )
+            label, matched = class_names[target] if target >= 0 else "", cluster_to_class.get(cluster, "")
+            writer.writerow([files[i], cluster, f"{values[i][0]:.6f}", label, matched, *runner_up, names[i]])

@@ -1,10 +1,9 @@
-"""The names of the clusters, and `unsure` for the images no cluster is sure of.
+"""The names of the clusters, and `unsure` for the images no cluster is sure of (below --unsure_below).
 
 eval.py writes cluster_names.yml beside its outputs (each cluster → the class it matched on labeled data, else
-`cluster_03`) for the user to edit; eval.py and predict.py read it back, and predictions.csv, report.html and
-predict.py --sort_into show the names. Clusters given the same name are merged: one folder, one label. An image
-whose confidence is below --unsure_below is named `unsure` instead. No torch here: the entry scripts add these
-flags before importing it.
+`cluster_03`) for the user to edit; eval.py and predict.py read it back for predictions.csv, report.html and
+predict.py --sort_into. Clusters given the same name are merged: one folder, one label. No torch here: the entry
+scripts add these flags before importing it.
 """
 
 from __future__ import annotations
@@ -35,18 +34,13 @@ def _probability(text: str) -> float:
 
 def add_naming_arguments(parser: argparse.ArgumentParser) -> None:
     """--names and --unsure_below of eval.py and predict.py."""
-    parser.add_argument(
-        "--names",
-        metavar="FILE",
-        default=None,
-        help=f"the cluster names (default: {NAMES_FILE} in eval.py's output folder for the model)",
-    )
+    parser.add_argument("--names", metavar="FILE", help=f"cluster names (default: {NAMES_FILE} of eval.py's outputs)")
     parser.add_argument(
         "--unsure_below",
         type=_probability,
         default=0.0,
         metavar="P",
-        help=f"name images whose confidence is below P `{UNSURE}` (default: 0, none)",
+        help=f"images of a lower confidence are `{UNSURE}` (default: 0, none)",
     )
 
 
@@ -74,8 +68,7 @@ def read_names(path: Path, num_clusters: int) -> list[str]:
     unknown = [str(key) for key in given if type(key) is not int or not 0 <= key < num_clusters]
     missing = [str(c) for c in range(num_clusters) if c not in given]
     names = {key: str(value) if type(value) in (str, int, float) else "" for key, value in given.items()}
-    bad = [f"{key}: {given[key]!r}" for key, name in names.items() if not name.strip() or name in (".", "..")]
-    bad += [f"{key}: {name!r}" for key, name in names.items() if "/" in name or "\\" in name]
+    bad = [f"{k}: {given[k]!r}" for k, name in names.items() if name.strip() in ("", ".", "..") or {*"/\\"} & {*name}]
     problems = [
         f"this model has no cluster {', '.join(unknown)} (remove those lines)" if unknown else "",
         f"cluster {', '.join(missing)} has no name" if missing else "",

@@ -286,12 +286,8 @@ def _cluster_sections(
     facts.update(top=top, least=least, random=random, unsure=sum(unsure))
     titles = [f"cluster {c['cluster']}" + (f" · {names[c['cluster']]}" if names else "") for c in clusters]
     largest = max(c["size"] for c in clusters)
-    unsure_note = (
-        f" {sum(unsure)} images ({_percent(sum(unsure) / total)}) are unsure: their confidence is below "
-        f"{unsure_below:g} (--unsure_below)."
-        if unsure_below
-        else ""
-    )
+    unsure_note = f" {sum(unsure)} images ({_percent(sum(unsure) / total)}) are unsure: their confidence is below"
+    unsure_note = f"{unsure_note} {unsure_below:g} (--unsure_below)." if unsure_below else ""
     sizes = (
         f"<p class='note'>{num_clusters} clusters, {total} images; the dashed line is the size of a perfectly "
         f"balanced clustering ({total / num_clusters:.1f}). Hover a bar for its cluster and size.{unsure_note}</p>"
@@ -336,9 +332,8 @@ def _cluster_sections(
             _percent(c["size"] / total),
             confidence,
         ]
-        cells += ([str(unsure_count)] if unsure_below else []) + (
-            ["–" if purity is None else _percent(purity)] if labeled else []
-        )
+        cells += [str(unsure_count)] if unsure_below else []
+        cells += ["–" if purity is None else _percent(purity)] if labeled else []
         rows.append(
             "<tr>"
             + "".join(f"<td{'' if i in (1, 2) else ' class=num'}>{cell}</td>" for i, cell in enumerate(cells))
@@ -346,18 +341,15 @@ def _cluster_sections(
         )
         images = f"{c['size']} image{'' if c['size'] == 1 else 's'}"
         summary = f"{title} — {images} ({_percent(c['size'] / total)}), mean confidence {confidence}"
-        summary += (f", {unsure_count} unsure" if unsure_below else "") + (
-            "" if purity is None else f", purity {_percent(purity)}"
-        )
+        summary += f", {unsure_count} unsure" if unsure_below else ""
+        summary += "" if purity is None else f", purity {_percent(purity)}"
         body = ""
         if not c["size"]:
             body = "<p class='note'>No image was assigned to this cluster.</p>"
         elif load_image is not None:
-            body = f"<div><h4>Most confident</h4>{gallery(c['top'], cluster, cls)}</div>"
-            if c["least"]:  # none when the most confident ones are all the members
-                body += f"<div><h4>Least confident</h4>{gallery(c['least'], cluster, cls)}</div>"
-            if c["size"] > len(c["top"]) and c["random"]:  # otherwise every member is shown already
-                body += f"<div><h4>Random sample</h4>{gallery(c['random'], cluster, cls)}</div>"
+            sample = c["random"] if c["size"] > len(c["top"]) else []  # otherwise every member is shown already
+            shown = {"Most confident": c["top"], "Least confident": c["least"], "Random sample": sample}
+            body = "".join(f"<div><h4>{h}</h4>{gallery(ix, cluster, cls)}</div>" for h, ix in shown.items() if ix)
             body = f"<div class='galleries'>{body}</div>"
         is_open = " open" if num_clusters <= OPEN_UP_TO else ""
         sections.append(
