@@ -5,8 +5,8 @@
 
 Clustering models: metrics.json (ACC, NMI, ARI, AMI, ACC Top-5, Hungarian match), confusion_matrix.png,
 predictions.csv, cluster_names.yml (written once, for the user to edit; read back after) and with
---visualize_prototypes prototypes.png; pretext models: neighbour accuracy for k = 1, 5,
-20. Both: report.html. DIR defaults to a folder beside the model file (docs/outputs.md).
+--visualize_prototypes prototypes.png; pretext models: neighbour accuracy for k = 1, 5, 20. Both: report.html.
+DIR defaults to a folder beside the model file (docs/outputs.md).
 """
 
 from __future__ import annotations

@@ -130,3 +130,8 @@ def test_from_eval_to_a_labeled_dataset(tiny_env, tmp_path, capsys):  # noqa: F8
     sure = {file: name for file, name in expected.items() if name != UNSURE}
     assert {row["file"]: row["label"] for row in read_csv(tmp_path / "sure.csv")} == sure
     assert len(ImageFolder(str(tmp_path / "sure"))) == 5 and UNSURE not in ImageFolder(str(tmp_path / "sure")).classes
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(SystemExit, match=r"none of the 1 file\(s\) can be read as an image"):
+        predict.main([*common, "--images", str(tmp_path / "junk"), "--output", str(tmp_path / "j.csv"), *overrides])

@@ -23,8 +23,7 @@ def photos(tmp_path):
 
 
 def test_copies_go_to_one_folder_per_name_that_image_folder_reads_back(tmp_path, photos):
-    counts = sort_into(photos, tmp_path / "out")
-    assert counts == {"cat": 3, "dog": 1, "unsure": 1}
+    sort_into(photos, tmp_path / "out")
     listing = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert listing == ["cat/x.png", "cat/x_2.png", "cat/z.png", "dog/y.png", "unsure/w.png"]
     assert (tmp_path / "out/cat/x_2.png").read_bytes() == (tmp_path / "in/b/x.png").read_bytes()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-from collections import Counter
 from pathlib import Path
 
 from utils.results import atomic_write
@@ -41,8 +40,8 @@ def check_target_folder(folder: str | Path) -> None:
         )
 
 
-def sort_into(assignments: list[tuple[Path, str]], folder: str | Path, link: bool = False) -> dict[str, int]:
-    """Copy (`link`: symlink) each (image, name) into folder/<name>/; returns the images per name."""
+def sort_into(assignments: list[tuple[Path, str]], folder: str | Path, link: bool = False) -> None:
+    """Copy (`link`: symlink) each (image, name) into folder/<name>/."""
     folder = Path(folder)
     check_target_folder(folder)
     taken: dict[str, set[str]] = {}
@@ -53,7 +52,6 @@ def sort_into(assignments: list[tuple[Path, str]], folder: str | Path, link: boo
             os.symlink(Path(source).resolve(), target)
         else:
             shutil.copy2(source, target)
-    return dict(sorted(Counter(name for _, name in assignments).items()))
 
 
 def write_labels_csv(assignments: list[tuple[Path, str]], path: str | Path) -> None:
