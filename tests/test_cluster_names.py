@@ -27,9 +27,10 @@ def test_default_names_are_the_matched_classes_else_numbered_clusters(tmp_path):
     assert cluster_names(path, 101, {}, write=True)[7] == "cluster_007"  # zero-padded: folders sort by cluster
     text = path.read_text()
     assert text.startswith("# The name of each cluster") and "\n7: cluster_007\n" in text
-    path.write_text(text.replace("7: cluster_007", "7: golden retriever").replace("8: cluster_008", "8: 2019"))
+    edited = text.replace("7: cluster_007", "7: golden retriever").replace("8: cluster_008", "8: 2019")
+    path.write_text(edited.replace("9: cluster_009", '"9": mésange'), encoding="utf-8")
     names = cluster_names(path, 101, {7: "dog"}, write=True)  # read back, not overwritten
-    assert names[7] == "golden retriever" and names[8] == "2019" and "golden retriever" in path.read_text()
+    assert names[7:10] == ["golden retriever", "2019", "mésange"] and "golden retriever" in path.read_text()
 
 
 @pytest.mark.parametrize(

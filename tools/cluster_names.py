@@ -60,11 +60,12 @@ def read_names(path: Path, num_clusters: int) -> list[str]:
         f"rerun eval.py to write the default names."
     )
     try:
-        given = yaml.safe_load(path.read_text())
+        given = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML ({error}). {fix}") from None
     if not isinstance(given, dict):
         raise ConfigError(f"{path} holds a {type(given).__name__}, not cluster numbers mapped to names. {fix}")
+    given = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in given.items()}  # "3": finch too
     unknown = [str(key) for key in given if type(key) is not int or not 0 <= key < num_clusters]
     missing = [str(c) for c in range(num_clusters) if c not in given]
     names = {key: str(value) if type(value) in (str, int, float) else "" for key, value in given.items()}
