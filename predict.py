@@ -98,18 +98,9 @@ def collect_images(paths: list[str]) -> list[Path]:
 
 def matched_classes(metrics_path: Path, cfg: dict, head: int) -> dict[int, str]:
     """Cluster → class name from eval.py's Hungarian match on labeled test data; {} when there is none."""
-    if not metrics_path.is_file():
-        print(
-            f"No evaluation at {metrics_path}: matched_class stays empty (run eval.py on this model to fill it).",
-            flush=True,
-        )
-        return {}
-    metrics = json.loads(metrics_path.read_text())
-    if "hungarian_match" not in metrics:
-        print(
-            f"{metrics_path} holds no cluster-to-class match (evaluated without labels): matched_class stays empty.",
-            flush=True,
-        )
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if "hungarian_match" not in metrics:  # eval.py not run on this model, or on images without labels
+        print(f"No cluster-to-class match in {metrics_path} (eval.py fills it): matched_class stays empty.", flush=True)
         return {}
     if metrics.get("head", head) != head:
         raise SystemExit(
