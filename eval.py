@@ -4,14 +4,16 @@
                    [--config_env configs/env.yml] [--visualize_prototypes] [--output_dir DIR]
 
 Clustering models: metrics.json (ACC, NMI, ARI, AMI, ACC Top-5, Hungarian match), confusion_matrix.png,
-predictions.csv and with --visualize_prototypes prototypes.png; pretext models: neighbour accuracy for k = 1, 5,
-20. Both: report.html. DIR defaults to a folder beside the model file (docs/outputs.md).
+predictions.csv, cluster_names.yml (written once, for the user to edit; read back after) and with
+--visualize_prototypes prototypes.png; pretext models: neighbour accuracy for k = 1, 5, 20. Both: report.html.
+DIR defaults to a folder beside the model file (docs/outputs.md).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from tools.cluster_names import add_naming_arguments
 from tools.report_options import add_report_arguments, gallery_options
 from utils.config import ArgumentParser, add_config_arguments, add_eval_batch_size_argument, parse_early
 
@@ -22,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="checkpoint file (pretext, SCAN or self-label format)")
     parser.add_argument("--output_dir", default=None, help="where results go (default: beside the model file)")
     parser.add_argument("--visualize_prototypes", action="store_true", help="also save prototypes.png")
+    add_naming_arguments(parser)
     add_eval_batch_size_argument(parser)
     add_report_arguments(parser)
     return parser.parse_args(argv)
@@ -39,6 +42,7 @@ from engine.metrics import get_prototype_indices
 from engine.model_files import default_output_dir, load_model_file
 from engine.result_files import clustering_report, write_predictions_csv
 from engine.stage import run_cli
+from tools.cluster_names import NAMES_FILE, assign_names, cluster_names
 from tools.html_report import write_eval_report
 from utils.config import format_config, load_config
 from utils.files import check_writable, write_json
@@ -63,22 +67,6 @@ def evaluate_pretext(cfg, model, batches, runtime, out_dir: Path, model_path: st
     write_json(metrics, out_dir / "metrics.json")
     print(f"Saved {out_dir / 'metrics.json'}", flush=True)
     return metrics
-
-
-def prediction_rows(dataset, head_output: dict, name: str) -> list[tuple[str, int, float, str]]:
-    """(file, cluster, confidence, label) per test image; an image without a file is `<dataset>[<index>]`."""
-    paths = getattr(dataset, "paths", None)
-    confidence = head_output["probabilities"].max(dim=1).values.tolist()
-    clusters, targets = head_output["predictions"].tolist(), head_output["targets"].tolist()
-    return [
-        (
-            str(paths[i]) if paths is not None else f"{name}[{i}]",
-            clusters[i],
-            confidence[i],
-            dataset.classes[targets[i]] if targets[i] >= 0 else "",
-        )
-        for i in range(len(clusters))
-    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,21 +108,22 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     cluster_to_class = {cluster: dataset.classes[cls] for cluster, cls in metrics.get("hungarian_match", [])}
-    write_predictions_csv(
-        out_dir / "predictions.csv", prediction_rows(dataset, head_output, cfg["val_db_name"]), cluster_to_class
-    )
+    num_clusters = head_output["probabilities"].shape[1]
+    names = cluster_names(Path(args.names or out_dir / NAMES_FILE), num_clusters, cluster_to_class, write=True)
+    paths = getattr(dataset, "paths", None)  # an image without a file is `<dataset>[<index>]`
+    files = [str(paths[i]) if paths is not None else f"{cfg['val_db_name']}[{i}]" for i in range(len(dataset))]
+    assigned = assign_names(head_output, names, args.unsure_below)
+    write_predictions_csv(out_dir / "predictions.csv", files, head_output, dataset.classes, cluster_to_class, assigned)
     print(f"Saved {out_dir / 'predictions.csv'}", flush=True)
     if args.visualize_prototypes:
         indices = get_prototype_indices(head_output["probabilities"], outputs.features)
         shown = [(cluster, index) for cluster, index in enumerate(indices) if index is not None]
         images = [dataset.get_image(index) for _, index in shown]
-        titles = [
-            f"{cluster}: {cluster_to_class[cluster]}" if cluster in cluster_to_class else f"cluster {cluster}"
-            for cluster, _ in shown
-        ]
-        plot_prototypes(images, titles, out_dir / "prototypes.png")
+        plot_prototypes(images, [f"{cluster}: {names[cluster]}" for cluster, _ in shown], out_dir / "prototypes.png")
         print(f"Saved {out_dir / 'prototypes.png'} ({len(shown)} non-empty clusters)", flush=True)
-    write_eval_report(out_dir, model_path, metrics, dataset, head_output, gallery_options(args))
+    write_eval_report(
+        out_dir, model_path, metrics, dataset, head_output, gallery_options(args), names, args.unsure_below
+    )
     return metrics
 
 

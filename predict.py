@@ -1,19 +1,22 @@
-"""Assign new images to the clusters of a trained SCAN or self-label model.
+"""Assign new images to the clusters of a trained SCAN or self-label model, and export them as a labeled dataset.
 
     python predict.py --config_exp configs/selflabel/selflabel_custom.yml \
                       --model results/my_images/selflabel/model.pth.tar \
                       --images new_photos/ one_more.jpg --output predictions.csv [--config_env configs/env.yml]
 
 Images (files, or folders searched recursively) are read as a folder dataset reads its own and go through the
-config's val transform; predictions.csv has eval.py's columns (docs/outputs.md), matched_class from the
-`hungarian_match` of eval.py's metrics.json (--metrics). Files that are not images are listed and skipped.
---sort_into DIR also copies (--link: symlinks) the images into DIR/cluster_03_<matched class>/ per cluster.
+config's val transform; predictions.csv has eval.py's columns (docs/outputs.md): matched_class from the
+`hungarian_match` of eval.py's metrics.json (--metrics), the names from its cluster_names.yml (--names). Files
+that are not images are listed and skipped. The labeled dataset: --sort_into DIR copies (--link: symlinks) the
+images into DIR/<name>/, --labels_csv FILE lists file,label; --skip_unsure leaves the unsure images out of both.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from tools.cluster_names import add_naming_arguments
 from tools.sort_images import check_target_folder
 from utils.config import ArgumentParser, add_config_arguments, add_eval_batch_size_argument, parse_early
 
@@ -29,20 +32,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics",
         default=None,
-        help="eval.py's metrics.json for this model, to name the clusters "
+        help="eval.py's metrics.json for this model, for the matched classes "
         "(default: <model dir>/<model file stem>_eval/metrics.json)",
     )
     parser.add_argument(
         "--sort_into",
         metavar="DIR",
         default=None,
-        help="also copy the images into one folder per cluster below DIR (new or empty), e.g. DIR/cluster_03_cat/",
+        help="also copy the images into one folder per cluster name below DIR (new or empty), e.g. DIR/finch/",
     )
     parser.add_argument("--link", action="store_true", help="with --sort_into: symlink the images instead of copying")
+    parser.add_argument("--labels_csv", metavar="FILE", default=None, help="also write a CSV of file,label (the name)")
+    parser.add_argument("--skip_unsure", action="store_true", help="leave unsure images out of the two above")
+    add_naming_arguments(parser)
     add_eval_batch_size_argument(parser)
     args = parser.parse_args(argv)
     if args.link and not args.sort_into:
         parser.error("--link needs --sort_into DIR")
+    if args.skip_unsure and not (args.sort_into or args.labels_csv):
+        parser.error("--skip_unsure needs --sort_into DIR or --labels_csv FILE")
+    for flag, path in (("--metrics", args.metrics), ("--names", args.names)):
+        if path and not Path(path).is_file():
+            parser.error(f"{flag} {path}: no such file (eval.py writes it beside its outputs)")
     if args.sort_into:
         check_target_folder(args.sort_into)  # before the work, not after
     return args
@@ -51,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 parse_early(__name__, parse_args)
 
 import json
-from pathlib import Path
+from collections import Counter
 
 import torch
 
@@ -63,7 +74,8 @@ from engine.inference import run_model
 from engine.model_files import default_output_dir, load_model_file
 from engine.result_files import write_predictions_csv
 from engine.stage import run_cli
-from tools.sort_images import sort_into
+from tools.cluster_names import NAMES_FILE, UNSURE, assign_names, cluster_names
+from tools.sort_images import sort_into, write_labels_csv
 from utils.checkpoint import CheckpointError
 from utils.config import load_config
 from utils.runtime import init_runtime, resolve_fast_path
@@ -84,22 +96,11 @@ def collect_images(paths: list[str]) -> list[Path]:
     return images
 
 
-def matched_classes(metrics_path: Path, explicit: bool, cfg: dict, head: int) -> dict[int, str]:
+def matched_classes(metrics_path: Path, cfg: dict, head: int) -> dict[int, str]:
     """Cluster → class name from eval.py's Hungarian match on labeled test data; {} when there is none."""
-    if not metrics_path.is_file():
-        if explicit:
-            raise SystemExit(f"error: --metrics {metrics_path}: file not found. It is written by eval.py.")
-        print(
-            f"No evaluation at {metrics_path}: matched_class stays empty (run eval.py on this model to fill it).",
-            flush=True,
-        )
-        return {}
-    metrics = json.loads(metrics_path.read_text())
-    if "hungarian_match" not in metrics:
-        print(
-            f"{metrics_path} holds no cluster-to-class match (evaluated without labels): matched_class stays empty.",
-            flush=True,
-        )
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if "hungarian_match" not in metrics:  # eval.py not run on this model, or on images without labels
+        print(f"No cluster-to-class match in {metrics_path} (eval.py fills it): matched_class stays empty.", flush=True)
         return {}
     if metrics.get("head", head) != head:
         raise SystemExit(
@@ -136,43 +137,44 @@ def main(argv: list[str] | None = None) -> dict:
         )
     model = model.to(runtime.device).eval()
     metrics_path = Path(args.metrics) if args.metrics else default_output_dir(args.model) / "metrics.json"
-    cluster_to_class = matched_classes(metrics_path, args.metrics is not None, cfg, head)
+    cluster_to_class = matched_classes(metrics_path, cfg, head)
+    num_clusters = model.cluster_head[head].out_features
+    names_path = Path(args.names) if args.names else default_output_dir(args.model) / NAMES_FILE
+    names = cluster_names(names_path, num_clusters, cluster_to_class, write=False)
 
     paths = collect_images(args.images)
     # Files that are not images are listed and skipped (the check a folder dataset makes); the others are assigned.
     reasons = [unreadable_reason(path) for path in paths]
     failed = [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
     paths = [path for path, reason in zip(paths, reasons) if reason is None]
+    if not paths:
+        raise SystemExit(f"error: none of the {len(failed)} file(s) can be read as an image ({failed[0][1]}).")
     if runtime.is_main:
         print(f"Assigning {len(paths)} image(s) with head {head} of {args.model}", flush=True)
-    rows = []
-    if paths:  # under torchrun every process assigns its shard and gets all rows
-        dataset = ImageFiles(paths, (cfg["dataset_kwargs"] or {}).get("image_size"))
-        head_output = run_model(model, eval_batches(cfg, dataset, runtime), runtime.device).head(head)
-        # Cluster: argmax on the logits, as eval.py's predictions; confidence: its softmax probability.
-        rows = list(zip(head_output["predictions"].tolist(), head_output["probabilities"].max(dim=1).values.tolist()))
+    # Under torchrun every process assigns its shard and gets all rows; cluster: argmax on the logits, as eval.py's.
+    dataset = ImageFiles(paths, (cfg["dataset_kwargs"] or {}).get("image_size"))
+    head_output = run_model(model, eval_batches(cfg, dataset, runtime), runtime.device).head(head)
     if not runtime.is_main:
         return {}
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    ordered = [(str(path), cluster, confidence, "") for path, (cluster, confidence) in zip(paths, rows)]
-    write_predictions_csv(output, ordered, cluster_to_class)  # new images: no label
+    assigned = assign_names(head_output, names, args.unsure_below)
+    write_predictions_csv(args.output, list(map(str, paths)), head_output, [], cluster_to_class, assigned)
     if failed:
         print(
             f"Skipped {len(failed)} file(s) that could not be read as images:\n"
             + "\n".join(f"  {path}: {error}" for path, error in failed),
             flush=True,
         )
-    sizes = torch.bincount(
-        torch.tensor([cluster for cluster, _ in rows], dtype=torch.long),
-        minlength=model.cluster_head[head].out_features,
-    ).tolist()
-    print(f"Saved {output}: {len(rows)} image(s), cluster sizes {sizes}", flush=True)
+    sizes = torch.bincount(head_output["predictions"], minlength=num_clusters).tolist()
+    print(f"Saved {args.output}: {len(paths)} image(s), cluster sizes {sizes}", flush=True)
+    kept = [(path, name) for path, name in zip(paths, assigned) if not (args.skip_unsure and name == UNSURE)]
+    per_name = dict(sorted(Counter(name for _, name in kept).items()))
     if args.sort_into:
-        assignments = [(path, cluster) for path, (cluster, _) in zip(paths, rows)]
-        sort_into(assignments, args.sort_into, len(sizes), cluster_to_class, link=args.link)
-        print(f"{'Linked' if args.link else 'Copied'} them into one folder per cluster in {args.sort_into}", flush=True)
-    return {"output": str(output), "num_images": len(rows), "num_failed": len(failed), "cluster_sizes": sizes}
+        sort_into(kept, args.sort_into, link=args.link)
+        print(f"{'Linked' if args.link else 'Copied'} them into {args.sort_into}, per name: {per_name}", flush=True)
+    if args.labels_csv:
+        write_labels_csv(kept, args.labels_csv)
+        print(f"Saved {args.labels_csv}: {len(kept)} image(s) with their name, per name: {per_name}", flush=True)
+    return {"output": args.output, "num_images": len(paths), "num_failed": len(failed), "cluster_sizes": sizes}
 
 
 if __name__ == "__main__":

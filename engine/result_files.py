@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from utils.plots import plot_confusion_matrix
 
 # predictions.csv, from eval.py and predict.py alike: label and matched_class stay empty where unknown.
 PREDICTION_COLUMNS = ("file", "cluster", "confidence", "label", "matched_class")
+PREDICTION_COLUMNS += ("runner_up", "runner_up_confidence", "name")
 
 
 def clustering_report(
@@ -52,14 +52,26 @@ def clustering_report(
 
 
 def write_predictions_csv(
-    path: str | Path, rows: Iterable[tuple[str, int, float, str]], cluster_to_class: dict[int, str]
+    path: str | Path,
+    files: list[str],
+    head_output: dict,
+    class_names: list[str],
+    cluster_to_class: dict[int, str],
+    names: list[str],
 ) -> None:
-    """One row per image, (file, cluster, confidence, label), plus the class eval.py matched to the cluster.
+    """One row per image: its file, cluster and the cluster's probability, its true class when known, the class
+    eval.py matched to the cluster, the second most probable cluster and its probability, and its name (`names`:
+    per image, tools/cluster_names.assign_names).
 
     One format for eval.py's and predict.py's files, so a script written for one reads the other.
     """
+    probabilities = head_output["probabilities"].float()
+    values, indices = (t.tolist() for t in probabilities.topk(min(2, probabilities.shape[1]), dim=1))
+    clusters, targets = head_output["predictions"].tolist(), head_output["targets"].tolist()
     with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(PREDICTION_COLUMNS)
-        for file, cluster, confidence, label in rows:
-            writer.writerow([file, cluster, f"{confidence:.6f}", label, cluster_to_class.get(cluster, "")])
+        for i, (cluster, target) in enumerate(zip(clusters, targets)):
+            runner_up = [indices[i][1], f"{values[i][1]:.6f}"] if len(values[i]) > 1 else ["", ""]  # K = 1: none
+            label, matched = class_names[target] if target >= 0 else "", cluster_to_class.get(cluster, "")
+            writer.writerow([files[i], cluster, f"{values[i][0]:.6f}", label, matched, *runner_up, names[i]])

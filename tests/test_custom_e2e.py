@@ -180,21 +180,24 @@ def test_labeled_folder(env, tmp_path, capsys):
     assert "Skipped 1 file(s)" in capsys.readouterr().out
     assert [Path(row["file"]).name for row in rows] == ["00.jpg", "01.png", "02.jpg", "00.jpg"]
     # One format: predict.py's file has eval.py's columns (new images have no label).
-    assert list(rows[0]) == list(evaluated[0]) == ["file", "cluster", "confidence", "label", "matched_class"]
+    assert (
+        list(rows[0])
+        == list(evaluated[0])
+        == [*("file", "cluster", "confidence", "label", "matched_class", "runner_up", "runner_up_confidence", "name")]
+    )
     assert all(row["label"] == "" for row in rows)
     matched = {int(cluster): class_index for cluster, class_index in metrics["hungarian_match"]}
     for row in rows:
         assert 0 <= int(row["cluster"]) < 3 and 0 < float(row["confidence"]) <= 1
-        assert row["matched_class"] == split["classes"][matched[int(row["cluster"])]]
-    # --sort_into: every readable image copied into its cluster's folder, named by cluster and matched class.
+        assert row["matched_class"] == row["name"] == split["classes"][matched[int(row["cluster"])]]
+    # --sort_into: every readable image copied into the folder of its cluster's name, by default its matched class.
     sorted_files = {
         folder.name: sorted(path.read_bytes() for path in folder.iterdir())
         for folder in (tmp_path / "sorted").iterdir()
     }
     expected: dict[str, list[bytes]] = {}
     for row in rows:
-        folder = f"cluster_{int(row['cluster']):02d}_{row['matched_class']}"
-        expected.setdefault(folder, []).append(Path(row["file"]).read_bytes())
+        expected.setdefault(row["matched_class"], []).append(Path(row["file"]).read_bytes())
     assert sorted_files == {folder: sorted(files) for folder, files in expected.items()}
 
 
@@ -223,3 +226,5 @@ def test_unlabeled_folder(env, tmp_path, capsys):
         env, "snapshots", root, results / "scan" / "model.pth.tar", [root / "day1"], tmp_path / "predictions.csv"
     )
     assert len(rows) == 18 and all(row["matched_class"] == "" for row in rows)
+    # No eval.py of the SCAN model, so no names file: the default names, numbered.
+    assert all(row["name"] == f"cluster_{int(row['cluster']):02d}" for row in rows)

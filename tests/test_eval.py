@@ -181,21 +181,23 @@ def test_evaluation_takes_its_own_batch_size_not_the_training_one(tiny_cifar_env
     assert sizes and set(sizes) == {7}
 
 
-def test_prediction_rows_name_each_image_its_cluster_confidence_and_label():
-    import eval as eval_script
+def test_predictions_csv_names_each_image_its_cluster_confidence_and_label(tmp_path):
+    import csv
 
-    class Split:
-        classes = ["cat", "dog"]
+    from engine.result_files import write_predictions_csv
 
     output = {
         "probabilities": torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]),
         "predictions": torch.tensor([0, 1, 0]),
         "targets": torch.tensor([1, 0, -1]),
     }
-    rows = eval_script.prediction_rows(Split(), output, "pets")
-    assert [(file, cluster, label) for file, cluster, _, label in rows] == [
-        ("pets[0]", 0, "dog"),
-        ("pets[1]", 1, "cat"),
-        ("pets[2]", 0, ""),
+    files = ["pets[0]", "pets[1]", "pets[2]"]
+    write_predictions_csv(tmp_path / "p.csv", files, output, ["cat", "dog"], {0: "dog"}, ["a", "b", "a"])
+    rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert [(r["file"], r["cluster"], r["label"], r["matched_class"], r["name"]) for r in rows] == [
+        ("pets[0]", "0", "dog", "dog", "a"),
+        ("pets[1]", "1", "cat", "", "b"),
+        ("pets[2]", "0", "", "dog", "a"),
     ]
-    assert [confidence for _, _, confidence, _ in rows] == pytest.approx([0.9, 0.7, 0.6])
+    assert [float(r["confidence"]) for r in rows] == pytest.approx([0.9, 0.7, 0.6])
+    assert [(r["runner_up"], float(r["runner_up_confidence"])) for r in rows] == [("1", 0.1), ("0", 0.3), ("1", 0.4)]

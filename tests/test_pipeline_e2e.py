@@ -160,7 +160,9 @@ def test_three_stages_and_eval(tiny_cifar_env, tmp_path, backend):
     for name in ("confusion_matrix.png", "prototypes.png"):
         Image.open(out / name).verify()
     rows = (out / "predictions.csv").read_text().strip().splitlines()
-    assert len(rows) == 51 and rows[0] == "file,cluster,confidence,label,matched_class"
+    assert (
+        len(rows) == 51 and rows[0] == "file,cluster,confidence,label,matched_class,runner_up,runner_up_confidence,name"
+    )
 
     # The model file says it is a width-8 ResNet: eval.py builds it without the run's --set.
     plain = eval_script.main(

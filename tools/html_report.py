@@ -1,10 +1,11 @@
 """report.html: one self-contained page to look at the clusters, written by eval.py beside metrics.json.
 
 It holds the metrics (with labels), the training curves found beside the model, the cluster sizes, the confusion
-matrix and, per cluster, its most confident images and a random sample of its members. Everything is inline
-(JPEG `data:` URIs, SVG, style, script), so it opens offline and can be mailed. For 1,000 clusters: each is a
-collapsed <details> section beyond OPEN_UP_TO, and `max_images` caps the thumbnails, which bounds the file size
-(measured in docs/outputs.md).
+matrix and, per cluster under its name, its most confident images, its least confident ones (where a user finds
+the mistakes), a random sample of its members and how many are unsure (below --unsure_below). Everything is
+inline (JPEG `data:` URIs, SVG, style, script), so it opens offline and can be mailed. For 1,000 clusters: each
+is a collapsed <details> section beyond OPEN_UP_TO, and `max_images` caps the thumbnails, which bounds the file
+size (measured in docs/outputs.md).
 """
 
 from __future__ import annotations
@@ -30,24 +31,23 @@ STAGES = ("pretext", "scan", "selflabel")
 JPEG_QUALITY = 80
 
 
-def capped_gallery_sizes(num_clusters: int, options: GalleryOptions) -> tuple[int, int]:
-    """(top, random) per cluster such that num_clusters × (top + random) <= max_images, shrunk evenly."""
-    top, random = options.top, options.random
-    while num_clusters * (top + random) > options.max_images and top + random > 0:
-        if random >= top and random > 0:
-            random -= 1
-        else:
-            top -= 1
-    return top, random
+def capped_gallery_sizes(num_clusters: int, options: GalleryOptions) -> tuple[int, int, int]:
+    """(top, least, random) per cluster such that num_clusters × their sum <= max_images: the largest shrinks
+    first, on a tie random before least before top."""
+    sizes = [options.top, options.least, options.random]
+    while num_clusters * sum(sizes) > options.max_images and sum(sizes) > 0:
+        sizes[max(range(3), key=lambda i: (sizes[i], i))] -= 1
+    return sizes[0], sizes[1], sizes[2]
 
 
 def select_galleries(
-    predictions: torch.Tensor, probabilities: torch.Tensor, top: int, random: int, seed: int = 0
+    predictions: torch.Tensor, probabilities: torch.Tensor, top: int, least: int, random: int, seed: int = 0
 ) -> list[dict]:
-    """Per cluster: its members' count, mean confidence, the `top` most confident members and `random` others.
+    """Per cluster: its members' count, mean confidence, the `top` most confident members, the `least` confident
+    others (least first) and `random` members.
 
     Confidence is the cluster's softmax probability. The random sample is drawn (seeded) from all members, so
-    it shows what a typical member looks like, not only the easy ones.
+    it shows what a typical member looks like, not only the easy or the borderline ones.
     """
     predictions, probabilities = predictions.cpu().numpy(), probabilities.float().cpu().numpy()
     rng = np.random.default_rng(seed)
@@ -66,6 +66,7 @@ def select_galleries(
                 "size": len(members),
                 "mean_confidence": float(confidence.mean()) if len(members) else None,
                 "top": ranked[:top].tolist(),
+                "least": ranked[max(top, len(ranked) - least) :][::-1].tolist(),
                 "random": sorted(sample.tolist()),
             }
         )
@@ -202,19 +203,22 @@ def render_report(
     figures: dict[str, bytes] | None = None,
     curves: dict[str, list[dict]] | None = None,
     options: GalleryOptions = GalleryOptions(),
+    names: list[str] | None = None,
+    unsure_below: float = 0.0,
 ) -> tuple[str, dict]:
     """The page as a string, and facts about it: thumbnails shown, gallery sizes per cluster.
 
     `head_output` (one head of engine.inference.Outputs) makes it a clustering report; without it only the metrics and
     curves are shown (a pretext model). `figures`: title → PNG bytes, e.g. the confusion matrix; `curves`:
-    stage → history records. Sections: metrics, cluster sizes, clusters, figures, training curves.
+    stage → history records; `names`: per cluster (tools/cluster_names.py). Sections: metrics, cluster sizes,
+    clusters, figures, training curves.
     """
     labeled = head_output is not None and not bool((head_output["targets"] < 0).any())
     sections: dict[str, str] = {"Metrics": _metrics_section(metrics, head_output is not None and not labeled)}
-    facts = {"images": 0, "top": 0, "random": 0}
+    facts = {"images": 0, "top": 0, "least": 0, "random": 0, "unsure": 0}
     if head_output is not None:
         sizes, clusters = _cluster_sections(
-            head_output, metrics, class_names, labeled, load_image, image_names, options, facts
+            head_output, metrics, class_names, labeled, load_image, image_names, options, facts, names, unsure_below
         )
         sections.update({"Cluster sizes": sizes, "Clusters": clusters})
     for name, data in (figures or {}).items():
@@ -268,31 +272,33 @@ def _cluster_sections(
     image_names: list[str] | None,
     options: GalleryOptions,
     facts: dict,
+    names: list[str] | None,
+    unsure_below: float,
 ) -> tuple[str, str]:
     """(the cluster-size chart, the table of clusters and one collapsible gallery section per cluster)."""
     predictions, probabilities = head_output["predictions"], head_output["probabilities"]
     targets, confidences = head_output["targets"].cpu().numpy(), probabilities.float().cpu().numpy()
     num_clusters, total = probabilities.shape[1], max(int(predictions.numel()), 1)
     matched = {int(cluster): int(cls) for cluster, cls in metrics.get("hungarian_match", [])}
-    top, random = capped_gallery_sizes(num_clusters, options)
-    facts.update(top=top, random=random)
-    clusters = select_galleries(predictions, probabilities, top, random, options.seed)
-    names = [
-        f"cluster {c['cluster']}" + (f" · {class_names[matched[c['cluster']]]}" if c["cluster"] in matched else "")
-        for c in clusters
-    ]
+    top, least, random = capped_gallery_sizes(num_clusters, options)
+    clusters = select_galleries(predictions, probabilities, top, least, random, options.seed)
+    unsure = [int((confidences[c["members"], c["cluster"]] < unsure_below).sum()) for c in clusters]
+    facts.update(top=top, least=least, random=random, unsure=sum(unsure))
+    titles = [f"cluster {c['cluster']}" + (f" · {names[c['cluster']]}" if names else "") for c in clusters]
     largest = max(c["size"] for c in clusters)
+    unsure_note = f" {sum(unsure)} images ({_percent(sum(unsure) / total)}) are unsure: their confidence is below"
+    unsure_note = f"{unsure_note} {unsure_below:g} (--unsure_below)." if unsure_below else ""
     sizes = (
         f"<p class='note'>{num_clusters} clusters, {total} images; the dashed line is the size of a perfectly "
-        f"balanced clustering ({total / num_clusters:.1f}). Hover a bar for its cluster and size.</p>"
+        f"balanced clustering ({total / num_clusters:.1f}). Hover a bar for its cluster and size.{unsure_note}</p>"
         f"<div class='axis'><span>largest: {largest}</span></div>"
-        + size_chart_svg([c["size"] for c in clusters], names)
+        + size_chart_svg([c["size"] for c in clusters], titles)
         + f"<div class='axis'><span>cluster 0</span><span>cluster {num_clusters - 1}</span></div>"
     )
 
     uris = {}
     if load_image is not None:
-        shown = sorted({index for c in clusters for index in c["top"] + c["random"]})
+        shown = sorted({index for c in clusters for index in c["top"] + c["least"] + c["random"]})
         for index in tqdm(shown, desc="Report thumbnails", leave=False):
             uris[index] = thumbnail_uri(load_image(index), options.thumbnail)
 
@@ -310,35 +316,40 @@ def _cluster_sections(
         facts["images"] += len(figures)
         return f"<div class='gallery'>{''.join(figures)}</div>"
 
-    columns = ["cluster", "matched class", "images", "share", "mean confidence"] + (["purity"] if labeled else [])
+    columns = ["cluster", "name", "matched class", "images", "share", "mean confidence"]
+    columns += (["unsure"] if unsure_below else []) + (["purity"] if labeled else [])
     rows, sections = [], []
-    for c, name in zip(clusters, names):
+    for c, title, unsure_count in zip(clusters, titles, unsure):
         cluster = c["cluster"]
         cls = matched.get(cluster)
         purity = float((targets[c["members"]] == cls).mean()) if labeled and cls is not None and c["size"] else None
         confidence = "–" if c["mean_confidence"] is None else f"{c['mean_confidence']:.3f}"
         cells = [
             f"<a href='#cluster-{cluster}'>{cluster}</a>",
+            html.escape(names[cluster]) if names else "",
             html.escape(class_names[cls]) if cls is not None else "",
             str(c["size"]),
             _percent(c["size"] / total),
             confidence,
-        ] + (["–" if purity is None else _percent(purity)] if labeled else [])
+        ]
+        cells += [str(unsure_count)] if unsure_below else []
+        cells += ["–" if purity is None else _percent(purity)] if labeled else []
         rows.append(
             "<tr>"
-            + "".join(f"<td{'' if i == 1 else ' class=num'}>{cell}</td>" for i, cell in enumerate(cells))
+            + "".join(f"<td{'' if i in (1, 2) else ' class=num'}>{cell}</td>" for i, cell in enumerate(cells))
             + "</tr>"
         )
         images = f"{c['size']} image{'' if c['size'] == 1 else 's'}"
-        summary = f"{name} — {images} ({_percent(c['size'] / total)}), mean confidence {confidence}"
+        summary = f"{title} — {images} ({_percent(c['size'] / total)}), mean confidence {confidence}"
+        summary += f", {unsure_count} unsure" if unsure_below else ""
         summary += "" if purity is None else f", purity {_percent(purity)}"
         body = ""
         if not c["size"]:
             body = "<p class='note'>No image was assigned to this cluster.</p>"
         elif load_image is not None:
-            body = f"<div><h4>Most confident</h4>{gallery(c['top'], cluster, cls)}</div>"
-            if c["size"] > len(c["top"]) and c["random"]:  # otherwise every member is shown already
-                body += f"<div><h4>Random sample</h4>{gallery(c['random'], cluster, cls)}</div>"
+            sample = c["random"] if c["size"] > len(c["top"]) else []  # otherwise every member is shown already
+            shown = {"Most confident": c["top"], "Least confident": c["least"], "Random sample": sample}
+            body = "".join(f"<div><h4>{h}</h4>{gallery(ix, cluster, cls)}</div>" for h, ix in shown.items() if ix)
             body = f"<div class='galleries'>{body}</div>"
         is_open = " open" if num_clusters <= OPEN_UP_TO else ""
         sections.append(
@@ -347,17 +358,19 @@ def _cluster_sections(
         )
 
     explanation = (
-        f"Per cluster, its {top} most confident images (highest probability for the cluster) and {random} members "
-        f"drawn at random; hover a thumbnail for its file and confidence"
+        f"Per cluster, its {top} most confident images (highest probability for the cluster), its {least} least "
+        f"confident ones (where its mistakes are) and {random} members drawn at random; hover a thumbnail for its "
+        f"file and confidence"
         + ("; the caption is the image's true class, green when it is the cluster's matched class." if labeled else ".")
     )
-    if top < options.top or random < options.random:
+    if (top, least, random) != (options.top, options.least, options.random):
         explanation += (
-            f" The galleries were shrunk from {options.top} + {options.random} to {top} + {random} images so "
-            f"that the page holds at most {options.max_images} thumbnails (--report_max_images)."
+            f" The galleries were shrunk from {options.top} + {options.least} + {options.random} to {top} + {least} + "
+            f"{random} images so that the page holds at most {options.max_images} thumbnails (--report_max_images)."
         )
     header = "".join(
-        f"<th{'' if i == 1 else ' class=num'} onclick='sortBy(this)'>{column}</th>" for i, column in enumerate(columns)
+        f"<th{'' if i in (1, 2) else ' class=num'} onclick='sortBy(this)'>{column}</th>"
+        for i, column in enumerate(columns)
     )
     table = (
         f"<details{' open' if num_clusters <= 50 else ''}><summary>Table of clusters (click a column to sort)"
@@ -384,6 +397,8 @@ def write_eval_report(
     dataset=None,
     head_output: dict | None = None,
     options: GalleryOptions = GalleryOptions(),
+    names: list[str] | None = None,
+    unsure_below: float = 0.0,
 ) -> Path:
     """eval.py's report.html in `out_dir`: metrics, curves of the stages beside the model and, for a clustering
     model, sizes, galleries and the confusion matrix that clustering_report drew there."""
@@ -403,6 +418,8 @@ def write_eval_report(
         figures=figures,
         curves=find_stage_histories(model_path),
         options=options,
+        names=names,
+        unsure_below=unsure_below,
     )
     path = out_dir / REPORT_FILE
     write_atomic_text(page, path)

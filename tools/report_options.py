@@ -12,6 +12,7 @@ class GalleryOptions:
     """How many thumbnails per cluster, how large, and the cap on all of them (bounds the file size)."""
 
     top: int = 8
+    least: int = 8
     random: int = 8
     thumbnail: int = 64
     max_images: int = 4000
@@ -38,6 +39,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report.html")
     for flag, kind, default, meaning in (
         ("--gallery_top", _count, defaults.top, "most confident images shown per cluster"),
+        ("--gallery_least", _count, defaults.least, "least confident images shown per cluster"),
         ("--gallery_random", _count, defaults.random, "randomly drawn members shown per cluster"),
         ("--thumbnail_size", _pixels, defaults.thumbnail, "thumbnail side in pixels"),
         ("--report_max_images", _count, defaults.max_images, "cap on all thumbnails (bounds the file size)"),
@@ -46,4 +48,6 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def gallery_options(args: argparse.Namespace) -> GalleryOptions:
-    return GalleryOptions(args.gallery_top, args.gallery_random, args.thumbnail_size, args.report_max_images)
+    return GalleryOptions(
+        args.gallery_top, args.gallery_least, args.gallery_random, args.thumbnail_size, args.report_max_images
+    )

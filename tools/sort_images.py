@@ -1,27 +1,22 @@
-"""predict.py --sort_into: copy (or link) images into one folder per cluster, the way people browse a clustering.
+"""predict.py's labeled dataset: the images copied (or linked) into one folder per cluster name, the layout
+torchvision's ImageFolder reads, and/or a CSV of file,label.
 
-    sorted/cluster_00_finch/IMG_0001.jpg
-    sorted/cluster_01/IMG_0417.jpg          (no matched class: eval.py had no labels, or was not run)
+    sorted/finch/IMG_0001.jpg               (the cluster's name: tools/cluster_names.py)
+    sorted/cluster_01/IMG_0417.jpg          (a cluster nobody named)
+    sorted/unsure/IMG_0022.jpg              (below --unsure_below)
 
 The originals are never moved or changed, and nothing is overwritten: the target folder must be new or empty,
-and two images of the same name in one cluster are kept apart by a numeric suffix (IMG_0001_2.jpg).
+and two images of the same name in one folder are kept apart by a numeric suffix (IMG_0001_2.jpg).
 """
 
 from __future__ import annotations
 
+import csv
 import os
-import re
 import shutil
-from collections import Counter
 from pathlib import Path
 
-
-def cluster_folder_name(cluster: int, num_clusters: int, class_name: str = "") -> str:
-    """`cluster_03` or `cluster_03_<class>`: zero-padded so that folders sort by cluster in any file browser."""
-    width = max(2, len(str(num_clusters - 1)))
-    name = f"cluster_{cluster:0{width}d}"
-    slug = re.sub(r"[^\w.-]+", "_", class_name).strip("._")  # no path separators or spaces in a folder name
-    return f"{name}_{slug}" if slug else name
+from utils.files import atomic_write
 
 
 def _free_name(name: str, taken: set[str]) -> str:
@@ -45,25 +40,21 @@ def check_target_folder(folder: str | Path) -> None:
         )
 
 
-def sort_into(
-    assignments: list[tuple[Path, int]],
-    folder: str | Path,
-    num_clusters: int,
-    cluster_to_class: dict[int, str] | None = None,
-    link: bool = False,
-) -> dict[int, int]:
-    """Copy (`link`: symlink) each (image, cluster) into folder/<cluster folder>/; returns images per cluster."""
+def sort_into(assignments: list[tuple[Path, str]], folder: str | Path, link: bool = False) -> None:
+    """Copy (`link`: symlink) each (image, name) into folder/<name>/."""
     folder = Path(folder)
     check_target_folder(folder)
-    cluster_to_class = cluster_to_class or {}
-    taken: dict[int, set[str]] = {}
-    for source, cluster in assignments:
-        target_dir = folder / cluster_folder_name(cluster, num_clusters, cluster_to_class.get(cluster, ""))
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / _free_name(Path(source).name, taken.setdefault(cluster, set()))
+    taken: dict[str, set[str]] = {}
+    for source, name in assignments:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        target = folder / name / _free_name(Path(source).name, taken.setdefault(name, set()))
         if link:
             os.symlink(Path(source).resolve(), target)
         else:
             shutil.copy2(source, target)
-    counts = Counter(cluster for _, cluster in assignments)
-    return {cluster: counts[cluster] for cluster in sorted(counts)}
+
+
+def write_labels_csv(assignments: list[tuple[Path, str]], path: str | Path) -> None:
+    """The same assignments as a CSV of file,label (the file as given), for pandas or a CSV dataset reader."""
+    with atomic_write(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "label"), *assignments])
