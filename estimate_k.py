@@ -5,12 +5,14 @@
 
 Needs the pretext stage's cached features (`save_features: true`). For every K and seed it trains the config's
 SCAN heads on the train features, then scores the train assignments (engine/cluster_number.py); labels, when
-there are any, give test ACC/NMI/ARI for reference only. Writes <root_dir>/<db>/estimate_k/estimate_k.{json,md}.
+there are any, give test ACC/NMI/ARI for reference only. Writes <root_dir>/<db>/estimate_k/estimate_k.{json,md};
+--write_k sets num_classes to the recommended K in the configs it names (tools.new_dataset --num_classes auto).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from utils.config import ArgumentParser, add_config_arguments, parse_early
 
@@ -20,11 +22,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--k", type=int, nargs="+", required=True, help="candidate numbers of clusters")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one SCAN run per seed and K")
+    parser.add_argument("--write_k", nargs="+", default=[], metavar="CONFIG", help="configs to set num_classes in")
     args = parser.parse_args(argv)
     if len(args.seeds) < 2:
         parser.error("--seeds needs at least two seeds: stability compares runs")
     if min(args.k) < 2:
         parser.error("--k values must be at least 2")
+    if missing := [config for config in args.write_k if not os.path.isfile(config)]:
+        parser.error(f"--write_k {' '.join(missing)}: no such config file")
     return args
 
 
@@ -45,10 +50,11 @@ from engine.stage import run_cli, stage_command
 from losses import make_criterion
 from models import ClusteringModel
 from utils.config import load_config
-from utils.files import write_json
+from utils.files import atomic_write, write_json
 from utils.optim import adjust_learning_rate, build_optimizer
 from utils.progress import tqdm
 from utils.runtime import init_runtime, seed_everything
+from utils.yaml_lines import set_values
 
 LABEL_METRICS = ("ACC", "NMI", "ARI")
 
@@ -119,17 +125,9 @@ def format_table(rows: list[dict], recommendation: dict) -> str:
     lines = [header + (" ACC* | NMI* | ARI* |" if labels else ""), "|---" * (7 + 3 * labels) + "|"]
     for row in rows:
         mark = " ←" if row["k"] == recommendation["k"] else ""
-        cells = [
-            f"{row['k']}{mark}",
-            f"{row['stability']:.3f} ± {row['stability_std']:.3f}",
-            f"{row['agreement']:.3f}",
-            f"{row['kappa']:.3f}",
-            f"{row['balance']:.3f}",
-            f"{row['used']:.1f}",
-            f"{row['scan_loss_per_log_k']:.3f}",
-        ]
-        if labels:
-            cells += [f"{row[key]:.3f}" for key in LABEL_METRICS]
+        cells = [f"{row['k']}{mark}", f"{row['stability']:.3f} ± {row['stability_std']:.3f}"]
+        cells += [f"{row[key]:.3f}" for key in ("agreement", "kappa", "balance")] + [f"{row['used']:.1f}"]
+        cells += [f"{row[key]:.3f}" for key in ("scan_loss_per_log_k", *(LABEL_METRICS if labels else ()))]
         lines.append("| " + " | ".join(cells) + " |")
     if labels:
         lines.append("\n*test split, mean over seeds: for reference only, never used to choose K.")
@@ -166,6 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(result, out_dir / "estimate_k.json")
     (out_dir / "estimate_k.md").write_text(table + "\n")
     print(f"Saved {out_dir / 'estimate_k.json'} and {out_dir / 'estimate_k.md'}", flush=True)
+    for path in args.write_k:  # the configs' comments are kept
+        with atomic_write(path, "w") as handle:
+            handle.write(set_values(Path(path).read_text(), {"num_classes": recommendation["k"]}))
+        print(f"num_classes: {recommendation['k']} written to {path}", flush=True)
     return result
 
 

@@ -172,8 +172,9 @@ class FolderDataset(ImageDataset):
 
     ``labeled``: ``'auto'`` (labeled when every image lies in one of at least two first-level sub-folders of its
     part), ``True`` (that layout required) or ``False`` (targets -1). Without a ``test/`` part a seeded
-    ``test_fraction`` becomes the test split. ``split_file``: where the split is saved and read back (None: kept
-    in memory). ``paths``: each sample's absolute path (eval.py's predictions.csv).
+    ``test_fraction`` is held out as the test split (0: none, the test split is every image; ``'auto'``: 0.2 of a
+    labeled folder, 0 of an unlabeled one, which has nothing to measure). ``split_file``: where the split is saved
+    and read back (None: kept in memory). ``paths``: each sample's absolute path (eval.py's predictions.csv).
     """
 
     def __init__(
@@ -184,7 +185,7 @@ class FolderDataset(ImageDataset):
         transform: Callable | None = None,
         labeled: bool | str = "auto",
         image_size: int | None = None,
-        test_fraction: float = 0.2,
+        test_fraction: float | str = "auto",
         split_seed: int = 0,
         split_file: str | Path | None = None,
     ) -> None:
@@ -196,8 +197,6 @@ class FolderDataset(ImageDataset):
             )
         if labeled not in ("auto", True, False):
             raise ConfigError(f"dataset_kwargs.labeled must be auto, true or false, not {labeled!r}.")
-        if not 0 < test_fraction < 1:
-            raise ConfigError(f"dataset_kwargs.test_fraction must lie strictly between 0 and 1, not {test_fraction}.")
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
             raise ConfigError(
                 f"dataset_kwargs.image_size must be a positive whole number of pixels (or null), not {image_size!r}."
@@ -304,6 +303,8 @@ class FolderDataset(ImageDataset):
                 if relative not in unreadable:
                     usable[name][relative] = class_index[folders[path][0]] if labeled else UNLABELED
         if test_dir is None:
+            if requested["test_fraction"] == "auto":
+                requested = {**requested, "test_fraction": 0.2 if labeled else 0}  # see the class docstring
             usable = self._seeded_split(usable["train"], requested["test_fraction"], requested["split_seed"])
         for name, targets in usable.items():
             if not targets:
@@ -312,15 +313,15 @@ class FolderDataset(ImageDataset):
                     f"the {name} split has no readable images",
                     "Add images (or a test/ part), or change dataset_kwargs.test_fraction.",
                 )
+            shared = name == "test" and targets is usable["train"]  # test_fraction 0: told once, as train
             absent = sorted(set(class_names) - {class_names[t] for t in targets.values()}) if labeled else []
-            if absent:
+            if absent and not shared:
                 warnings.warn(
                     f"Folder dataset {self.root}: {_absent_classes(absent, name, requested, test_dir)}", stacklevel=3
                 )
         return {
             "about": "Train/test files of a folder dataset: path relative to root -> target (-1: unlabeled). "
             "Every stage reads these lists; delete this file to split anew (then rerun all stages).",
-            "root": str(self.root),
             "labeled": labeled,
             "classes": class_names if labeled else [],
             # None when the folders gave the split: then these settings played no part.
@@ -334,7 +335,9 @@ class FolderDataset(ImageDataset):
     @staticmethod
     def _seeded_split(targets: dict[str, int], test_fraction: float, seed: int) -> dict[str, dict[str, int]]:
         """Move a seeded ``test_fraction`` of each class (so a small class still shows up; of all images when
-        unlabeled) to the test split; both lists stay in path order."""
+        unlabeled) to the test split; both lists stay in path order. 0: the test split is every image."""
+        if test_fraction == 0:
+            return {"train": targets, "test": targets}
         rng = random.Random(seed)
         test_paths = set()
         for target in sorted(set(targets.values())):
@@ -362,7 +365,7 @@ class FolderDataset(ImageDataset):
             conflicts += [
                 f"{key}: {requested[key]} (saved: {record[key]})"
                 for key in ("test_fraction", "split_seed")
-                if requested[key] != record[key]
+                if requested[key] not in (record[key], "auto")
             ]
         if conflicts:
             raise ConfigError(

@@ -1,8 +1,9 @@
 """Clustering metrics, computed exactly as the published SCAN numbers were (predictions: engine/inference.py).
 
-Every detail that can move a number is pinned (REFERENCE §1.4): the K×K count matrix with K = number of distinct
-targets, scipy's `linear_sum_assignment` on (N − counts) with rows = clusters (tie-breaking included), NMI/ARI/AMI
-on the raw cluster ids, and ACC / ACC Top-5 as integer counts divided by N.
+Every detail that can move a number is pinned (REFERENCE §1.4): the K×K count matrix (K: the dataset's classes,
+which the original's distinct targets equal where every class has a test image), scipy's `linear_sum_assignment`
+on (N − counts) with rows = clusters (tie-breaking included), NMI/ARI/AMI on the raw cluster ids, and ACC / ACC
+Top-5 as integer counts divided by N.
 """
 
 from __future__ import annotations
@@ -59,18 +60,23 @@ def _apply_matching(cluster_ids: np.ndarray, matching: list[tuple[int, int]]) ->
 
 
 def cluster_metrics(
-    predictions: ArrayLike, probabilities: ArrayLike, targets: ArrayLike, num_clusters: int | None = None
+    predictions: ArrayLike,
+    probabilities: ArrayLike,
+    targets: ArrayLike,
+    num_clusters: int | None = None,
+    num_classes: int | None = None,
 ) -> dict:
     """ACC, NMI, ARI, AMI and ACC Top-5 of a clustering against ground truth (REFERENCE §1.4).
 
-    With num_clusters ≤ K (distinct targets) the match is Hungarian on the K×K counts, as the original; with more
-    clusters, majority. num_clusters=K forces the Hungarian match on an over-clustered model (extras count as 0).
+    K: `num_classes` (the dataset's: a class without test images keeps its id), else the distinct targets. With
+    num_clusters ≤ K the match is Hungarian on the K×K counts, as the original; with more clusters, majority.
+    num_clusters=K forces the Hungarian match on an over-clustered model (extras count as 0).
     """
     preds = _to_numpy(predictions).astype(np.int64).reshape(-1)
     gts = _to_numpy(targets).astype(np.int64).reshape(-1)
     probs = torch.as_tensor(_to_numpy(probabilities))
     num_samples = gts.shape[0]
-    num_classes = int(np.unique(gts).size)
+    num_classes = num_classes or int(np.unique(gts).size)
     if num_clusters is None:
         num_clusters = int(probs.shape[1])
 

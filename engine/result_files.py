@@ -35,7 +35,7 @@ def clustering_report(
             flush=True,
         )
     else:
-        scores = cluster_metrics(predictions, head_output["probabilities"], targets)
+        scores = cluster_metrics(predictions, head_output["probabilities"], targets, num_classes=len(class_names))
         reordered = scores.pop("reordered_predictions")
         metrics.update(scores)
         print(

@@ -215,7 +215,9 @@ def test_unlabeled_folder(env, tmp_path, capsys):
 
     split = json.loads((results / "split.json").read_text())
     assert not split["labeled"] and set(split["test"].values()) == {-1} and "corrupt.jpg" in split["unreadable"]
-    assert sum(metrics["cluster_sizes"]) == len(split["test"])
+    # Nothing held out without labels: every readable image is trained on and evaluated.
+    assert split["test"] == split["train"] and len(split["train"]) == 24
+    assert sum(metrics["cluster_sizes"]) == 24
     pretext = json.loads((results / "pretext" / "metrics.json").read_text())
     assert pretext["train_neighbor_acc"] is None and pretext["knn_top1"] is None
     assert np.load(results / "pretext" / "topk-train-neighbors.npy").shape[0] == len(split["train"])

@@ -194,7 +194,7 @@ def test_missing_or_empty_folders_say_what_to_do(tmp_path):
         FolderDataset(tmp_path / "empty")
     write_image(tmp_path / "single" / "a.png")
     with pytest.raises(DatasetNotFoundError, match="test split has no readable images"):
-        FolderDataset(tmp_path / "single")
+        FolderDataset(tmp_path / "single", test_fraction=0.2)
 
 
 PRETEXT_TEMPLATE = ROOT / "configs/pretext/simclr_custom.yml"
@@ -287,3 +287,34 @@ def test_classes_missing_from_a_split_are_reported(tmp_path):
     with pytest.warns(UserWarning, match=r"lonely have no image in the test split.*give every class at least 3 images"):
         test = FolderDataset(tmp_path / "data", split="test")
     assert sorted(set(test.targets)) == [0, 1]  # the lone image stays in the train split
+
+
+def test_an_unlabeled_folder_is_trained_on_and_shown_whole_unless_a_test_fraction_is_asked_for(tmp_path):
+    for i in range(10):
+        write_image(tmp_path / "loose" / f"{i}.png", color=(20 * i, 0, 0))
+    split_file = tmp_path / "split.json"
+    train, test = (FolderDataset(tmp_path / "loose", split=s, split_file=split_file) for s in ("train", "test"))
+    assert len(train) == len(test) == 10 and train.paths == test.paths  # every image, in both splits
+    saved = json.loads(split_file.read_text())
+    assert saved["test_fraction"] == 0 and saved["test"] == saved["train"]
+    with pytest.raises(ConfigError, match=r"test_fraction: 0.3 \(saved: 0\)"):
+        FolderDataset(tmp_path / "loose", split_file=split_file, test_fraction=0.3)
+    held_out = FolderDataset(tmp_path / "loose", split="test", test_fraction=0.3)
+    assert len(held_out) == 3  # asked for: a seeded 30 % held out
+    # A labeled folder keeps its seeded 0.2 under auto (honest metrics); 0 there is the whole collection too.
+    make_classes(tmp_path / "labeled", {"a": 5, "b": 5})
+    assert len(FolderDataset(tmp_path / "labeled", split="test")) == 2
+    assert len(FolderDataset(tmp_path / "labeled", split="test", test_fraction=0)) == 10
+
+
+@pytest.mark.parametrize("value", [1, -0.1, 1.5, "half"])
+def test_test_fraction_outside_0_to_1_is_refused_by_the_schema(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"dataset_kwargs.test_fraction' is .*from 0 \(none.*up to but not 1"):
+        custom_config(tmp_path, "flowers", test_fraction=value)
+
+
+def test_the_saved_split_names_images_relative_to_the_folder_and_not_where_it_lies(tmp_path):
+    make_classes(tmp_path / "datasets" / "flowers", {"rose": 5, "tulip": 5})
+    get_train_dataset(custom_config(tmp_path, "flowers", test_fraction=0))
+    text = (tmp_path / "results" / "flowers" / "split.json").read_text()
+    assert str(tmp_path) not in text and '"rose/00.png": 0' in text

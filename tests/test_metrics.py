@@ -16,6 +16,7 @@ from engine.metrics import (
     hungarian_match,
     majority_match,
 )
+from engine.result_files import clustering_report
 
 
 def one_hot_probs(preds, num_clusters):
@@ -146,6 +147,32 @@ def test_permuted_cluster_ids_are_perfect():
     assert result["AMI"] == pytest.approx(1.0)
     assert sorted(map(tuple, result["hungarian_match"])) == [(int(perm[t]), t) for t in np.argsort(perm)]
     assert result["reordered_predictions"].tolist() == targets.tolist()
+
+
+def test_a_class_without_test_images_keeps_its_id_when_k_is_the_class_count():
+    # 4 classes, class 1 has no test image; clusters 3, 0, 1 hold classes 0, 2, 3 perfectly (2 + 3 + 2 images).
+    targets = torch.tensor([0, 0, 2, 2, 2, 3, 3])
+    preds = torch.tensor([3, 3, 0, 0, 0, 1, 1])
+    result = cluster_metrics(preds, one_hot_probs(preds, 4), targets, num_classes=4)
+    assert result["ACC"] == 1.0 and result["ACC Top-5"] == 1.0
+    assert result["reordered_predictions"].tolist() == targets.tolist()
+    assert sorted(map(tuple, result["hungarian_match"])) == [(0, 2), (1, 3), (2, 1), (3, 0)]  # empty cluster 2 → 1
+    # K counted from the distinct targets (3, the original's rule, kept when num_classes is not given): class 3
+    # falls outside the counts, its 2 images are lost and its cluster 1 is named class 0.
+    seen = cluster_metrics(preds, one_hot_probs(preds, 4), targets)
+    assert seen["ACC"] == 5 / 7 and [1, 0] in seen["hungarian_match"]
+
+
+def test_the_report_names_clusters_among_all_classes_of_the_dataset(tmp_path):
+    """clustering_report (eval.py's scores) takes K from the class names: the clusters of classes a, c and d of a
+    four-class folder whose b has no test image are named a, c and d, as eval.py writes them to predictions.csv."""
+    targets = torch.tensor([0, 0, 2, 2, 2, 3, 3])
+    preds = torch.tensor([3, 3, 0, 0, 0, 1, 1])
+    output = {"predictions": preds, "probabilities": one_hot_probs(preds, 4), "targets": targets}
+    metrics = clustering_report(output, ["a", "b", "c", "d"], tmp_path)
+    assert metrics["ACC"] == 1.0
+    names = {cluster: "abcd"[cls] for cluster, cls in metrics["hungarian_match"]}
+    assert [names[int(p)] for p in preds] == ["a", "a", "c", "c", "c", "d", "d"]
 
 
 def _unmatched_cluster_case():

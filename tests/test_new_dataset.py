@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,23 @@ def test_configs_are_written_from_the_templates_and_hold_the_folder_statistics(t
     assert "labeled, 2 classes: dark, light" in out and result["commands"][0] in out
 
 
+def test_the_path_in_own_data_md_is_what_new_dataset_prints(tmp_path, monkeypatch, capsys):
+    """docs/own-data.md's first block, run from a working folder with configs/env.yml and 100 images in
+    datasets/birds: the printed commands are the block's, word for word (scripts named without their folder)."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(100):
+        (tmp_path / "datasets" / "birds").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i, 2 * i, 50)).save(tmp_path / "datasets" / "birds" / f"{i:03d}.png")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "env.yml").write_text("root_dir: results\ndata_root: datasets\n")
+    block = (ROOT / "docs" / "own-data.md").read_text().split("```bash\n")[1].split("```")[0]
+    documented = [shlex.split(line) for line in block.splitlines()]
+    main([*documented[0][3:], "--config_dir", "configs", "--config_env", "configs/env.yml"])
+    printed = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.startswith("python ")]
+    assert [[words[0], Path(words[1]).name, *words[2:]] for words in printed] == documented[1:]
+    assert load_config("configs/env.yml", "configs/scan/scan_birds.yml")["dataset_kwargs"]["root"] == "birds"
+
+
 def test_bad_input_is_refused_and_existing_configs_are_kept(tmp_path, env):
     common = ["--num_classes", "2", "--config_dir", str(tmp_path / "configs"), "--config_env", str(env)]
     with pytest.raises(SystemExit):
@@ -108,36 +126,74 @@ def write_colour_folder(root: Path) -> None:
             Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
 
 
-def shell(command: str) -> str:
-    """stdout and stderr of `command` run in a shell from the repository folder, both going to a pipe (as to a
-    log file: no terminal), with this interpreter's `python` first on PATH."""
+def shell(command: str, cwd: Path = ROOT) -> str:
+    """stdout and stderr of `command` run in a shell from `cwd` (the repository folder by default), both going to a
+    pipe (as to a log file: no terminal), with this interpreter's `python` first on PATH and the repository
+    importable."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env["OMP_NUM_THREADS"] = "1"
-    done = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout + done.stderr
 
 
+def script(command: str) -> str:
+    return Path(shlex.split(command)[1]).name
+
+
 @pytest.mark.slow
-def test_the_printed_commands_run_as_printed(tmp_path, env):
-    """A new user: one command, then the printed ones, copied into a shell from the repository folder."""
-    write_colour_folder(tmp_path / "photos")
+def test_the_printed_commands_run_as_printed_and_the_run_moves_to_another_folder(tmp_path):
+    """A new user: one command with relative paths and --num_classes auto, then the printed ones, copied into a
+    shell; then the whole folder (configs, results, images) copied elsewhere, where nothing is retrained and
+    evaluation and prediction run from the same configs."""
+    first, moved = tmp_path / "a", tmp_path / "b"
+    write_colour_folder(first / "datasets" / "colours")
+    (first / "env.yml").write_text("root_dir: results\ndata_root: datasets\n")
     printed = shell(
-        f"python -m tools.new_dataset --name colours --images {shlex.quote(str(tmp_path / 'photos'))} "
-        f"--num_classes 3 --quick --config_dir {tmp_path / 'configs'} --config_env {env}"
+        "python -m tools.new_dataset --name colours --images datasets/colours --num_classes auto --quick "
+        "--config_dir configs --config_env env.yml",
+        cwd=first,
     )
     commands = [line for line in printed.splitlines() if line.startswith("python ")]
-    assert [command.split()[1] for command in commands] == ["simclr.py", "scan.py", "selflabel.py", "eval.py"]
+    order = ["simclr.py", "estimate_k.py", "scan.py", "selflabel.py", "eval.py", "predict.py"]
+    assert [script(command) for command in commands] == order
+    configs = {path.name: path.read_text() for path in (first / "configs").rglob("*.yml")}
+    assert all("   root: colours" in text and str(first) not in text for text in configs.values())
+    logs = {}
     for command in commands:
-        log = shell(command)
+        logs[script(command)] = log = shell(command, cwd=first)
         assert "\r" not in log  # no progress-bar fragments in a log that is not a terminal
-        if command.split()[1] != "eval.py":
+        if script(command) in order[2:4]:
             assert len([line for line in log.splitlines() if line.startswith("Epoch ")]) == 1  # one per epoch
-    assert "ACC" in log
-    report = tmp_path / "results" / "colours_quick" / "selflabel" / "model_eval" / "report.html"
-    assert report.is_file() and f"open {report}" in printed
-    for stage in ("pretext", "scan", "selflabel"):
-        assert len((tmp_path / "results" / "colours_quick" / stage / "history.jsonl").read_text().splitlines()) == 1
+    # estimate_k: a K among the candidates, its confidence and the runner-up, written into the SCAN and
+    # self-label configs (the pretext config keeps the template's: it has no clusters).
+    recommended = json.loads((first / "results/colours_quick/estimate_k/estimate_k.json").read_text())
+    k = recommended["recommendation"]["k"]
+    assert (
+        f"Recommended K = {k} (confidence: " in logs["estimate_k.py"] and "The closest is K=" in logs["estimate_k.py"]
+    )
+    for stage in ("scan", "selflabel"):
+        assert load_config(first / "env.yml", first / f"configs/{stage}/{stage}_colours_quick.yml")["num_classes"] == k
+    results = first / "results" / "colours_quick"
+    assert "ACC" in logs["eval.py"] and (results / "selflabel/model_eval/report.html").is_file()
+    assert f"open {Path('results/colours_quick/selflabel/model_eval/report.html')}" in printed
+    # predict.py --sort_into: all 42 images, in one folder per cluster named by the class eval.py matched to it.
+    sorted_files = [path for path in (results / "sorted").rglob("*") if path.is_file()]
+    assert len(sorted_files) == 42 and {path.parent.name[11:] for path in sorted_files} <= {"red", "green", "blue"}
+
+    configs = {path.name: path.read_text() for path in (first / "configs").rglob("*.yml")}
+    shutil.copytree(first, moved, symlinks=True)
+    shutil.rmtree(moved / "results/colours_quick/sorted")  # predict.py sorts into an empty folder
+    models = {stage: (moved / f"results/colours_quick/{stage}/model.pth.tar").read_bytes() for stage in ("scan",)}
+    for command in commands:
+        if script(command) != "estimate_k.py":
+            log = shell(command, cwd=moved)
+            assert not [line for line in log.splitlines() if line.startswith("Epoch ")], command  # nothing retrained
+    assert {path.name: path.read_text() for path in (moved / "configs").rglob("*.yml")} == configs  # as they were
+    assert models["scan"] == (moved / "results/colours_quick/scan/model.pth.tar").read_bytes()
+    assert len([path for path in (moved / "results/colours_quick/sorted").rglob("*") if path.is_file()]) == 42
+    stale = [str(path) for path in moved.rglob("*") if path.is_file() and str(first).encode() in path.read_bytes()]
+    assert stale == []  # nothing in the moved folder names the old one
 
 
 # ---------------------------------------------------------------- --pretrained: a torchvision/timm model as pretext
@@ -187,6 +243,7 @@ def test_pretrained_configs_keep_the_models_own_preprocessing(tmp_path, env, cap
         "scan.py",
         "selflabel.py",
         "eval.py",
+        "predict.py",
     ]
     assert "Mean" not in capsys.readouterr().out  # nothing computed
 
@@ -241,7 +298,13 @@ def test_the_printed_pretrained_commands_run_as_printed(tmp_path, env):
         f"--config_dir {tmp_path / 'configs'} --config_env {env}"
     )
     commands = [line for line in printed.splitlines() if line.startswith("python ")]
-    assert [command.split()[1] for command in commands] == ["pretrained.py", "scan.py", "selflabel.py", "eval.py"]
+    assert [command.split()[1] for command in commands] == [
+        "pretrained.py",
+        "scan.py",
+        "selflabel.py",
+        "eval.py",
+        "predict.py",
+    ]
     logs = [shell(command) for command in commands]
     results = tmp_path / "results" / "colours_quick"
     # Stage 1: weights loaded from the file, neighbours and features of the 33 train / 9 test images.

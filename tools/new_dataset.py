@@ -1,16 +1,13 @@
 """A folder of your own images → the three stage configs and the commands that train on it, in one command.
 
-    python -m tools.new_dataset --name birds --images ~/photos/birds --num_classes 10 [--image_size S]
-    python -m tools.new_dataset --name birds --images ~/photos/birds --num_classes 10 \
-                                --pretrained torchvision:resnet50 [--weights PATH]
+    python -m tools.new_dataset --name birds --images datasets/birds --num_classes 10|auto [--image_size S]
+                                [--pretrained torchvision:resnet50 [--weights PATH]] [--quick]
 
 It checks the folder (data/folder.py), saves the split, picks the input size and ResNet-18 stem (up to 64 px
 median shorter side: the images' size and the `cifar` stem; larger: 96 px and the `stl` stem, the paper's two
-settings), computes the mean/std, writes configs/{pretext,scan,selflabel}/<stage>_<name>.yml from the commented
-*_custom.yml templates and prints the commands (docs/own-data.md). `--quick` writes one-epoch smoke-test configs
-with a tiny network (dataset `<name>_quick`). `--pretrained` takes a torchvision/timm model as the pretext: its
-own preprocessing sets size and mean/std, and the *pretrained_custom.yml templates train SCAN heads on its
-cached features.
+settings; with --pretrained the model's own preprocessing), computes the mean/std, writes
+configs/{pretext,scan,selflabel}/<stage>_<name>.yml from the commented *_custom.yml templates, paths as given, and
+prints every command of the path (docs/own-data.md), estimate_k.py's included with `--num_classes auto`.
 """
 
 from __future__ import annotations
@@ -38,21 +35,12 @@ from utils.library_names import is_library_backbone
 from utils.yaml_lines import set_values
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {  # stage folder → (template, entry script, config file prefix)
-    "pretext": ("simclr_custom.yml", "simclr.py", "simclr"),
-    "scan": ("scan_custom.yml", "scan.py", "scan"),
-    "selflabel": ("selflabel_custom.yml", "selflabel.py", "selflabel"),
-}
-PRETRAINED_STAGES = {  # the same with a pretrained torchvision/timm model as the pretext (--pretrained)
-    "pretext": ("pretrained_custom.yml", "pretrained.py", "pretrained"),
-    "scan": ("scan_pretrained_custom.yml", "scan.py", "scan"),
-    "selflabel": ("selflabel_pretrained_custom.yml", "selflabel.py", "selflabel"),
-}
 SMALL_IMAGES = 64  # up to this median shorter side, images keep their size (cifar stem)
 STL_SIZE = 96  # the stl stem's input size
 SIZE_SAMPLE = 200  # images whose size is read to pick the input size
 QUICK = {"epochs": 1, "backbone_kwargs.base_width": 8, "batch_size": 32, "num_workers": 0}
 QUICK_PRETRAINED = {"batch_size": 32, "num_workers": 0}  # the pretrained model keeps its size; epochs: below
+CANDIDATE_K = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20)  # --num_classes auto: those with at least 5 images a cluster
 
 
 @dataclass(frozen=True)
@@ -81,22 +69,14 @@ def choose_geometry(median_side: int | None, image_size: int | None = None) -> G
     else:
         why = f"--image_size {image_size}"
     if image_size == STL_SIZE:
-        return Geometry(
-            image_size,
-            "stl",
-            32,
-            f"{why}: read at 96 px with STL-10's network (stem stl), the paper's setting for 96x96 images",
-        )
+        why += ": read at 96 px with STL-10's network (stem stl), the paper's setting for 96x96 images"
+        return Geometry(image_size, "stl", 32, why)
     # CIFAR's Cutout is half of its 32 px crops; STL-10's a third of 96: half for small crops, a third above.
     cutout = image_size // 2 if image_size <= SMALL_IMAGES else image_size // 3
     cost = (image_size / STL_SIZE) ** 2
     note = "" if image_size <= SMALL_IMAGES else f" (compute per epoch: about {cost:.1f}x that of 96 px)"
-    return Geometry(
-        image_size,
-        "cifar",
-        cutout,
-        f"{why}: read at {image_size} px with CIFAR's network (stem cifar, no early pooling){note}",
-    )
+    why += f": read at {image_size} px with CIFAR's network (stem cifar, no early pooling){note}"
+    return Geometry(image_size, "cifar", cutout, why)
 
 
 def pretrained_geometry(backbone: str) -> Geometry:
@@ -137,15 +117,24 @@ def shown(path: Path) -> str:
         return shlex.quote(str(path))
 
 
-def stage_values(stage: str, name: str, root: Path, args: argparse.Namespace, geometry: Geometry) -> dict:
+def root_as_given(images: str, data_root: Path) -> str:
+    """dataset_kwargs.root for --images: as typed when absolute (or ~), else relative to data_root (`birds`,
+    `../photos/birds`), so that it names the same folder wherever the two move together."""
+    if Path(images).expanduser().is_absolute():
+        return images
+    return Path(os.path.relpath(Path(images).absolute(), data_root)).as_posix()
+
+
+def stage_values(stage: str, name: str, root: str, args: argparse.Namespace, geometry: Geometry) -> dict:
     """The template values to set for `stage`, except a computed normalize (set once the split exists)."""
     values = {
         "train_db_name": name,
         "val_db_name": name,
-        "num_classes": args.num_classes,
-        "dataset_kwargs.root": str(root),
+        "dataset_kwargs.root": root,
         "dataset_kwargs.image_size": geometry.image_size,
     }
+    if args.num_classes != "auto":  # auto: the template's until estimate_k.py writes its estimate
+        values["num_classes"] = int(args.num_classes)
     if args.pretrained:
         # The model's own preprocessing stays in use (no transformation_kwargs); only self-labeling's strong
         # views are sized and normalised here, like it.
@@ -180,31 +169,26 @@ def normalize_values(mean: list[float], std: list[float]) -> dict:
 def config_text(template: Path, values: dict, header: str, geometry: Geometry) -> str:
     """The template with `values` set, its header replaced by `header` and its CHANGE notes rewritten."""
     text = set_values(template.read_text(), values)
-    lines = text.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("setup:"))
-    body = "\n".join(lines[first:]) + "\n"
+    body = text[text.index("\nsetup:") + 1 :]
     # The values are filled in: the template's instructions to change them no longer apply.
     body = re.sub(r"#(\s*)CHANGE:?\s*", r"#\1", body)
     if geometry.normalize is None:
-        transformations = (
-            f"# Transformations: normalize (both places) holds the mean/std of these training images, computed by\n"
-            f"# tools.new_dataset; crops of {geometry.crop} px.\n"
-        )
-        body = re.sub(r"^# Transformations\..*?(?=^[^#])", transformations, body, count=1, flags=re.M | re.S)
+        heading, note = "Transformations", "normalize (both places) holds the mean/std of these training images, "
+        note += f"computed by\n# tools.new_dataset; crops of {geometry.crop} px.\n"
     else:
-        preprocessing = (
-            "# Preprocessing: the model's own (no transformation_kwargs); the strong views of self-labeling crop\n"
-            f"# {geometry.crop} px and normalise with its mean/std, as tools.new_dataset read them from its metadata.\n"
-        )
-        body = re.sub(r"^# Preprocessing\..*?(?=^[^#])", preprocessing, body, count=1, flags=re.M | re.S)
+        heading, note = "Preprocessing", "the model's own (no transformation_kwargs); the strong views of "
+        note += f"self-labeling crop\n# {geometry.crop} px and normalise with its mean/std, as tools.new_dataset "
+        note += "read them from its metadata.\n"
+    body = re.sub(rf"^# {heading}\..*?(?=^[^#])", f"# {heading}: {note}", body, count=1, flags=re.M | re.S)
     return header + body
 
 
 def write_configs(
-    targets: dict[str, Path], name: str, root: Path, args: argparse.Namespace, geometry: Geometry, command: str
-) -> dict:
-    """Write the three configs, check the folder through them, fill in mean/std; returns the pretext config."""
-    for stage, (template, script, _) in stages(args).items():
+    targets: dict[str, Path], name: str, root: str, args: argparse.Namespace, geometry: Geometry, command: str
+) -> tuple[dict, int]:
+    """Write the three configs, check the folder through them, fill in mean/std; returns the pretext config and
+    the number of training images."""
+    for stage, (template, script) in stages(args).items():
         header = (
             f"# {script} on the images in {root} (dataset '{name}'), written by\n#   {command}\n"
             f"# from configs/{stage}/{template}, whose comments below explain each value.\n"
@@ -213,6 +197,8 @@ def write_configs(
         if args.quick:
             network = "" if args.pretrained else ", a width-8 network"
             header += f"# QUICK smoke-test settings (1 epoch{network}): they check that the pipeline runs.\n"
+        if args.num_classes == "auto":
+            header += "# num_classes: estimate_k.py --write_k sets it in the SCAN and self-label configs.\n"
         values = stage_values(stage, name, root, args, geometry)
         targets[stage].parent.mkdir(parents=True, exist_ok=True)
         template_path = ROOT / "configs" / stage / template
@@ -223,29 +209,34 @@ def write_configs(
     train = get_train_dataset(cfg, transforms.ToTensor())
     test = get_val_dataset(cfg)
     kind = f"labeled, {len(train.classes)} classes: {', '.join(train.classes)}" if train.labeled else "unlabeled"
+    held_out = test.paths != train.paths  # test_fraction 0: the test split is every image
+    split = f"{len(test)} test" if held_out else "nothing held out: the test split is every image"
     print(
-        f"Found {len(train) + len(test)} readable images in {root} ({kind}): {len(train)} train, {len(test)} test; "
-        f"split saved to {shown(Path(cfg['root_dir']) / name / 'split.json')}.\nInput size: {geometry.reason}.",
+        f"Found {len(train) + held_out * len(test)} readable images in {shown(train.root)} ({kind}): "
+        f"{len(train)} train, {split}; split saved to {shown(Path(cfg['root_dir']) / name / 'split.json')}.\n"
+        f"Input size: {geometry.reason}.",
         flush=True,
     )
-    if train.labeled and len(train.classes) != args.num_classes:
+    if train.labeled and args.num_classes not in (str(len(train.classes)), "auto"):
         print(f"Note: the folder has {len(train.classes)} classes, you asked for {args.num_classes} clusters.")
-    if geometry.normalize is not None:  # a pretrained model's own mean/std: nothing to compute
+    if geometry.normalize is None:  # SimCLR from scratch: these images' mean/std (a pretrained model has its own)
+        mean, std = channel_stats(train, cfg["num_workers"])
         for path in targets.values():
-            load_config(args.config_env, path)
-        print("The configs:", flush=True)
-        return cfg
-    mean, std = channel_stats(train, cfg["num_workers"])
+            path.write_text(set_values(path.read_text(), normalize_values(mean, std)))
+        print(f"Mean {[round(v, 4) for v in mean]}, std {[round(v, 4) for v in std]} written to the configs.")
     for path in targets.values():
-        path.write_text(set_values(path.read_text(), normalize_values(mean, std)))
         load_config(args.config_env, path)  # each written config must load as its stage will load it
-    print(f"Mean {[round(v, 4) for v in mean]}, std {[round(v, 4) for v in std]} written to the configs:", flush=True)
-    return cfg
+    return cfg, len(train)
 
 
-def stages(args: argparse.Namespace) -> dict:
-    """The templates, scripts and file prefixes of the three stages: SimCLR or a pretrained model as pretext."""
-    return PRETRAINED_STAGES if args.pretrained else STAGES
+def stages(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    """Stage folder → (template, entry script) of the three stages: SimCLR or a pretrained model as pretext."""
+    pretext, kind = ("pretrained", "_pretrained") if args.pretrained else ("simclr", "")
+    return {
+        "pretext": (f"{pretext}_custom.yml", f"{pretext}.py"),
+        "scan": (f"scan{kind}_custom.yml", "scan.py"),
+        "selflabel": (f"selflabel{kind}_custom.yml", "selflabel.py"),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -254,29 +245,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--name", required=True, help="dataset name: results go to <root_dir>/<name>/")
     parser.add_argument("--images", required=True, help="the image folder (class sub-folders optional)")
-    parser.add_argument("--num_classes", required=True, type=int, help="the number of clusters to find")
+    parser.add_argument("--num_classes", required=True, help="clusters to find; auto: estimate_k.py picks")
     parser.add_argument("--image_size", type=int, default=None, help="input size in px (default: chosen)")
-    parser.add_argument(
-        "--config_env",
-        default=str(ROOT / "configs" / "env.yml"),
-        help="env YAML for the commands (root_dir, data_root; default: configs/env.yml)",
-    )
-    parser.add_argument(
-        "--config_dir",
-        default=str(ROOT / "configs"),
-        help="where the pretext/ scan/ selflabel/ config folders are (default: configs/)",
-    )
-    parser.add_argument(
-        "--pretrained",
-        metavar="NAME",
-        default=None,
-        help="a pretrained model as the pretext instead of SimCLR: torchvision:<name> or timm:<name>",
-    )
-    parser.add_argument(
-        "--weights",
-        default=None,
-        help="with --pretrained: a local weights file (.pth, .pth.tar, .safetensors); default: the library's own",
-    )
+    parser.add_argument("--config_env", default=str(ROOT / "configs/env.yml"), help="env YAML (configs/env.yml)")
+    parser.add_argument("--config_dir", default=str(ROOT / "configs"), help="for pretext/ scan/ selflabel/ (configs/)")
+    parser.add_argument("--pretrained", metavar="NAME", help="instead of SimCLR: torchvision:NAME, timm:NAME")
+    parser.add_argument("--weights", help="with --pretrained: a local weights file (default: the library's own)")
     parser.add_argument("--quick", action="store_true", help="smoke-test configs: 1 epoch each, a tiny network")
     parser.add_argument("--force", action="store_true", help="overwrite existing configs of this name")
     args = parser.parse_args(argv)
@@ -284,8 +258,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--name {args.name!r}: use letters, digits, '_', '-' and '.' (it names folders and files)")
     if args.name in BUILTIN:
         parser.error(f"--name {args.name} is a built-in dataset; pick another name")
-    if args.num_classes < 2:
-        parser.error(f"--num_classes must be at least 2, not {args.num_classes}")
+    if args.num_classes != "auto" and not (args.num_classes.isdigit() and int(args.num_classes) >= 2):
+        parser.error(f"--num_classes must be a whole number of at least 2, or auto; not {args.num_classes}")
     if args.image_size is not None and args.image_size < 16:
         parser.error(f"--image_size must be at least 16 px, not {args.image_size}")
     if args.pretrained is None:
@@ -307,14 +281,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--pretrained {args.pretrained}: {error}")
     if args.weights is None:
         args.weights = "default"
-    else:
-        weights = Path(args.weights).expanduser().absolute()
-        if not weights.is_file():
-            parser.error(
-                f"--weights {args.weights}: no such file. Give the model's weights file, or leave --weights "
-                "out for the library's own weights (downloaded when online)."
-            )
-        args.weights = str(weights)
+    elif not Path(args.weights).expanduser().is_file():
+        parser.error(
+            f"--weights {args.weights}: no such file. Give the model's weights file, or leave --weights "
+            "out for the library's own weights (downloaded when online)."
+        )
     return args
 
 
@@ -322,6 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     name = f"{args.name}_quick" if args.quick else args.name
     root = Path(args.images).expanduser().absolute()
+    # A relative --images is written relative to data_root as the stages resolve it (from any config).
+    data_root = Path(load_config(args.config_env, ROOT / "configs/pretext/simclr_custom.yml")["data_root"])
     if not root.is_dir():
         raise folder_error(root, "folder not found", "Pass the folder that holds your images with --images.")
     paths = find_images(root)
@@ -330,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
     geometry = args.geometry if args.pretrained else choose_geometry(median_shorter_side(paths), args.image_size)
 
     config_dir = Path(args.config_dir)
-    targets = {stage: config_dir / stage / f"{prefix}_{name}.yml" for stage, (_, _, prefix) in stages(args).items()}
+    targets = {stage: config_dir / stage / f"{script[:-3]}_{name}.yml" for stage, (_, script) in stages(args).items()}
     existing = [str(path) for path in targets.values() if path.exists()]
     if existing and not args.force:
         raise SystemExit(f"error: {', '.join(existing)} exist already: pass --force to overwrite, or another --name.")
@@ -340,29 +313,34 @@ def main(argv: list[str] | None = None) -> dict:
     # and keeps the configs that --force would have replaced.
     drafts = {stage: path.with_name(f".{path.name}.draft.yml") for stage, path in targets.items()}
     try:
-        cfg = write_configs(drafts, name, root, args, geometry, command)
+        cfg, num_train = write_configs(drafts, name, root_as_given(args.images, data_root), args, geometry, command)
         for stage, draft in drafts.items():
             os.replace(draft, targets[stage])
     finally:
         for draft in drafts.values():
             draft.unlink(missing_ok=True)
-    for path in targets.values():
-        print(f"  {shown(path)}")
+    print("The configs:\n" + "\n".join(f"  {shown(path)}" for path in targets.values()), flush=True)
 
-    env = shown(Path(args.config_env))
-    commands = [
-        f"python {shown(ROOT / script)} --config_env {env} --config_exp {shown(targets[stage])}"
-        for stage, (_, script, _) in stages(args).items()
+    run = {
+        stage: f"--config_env {shown(Path(args.config_env))} --config_exp {shown(path)}"
+        for stage, path in targets.items()
+    }
+    commands = [f"python {shown(ROOT / script)} {run[stage]}" for stage, (_, script) in stages(args).items()]
+    candidates = " ".join(str(k) for k in CANDIDATE_K if k <= max(3, num_train // 5))
+    estimate = f"{shown(ROOT / 'estimate_k.py')} {run['scan']} --k {candidates} --write_k {shown(targets['scan'])}"
+    commands[1:1] = [f"python {estimate} {shown(targets['selflabel'])}"] if args.num_classes == "auto" else []
+    model, results = shown(Path(cfg["selflabel_model"])), Path(cfg["root_dir"]) / name
+    commands += [
+        f"python {shown(ROOT / 'eval.py')} {run['selflabel']} --model {model}",
+        f"python {shown(ROOT / 'predict.py')} {run['selflabel']} --model {model} --images {shown(root)} "
+        f"--output {shown(results / 'predictions.csv')} --sort_into {shown(results / 'sorted')}",
     ]
-    commands.append(
-        f"python {shown(ROOT / 'eval.py')} --config_env {env} --config_exp {shown(targets['selflabel'])} "
-        f"--model {shown(Path(cfg['selflabel_model']))}"
-    )
+    note = "estimate_k.py writes the K it finds into the configs and says how sure it is (docs/own-data.md). "
     report = Path(cfg["selflabel_model"]).parent / "model_eval" / "report.html"
     print(
-        "\nNow train (pretext, clustering, self-labeling) and evaluate, from this folder:\n\n"
+        "\nNow train, evaluate and sort the images into one folder per cluster, from this folder:\n\n"
         + "\n".join(commands)
-        + f"\n\nThen open {shown(report)} in a browser.",
+        + f"\n\n{note if args.num_classes == 'auto' else ''}Then open {shown(report)} in a browser.",
         flush=True,
     )
     return {"configs": {stage: str(path) for stage, path in targets.items()}, "commands": commands}

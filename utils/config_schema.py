@@ -72,7 +72,7 @@ FOLDER_SCHEMA = {
     "root": STR,
     "labeled": (bool, str),
     "image_size": OPTIONAL_INT,
-    "test_fraction": NUMBER,
+    "test_fraction": (int, float, str),  # which values: check_nested
     "split_seed": INT,
 }
 BUILTIN_ARCHIVES = ("cifar-10", "cifar-20", "stl-10", "imagenet", "imagenet_50", "imagenet_100", "imagenet_200")
@@ -257,4 +257,11 @@ def check_nested(cfg: dict) -> None:
         schema = CONTRASTIVE_MODEL_SCHEMA if cfg.get("setup") in ("simclr", "moco") else {}
         check_block(cfg["model_kwargs"], schema, "model_kwargs")
     if cfg.get("dataset_kwargs"):
-        check_block(cfg["dataset_kwargs"], dataset_schema(cfg.get("train_db_name")), "dataset_kwargs")
+        schema = dataset_schema(cfg.get("train_db_name"))
+        check_block(cfg["dataset_kwargs"], schema, "dataset_kwargs")
+        fraction = cfg["dataset_kwargs"].get("test_fraction", "auto")
+        if schema is FOLDER_SCHEMA and fraction != "auto" and not (is_instance(fraction, NUMBER) and 0 <= fraction < 1):
+            raise ConfigError(
+                f"Config key 'dataset_kwargs.test_fraction' is {fraction!r}: give the share held out as the test "
+                "split, from 0 (none: the test split is every image) up to but not 1, or auto (labeled 0.2, else 0)."
+            )
