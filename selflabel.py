@@ -33,7 +33,6 @@ from engine.stage import check_cluster_count, run_cli, setup_stage, stage_comman
 from losses import NoConfidentSamplesError, make_criterion, pseudo_labels
 from models import build_model
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, strip_module_prefix
-from utils.config import ConfigError
 from utils.guard import TrainingGuard, finite_loss
 from utils.history import History
 from utils.optim import EMA, adjust_learning_rate, build_optimizer
@@ -54,10 +53,7 @@ def best_head_state_dict(scan_checkpoint: dict) -> dict:
 def build_criterion(cfg: dict) -> torch.nn.Module:
     """`criterion: confidence-cross-entropy` toward the targets `pseudo_labels` names: the paper's threshold rule,
     or every cluster's most confident `pseudo_label_fraction` of its batch members as well."""
-    fractions = {"threshold": None, "per_cluster": cfg["pseudo_label_fraction"]}
-    if cfg["pseudo_labels"] not in fractions:
-        raise ConfigError(f"pseudo_labels '{cfg['pseudo_labels']}' is not one of: threshold, per_cluster.")
-    fraction = fractions[cfg["pseudo_labels"]]
+    fraction = cfg["pseudo_label_fraction"] if cfg["pseudo_labels"] == "per_cluster" else None
     return make_criterion(cfg, "confidence-cross-entropy", threshold=cfg["confidence_threshold"], fraction=fraction)
 
 

@@ -23,44 +23,23 @@ from utils.config import EXPERIMENT_DEFAULTS, reads_key
 # Config keys that do not change a stage's result (dotted for nested ones; a key covers everything below it):
 # how fast or where it runs, what it logs. Every other experiment key changes the result.
 FREE_KEYS = (
-    "num_workers",
-    "resume",
-    "tensorboard",
-    "knn_every",
+    *("num_workers", "resume", "tensorboard", "knn_every"),
     "knn_monitor_k",  # the pretext stage's progress monitor only
     "amp",  # the fast and the faithful path give the same result in distribution (docs/speed.md)
-    "channels_last",
-    "compile",
-    "augmentation_backend",
+    *("channels_last", "compile", "augmentation_backend"),
 )
 # Keys of what a pretext stage makes from its finished model (neighbours, cached features): a change redoes that
 # part from the checkpoint, without training again.
 AFTER_TRAINING_KEYS = (
-    "topk_neighbors_train",
-    "topk_neighbors_val",
-    "save_features",
-    "knn_index",
-    "knn_ivf_lists",
-    "knn_ivf_probe",
-    "knn_float16",
+    *("topk_neighbors_train", "topk_neighbors_val", "save_features"),
+    *("knn_index", "knn_ivf_lists", "knn_ivf_probe", "knn_float16"),
 )
 # Keys that decide the model or the data: a checkpoint written under other values cannot be continued at all.
 MODEL_AND_DATA_KEYS = (
-    "setup",
-    "backbone",
-    "backbone_kwargs",
-    "model_kwargs",
-    "num_classes",
-    "num_heads",
-    "train_db_name",
-    "val_db_name",
-    "train_split",
-    "dataset_kwargs",
-    "augmentation_strategy",
-    "augmentation_kwargs.random_resized_crop.size",
-    "augmentation_kwargs.crop_size",
-    "transformation_kwargs.crop_size",
-    "num_neighbors",
+    *("setup", "backbone", "backbone_kwargs", "model_kwargs", "num_classes", "num_heads"),
+    *("train_db_name", "val_db_name", "train_split", "dataset_kwargs", "augmentation_strategy"),
+    *("augmentation_kwargs.random_resized_crop.size", "augmentation_kwargs.crop_size"),
+    *("transformation_kwargs.crop_size", "num_neighbors"),
     "update_cluster_head_only",  # which parameters the optimizer holds
     "head_input",  # images or cached features: what the heads train on
     "optimizer",  # another optimizer cannot take over the saved one's state

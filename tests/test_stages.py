@@ -283,8 +283,8 @@ def test_selflabel_criterion_follows_pseudo_labels_and_refuses_unknown_rules():
     assert type(threshold) is ConfidenceBasedCE and threshold.fraction is None and threshold.threshold == 0.99
     per_cluster = selflabel.build_criterion({**cfg, "pseudo_labels": "per_cluster"})
     assert type(per_cluster) is ConfidenceBasedCE and per_cluster.fraction == 0.25
-    with pytest.raises(ConfigError, match="threshold, per_cluster"):
-        selflabel.build_criterion({**cfg, "pseudo_labels": "balanced"})
+    with pytest.raises(ConfigError, match="threshold, per_cluster"):  # refused where the config is loaded
+        load_config(None, ROOT / "configs/selflabel/selflabel_cifar10.yml", ["pseudo_labels=balanced"])
 
 
 # Each stage's main() on 20 tiny images (fast tier) ---------------------------------------------------------------

@@ -112,18 +112,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("augmentation_strategy", "augmentation_kwargs"), TRAINED),
     **dict.fromkeys(("num_neighbors", "update_cluster_head_only", "head_input"), ("scan",)),
     "num_heads": ("scan", "selflabel"),
-    **dict.fromkeys(
-        (
-            "confidence_threshold",
-            "use_ema",
-            "ema_alpha",
-            "pseudo_labels",
-            "pseudo_label_fraction",
-            "selflabel_keep",
-            "cluster_warning_fraction",
-        ),
-        ("selflabel",),
-    ),
+    **dict.fromkeys(("confidence_threshold", "use_ema", "ema_alpha", "pseudo_labels"), ("selflabel",)),
+    **dict.fromkeys(("pseudo_label_fraction", "selflabel_keep", "cluster_warning_fraction"), ("selflabel",)),
     # The paths stage_paths adds: each stage's own files and its inputs.
     **dict.fromkeys(("pretext_dir", "pretext_checkpoint"), PRETEXT),
     **dict.fromkeys(("pretext_model", "topk_neighbors_train_path"), (*PRETEXT, "scan")),
@@ -313,16 +303,10 @@ def stage_parser(description: str, module_name: str, extra_arguments=None) -> Ar
     """The arguments of a training stage's script, parsed at once when it runs from the shell (parse_early)."""
     parser = ArgumentParser(description=description)
     add_config_arguments(parser)
-    parser.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start this stage over: its output folder is moved aside (renamed with a timestamp), not deleted",
-    )
-    parser.add_argument(
-        "--resume_changed",
-        action="store_true",
-        help="continue an unfinished run's checkpoint although its settings or input files changed (recorded)",
-    )
+    fresh = "start this stage over: its output folder is moved aside (renamed with a timestamp), not deleted"
+    parser.add_argument("--fresh", action="store_true", help=fresh)
+    changed = "continue an unfinished run's checkpoint although its settings or input files changed (recorded)"
+    parser.add_argument("--resume_changed", action="store_true", help=changed)
     if extra_arguments is not None:
         extra_arguments(parser)
     parse_early(module_name, parser.parse_args)
@@ -347,12 +331,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, env_required: bool = T
 
 def add_eval_batch_size_argument(parser: argparse.ArgumentParser) -> None:
     """--batch_size of eval.py and predict.py: images per batch, whatever batch the model was trained with."""
-    parser.add_argument(
-        "--batch_size",
-        type=int,
-        default=256,
-        help="images per batch (default 256; the config's batch_size is the training one)",
-    )
+    help = "images per batch (default 256; the config's batch_size is the training one)"
+    parser.add_argument("--batch_size", type=int, default=256, help=help)
 
 
 def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
