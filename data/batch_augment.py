@@ -57,16 +57,6 @@ def blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> to
     return torch.floor(torch.clamp(degenerate + _per_image(factor) * (x - degenerate), 0.0, 255.0))
 
 
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """ImageEnhance.Brightness: blend toward black."""
-    return blend(torch.zeros_like(x), x, factor)
-
-
-def adjust_color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """ImageEnhance.Color (= torchvision's adjust_saturation on PIL): blend toward the 8-bit grey image."""
-    return blend(grayscale(x), x, factor)
-
-
 def contrast_degenerate(x: torch.Tensor, gray: torch.Tensor | None = None) -> torch.Tensor:
     """ImageEnhance.Contrast's target: the mean of the 8-bit grey image rounded half up, as [B, 1, 1, 1].
 
@@ -76,11 +66,6 @@ def contrast_degenerate(x: torch.Tensor, gray: torch.Tensor | None = None) -> to
     total, count = gray.double().sum(dim=(-3, -2, -1)), gray.shape[-1] * gray.shape[-2]
     mean = torch.div(2 * total + count, 2 * count, rounding_mode="floor")
     return _per_image(mean.to(x.dtype))
-
-
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """ImageEnhance.Contrast: blend toward the rounded mean grey level."""
-    return blend(contrast_degenerate(x), x, factor)
 
 
 def sharpness_degenerate(x: torch.Tensor) -> torch.Tensor:
@@ -97,11 +82,6 @@ def sharpness_degenerate(x: torch.Tensor) -> torch.Tensor:
     degenerate = x.clone()
     degenerate[..., 1:-1, 1:-1] = smooth
     return degenerate
-
-
-def adjust_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """ImageEnhance.Sharpness: blend toward the smoothed image."""
-    return blend(sharpness_degenerate(x), x, factor)
 
 
 def _pil_hue_saturation(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,15 +106,8 @@ def _pil_hue_saturation(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tu
     return torch.where(gray, 0.0, hue), torch.where(gray, 0.0, saturation)
 
 
-# PIL's HSV → RGB sets each output channel to one of (v, p, q, t) by hue sector (the C switch); row = sector.
-_SECTOR_CHANNELS = [
-    ("v", "t", "p"),
-    ("q", "v", "p"),
-    ("p", "v", "t"),
-    ("p", "q", "v"),
-    ("t", "p", "v"),
-    ("v", "p", "q"),
-]
+# PIL's HSV → RGB sets each output channel to one of (v, p, q, t) by hue sector (the C switch); item = sector.
+_SECTOR_CHANNELS = ["vtp", "qvp", "pvt", "pqv", "tpv", "vpq"]
 
 
 @functools.cache

@@ -87,11 +87,28 @@ def _ours_kwargs(**overrides) -> dict:
 # ---------------------------------------------------------------- single ops at fixed parameters: PIL's pixels
 
 
+# ImageEnhance's four ops as the batched transforms compute them: a blend toward each op's degenerate image.
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return ba.blend(torch.zeros_like(x), x, factor)
+
+
+def adjust_color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return ba.blend(ba.grayscale(x), x, factor)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return ba.blend(ba.contrast_degenerate(x), x, factor)
+
+
+def adjust_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return ba.blend(ba.sharpness_degenerate(x), x, factor)
+
+
 BLENDS = [
-    ("brightness", lambda im, f: ImageEnhance.Brightness(im).enhance(f), ba.adjust_brightness),
-    ("color", lambda im, f: ImageEnhance.Color(im).enhance(f), ba.adjust_color),
-    ("contrast", lambda im, f: ImageEnhance.Contrast(im).enhance(f), ba.adjust_contrast),
-    ("sharpness", lambda im, f: ImageEnhance.Sharpness(im).enhance(f), ba.adjust_sharpness),
+    ("brightness", lambda im, f: ImageEnhance.Brightness(im).enhance(f), adjust_brightness),
+    ("color", lambda im, f: ImageEnhance.Color(im).enhance(f), adjust_color),
+    ("contrast", lambda im, f: ImageEnhance.Contrast(im).enhance(f), adjust_contrast),
+    ("sharpness", lambda im, f: ImageEnhance.Sharpness(im).enhance(f), adjust_sharpness),
 ]
 
 
@@ -453,8 +470,8 @@ def test_the_jitter_step_applies_brightness_contrast_and_saturation_as_numbered(
     factors = torch.tensor([[0.5, 1.5, 0.2, 0.0]]).expand(3, 4)  # brightness, contrast, saturation, hue
     op, active = torch.tensor([0, 1, 2]), torch.tensor([True, True, True])
     out = ba.SimCLRBatchTransform.blend_step(x, op, active, factors)
-    assert torch.equal(out[0], ba.adjust_brightness(x[:1], torch.tensor([0.5]))[0])
-    assert torch.equal(out[1], ba.adjust_contrast(x[1:2], torch.tensor([1.5]))[0])
-    assert torch.equal(out[2], ba.adjust_color(x[2:3], torch.tensor([0.2]))[0])
+    assert torch.equal(out[0], adjust_brightness(x[:1], torch.tensor([0.5]))[0])
+    assert torch.equal(out[1], adjust_contrast(x[1:2], torch.tensor([1.5]))[0])
+    assert torch.equal(out[2], adjust_color(x[2:3], torch.tensor([0.2]))[0])
     idle = ba.SimCLRBatchTransform.blend_step(x, op, torch.tensor([False, False, False]), factors)
     assert torch.equal(idle, x)  # an inactive image is left exactly as it was
