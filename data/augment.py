@@ -26,80 +26,23 @@ def _affine(img: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
     return img.transform(img.size, Image.Transform.AFFINE, coeffs)
 
 
-def identity(img: Image.Image, v: float) -> Image.Image:
-    return img
-
-
-def auto_contrast(img: Image.Image, v: float) -> Image.Image:
-    return ImageOps.autocontrast(img)
-
-
-def equalize(img: Image.Image, v: float) -> Image.Image:
-    return ImageOps.equalize(img)
-
-
-def rotate(img: Image.Image, v: float) -> Image.Image:
-    return img.rotate(_random_sign(v))
-
-
-def solarize(img: Image.Image, v: float) -> Image.Image:
-    return ImageOps.solarize(img, v)
-
-
-def color(img: Image.Image, v: float) -> Image.Image:
-    return ImageEnhance.Color(img).enhance(v)
-
-
-def contrast(img: Image.Image, v: float) -> Image.Image:
-    return ImageEnhance.Contrast(img).enhance(v)
-
-
-def brightness(img: Image.Image, v: float) -> Image.Image:
-    return ImageEnhance.Brightness(img).enhance(v)
-
-
-def sharpness(img: Image.Image, v: float) -> Image.Image:
-    return ImageEnhance.Sharpness(img).enhance(v)
-
-
-def shear_x(img: Image.Image, v: float) -> Image.Image:
-    return _affine(img, (1, _random_sign(v), 0, 0, 1, 0))
-
-
-def shear_y(img: Image.Image, v: float) -> Image.Image:
-    return _affine(img, (1, 0, 0, _random_sign(v), 1, 0))
-
-
-def translate_x(img: Image.Image, v: float) -> Image.Image:
-    """``v`` is a fraction of the width, so the op is resolution independent."""
-    return _affine(img, (1, 0, _random_sign(v) * img.size[0], 0, 1, 0))
-
-
-def translate_y(img: Image.Image, v: float) -> Image.Image:
-    """``v`` is a fraction of the height, so the op is resolution independent."""
-    return _affine(img, (1, 0, 0, 0, 1, _random_sign(v) * img.size[1]))
-
-
-def posterize(img: Image.Image, v: float) -> Image.Image:
-    return ImageOps.posterize(img, int(v))
-
-
-# (name, op, min magnitude, max magnitude); ops that ignore the magnitude keep (0, 1).
+# (name, op(img, v), min magnitude, max magnitude); ops that ignore the magnitude keep (0, 1). The geometric ops
+# take a random sign; the translations a fraction of the image's size, so they are resolution independent.
 OPS: list[tuple[str, Callable[[Image.Image, float], Image.Image], float, float]] = [
-    ("Identity", identity, 0, 1),
-    ("AutoContrast", auto_contrast, 0, 1),
-    ("Equalize", equalize, 0, 1),
-    ("Rotate", rotate, -30, 30),
-    ("Solarize", solarize, 0, 256),
-    ("Color", color, 0.05, 0.95),
-    ("Contrast", contrast, 0.05, 0.95),
-    ("Brightness", brightness, 0.05, 0.95),
-    ("Sharpness", sharpness, 0.05, 0.95),
-    ("ShearX", shear_x, -0.1, 0.1),
-    ("ShearY", shear_y, -0.1, 0.1),
-    ("TranslateX", translate_x, -0.1, 0.1),
-    ("TranslateY", translate_y, -0.1, 0.1),
-    ("Posterize", posterize, 4, 8),
+    ("Identity", lambda img, v: img, 0, 1),
+    ("AutoContrast", lambda img, v: ImageOps.autocontrast(img), 0, 1),
+    ("Equalize", lambda img, v: ImageOps.equalize(img), 0, 1),
+    ("Rotate", lambda img, v: img.rotate(_random_sign(v)), -30, 30),
+    ("Solarize", lambda img, v: ImageOps.solarize(img, v), 0, 256),
+    ("Color", lambda img, v: ImageEnhance.Color(img).enhance(v), 0.05, 0.95),
+    ("Contrast", lambda img, v: ImageEnhance.Contrast(img).enhance(v), 0.05, 0.95),
+    ("Brightness", lambda img, v: ImageEnhance.Brightness(img).enhance(v), 0.05, 0.95),
+    ("Sharpness", lambda img, v: ImageEnhance.Sharpness(img).enhance(v), 0.05, 0.95),
+    ("ShearX", lambda img, v: _affine(img, (1, _random_sign(v), 0, 0, 1, 0)), -0.1, 0.1),
+    ("ShearY", lambda img, v: _affine(img, (1, 0, 0, _random_sign(v), 1, 0)), -0.1, 0.1),
+    ("TranslateX", lambda img, v: _affine(img, (1, 0, _random_sign(v) * img.size[0], 0, 1, 0)), -0.1, 0.1),
+    ("TranslateY", lambda img, v: _affine(img, (1, 0, 0, 0, 1, _random_sign(v) * img.size[1])), -0.1, 0.1),
+    ("Posterize", lambda img, v: ImageOps.posterize(img, int(v)), 4, 8),
 ]
 
 
@@ -122,18 +65,14 @@ class Cutout:
     holes hold the dataset mean rather than black)."""
 
     def __init__(self, n_holes: int, length: int, random: bool = True) -> None:
-        self.n_holes = n_holes
-        self.length = length
-        self.random = random
+        self.n_holes, self.length, self.random = n_holes, length, random
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         h, w = img.shape[1], img.shape[2]
         img = img.clone()
         for _ in range(self.n_holes):
             side = random.randint(1, self.length) if self.random else self.length
-            y = random.randrange(h)
-            x = random.randrange(w)
-            half = side // 2
+            y, x, half = random.randrange(h), random.randrange(w), side // 2
             img[:, max(y - half, 0) : min(y + half, h), max(x - half, 0) : min(x + half, w)] = 0
         return img
 
