@@ -25,22 +25,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description="Assign images to the clusters of a SCAN or self-label model")
     add_config_arguments(parser, env_required=False)
     parser.add_argument("--model", required=True, help="SCAN ({'model', 'head'}) or self-label model file")
-    parser.add_argument(
-        "--images", required=True, nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)"
-    )
+    images = "image files and/or folders (searched recursively)"
+    parser.add_argument("--images", required=True, nargs="+", metavar="PATH", help=images)
     parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: predictions.csv)")
-    parser.add_argument(
-        "--metrics",
-        default=None,
-        help="eval.py's metrics.json for this model, for the matched classes "
-        "(default: <model dir>/<model file stem>_eval/metrics.json)",
-    )
-    parser.add_argument(
-        "--sort_into",
-        metavar="DIR",
-        default=None,
-        help="also copy the images into one folder per cluster name below DIR (new or empty), e.g. DIR/finch/",
-    )
+    metrics = "eval.py's metrics.json for this model, for the matched classes "
+    metrics += "(default: <model dir>/<model file stem>_eval/metrics.json)"
+    parser.add_argument("--metrics", default=None, help=metrics)
+    sort_into = "also copy the images into one folder per cluster name below DIR (new or empty), e.g. DIR/finch/"
+    parser.add_argument("--sort_into", metavar="DIR", default=None, help=sort_into)
     parser.add_argument("--link", action="store_true", help="with --sort_into: symlink the images instead of copying")
     parser.add_argument("--labels_csv", metavar="FILE", default=None, help="also write a CSV of file,label (the name)")
     parser.add_argument("--skip_unsure", action="store_true", help="leave unsure images out of the two above")

@@ -25,12 +25,8 @@ class WeightsOption(argparse.Action):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--weights",
-        metavar="PATH",
-        action=WeightsOption,
-        help="weights file of the backbone, or `default` (the library's own); same as --set pretrained=PATH",
-    )
+    help = "weights file of the backbone, or `default` (the library's own); same as --set pretrained=PATH"
+    parser.add_argument("--weights", metavar="PATH", action=WeightsOption, help=help)
 
 
 PARSER = stage_parser("Pretext from a pretrained torchvision/timm backbone", __name__, add_arguments)

@@ -14,19 +14,13 @@ from pathlib import Path
 import yaml
 
 from engine.run_record import RunPlan, plan_run
-from utils.config import ConfigError, format_config, load_config
+from utils.config import PRETEXT, ConfigError, format_config, load_config
 from utils.errors import UserError
 from utils.files import check_writable
 from utils.runtime import Runtime, from_main, init_runtime, leave_process_group, resolve_fast_path, seed_everything
 
 # Where each setup writes: the folder --fresh moves aside.
-STAGE_DIRS = {
-    "simclr": "pretext_dir",
-    "moco": "pretext_dir",
-    "pretrained": "pretext_dir",
-    "scan": "scan_dir",
-    "selflabel": "selflabel_dir",
-}
+STAGE_DIRS = {**dict.fromkeys(PRETEXT, "pretext_dir"), "scan": "scan_dir", "selflabel": "selflabel_dir"}
 
 
 def setup_stage(

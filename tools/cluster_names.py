@@ -35,13 +35,8 @@ def _probability(text: str) -> float:
 def add_naming_arguments(parser: argparse.ArgumentParser) -> None:
     """--names and --unsure_below of eval.py and predict.py."""
     parser.add_argument("--names", metavar="FILE", help=f"cluster names (default: {NAMES_FILE} of eval.py's outputs)")
-    parser.add_argument(
-        "--unsure_below",
-        type=_probability,
-        default=0.0,
-        metavar="P",
-        help=f"images of a lower confidence are `{UNSURE}` (default: 0, none)",
-    )
+    help = f"images of a lower confidence are `{UNSURE}` (default: 0, none)"
+    parser.add_argument("--unsure_below", type=_probability, default=0.0, metavar="P", help=help)
 
 
 def default_names(num_clusters: int, cluster_to_class: dict[int, str]) -> list[str]:
