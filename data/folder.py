@@ -195,12 +195,6 @@ class FolderDataset(ImageDataset):
                 f"Folder datasets have the splits {' and '.join(SPLITS)}, not '{split}' "
                 f"(set train_split: train in the pretext config)."
             )
-        if labeled not in ("auto", True, False):
-            raise ConfigError(f"dataset_kwargs.labeled must be auto, true or false, not {labeled!r}.")
-        if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-            raise ConfigError(
-                f"dataset_kwargs.image_size must be a positive whole number of pixels (or null), not {image_size!r}."
-            )
         self.root = resolve_root(root, data_root)
         self.image_size = image_size
         if not self.root.is_dir():

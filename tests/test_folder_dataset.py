@@ -69,8 +69,8 @@ def test_labeled_can_be_forced_either_way(tmp_path):
     write_image(tmp_path / "data" / "stray.jpg")
     with pytest.raises(DatasetNotFoundError, match="stray.jpg"):
         FolderDataset(tmp_path / "data", labeled=True)
-    with pytest.raises(ConfigError, match="labeled"):
-        FolderDataset(tmp_path / "data", labeled="maybe")
+    with pytest.raises(ConfigError, match="labeled must be auto, true or false"):  # refused by the schema
+        custom_config(tmp_path, "data", labeled="maybe")
 
 
 def test_train_and_test_folders_are_used_as_given(tmp_path):
@@ -311,6 +311,11 @@ def test_an_unlabeled_folder_is_trained_on_and_shown_whole_unless_a_test_fractio
 def test_test_fraction_outside_0_to_1_is_refused_by_the_schema(tmp_path, value):
     with pytest.raises(ConfigError, match=r"dataset_kwargs.test_fraction' is .*from 0 \(none.*up to but not 1"):
         custom_config(tmp_path, "flowers", test_fraction=value)
+
+
+def test_image_size_below_one_pixel_is_refused_by_the_schema(tmp_path):
+    with pytest.raises(ConfigError, match="image_size must be a positive whole number of pixels"):
+        custom_config(tmp_path, "flowers", image_size=0)
 
 
 def test_the_saved_split_names_images_relative_to_the_folder_and_not_where_it_lies(tmp_path):

@@ -72,7 +72,7 @@ FOLDER_SCHEMA = {
     "root": STR,
     "labeled": (bool, str),
     "image_size": OPTIONAL_INT,
-    "test_fraction": (int, float, str),  # which values: check_nested
+    "test_fraction": (int, float, str),  # which values: check_folder_values
     "split_seed": INT,
 }
 BUILTIN_ARCHIVES = ("cifar-10", "cifar-20", "stl-10", "imagenet", "imagenet_50", "imagenet_100", "imagenet_200")
@@ -259,9 +259,22 @@ def check_nested(cfg: dict) -> None:
     if cfg.get("dataset_kwargs"):
         schema = dataset_schema(cfg.get("train_db_name"))
         check_block(cfg["dataset_kwargs"], schema, "dataset_kwargs")
-        fraction = cfg["dataset_kwargs"].get("test_fraction", "auto")
-        if schema is FOLDER_SCHEMA and fraction != "auto" and not (is_instance(fraction, NUMBER) and 0 <= fraction < 1):
-            raise ConfigError(
-                f"Config key 'dataset_kwargs.test_fraction' is {fraction!r}: give the share held out as the test "
-                "split, from 0 (none: the test split is every image) up to but not 1, or auto (labeled 0.2, else 0)."
-            )
+        if schema is FOLDER_SCHEMA:
+            check_folder_values(cfg["dataset_kwargs"])
+
+
+def check_folder_values(kwargs: dict) -> None:
+    """The values a folder dataset's keys may take, beyond their types."""
+    labeled, image_size = kwargs.get("labeled", "auto"), kwargs.get("image_size")
+    if labeled not in ("auto", True, False):
+        raise ConfigError(f"dataset_kwargs.labeled must be auto, true or false, not {labeled!r}.")
+    if image_size is not None and image_size < 1:
+        raise ConfigError(
+            f"dataset_kwargs.image_size must be a positive whole number of pixels (or null), not {image_size!r}."
+        )
+    fraction = kwargs.get("test_fraction", "auto")
+    if fraction != "auto" and not (is_instance(fraction, NUMBER) and 0 <= fraction < 1):
+        raise ConfigError(
+            f"Config key 'dataset_kwargs.test_fraction' is {fraction!r}: give the share held out as the test "
+            "split, from 0 (none: the test split is every image) up to but not 1, or auto (labeled 0.2, else 0)."
+        )
