@@ -1,8 +1,7 @@
 """ResNet backbones with the exact module names of the SCAN model zoo.
 
-The published checkpoints are plain state dicts, so the attribute names here
-(`conv1`, `bn1`, `layerN.i.shortcut.{0,1}`, ...) are part of the file format and
-must not change. Backbones return pooled, flattened features; no classifier.
+The published checkpoints are plain state dicts, so the attribute names here (`conv1`, `bn1`, `layerN.i.shortcut.{0,1}`,
+...) are part of the file format and must not change. Backbones return pooled, flattened features; no classifier.
 """
 
 from __future__ import annotations
@@ -41,12 +40,10 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18 for small images.
 
-    `stem='cifar'`: 3×3/1 stem, no max-pool, adaptive average pool (32×32 input).
-    `stem='stl'`: same plus MaxPool(2, 2, padding 1) after the stem and a fixed
-    AvgPool(7) at the end, as used for STL-10's 96×96 crops. Neither adds parameters,
-    so both variants share one state-dict layout.
-    `base_width` scales every stage (64 gives the published model; smaller widths
-    make small demos fast). Output dimension is 8 × base_width.
+    `stem='cifar'`: 3×3/1 stem, no max-pool, adaptive average pool (32×32 input). `stem='stl'`: same plus MaxPool(2, 2,
+    padding 1) after the stem and a fixed AvgPool(7) at the end, as used for STL-10's 96×96 crops. Neither adds
+    parameters, so both variants share one state-dict layout. `base_width` scales every stage (64 gives the published
+    model; smaller widths make small demos fast). Output dimension is 8 × base_width.
     """
 
     def __init__(self, stem: str = "cifar", base_width: int = 64) -> None:

@@ -1,13 +1,9 @@
 """The keys and value types of every config block that has a fixed set of keys.
 
-`load_config` checks a merged config against these tables, so that a typo at any depth
-(`augmentation_kwargs.horizontal_fip`, `optimizer_kwargs.lrr`) or a value of the wrong type
-(`epochs: ten`) stops the run before it starts, with the closest valid key named. A silently
-ignored key costs a whole training run, which is why nothing here is free-form.
-
-A schema maps a key to its expected value: a tuple of accepted types, or a nested schema
-(a dict) for a nested block. Which schema a `*_kwargs` block follows can depend on another
-key (the optimizer's, the criterion's, the augmentation strategy's, the backbone's).
+`load_config` checks a merged config against these tables, so that a typo at any depth (`optimizer_kwargs.lrr`) or a
+value of the wrong type (`epochs: ten`) stops the run before it starts, with the closest valid key named: a silently
+ignored key costs a whole training run. A schema maps a key to a tuple of accepted types, or to a nested schema (a
+dict); which one a `*_kwargs` block follows can depend on another key (the optimizer, criterion, strategy, backbone).
 """
 
 from __future__ import annotations
