@@ -213,18 +213,6 @@ def recorded_value(recorded: dict, dotted_key: str) -> object:
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
-def build_from_architecture(architecture: dict) -> torch.nn.Module:
-    """The (untrained) model a record describes."""
-    backbone = build_backbone(architecture["backbone"], **architecture["backbone_kwargs"])
-    if architecture["kind"] == "contrastive":
-        return ContrastiveModel(backbone, **architecture.get("model_kwargs", {}))
-    return ClusteringModel(backbone, architecture["num_classes"], architecture["num_heads"])
-
-
-def count_heads(state_dict: dict) -> int:
-    return len({key.split(".")[1] for key in state_dict if re.match(r"cluster_head\.\d+\.weight$", key)})
-
-
 def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) -> torch.nn.Module:
     """The untrained model to load `model_file` into: the recorded architecture (a differing config gets a note),
     else the config's backbone with the weights' number of heads and clusters, so that a self-label file (1 head)
@@ -240,7 +228,11 @@ def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) ->
                 + "\nBuilding the model the file describes.",
                 flush=True,
             )
-        model = build_from_architecture(recorded)
+        backbone = build_backbone(recorded["backbone"], **recorded["backbone_kwargs"])
+        if recorded["kind"] == "contrastive":
+            model = ContrastiveModel(backbone, **recorded.get("model_kwargs", {}))
+        else:
+            model = ClusteringModel(backbone, recorded["num_classes"], recorded["num_heads"])
     else:
         backbone = build_backbone(cfg["backbone"], **cfg["backbone_kwargs"])
         if any(key.startswith("contrastive_head") for key in state_dict) or cfg["setup"] in PRETEXT:
@@ -248,7 +240,8 @@ def model_from_file(cfg: dict, model_file: ModelFile, model_path: str | Path) ->
         else:
             first_head = state_dict.get("cluster_head.0.weight")
             num_clusters = cfg["num_classes"] if first_head is None else first_head.shape[0]
-            model = ClusteringModel(backbone, num_clusters, max(count_heads(state_dict), 1))
+            num_heads = len({key for key in state_dict if re.match(r"cluster_head\.\d+\.weight$", key)})
+            model = ClusteringModel(backbone, num_clusters, max(num_heads, 1))
     if isinstance(model, ClusteringModel) and model.cluster_head[0].out_features != cfg["num_classes"]:
         print(
             f"Note: the model has {model.cluster_head[0].out_features} clusters, "

@@ -82,17 +82,10 @@ def choose_geometry(median_side: int | None, image_size: int | None = None) -> G
 def pretrained_geometry(backbone: str) -> Geometry:
     """Size, crop and mean/std of a torchvision/timm model's own preprocessing (its library's metadata)."""
     spec = library_preprocessing(backbone)
-    return Geometry(
-        image_size=spec["resize"],
-        stem=None,
-        cutout=round(spec["crop"] / 3),  # a third of the crop, as for STL-10 and ImageNet (75 of 224)
-        reason=(
-            f"the preprocessing of {backbone}'s weights (its library's metadata): read at {spec['resize']} px, "
-            f"{spec['crop']} px crops, mean {spec['mean']}, std {spec['std']}"
-        ),
-        crop_size=spec["crop"],
-        normalize={"mean": spec["mean"], "std": spec["std"]},
-    )
+    reason = f"the preprocessing of {backbone}'s weights (its library's metadata): read at {spec['resize']} px, "
+    reason += f"{spec['crop']} px crops, mean {spec['mean']}, std {spec['std']}"
+    cutout = round(spec["crop"] / 3)  # a third of the crop, as for STL-10 and ImageNet (75 of 224)
+    return Geometry(spec["resize"], None, cutout, reason, spec["crop"], {"mean": spec["mean"], "std": spec["std"]})
 
 
 def median_shorter_side(paths: list[Path]) -> int | None:

@@ -16,13 +16,8 @@ from utils.files import atomic_write
 # pickled as `numpy.core.multiarray.scalar(dtype, bytes)`. Allow exactly that reconstruction
 # (and numpy 2's name for it) plus the dtype objects it needs; nothing else is unpickled.
 _NUMPY_SCALAR = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-_SAFE_GLOBALS = [
-    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
-    (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
-    np.dtype,
-    type(np.dtype(np.int64)),
-    type(np.dtype(np.int32)),
-]
+_SAFE_GLOBALS = [(_NUMPY_SCALAR, "numpy.core.multiarray.scalar"), (_NUMPY_SCALAR, "numpy._core.multiarray.scalar")]
+_SAFE_GLOBALS += [np.dtype, type(np.dtype(np.int64)), type(np.dtype(np.int32))]
 
 
 class CheckpointError(UserError, RuntimeError):
