@@ -61,6 +61,14 @@ CRITERION_SCHEMAS: dict[str, dict] = {
 
 BACKBONE_SCHEMAS: dict[str, dict] = {"resnet18": {"stem": STR, "base_width": INT}, "resnet50": {}}
 
+# `*_kwargs` blocks whose schema another key chooses: block → (the choosing key, schema by choice).
+CHOSEN_SCHEMAS = {
+    "augmentation_kwargs": ("augmentation_strategy", AUGMENTATION_SCHEMAS),
+    "optimizer_kwargs": ("optimizer", OPTIMIZER_SCHEMAS),
+    "scheduler_kwargs": ("scheduler", SCHEDULER_SCHEMAS),
+    "criterion_kwargs": ("criterion", CRITERION_SCHEMAS),
+}
+
 CONTRASTIVE_MODEL_SCHEMA = {"head": STR, "features_dim": INT}
 
 DIGITS_SCHEMA = {"image_size": INT, "seed": INT, "test_fraction": NUMBER, "class_fraction": (dict,)}
@@ -187,14 +195,6 @@ def select(schemas: dict[str, dict], choice: Any, chooser: str, block: str) -> d
     raise ConfigError(f"{chooser} '{choice}' is not one of {', '.join(schemas)} (needed to check {block}).")
 
 
-def dataset_schema(name: str) -> dict:
-    if name in BUILTIN_ARCHIVES:
-        return {}
-    if name == "digits":
-        return DIGITS_SCHEMA
-    return FOLDER_SCHEMA
-
-
 def check_top_level(cfg: dict, defaults: dict, required: object) -> None:
     """Types of the top-level keys: from TOP_LEVEL_TYPES, else from the type of the default."""
     for key, value in cfg.items():
@@ -227,23 +227,10 @@ def check_top_level(cfg: dict, defaults: dict, required: object) -> None:
 
 def check_nested(cfg: dict) -> None:
     """Every `*_kwargs` block against the schema its selector key picks."""
-    if cfg.get("augmentation_kwargs"):
-        strategy = cfg.get("augmentation_strategy")
-        check_block(
-            cfg["augmentation_kwargs"],
-            select(AUGMENTATION_SCHEMAS, strategy, "augmentation_strategy", "augmentation_kwargs"),
-            "augmentation_kwargs",
-        )
+    for block, (chooser, schemas) in CHOSEN_SCHEMAS.items():
+        if cfg.get(block):
+            check_block(cfg[block], select(schemas, cfg.get(chooser), chooser, block), block)
     check_block(cfg.get("transformation_kwargs"), TRANSFORMATION_SCHEMA, "transformation_kwargs")
-    if cfg.get("optimizer_kwargs"):
-        schema = select(OPTIMIZER_SCHEMAS, cfg.get("optimizer"), "optimizer", "optimizer_kwargs")
-        check_block(cfg["optimizer_kwargs"], schema, "optimizer_kwargs")
-    if cfg.get("scheduler_kwargs"):
-        schema = select(SCHEDULER_SCHEMAS, cfg.get("scheduler"), "scheduler", "scheduler_kwargs")
-        check_block(cfg["scheduler_kwargs"], schema, "scheduler_kwargs")
-    if cfg.get("criterion_kwargs"):
-        schema = select(CRITERION_SCHEMAS, cfg.get("criterion"), "criterion", "criterion_kwargs")
-        check_block(cfg["criterion_kwargs"], schema, "criterion_kwargs")
     if cfg.get("backbone_kwargs"):
         library = str(cfg.get("backbone")).startswith(LIBRARY_PREFIXES)  # a torchvision/timm model takes none
         schema = {} if library else select(BACKBONE_SCHEMAS, cfg.get("backbone"), "backbone", "backbone_kwargs")
@@ -253,7 +240,8 @@ def check_nested(cfg: dict) -> None:
         schema = CONTRASTIVE_MODEL_SCHEMA if cfg.get("setup") in ("simclr", "moco") else {}
         check_block(cfg["model_kwargs"], schema, "model_kwargs")
     if cfg.get("dataset_kwargs"):
-        schema = dataset_schema(cfg.get("train_db_name"))
+        name = cfg.get("train_db_name")
+        schema = {} if name in BUILTIN_ARCHIVES else DIGITS_SCHEMA if name == "digits" else FOLDER_SCHEMA
         check_block(cfg["dataset_kwargs"], schema, "dataset_kwargs")
         if schema is FOLDER_SCHEMA:
             check_folder_values(cfg["dataset_kwargs"])
