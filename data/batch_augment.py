@@ -51,17 +51,13 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 def blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL's ``Image.blend(degenerate, x, factor)``: degenerate + factor·(x − degenerate), clipped and truncated.
-
-    A factor of 1 returns ``x`` exactly, so images that should be left alone pass through with factor 1.
-    """
+    A factor of 1 returns ``x`` exactly, so images that should be left alone pass through with factor 1."""
     return torch.floor(torch.clamp(degenerate + _per_image(factor) * (x - degenerate), 0.0, 255.0))
 
 
 def contrast_degenerate(x: torch.Tensor, gray: torch.Tensor | None = None) -> torch.Tensor:
-    """ImageEnhance.Contrast's target: the mean of the 8-bit grey image rounded half up, as [B, 1, 1, 1].
-
-    The grey levels are summed in double precision (exact) and rounded by exact integer division.
-    """
+    """ImageEnhance.Contrast's target: the mean of the 8-bit grey image rounded half up, as [B, 1, 1, 1]; the grey
+    levels are summed in double precision and rounded by integer division, both exact."""
     gray = grayscale(x) if gray is None else gray
     total, count = gray.double().sum(dim=(-3, -2, -1)), gray.shape[-1] * gray.shape[-2]
     mean = torch.div(2 * total + count, 2 * count, rounding_mode="floor")
@@ -157,10 +153,8 @@ def _hsv_tables(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's adjust_hue on a PIL image: PIL 8-bit HSV, hue channel += uint8(factor·255) modulo 256.
-
-    The shift is truncated toward zero before wrapping, as numpy's float → uint8 cast does there.
-    """
+    """torchvision's adjust_hue on a PIL image: PIL 8-bit HSV, hue channel += uint8(factor·255) modulo 256, the
+    shift truncated toward zero before wrapping, as numpy's float → uint8 cast does there."""
     tables = _hsv_tables(x.device)
     r, g, b = x.unbind(dim=1)
     maxc = torch.maximum(torch.maximum(r, g), b)
@@ -190,11 +184,9 @@ def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
 
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:
-    """ImageOps.autocontrast per channel: the lookup table lut[i] = int(i·scale + offset), scale = 255/(hi − lo).
-
-    The table is built in double precision as PIL does (torchvision's tensor version computes in float32 and
-    lands one level lower on some exact integers), then applied by a gather.
-    """
+    """ImageOps.autocontrast per channel: the lookup table lut[i] = int(i·scale + offset), scale = 255/(hi − lo),
+    built in double precision as PIL does (torchvision's tensor version computes in float32 and lands one level
+    lower on some exact integers), then applied by a gather."""
     b, c = x.shape[:2]
     flat = x.reshape(b, c, -1)
     lo, hi = flat.amin(dim=-1, keepdim=True).double(), flat.amax(dim=-1, keepdim=True).double()
@@ -235,11 +227,9 @@ def affine_nearest(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 
 
 def geometric_matrices(op: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """PIL affine coefficients of augment.py's Rotate / ShearX / ShearY / TranslateX / TranslateY (identity else).
-
-    ``v`` already carries the random sign. Rotate is ``Image.rotate(v)``: counter-clockwise by ``v`` degrees
-    about the image centre (w/2, h/2), coefficients rounded to 15 decimals like PIL.
-    """
+    """PIL affine coefficients of augment.py's Rotate / ShearX / ShearY / TranslateX / TranslateY (identity else);
+    ``v`` carries the random sign. Rotate is ``Image.rotate(v)``: counter-clockwise by ``v`` degrees about the
+    image centre (w/2, h/2), coefficients rounded to 15 decimals like PIL."""
     v = v.double()
     angle = -torch.deg2rad(v)
     cos, sin = torch.round(torch.cos(angle) * 1e15) / 1e15, torch.round(torch.sin(angle) * 1e15) / 1e15
@@ -263,11 +253,9 @@ def geometric_matrices(op: torch.Tensor, v: torch.Tensor, height: int, width: in
 
 
 def _pil_bilinear_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
-    """Weights [B, out_size, in_size] of PIL's bilinear resize of the crop [start, start + length) to out_size.
-
-    As libImaging/Resample.c precompute_coeffs: output pixel i samples the crop at (i + ½)·scale with a triangle
-    filter widened by the scale when shrinking (antialiasing), taps outside the crop dropped, weights normalised.
-    """
+    """Weights [B, out_size, in_size] of PIL's bilinear resize of the crop [start, start + length) to out_size, as
+    libImaging/Resample.c precompute_coeffs: output pixel i samples the crop at (i + ½)·scale with a triangle
+    filter widened by the scale when shrinking (antialiasing), taps outside the crop dropped, weights normalised."""
     start, length = start.double(), length.double()
     scale = (length / _constant((float(out_size),), start.device, torch.float64))[:, None, None]  # true division
     support = torch.clamp(scale, min=1.0)
@@ -307,10 +295,8 @@ def _image_sizes(images: torch.Tensor, sizes: torch.Tensor | None) -> tuple[torc
 def random_resized_crop_boxes(
     heights: torch.Tensor, widths: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float]
 ) -> torch.Tensor:
-    """torchvision's RandomResizedCrop.get_params for every image at once → boxes [B, 4] (top, left, h, w).
-
-    Ten attempts per image, the first that fits wins; otherwise the same central fallback crop.
-    """
+    """torchvision's RandomResizedCrop.get_params for every image at once → boxes [B, 4] (top, left, h, w): ten
+    attempts per image, the first that fits wins; otherwise the same central fallback crop."""
     b, device = heights.shape[0], heights.device
     attempts = 10
     area = (heights * widths)[:, None]
@@ -367,10 +353,8 @@ def random_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
 
 
 def cutout_hole(h: int, w: int, y: torch.Tensor, x: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
-    """[B, H, W] mask of augment.Cutout's hole: rows max(y − side//2, 0) .. min(y + side//2, h) − 1, likewise columns.
-
-    A side of 1 gives an empty hole (half = 0), as the PIL path's slices do.
-    """
+    """[B, H, W] mask of augment.Cutout's hole: rows max(y − side//2, 0) .. min(y + side//2, h) − 1, likewise
+    columns; a side of 1 gives an empty hole (half = 0), as the PIL path's slices do."""
     rows = torch.arange(h, device=y.device)[None, :, None]
     cols = torch.arange(w, device=y.device)[None, None, :]
     half = torch.div(side, 2, rounding_mode="floor")[:, None, None]
@@ -395,11 +379,9 @@ def cutout(x: torch.Tensor, n_holes: int, length: int, random_size: bool) -> tor
 
 
 def _normalize(levels: torch.Tensor, normalize: dict) -> torch.Tensor:
-    """ToTensor (÷255) then Normalize, with the same float operations as the PIL path (bit-identical).
-
-    The divisor is a tensor on the images' device: CUDA turns division by a Python number into multiplication by
-    its float32 reciprocal, which differs from true division in the last bit for about half of the 256 levels.
-    """
+    """ToTensor (÷255) then Normalize, with the same float operations as the PIL path (bit-identical). The divisor
+    is a tensor on the images' device: CUDA turns division by a Python number into multiplication by its float32
+    reciprocal, which differs from true division in the last bit for about half of the 256 levels."""
     mean = _constant(tuple(normalize["mean"]), levels.device).view(-1, 1, 1)
     std = _constant(tuple(normalize["std"]), levels.device).view(-1, 1, 1)
     return (levels / _constant((255.0,), levels.device)).sub_(mean).div_(std)
@@ -428,11 +410,9 @@ def _jitter_range(value, name: str, center: float, bound: float | None = None) -
 
 
 class SimCLRBatchTransform:
-    """RandomResizedCrop → flip → ColorJitter (p, random order per image) → RandomGrayscale → normalise.
-
-    ``sizes`` [B, 2] gives each image's (height, width) when the batch is a zero-padded canvas of images of
-    different sizes (decoded folders); crops are then drawn inside each image, as the PIL path would.
-    """
+    """RandomResizedCrop → flip → ColorJitter (p, random order per image) → RandomGrayscale → normalise. ``sizes``
+    [B, 2] gives each image's (height, width) when the batch is a zero-padded canvas of images of different sizes
+    (decoded folders); crops are then drawn inside each image, as the PIL path would."""
 
     def __init__(self, kwargs: dict) -> None:
         crop = kwargs["random_resized_crop"]
@@ -564,11 +544,8 @@ class StrongBatchTransform:
 
 
 class ValBatchTransform:
-    """CenterCrop → ToTensor → Normalize on a batch (torchvision's center_crop: same offsets, zero padding).
-
-    On a canvas of mixed sizes (``sizes`` given) each image is centre-cropped inside its own size, which must
-    then be at least the crop size.
-    """
+    """CenterCrop → ToTensor → Normalize on a batch (torchvision's center_crop: same offsets, zero padding). On a
+    canvas of mixed sizes (``sizes`` given) each image is centre-cropped inside its own size (at least the crop)."""
 
     def __init__(self, kwargs: dict) -> None:
         self.size = _pair(kwargs["crop_size"])
