@@ -29,10 +29,8 @@ ENCODER, FC = "module.encoder_q.", "module.encoder_q.fc."
 
 
 def convert_moco_state_dict(state_dict: dict) -> dict:
-    """MoCo's query encoder → ContrastiveModel keys: encoder_q.fc.* → contrastive_head.*, the rest → backbone.*.
-
-    The key encoder (encoder_k) and the queue are dropped.
-    """
+    """MoCo's query encoder → ContrastiveModel keys: encoder_q.fc.* → contrastive_head.*, the rest → backbone.*. The key
+    encoder (encoder_k) and the queue are dropped."""
     converted = {}
     for key, value in state_dict.items():
         if key.startswith(FC):

@@ -42,10 +42,8 @@ from utils.runtime import autocast, barrier, unwrap, wrap_model
 
 
 def train_one_epoch(loader, model, criterion, optimizer, runtime, cfg: dict, epoch: int) -> dict:
-    """One pass over (anchor, neighbour) pairs; every head's loss is summed for backprop.
-
-    With `head_input: cached_features` the batches already hold backbone features, so only the heads run.
-    """
+    """One pass over (anchor, neighbour) pairs; every head's loss is summed for backprop. With
+    `head_input: cached_features` the batches already hold backbone features, so only the heads run."""
     head_only = cfg["update_cluster_head_only"]
     cached = cfg.get("head_input") == "cached_features"
     model.train(not head_only)  # a frozen backbone runs in eval mode and keeps its BatchNorm statistics

@@ -65,11 +65,9 @@ def contrast_degenerate(x: torch.Tensor, gray: torch.Tensor | None = None) -> to
 
 
 def sharpness_degenerate(x: torch.Tensor) -> torch.Tensor:
-    """PIL's ``ImageFilter.SMOOTH`` ([[1,1,1],[1,5,1],[1,1,1]] / 13, rounded) inside; the 1-pixel border unchanged.
-
-    The kernel sums of integer levels are exact (a 3×3 box sum plus 4× the centre, from shifted slices, which is
-    cheaper than a one-channel conv2d on a CPU), and a sum / 13 is never within 1/26 of a rounding tie.
-    """
+    """PIL's ``ImageFilter.SMOOTH`` ([[1,1,1],[1,5,1],[1,1,1]] / 13, rounded) inside; the 1-pixel border unchanged. The
+    kernel sums of integer levels are exact (a 3×3 box sum plus 4× the centre, from shifted slices, which is cheaper
+    than a one-channel conv2d on a CPU), and a sum / 13 is never within 1/26 of a rounding tie."""
     if x.shape[-2] < 3 or x.shape[-1] < 3:
         return x
     rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
@@ -81,12 +79,10 @@ def sharpness_degenerate(x: torch.Tensor) -> torch.Tensor:
 
 
 def _pil_hue_saturation(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference for PIL's RGB → HSV hue and saturation (libImaging/Convert.c rgb2hsv_row), float64 levels.
-
-    The C code mixes float and double steps and truncates, so an exact integer formula would disagree on the
-    values that fall on a level boundary; the float/double steps are replayed instead. Used only to fill the
-    small tables of :func:`_hsv_tables` (checked against PIL on all 2^24 colours while writing it).
-    """
+    """Reference for PIL's RGB → HSV hue and saturation (libImaging/Convert.c rgb2hsv_row), float64 levels. The C code
+    mixes float and double steps and truncates, so an exact integer formula would disagree on the values that fall on a
+    level boundary; the float/double steps are replayed instead. Used only to fill the small tables of
+    :func:`_hsv_tables` (checked against PIL on all 2^24 colours while writing it)."""
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     chroma = torch.clamp(maxc - minc, min=1).float()
@@ -433,10 +429,8 @@ class SimCLRBatchTransform:
 
     def color_jitter(self, x: torch.Tensor) -> torch.Tensor:
         """torchvision ColorJitter per image: factors uniform in their ranges, the four ops in a random order.
-
-        Brightness, contrast and saturation are blends toward a degenerate image, so each step is one blend with
-        a per-image degenerate; hue, the costly op, runs once: the blends drawn before it, hue, the blends after.
-        """
+        Brightness, contrast and saturation are blends toward a degenerate image, so each step is one blend with a
+        per-image degenerate; hue, the costly op, runs once: the blends drawn before it, hue, the blends after."""
         b, device = x.shape[0], x.device
         applied = torch.rand(b, device=device) < self.jitter_p
         order = torch.argsort(torch.rand(b, 4, device=device), dim=1)  # a uniform random permutation per image

@@ -30,11 +30,9 @@ def subsample_classes(indices: np.ndarray, targets: np.ndarray, fractions: dict,
 
 class Digits(ImageDataset):
     """The 1,797 digits of ``sklearn.datasets.load_digits``, split (stratified, fixed by ``seed``) into train/test.
-
     ``class_fraction`` (e.g. ``{3: 0.2}``) keeps a seeded fraction of a digit's images in both splits, for unequal
-    classes. Images become uint8 RGB resized to ``image_size`` (bicubic), so the CIFAR-style transforms and models
-    apply unchanged; ``root`` is ignored (the constructor shape of the others).
-    """
+    classes. Images become uint8 RGB resized to ``image_size`` (bicubic), so the CIFAR-style transforms and models apply
+    unchanged; ``root`` is ignored (the constructor shape of the others)."""
 
     def __init__(
         self,

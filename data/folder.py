@@ -67,10 +67,8 @@ def find_images(folder: Path) -> list[Path]:
 
 def open_rgb(path: str | Path, image_size: int | None = None) -> Image.Image:
     """Read an image as 8-bit RGB, upright (EXIF orientation), its shorter side resized to ``image_size`` if given.
-
-    Transparency is laid over white (dropping alpha shows whatever colour hides under it, often black); 16-bit
-    grayscale is scaled to 8 bits (PIL's own conversion clips it to white).
-    """
+    Transparency is laid over white (dropping alpha shows whatever colour hides under it, often black); 16-bit grayscale
+    is scaled to 8 bits (PIL's own conversion clips it to white)."""
     with Image.open(path) as image:
         if image_size is not None:
             image.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale still >= image_size

@@ -54,8 +54,7 @@ def read_subset(name: str) -> list[tuple[str, str]]:
 class ImageNet(ImageDataset):
     """ImageNet from ``root/ILSVRC2012_img_{train,val}/<wnid>/*.JPEG``: every wnid folder in sorted order (as
     torchvision's ImageFolder), or with ``subset`` ('imagenet_50', ...) the classes of
-    ``data/imagenet_subsets/<subset>.txt`` in line order, folders missing from ``root`` skipped with a warning.
-    """
+    ``data/imagenet_subsets/<subset>.txt`` in line order, folders missing from ``root`` skipped with a warning."""
 
     def __init__(
         self, root: str | Path, split: str = "train", transform: Callable | None = None, subset: str | None = None

@@ -15,11 +15,9 @@ BUILTIN = ("cifar-10", "cifar-20", "stl-10", "imagenet", *IMAGENET_SUBSETS, "dig
 
 
 def get_dataset(cfg: dict, name: str, split: str, transform: Callable | None = None):
-    """Build dataset `name` for split 'train' | 'test' (| 'unlabeled' | 'train+unlabeled' for STL-10).
-
-    Built-in datasets live in `<data_root>/<name>/`; any other name is a folder of your
-    own images whose location is `dataset_kwargs.root`.
-    """
+    """Build dataset `name` for split 'train' | 'test' (| 'unlabeled' | 'train+unlabeled' for STL-10). Built-in datasets
+    live in `<data_root>/<name>/`; any other name is a folder of your own images whose location is
+    `dataset_kwargs.root`."""
     data_root = Path(cfg["data_root"])
     download = cfg.get("download", False)
     kwargs = dict(cfg.get("dataset_kwargs") or {})

@@ -36,10 +36,8 @@ def read_image(path: Path, position: int) -> np.ndarray:
 
 
 class STL10(ImageDataset):
-    """STL-10 from ``root/stl10_binary/``: 5k train, 8k test, 100k unlabeled images of 96×96, 10 classes.
-
-    ``split`` is 'train', 'test', 'unlabeled' (targets -1) or 'train+unlabeled' (train first).
-    """
+    """STL-10 from ``root/stl10_binary/``: 5k train, 8k test, 100k unlabeled images of 96×96, 10 classes. ``split`` is
+    'train', 'test', 'unlabeled' (targets -1) or 'train+unlabeled' (train first)."""
 
     def __init__(
         self, root: str | Path, split: str = "train", transform: Callable | None = None, download: bool = False

@@ -161,11 +161,9 @@ def weighted_knn_accuracy(
     k: int = 100,
     temperature: float = 0.1,
 ) -> float:
-    """Top-1 accuracy of a kNN classifier whose votes weigh exp(similarity / temperature): SimCLR's monitor.
-
-    Under torchrun a collective: each process votes for its run of the query chunks one process would score,
-    and the counts are summed.
-    """
+    """Top-1 accuracy of a kNN classifier whose votes weigh exp(similarity / temperature): SimCLR's monitor. Under
+    torchrun a collective: each process votes for its run of the query chunks one process would score, and the counts
+    are summed."""
     k = min(k, bank.shape[0])
     correct = 0
     shard = shard_range(query.shape[0], query_block_rows(bank.shape[0]))
@@ -182,10 +180,9 @@ def weighted_knn_accuracy(
 def mine_and_save_neighbors(
     model: torch.nn.Module, train_loader, val_loader, cfg: dict, device: torch.device, classes: list[str] | None = None
 ) -> dict:
-    """Mine and save the top-k neighbours of the train and of the test split (each within itself); returns the
-    neighbour accuracies. With `save_features: true` the same pass saves both splits' backbone features and
-    `classes` (data/cached_features.py). Under torchrun every process mines its share; the main one writes.
-    """
+    """Mine and save the top-k neighbours of the train and of the test split (each within itself); returns the neighbour
+    accuracies. With `save_features: true` the same pass saves both splits' backbone features and `classes`
+    (data/cached_features.py). Under torchrun every process mines its share; the main one writes."""
     save_features = cfg.get("save_features", False)
     results = {}
     for split, loader, topk, path in (

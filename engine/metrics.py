@@ -66,12 +66,10 @@ def cluster_metrics(
     num_clusters: int | None = None,
     num_classes: int | None = None,
 ) -> dict:
-    """ACC, NMI, ARI, AMI and ACC Top-5 of a clustering against ground truth (REFERENCE §1.4).
-
-    K: `num_classes` (the dataset's: a class without test images keeps its id), else the distinct targets. With
-    num_clusters ≤ K the match is Hungarian on the K×K counts, as the original; with more clusters, majority.
-    num_clusters=K forces the Hungarian match on an over-clustered model (extras count as 0).
-    """
+    """ACC, NMI, ARI, AMI and ACC Top-5 of a clustering against ground truth (REFERENCE §1.4). K: `num_classes` (the
+    dataset's: a class without test images keeps its id), else the distinct targets. With num_clusters ≤ K the match is
+    Hungarian on the K×K counts, as the original; with more clusters, majority. num_clusters=K forces the Hungarian
+    match on an over-clustered model (extras count as 0)."""
     preds = _to_numpy(predictions).astype(np.int64).reshape(-1)
     gts = _to_numpy(targets).astype(np.int64).reshape(-1)
     probs = torch.as_tensor(_to_numpy(probabilities))

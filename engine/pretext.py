@@ -26,10 +26,8 @@ def backbone_feature_model(model: ContrastiveModel) -> ContrastiveModel:
 
 
 def mine_pretext_files(model: ContrastiveModel, cfg: dict, runtime: Runtime, extra: dict | None = None) -> dict:
-    """Mine (and cache) on both splits through the val transform; write and return metrics.json (+ `extra`).
-
-    Under torchrun every process extracts and mines its shard; the main process writes the files.
-    """
+    """Mine (and cache) on both splits through the val transform; write and return metrics.json (+ `extra`). Under
+    torchrun every process extracts and mines its shard; the main process writes the files."""
     model = model.to(runtime.device)
     train_dataset, val_dataset = get_train_dataset(cfg), get_val_dataset(cfg)
     if runtime.is_main:

@@ -59,12 +59,10 @@ def write_predictions_csv(
     cluster_to_class: dict[int, str],
     names: list[str],
 ) -> None:
-    """One row per image: its file, cluster and the cluster's probability, its true class when known, the class
-    eval.py matched to the cluster, the second most probable cluster and its probability, and its name (`names`:
-    per image, tools/cluster_names.assign_names).
-
-    One format for eval.py's and predict.py's files, so a script written for one reads the other.
-    """
+    """One row per image: its file, cluster and the cluster's probability, its true class when known, the class eval.py
+    matched to the cluster, the second most probable cluster and its probability, and its name (`names`: per image,
+    tools/cluster_names.assign_names). One format for eval.py's and predict.py's files, so a script written for one
+    reads the other."""
     probabilities = head_output["probabilities"].float()
     values, indices = (t.tolist() for t in probabilities.topk(min(2, probabilities.shape[1]), dim=1))
     clusters, targets = head_output["predictions"].tolist(), head_output["targets"].tolist()

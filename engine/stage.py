@@ -87,10 +87,8 @@ SETUP_SCRIPTS = {"moco": "moco.py", "pretrained": "pretrained.py"}  # pretext se
 
 
 def stage_command(stage: str, train_db_name: str, config_env: str, backbone: str | None = None) -> str:
-    """The command that runs `stage` for this dataset, using the shipped config that trains on it.
-
-    With `backbone`, a config with that backbone is preferred (the digits have a SimCLR and a pretrained pretext).
-    """
+    """The command that runs `stage` for this dataset, using the shipped config that trains on it. With `backbone`, a
+    config with that backbone is preferred (the digits have a SimCLR and a pretrained pretext)."""
     candidates = []
     for path in sorted((CONFIG_DIR / stage).glob("*.yml")):
         cfg = yaml.safe_load(path.read_text()) or {}
@@ -128,11 +126,9 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def run_cli(main) -> None:
-    """Run an entry script; mistakes in the user's input end with their message, not a traceback.
-
-    A clean stop (Ctrl-C, SIGTERM) exits with 128 + the signal's number after saying how to resume.
-    Warnings print as one `warning: ...` line.
-    """
+    """Run an entry script; mistakes in the user's input end with their message, not a traceback. A clean stop (Ctrl-C,
+    SIGTERM) exits with 128 + the signal's number after saying how to resume. Warnings print as one `warning: ...`
+    line."""
     warnings.formatwarning = one_line_warning
     from utils.guard import TrainingStopped, resume_hint
 

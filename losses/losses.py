@@ -26,11 +26,9 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 class SimCLRLoss(nn.Module):
-    """Contrastive loss with the first view as anchors and both views as the contrast set.
-
-    features: [b, 2, d], L2-normalised. Anchor i (view 0) scores all 2b features but itself / temperature; its
-    positive is view 1 of the same image. SCAN's variant (b anchors), not the symmetric 2b-anchor NT-Xent.
-    """
+    """Contrastive loss with the first view as anchors and both views as the contrast set. features: [b, 2, d],
+    L2-normalised. Anchor i (view 0) scores all 2b features but itself / temperature; its positive is view 1 of the same
+    image. SCAN's variant (b anchors), not the symmetric 2b-anchor NT-Xent."""
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
@@ -106,11 +104,9 @@ class NoConfidentSamplesError(ValueError):
 def targets_cross_entropy(
     anchors_strong: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, apply_class_balancing: bool
 ) -> torch.Tensor:
-    """Mean cross-entropy of the strong view's logits toward `target` on the `mask`ed samples.
-
-    Class balancing weights class c (n_c of the n targets) by n / n_c (absent classes 1) in a mean-reduced CE:
-    a rare cluster's targets count as much as a common one's.
-    """
+    """Mean cross-entropy of the strong view's logits toward `target` on the `mask`ed samples. Class balancing weights
+    class c (n_c of the n targets) by n / n_c (absent classes 1) in a mean-reduced CE: a rare cluster's targets count as
+    much as a common one's."""
     target_masked = target[mask]
     weight = None
     if apply_class_balancing:
@@ -122,11 +118,9 @@ def targets_cross_entropy(
 
 class ConfidenceBasedCE(nn.Module):
     """Self-labeling loss: cross-entropy on the strong view toward the weak view's pseudo-labels (`pseudo_labels`).
-
-    Without `fraction` (the paper's `pseudo_labels: threshold`), at a high threshold a few confident clusters can
-    supply all targets and absorb the others' samples until some clusters empty; with it (`per_cluster`) every
-    predicted cluster gets its share.
-    """
+    Without `fraction` (the paper's `pseudo_labels: threshold`), at a high threshold a few confident clusters can supply
+    all targets and absorb the others' samples until some clusters empty; with it (`per_cluster`) every predicted
+    cluster gets its share."""
 
     def __init__(self, threshold: float, apply_class_balancing: bool, fraction: float | None = None) -> None:
         if fraction is not None and not 0.0 < fraction <= 1.0:
@@ -151,12 +145,10 @@ class ConfidenceBasedCE(nn.Module):
 def pseudo_labels(
     probabilities: torch.Tensor, threshold: float, per_cluster_fraction: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(argmax cluster of every sample of `probabilities` [B, C], mask of the self-labeling targets).
-
-    Targets: a max probability strictly above `threshold` (the paper). With `per_cluster_fraction`, each cluster c
-    also gets its most confident ceil(fraction · n_c) of its n_c batch members, ties at the cut included: a
-    per-cluster threshold min(threshold, q_c), so an unsure cluster still gets its share instead of none.
-    """
+    """(argmax cluster of every sample of `probabilities` [B, C], mask of the self-labeling targets). Targets: a max
+    probability strictly above `threshold` (the paper). With `per_cluster_fraction`, each cluster c also gets its most
+    confident ceil(fraction · n_c) of its n_c batch members, ties at the cut included: a per-cluster threshold
+    min(threshold, q_c), so an unsure cluster still gets its share instead of none."""
     max_prob, target = probabilities.max(dim=1)
     mask = max_prob > threshold
     if per_cluster_fraction is None or max_prob.numel() == 0:

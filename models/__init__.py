@@ -7,10 +7,8 @@ __all__ = ["ClusteringModel", "ContrastiveModel", "build_backbone", "build_model
 
 
 def build_model(cfg: dict):
-    """The model of a stage: ContrastiveModel for pretext setups, ClusteringModel otherwise.
-
-    An imported pretrained backbone (setup `pretrained`) keeps no projection head: its own features are compared.
-    """
+    """The model of a stage: ContrastiveModel for pretext setups, ClusteringModel otherwise. An imported pretrained
+    backbone (setup `pretrained`) keeps no projection head: its own features are compared."""
     backbone = build_backbone(cfg["backbone"], **cfg.get("backbone_kwargs", {}))
     if cfg["setup"] == "pretrained":
         return ContrastiveModel(backbone, head="none")

@@ -8,12 +8,9 @@ import torch.nn.functional as F
 
 
 class ContrastiveModel(nn.Module):
-    """Backbone + projection head whose output is L2-normalised (pretext stage).
-
-    `head='mlp'` gives Linear(dim, dim) → ReLU → Linear(dim, features_dim) (keys `contrastive_head.0.*`,
-    `contrastive_head.2.*`); `head='linear'` a single Linear; `head='none'` no projection, for imported backbones whose
-    own features are compared (pretrained.py).
-    """
+    """Backbone + projection head whose output is L2-normalised (pretext stage). `head='mlp'` gives Linear(dim, dim) →
+    ReLU → Linear(dim, features_dim) (keys `contrastive_head.0.*`, `contrastive_head.2.*`); `head='linear'` a single
+    Linear; `head='none'` no projection, for imported backbones whose own features are compared (pretrained.py)."""
 
     def __init__(self, backbone: nn.Module, head: str = "mlp", features_dim: int = 128) -> None:
         super().__init__()

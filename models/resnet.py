@@ -84,10 +84,8 @@ def resnet50() -> nn.Module:
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
-    """Backbone by config name; the module gets an `out_dim` attribute.
-
-    `torchvision:<name>` / `timm:<name>` are the libraries' models without classifier (models/library.py).
-    """
+    """Backbone by config name; the module gets an `out_dim` attribute. `torchvision:<name>` / `timm:<name>` are the
+    libraries' models without classifier (models/library.py)."""
     if is_library_backbone(name):
         return build_library_backbone(name)
     return ResNet18(**kwargs) if name == "resnet18" else resnet50()

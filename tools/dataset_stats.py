@@ -22,10 +22,8 @@ from utils.progress import tqdm
 
 
 def channel_stats(dataset, num_workers: int) -> tuple[list[float], list[float]]:
-    """(mean, std) per channel over all pixels of all images; images may differ in size.
-
-    Sums are kept in float64 so that millions of images do not lose precision.
-    """
+    """(mean, std) per channel over all pixels of all images; images may differ in size. Sums are kept in float64 so
+    that millions of images do not lose precision."""
     total = torch.zeros(3, dtype=torch.float64)
     total_squares = torch.zeros(3, dtype=torch.float64)
     pixels = 0

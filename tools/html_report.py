@@ -43,12 +43,10 @@ def capped_gallery_sizes(num_clusters: int, options: GalleryOptions) -> tuple[in
 def select_galleries(
     predictions: torch.Tensor, probabilities: torch.Tensor, top: int, least: int, random: int, seed: int = 0
 ) -> list[dict]:
-    """Per cluster: its members' count, mean confidence, the `top` most confident members, the `least` confident
-    others (least first) and `random` members.
-
-    Confidence is the cluster's softmax probability. The random sample is drawn (seeded) from all members, so
-    it shows what a typical member looks like, not only the easy or the borderline ones.
-    """
+    """Per cluster: its members' count, mean confidence, the `top` most confident members, the `least` confident others
+    (least first) and `random` members. Confidence is the cluster's softmax probability. The random sample is drawn
+    (seeded) from all members, so it shows what a typical member looks like, not only the easy or the borderline
+    ones."""
     predictions, probabilities = predictions.cpu().numpy(), probabilities.float().cpu().numpy()
     rng = np.random.default_rng(seed)
     order = np.argsort(predictions, kind="stable")
@@ -87,11 +85,9 @@ def png_uri(data: bytes) -> str:
 
 
 def find_stage_histories(model_path: str | Path) -> dict[str, list[dict]]:
-    """The history.jsonl records of the stages found beside the model, in stage order.
-
-    A stage's model lies in <root>/<db>/<stage>/model.pth.tar, so its own folder and its sibling stage folders
-    are searched; a model-zoo file elsewhere usually has none.
-    """
+    """The history.jsonl records of the stages found beside the model, in stage order. A stage's model lies in
+    <root>/<db>/<stage>/model.pth.tar, so its own folder and its sibling stage folders are searched; a model-zoo file
+    elsewhere usually has none."""
     model_dir = Path(model_path).resolve().parent
     folders = [model_dir.parent / stage for stage in STAGES] + [model_dir]
     histories = {}

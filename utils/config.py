@@ -219,10 +219,8 @@ def auto_num_workers(max_workers: int = 8) -> int:
 
 
 def load_config(config_env: str | Path, config_exp: str | Path, overrides: list[str] | None = None) -> dict:
-    """Merge defaults, env file, experiment file and `--set` overrides; validate; add paths.
-
-    Relative `root_dir` / `data_root` are taken from the current working directory.
-    """
+    """Merge defaults, env file, experiment file and `--set` overrides; validate; add paths. Relative `root_dir` /
+    `data_root` are taken from the current working directory."""
     known = {**ENV_DEFAULTS, **EXPERIMENT_DEFAULTS}
     cfg = {key: (dict(value) if isinstance(value, dict) else value) for key, value in known.items()}
     given = {}  # experiment keys set in the file or by --set, for check_stage_keys

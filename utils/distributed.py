@@ -67,10 +67,8 @@ def broadcast_from_main(module: torch.nn.Module) -> None:
 
 
 def _all_gather_rows(local: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
-    """Every process's `local` rows (counts[rank] of them), in rank order, on `local`'s device.
-
-    Shards differ in size, so each is padded to the largest; large tensors go in slices of ELEMENTS_PER_GATHER.
-    """
+    """Every process's `local` rows (counts[rank] of them), in rank order, on `local`'s device. Shards differ in size,
+    so each is padded to the largest; large tensors go in slices of ELEMENTS_PER_GATHER."""
     device, most = _collective_device(), max(counts)
     step = max(1, ELEMENTS_PER_GATHER // max(1, math.prod(local.shape[1:])))  # the same on every process
     pieces: list[list[torch.Tensor]] = [[] for _ in counts]

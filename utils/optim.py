@@ -8,10 +8,8 @@ import torch
 
 
 def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD or Adam over all parameters, or over the cluster heads only when the backbone is frozen.
-
-    Build it after the model is on its device: parameters on CUDA get the fused implementation.
-    """
+    """SGD or Adam over all parameters, or over the cluster heads only when the backbone is frozen. Build it after the
+    model is on its device: parameters on CUDA get the fused implementation."""
     if cfg.get("update_cluster_head_only", False):
         params = [p for name, p in model.named_parameters() if "cluster_head" in name]
         for name, p in model.named_parameters():
@@ -48,11 +46,9 @@ def adjust_learning_rate(cfg: dict, optimizer: torch.optim.Optimizer, epoch: int
 
 
 class EMA:
-    """Exponential moving average of the parameters, written back into the model after each step.
-
-    The model itself carries the averaged weights (as in SCAN's ImageNet self-labeling),
-    so evaluation and checkpoints need nothing extra.
-    """
+    """Exponential moving average of the parameters, written back into the model after each step. The model itself
+    carries the averaged weights (as in SCAN's ImageNet self-labeling), so evaluation and checkpoints need nothing
+    extra."""
 
     def __init__(self, model: torch.nn.Module, alpha: float = 0.999) -> None:
         self.alpha = alpha

@@ -30,10 +30,8 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
 
 
 def row_normalized_confusion(predictions: ArrayLike, targets: ArrayLike, num_classes: int) -> np.ndarray:
-    """Confusion matrix with rows = true class, each row divided by its sample count.
-
-    A class without samples keeps a zero row instead of NaN, so the plot stays readable.
-    """
+    """Confusion matrix with rows = true class, each row divided by its sample count. A class without samples keeps a
+    zero row instead of NaN, so the plot stays readable."""
     preds = _to_numpy(predictions).reshape(-1)
     gts = _to_numpy(targets).reshape(-1)
     counts = confusion_matrix(gts, preds, labels=np.arange(num_classes)).astype(np.float64)
@@ -44,11 +42,9 @@ def row_normalized_confusion(predictions: ArrayLike, targets: ArrayLike, num_cla
 def plot_confusion_matrix(
     predictions: ArrayLike, targets: ArrayLike, class_names: list[str], path: str | os.PathLike
 ) -> None:
-    """Save the row-normalised confusion matrix of (matched) predictions as a PNG at `path`.
-
-    The figure grows with the number of classes (capped so ImageNet-1k stays a sane size);
-    cells carry percentages only when there are few enough classes to read them.
-    """
+    """Save the row-normalised confusion matrix of (matched) predictions as a PNG at `path`. The figure grows with the
+    number of classes (capped so ImageNet-1k stays a sane size); cells carry percentages only when there are few enough
+    classes to read them."""
     num_classes = len(class_names)
     matrix = row_normalized_confusion(predictions, targets, num_classes)
     side = min(max(6.0, 0.45 * num_classes + 2.0), MAX_FIGURE_INCHES)

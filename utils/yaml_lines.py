@@ -81,11 +81,9 @@ def _set_nested(config: dict, dotted_key: str, value: Any) -> None:
 
 
 def set_values(text: str, values: dict[str, Any]) -> str:
-    """`text` with each dotted key set to its value (added when missing), comments and layout kept.
-
-    Raises ValueError when the edited text does not parse to the template's content with those values:
-    a template this editor cannot handle must fail loudly, never write a config that says something else.
-    """
+    """`text` with each dotted key set to its value (added when missing), comments and layout kept. Raises ValueError
+    when the edited text does not parse to the template's content with those values: a template this editor cannot
+    handle must fail loudly, never write a config that says something else."""
     lines = text.splitlines()
     expected = copy.deepcopy(yaml.safe_load(text) or {})
     for key, value in values.items():
