@@ -99,13 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not runtime.is_main:  # it has predicted its shard; the main process writes the results
         return {}
     head_output = outputs.head(head)
-    metrics = clustering_report(
-        head_output,
-        dataset.classes,
-        out_dir,
-        extra={"model": model_path, "head": head},
-        title=f"Head {head} of {model.num_heads}",
-    )
+    extra, title = {"model": model_path, "head": head}, f"Head {head} of {model.num_heads}"
+    metrics = clustering_report(head_output, dataset.classes, out_dir, extra, title)
 
     cluster_to_class = {cluster: dataset.classes[cls] for cluster, cls in metrics.get("hungarian_match", [])}
     num_clusters = head_output["probabilities"].shape[1]

@@ -120,8 +120,8 @@ def size_chart_svg(sizes: list[int], labels: list[str], width: int = 900, height
     )
 
 
-def metrics_rows(metrics: dict) -> list[tuple[str, str]]:
-    """(name, value) rows of the metrics table: the label metrics as percentages, then the facts."""
+def _metrics_section(metrics: dict, unlabeled_clustering: bool) -> str:
+    """The metrics table: the label metrics as percentages, then the facts; a note when there are no labels."""
     rows = []
     for key in ("ACC", "NMI", "ARI", "AMI", "ACC Top-5"):
         if isinstance(metrics.get(key), int | float):
@@ -131,7 +131,19 @@ def metrics_rows(metrics: dict) -> list[tuple[str, str]]:
     for key, name in (("matching", "cluster → class matching"), ("num_samples", "images evaluated"), ("head", "head")):
         if key in metrics:
             rows.append((name, str(metrics[key])))
-    return rows
+    text = ""
+    if unlabeled_clustering:
+        text += (
+            "<p class='note'>The evaluated images have no labels: ACC, NMI, ARI and the confusion matrix "
+            "are not computed. Cluster sizes and galleries are below.</p>"
+        )
+    if rows:
+        text += (
+            "<table>"
+            + "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(v)}</td></tr>" for k, v in rows)
+            + "</table>"
+        )
+    return text
 
 
 STYLE = """
@@ -240,23 +252,6 @@ def render_report(
     parts += [f"<h2 id='{anchors[name]}'>{html.escape(name)}</h2>{body}" for name, body in sections.items()]
     parts.append("</body></html>")
     return "\n".join(parts), facts
-
-
-def _metrics_section(metrics: dict, unlabeled_clustering: bool) -> str:
-    rows = metrics_rows(metrics)
-    text = ""
-    if unlabeled_clustering:
-        text += (
-            "<p class='note'>The evaluated images have no labels: ACC, NMI, ARI and the confusion matrix "
-            "are not computed. Cluster sizes and galleries are below.</p>"
-        )
-    if rows:
-        text += (
-            "<table>"
-            + "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(v)}</td></tr>" for k, v in rows)
-            + "</table>"
-        )
-    return text
 
 
 def _cluster_sections(
