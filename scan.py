@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
             )
             chosen, accuracy = head_outputs[head], None
             if not (chosen["targets"] < 0).any():
-                accuracy = cluster_metrics(chosen["predictions"], chosen["probabilities"], chosen["targets"])["ACC"]
+                accuracy = cluster_metrics(
+                    chosen["predictions"], chosen["probabilities"], chosen["targets"], num_classes=len(class_names)
+                )["ACC"]
                 summary += f"  ACC {100 * accuracy:.2f}"
             print(summary, flush=True)
             history.log(epoch + 1, **losses, lr=lr, val_loss=head_loss, head=head, ACC=accuracy)

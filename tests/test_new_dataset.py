@@ -177,9 +177,11 @@ def test_the_printed_commands_run_as_printed_and_the_run_moves_to_another_folder
     results = first / "results" / "colours_quick"
     assert "ACC" in logs["eval.py"] and (results / "selflabel/model_eval/report.html").is_file()
     assert f"open {Path('results/colours_quick/selflabel/model_eval/report.html')}" in printed
-    # predict.py --sort_into: all 42 images, in one folder per cluster named by the class eval.py matched to it.
+    # predict.py --sort_into: all 42 images, in one folder per cluster named by the class eval.py matched to it
+    # (cluster_NN for a cluster beyond the three classes).
     sorted_files = [path for path in (results / "sorted").rglob("*") if path.is_file()]
-    assert len(sorted_files) == 42 and {path.parent.name[11:] for path in sorted_files} <= {"red", "green", "blue"}
+    names = {"red", "green", "blue"} | {f"cluster_{cluster:02d}" for cluster in range(k)}
+    assert len(sorted_files) == 42 and {path.parent.name for path in sorted_files} <= names
 
     configs = {path.name: path.read_text() for path in (first / "configs").rglob("*.yml")}
     shutil.copytree(first, moved, symlinks=True)

@@ -19,7 +19,6 @@ import simclr
 from engine.model_files import read_model_file
 from tests.conftest import ROOT
 from utils.checkpoint import load_checkpoint
-from utils.config import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -230,6 +229,9 @@ def test_selflabel_keeps_the_best_epoch_across_a_resume(tiny_cifar_env, tmp_path
     ]
     checkpoint = load_checkpoint(results / "selflabel" / "checkpoint.pth.tar")
     assert checkpoint["watch"]["best_epoch"] == best and checkpoint["epoch"] == 3
-    # model.pth.tar holds the best epoch: resuming with selflabel_keep: last would mislabel it.
-    with pytest.raises(ConfigError, match="selflabel_keep: best"):
-        run_selflabel(4, keep="last")
+    # model.pth.tar holds the best epoch: selflabel_keep: last is another result, so the finished run starts over.
+    best_model = (results / "selflabel" / "model.pth.tar").read_bytes()
+    last = run_selflabel(3, keep="last")
+    assert last["kept_epoch"] == 3 and [record["epoch"] for record in last["epochs"]] == [0, 1, 2, 3]
+    [moved] = (results).glob("selflabel.old-*")
+    assert (moved / "model.pth.tar").read_bytes() == best_model

@@ -83,18 +83,25 @@ def assert_identical(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} vs {b!r}"
 
 
+def undated(content):
+    """A file's content without the time its run record was written, the one thing two identical runs differ in."""
+    if isinstance(content, dict) and isinstance(content.get("record"), dict):
+        content["record"].pop("date", None)
+    return content
+
+
 def outputs(cfg: dict, stage_dir: str) -> dict:
-    """Every file a stage wrote (checkpoint in full: weights, optimizer, position, RNG, extras)."""
+    """Every file a stage wrote (checkpoint in full: weights, optimizer, position, RNG, extras), run dates left out."""
     files = {}
     for path in sorted(os.listdir(cfg[stage_dir])):
         full = os.path.join(cfg[stage_dir], path)
         if path.endswith(".pth.tar"):
-            files[path] = torch.load(full, weights_only=True)
+            files[path] = undated(torch.load(full, weights_only=True))
         elif path.endswith(".npy"):
             files[path] = torch.from_numpy(np.load(full))
         elif path.endswith(".json"):
             with open(full) as handle:
-                files[path] = json.load(handle)
+                files[path] = undated(json.load(handle))
     return files
 
 
