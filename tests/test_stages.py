@@ -615,10 +615,10 @@ def test_scan_keeps_the_lowest_loss_head_and_replaces_the_model_only_on_improvem
     saved_models = []
     real_save = scan.save_scan_file
 
-    def recording_save(state_dict, head, path, architecture):
+    def recording_save(state_dict, head, path, architecture, record):
         if str(path) == cfg["scan_model"]:
             saved_models.append({"head": head, "model": {k: v.clone() for k, v in state_dict.items()}})
-        real_save(state_dict, head, path, architecture)
+        real_save(state_dict, head, path, architecture, record)
 
     monkeypatch.setattr(scan, "scan_evaluate", scripted_evaluate)
     monkeypatch.setattr(scan, "save_scan_file", recording_save)
