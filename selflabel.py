@@ -4,8 +4,8 @@
 
 Starts from the best head of scan/model.pth.tar (as head 0); writes <root_dir>/<db>/selflabel/ (docs/outputs.md).
 Every epoch logs the test cluster sizes, each cluster's pseudo-labels and a warning for a cluster that emptied or
-shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the paper; `best` the epoch,
-SCAN model included, with the lowest assignment SCAN loss on the test neighbours and all clusters intact.
+shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the paper; `best` the last
+epoch with no emptied or shrunken cluster (the SCAN model if every epoch had one).
 """
 
 from __future__ import annotations
@@ -133,7 +133,6 @@ def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) ->
         line += (
             f"\n  assignment SCAN loss on the test neighbours {record['score']:.4f} (neighbour agreement "
             f"{record['neighbour_agreement']:.4f}, size entropy {record['size_entropy']:.4f})"
-            + ("  best so far" if record["improved"] else "")
         )
     if "ACC" in record:
         line += f"  ACC {100 * record['ACC']:.2f}"
@@ -146,11 +145,6 @@ def main(argv: list[str] | None = None) -> dict:
     args, cfg, runtime = setup_stage(PARSER, argv, ("selflabel",))
     scan_command = stage_command("scan", cfg["train_db_name"], args.config_env)
     require_files([cfg["scan_model"]], scan_command)
-    if cfg["selflabel_keep"] == "best":  # the selection criterion needs the test split's neighbours
-        require_files(
-            [cfg["topk_neighbors_val_path"]],
-            stage_command("pretext", cfg["train_db_name"], args.config_env) + "\n(or set selflabel_keep: last)",
-        )
     Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
 
     # Weak view: the val transform; strong view: the training augmentation.
@@ -158,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_cluster_count(cfg["num_classes"], len(train_dataset))
     loader = train_batches(cfg, train_dataset, runtime, views=("val", "train"))
     val_loader = eval_batches(cfg, val_dataset, runtime)
-    val_neighbors = None  # optional with selflabel_keep: last (a model-zoo SCAN file comes without them)
+    val_neighbors = None  # optional, for the log's assignment SCAN loss (a model-zoo SCAN file comes without them)
     if Path(cfg["topk_neighbors_val_path"]).is_file():
         val_neighbors = load_neighbors(cfg["topk_neighbors_val_path"], len(val_dataset))
     if runtime.is_main:
@@ -198,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     keep_best = cfg["selflabel_keep"] == "best"
 
     if not watch.history:  # a fresh run, or a checkpoint written before the watch existed
-        # Epoch 0 is the SCAN model: the reference sizes for the warnings and the bar for `best`.
+        # Epoch 0 is the SCAN model: the reference sizes for the warnings, and what `best` keeps if nothing else.
         if runtime.is_main:
             print("Before training (epoch 0): the SCAN model", flush=True)
         scan_model = build_model(cfg).to(runtime.device)

@@ -1,4 +1,4 @@
-"""The self-label watch: cluster warnings, the label-free score, and which epoch is kept (hand-counted cases)."""
+"""The self-label watch: cluster warnings, the logged label-free score, and which epoch is kept (hand-counted cases)."""
 
 from __future__ import annotations
 
@@ -47,37 +47,55 @@ def head_output(predictions: list[int], confidence: float = 0.9) -> dict:
 GROUPS = torch.tensor([[i] + [j for j in range(4 * (i // 4), 4 * (i // 4) + 4) if j != i] for i in range(8)])
 
 
-def test_the_best_epoch_with_all_clusters_intact_is_kept_and_the_state_survives_a_resume():
+def test_the_last_intact_epoch_is_kept_though_its_neighbour_agreement_fell():
+    """A recorded history like the weak-pretext digits' (docs/selflabel.md): self-labeling moves images away from
+    their mined neighbours (the assignment SCAN loss rises at every epoch), no cluster shrinks, and the
+    pseudo-labels settle (epochs 2 and 3 agree). The last intact epoch is kept, not the SCAN model that the
+    neighbour-agreement rule kept; an epoch with a shrunken cluster never is, and the choice survives a resume."""
     watch = SelfLabelWatch(warning_fraction=0.5)
-    start = watch.observe(0, head_output([0, 0, 0, 1, 1, 1, 1, 1]), GROUPS, {})  # the SCAN model
-    assert start["improved"] and watch.best_epoch == 0 and start["cluster_sizes"] == [3, 5]
-    better = watch.observe(1, head_output([0, 0, 0, 0, 1, 1, 1, 1], 0.99), GROUPS, {"ACC": 1.0})
-    assert better["improved"] and better["score"] < start["score"] and better["ACC"] == 1.0
-    # Epoch 2 puts everything in cluster 1: its consistency is perfect, but cluster 0 emptied.
-    collapsed = watch.observe(2, head_output([1] * 8, 0.99), GROUPS, {})
-    assert not collapsed["improved"] and collapsed["warnings"][0]["kind"] == "emptied"
-    assert watch.best_epoch == 1 and "epoch 1 has the lowest assignment SCAN loss" in watch.kept_reason()
-    assert watch.all_warnings() == [{"epoch": 2, "cluster": 0, "size": 0, "size_after_scan": 3, "kind": "emptied"}]
-    assert any("cluster 0 emptied" in line for line in watch.warning_lines(collapsed))
+    scan = watch.observe(0, head_output([0, 0, 0, 0, 1, 1, 1, 1]), GROUPS, {})  # the groups: all 24 pairs agree
+    assert scan["improved"] and watch.best_epoch == 0 and scan["cluster_sizes"] == [4, 4]
+    first = watch.observe(1, head_output([0, 0, 0, 1, 1, 1, 1, 0], 0.99), GROUPS, {"ACC": 0.75})  # 12 of 24 agree
+    second = watch.observe(2, head_output([0, 0, 1, 1, 1, 1, 0, 0], 0.99), GROUPS, {})  # 8 of 24
+    settled = watch.observe(3, head_output([0, 0, 1, 1, 1, 1, 0, 0], 0.99), GROUPS, {})
+    assert scan["score"] == pytest.approx(-math.log(2), rel=1e-6)  # −log(24/24) − log 2
+    assert first["score"] == pytest.approx(-math.log(12 / 24) - math.log(2), abs=1e-6)  # = 0
+    assert second["score"] == settled["score"] == pytest.approx(-math.log(8 / 24) - math.log(2), rel=1e-6)
+    assert all(record["improved"] and not record["warnings"] for record in (first, second, settled))
+    assert first["ACC"] == 0.75 and watch.best_epoch == 3
+    assert watch.kept_reason() == "epoch 3, the last one, has no emptied or shrunken cluster"
+    # Epoch 4 keeps 1 of cluster 0's 4 images (below half): never kept.
+    shrunk = watch.observe(4, head_output([1, 1, 1, 1, 1, 1, 1, 0]), GROUPS, {})
+    assert not shrunk["improved"] and shrunk["warnings"][0]["kind"] == "shrunk" and watch.best_epoch == 3
+    assert watch.kept_reason() == ("epoch 3 is the last with no emptied or shrunken cluster (one did at epoch 4)")
+    assert watch.all_warnings() == [{"epoch": 4, "cluster": 0, "size": 1, "size_after_scan": 4, "kind": "shrunk"}]
+    assert any("cluster 0 fell to 1 images" in line for line in watch.warning_lines(shrunk))
 
     resumed = SelfLabelWatch(0.5, watch.state_dict())
-    assert resumed.best_epoch == 1 and resumed.best_score == watch.best_score
-    worse = resumed.observe(3, head_output([0, 0, 0, 0, 1, 1, 1, 1], 0.9), GROUPS, {})
-    assert not worse["improved"] and resumed.best_epoch == 1 and len(resumed.history) == 4
+    assert resumed.best_epoch == 3 and len(resumed.history) == 5
+    emptied = resumed.observe(5, head_output([1] * 8), GROUPS, {})
+    assert not emptied["improved"] and resumed.best_epoch == 3 and emptied["warnings"][0]["kind"] == "emptied"
 
 
-def test_the_scan_head_is_kept_when_no_epoch_beats_it():
+def test_the_scan_head_is_kept_when_every_epoch_empties_or_shrinks_a_cluster():
     watch = SelfLabelWatch(warning_fraction=0.25)
-    watch.observe(0, head_output([0, 0, 0, 0, 1, 1, 1, 1], 0.99), GROUPS, {})
-    watch.observe(1, head_output([0, 1, 0, 1, 0, 1, 0, 1], 0.99), GROUPS, {})  # balanced but inconsistent
-    assert watch.best_epoch == 0 and "kept the SCAN head (epoch 0)" in watch.kept_reason()
+    watch.observe(0, head_output([0, 0, 0, 0, 1, 1, 1, 1]), GROUPS, {})
+    watch.observe(1, head_output([1, 1, 1, 1, 1, 1, 1, 1]), GROUPS, {})
+    watch.observe(2, head_output([1, 1, 1, 1, 1, 1, 1, 1]), GROUPS, {})
+    assert watch.best_epoch == 0
+    assert watch.kept_reason() == (
+        "epoch 0 is the last with no emptied or shrunken cluster (one did at epoch 1 and 1 later epoch(s)): "
+        "kept the SCAN head"
+    )
 
 
-def test_without_neighbours_epochs_are_watched_but_not_scored():
+def test_without_neighbours_epochs_are_watched_and_kept_but_not_scored():
     watch = SelfLabelWatch(warning_fraction=0.25)
     watch.observe(0, head_output([0, 1]), None, {})
-    record = watch.observe(1, head_output([1, 1]), None, {})
-    assert record["score"] is None and not record["improved"] and record["warnings"][0]["kind"] == "emptied"
+    intact = watch.observe(1, head_output([1, 0]), None, {})
+    emptied = watch.observe(2, head_output([1, 1]), None, {})
+    assert intact["score"] is None and intact["improved"] and watch.best_epoch == 1
+    assert not emptied["improved"] and emptied["warnings"][0]["kind"] == "emptied"
 
 
 def test_one_neighbour_agreement_for_the_watch_and_the_choice_of_k():

@@ -58,22 +58,6 @@ def test_an_empty_dataset_takes_an_empty_neighbour_file():
     assert len(NeighborsDataset(Images(0), np.zeros((0, 5), dtype=np.int64))) == 0
 
 
-# engine/cluster_watch.py: kept_reason reads the SCAN model's score from history[0], with 0 changed
-def test_the_kept_reason_quotes_the_scan_models_score_and_the_kept_epochs():
-    from engine.cluster_watch import SelfLabelWatch
-
-    def output(predictions: list[int]) -> dict:
-        predictions = torch.tensor(predictions)
-        return {"predictions": predictions, "probabilities": torch.nn.functional.one_hot(predictions, 2).float()}
-
-    groups = torch.tensor([[i] + [j for j in range(4 * (i // 4), 4 * (i // 4) + 4) if j != i] for i in range(8)])
-    watch = SelfLabelWatch(0.5)
-    watch.observe(0, output([0, 1, 0, 1, 0, 1, 0, 1]), groups, {})  # log 3 − log 2 = 0.4055
-    watch.observe(1, output([0, 0, 0, 0, 1, 1, 1, 1]), groups, {})  # −log 2 = −0.6931
-    watch.observe(2, output([0, 0, 0, 1, 1, 1, 1, 1]), groups, {})  # a worse epoch after the kept one
-    assert "(-0.6931; SCAN model 0.4055)" in watch.kept_reason()
-
-
 # data/batch_augment.py: SimCLR's colour jitter step picks brightness for op 0 (`op == 0` with 0 changed)
 def test_the_jitter_step_applies_brightness_contrast_and_saturation_as_numbered():
     from data import batch_augment as ba
