@@ -64,11 +64,12 @@ def build_criterion(cfg: dict) -> torch.nn.Module:
 def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool, epoch: int) -> dict:
     """Cross-entropy of the strong view toward the weak view's confident predictions.
 
-    Also counts, per cluster, the train images predicted in it (weak view) and those that became targets.
+    Also counts, per cluster, the train images predicted in it (weak view), those that became targets, and those
+    whose strong view is predicted in the same cluster (the weak/strong agreement the keep rule reads).
     """
     model.train()
     total, steps, skipped = 0.0, 0, 0
-    predicted, targets = None, None
+    predicted, targets, agreed = None, None, None
     progress = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         images = batch["image"].to(runtime.device, non_blocking=True)
@@ -81,9 +82,10 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         cluster, mask = pseudo_labels(F.softmax(weak_output.float(), dim=1), criterion.threshold, criterion.fraction)
         if predicted is None:
             predicted = torch.zeros(weak_output.shape[1], dtype=torch.long, device=weak_output.device)
-            targets = torch.zeros_like(predicted)
+            targets, agreed = torch.zeros_like(predicted), torch.zeros_like(predicted)
         predicted += torch.bincount(cluster, minlength=predicted.numel())
         targets += torch.bincount(cluster[mask], minlength=targets.numel())
+        agreed += torch.bincount(cluster[strong_output.argmax(dim=1) == cluster], minlength=agreed.numel())
         confident = True
         try:
             loss = criterion(weak_output, strong_output)
@@ -106,6 +108,7 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
     if runtime.distributed and predicted is not None:
         dist.all_reduce(predicted)
         dist.all_reduce(targets)
+        dist.all_reduce(agreed)
     return {
         "loss": total / max(steps, 1),
         "steps": steps,
@@ -114,10 +117,11 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         "pseudo_labels_per_cluster": [] if targets is None else targets.tolist(),
         # The fraction of train images that became targets (for `threshold`: those above the threshold).
         "confident": 0.0 if predicted is None else int(targets.sum()) / max(int(predicted.sum()), 1),
+        "weak_strong_agreement": None if predicted is None else int(agreed.sum()) / max(int(predicted.sum()), 1),
     }
 
 
-def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) -> dict:
+def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime, agreement: float | None = None) -> dict:
     """Record the epoch's test predictions in `watch`; the main process prints sizes, warnings and score.
 
     Every process records: under torchrun they all hold the same gathered predictions, so they agree on
@@ -127,7 +131,7 @@ def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) ->
     labels = {}  # when there are any, they only go into the log, never into the choice
     if not (targets < 0).any():
         labels["ACC"] = cluster_metrics(predictions, head_output["probabilities"], targets)["ACC"]
-    record = watch.observe(epoch, head_output, val_neighbors, labels)
+    record = watch.observe(epoch, head_output, val_neighbors, labels, agreement)
     line = f"  test cluster sizes {record['cluster_sizes']}"
     if record["score"] is not None:
         line += (
@@ -217,12 +221,13 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             summary += (
                 f"\n  train: pseudo-labels per cluster {stats['pseudo_labels_per_cluster']} "
-                f"of predicted {stats['train_cluster_sizes']}"
+                f"of predicted {stats['train_cluster_sizes']}; strong view in the weak view's cluster: "
+                f"{stats['weak_strong_agreement']:.4f}"
             )
             print(summary, flush=True)
-        # The watch keeps what the test split says (exact across a mid-epoch resume); the train-side counts of
-        # an interrupted epoch cover only the batches run after the resume, so they go to the log and history.
-        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime)
+        # The train-side counts of an interrupted epoch cover only the batches run after the resume: the sizes go
+        # to the log and history only; the agreement, a share, still estimates the epoch's for the keep rule.
+        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime, stats["weak_strong_agreement"])
         if runtime.is_main:
             history.log(
                 epoch + 1,

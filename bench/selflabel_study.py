@@ -116,31 +116,15 @@ def run_scan(seed: int, heads: int, pretext: Path, out: Path, args) -> dict:
 def recording_epochs(threshold: float):
     """Record, per epoch of the self-label run inside, what the candidate keep rules read besides the watch's
     history: the test predictions (for the pseudo-label stability between epochs), the test share above
-    `threshold`, and from training the confident share, the loss and how often the strong view's prediction
-    agrees with the weak view's. Patches the stage's module functions; training itself is untouched."""
+    `threshold`, and the training's confident share and loss. Patches two of the stage's module functions;
+    training itself is untouched."""
     epochs: dict[int, dict] = {}
-    train: dict = {"agree": 0, "seen": 0}
-    stage_watch, stage_train, stage_criterion = (
-        selflabel.watch_epoch,
-        selflabel.train_one_epoch,
-        selflabel.build_criterion,
-    )
-
-    def count_agreement(module, inputs) -> None:
-        weak, strong = inputs
-        train["agree"] += int((weak.argmax(dim=1) == strong.argmax(dim=1)).sum())
-        train["seen"] += weak.shape[0]
-
-    def build_criterion(cfg: dict):
-        criterion = stage_criterion(cfg)
-        criterion.register_forward_pre_hook(count_agreement)
-        return criterion
+    train: dict = {}
+    stage_watch, stage_train = selflabel.watch_epoch, selflabel.train_one_epoch
 
     def train_one_epoch(*args, **kwargs) -> dict:
-        train.update(agree=0, seen=0)
-        stats = stage_train(*args, **kwargs)
-        train["stats"] = stats
-        return stats
+        train["stats"] = stage_train(*args, **kwargs)
+        return train["stats"]
 
     def watch_epoch(watch, epoch: int, head_output: dict, *args, **kwargs) -> dict:
         record = stage_watch(watch, epoch, head_output, *args, **kwargs)
@@ -150,23 +134,14 @@ def recording_epochs(threshold: float):
             "test_confident": float((head_output["probabilities"].max(dim=1).values > threshold).float().mean()),
             "train_confident": None if stats is None else stats["confident"],
             "train_loss": None if stats is None else stats["loss"],
-            "weak_strong_agreement": None if stats is None else train["agree"] / max(train["seen"], 1),
         }
         return record
 
-    selflabel.watch_epoch, selflabel.train_one_epoch, selflabel.build_criterion = (
-        watch_epoch,
-        train_one_epoch,
-        build_criterion,
-    )
+    selflabel.watch_epoch, selflabel.train_one_epoch = watch_epoch, train_one_epoch
     try:
         yield epochs
     finally:
-        selflabel.watch_epoch, selflabel.train_one_epoch, selflabel.build_criterion = (
-            stage_watch,
-            stage_train,
-            stage_criterion,
-        )
+        selflabel.watch_epoch, selflabel.train_one_epoch = stage_watch, stage_train
 
 
 def with_stability(history: list[dict]) -> list[dict]:
@@ -227,7 +202,15 @@ def run_selflabel(seed: int, heads: int, variant: str, pretext: Path, out: Path,
                 {
                     **{
                         key: record[key]
-                        for key in ("epoch", "ACC", "score", "neighbour_agreement", "size_entropy", "cluster_sizes")
+                        for key in (
+                            "epoch",
+                            "ACC",
+                            "score",
+                            "neighbour_agreement",
+                            "size_entropy",
+                            "cluster_sizes",
+                            "weak_strong_agreement",
+                        )
                     },
                     "intact": not record["warnings"],
                     **recorded.get(record["epoch"], {}),
@@ -272,6 +255,7 @@ def _best(records: list[dict], key: str, lowest: bool = False) -> int:
     return max(scored, key=lambda r: (sign * r[key], r["epoch"]))["epoch"]
 
 
+STAGE_RULE = "stage: last intact epoch, weak/strong agreement >= epoch 1's"  # engine/cluster_watch.py
 # Candidate label-free keep rules: each maps one run's per-epoch history (epoch 0 = the SCAN model) to the kept
 # epoch; "hindsight" reads the test labels and is the bar. All but "last" and "hindsight" skip every epoch with an
 # emptied or shrunken cluster.
@@ -285,7 +269,7 @@ RULES = {
         r for r in _intact(h) if r["size_entropy"] >= h[0]["size_entropy"]
     ][-1]["epoch"],
     "most weak/strong agreement, intact": lambda h: _best(_intact(h), "weak_strong_agreement"),
-    "last intact epoch with weak/strong agreement >= epoch 1's": lambda h: [
+    STAGE_RULE: lambda h: [
         r for r in _intact(h) if r["epoch"] < 2 or r["weak_strong_agreement"] >= h[1]["weak_strong_agreement"]
     ][-1]["epoch"],
     "most confident (test), intact": lambda h: _best(_intact(h), "test_confident"),
@@ -331,13 +315,13 @@ def per_seed_markdown(study: dict) -> list[str]:
     lines = [
         "",
         "**Per seed**: test ACC (epoch) of the SCAN model, of the epoch the old rule (lowest assignment SCAN loss) "
-        "and the stage's rule (last intact epoch) keep, of the best epoch in hindsight and of the last epoch.",
+        "and the stage's rule keep, of the best epoch in hindsight and of the last epoch.",
         "",
-        "| SCAN heads | pseudo_labels @ threshold | seed | top-20 neighbours | SCAN | old rule | last intact "
+        "| SCAN heads | pseudo_labels @ threshold | seed | top-20 neighbours | SCAN | old rule | stage's rule "
         "| hindsight best | last epoch | cluster warnings |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    columns = ("old: lowest assignment SCAN loss", "last intact epoch", "hindsight: highest test ACC")
+    columns = ("old: lowest assignment SCAN loss", STAGE_RULE, "hindsight: highest test ACC")
     for heads, variants in study["selflabel"].items():
         for variant, runs in variants.items():
             for seed in study["seeds"]:

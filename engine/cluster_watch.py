@@ -3,9 +3,11 @@
 Self-labeling can move images of the less confident clusters into the confident ones until some empty, and the
 original keeps the last epoch whatever happened. Here every epoch's test cluster sizes are compared with the SCAN
 model's ("epoch 0") and shrunken clusters reported; with `selflabel_keep: best` the stage keeps the last epoch whose
-clusters all survived (epoch 0 if none did). Not the epoch that agrees best with the mined neighbours (the
-assignment SCAN loss, still logged): self-labeling exists to correct the neighbours' mistakes, so on a weak
-pretext model that agreement falls while accuracy rises, and such a rule kept the SCAN model.
+clusters all survived and whose strong views (train split) land in their weak view's cluster at least as often as
+in epoch 1 (epoch 0 if none): a run drifting into a few clusters loses that agreement before a cluster shrinks
+below the warning. Not the epoch that agrees best with the mined neighbours (the assignment SCAN loss, still
+logged): self-labeling exists to correct the neighbours' mistakes, so on a weak pretext model that agreement falls
+while accuracy rises, and that rule kept the SCAN model (docs/selflabel.md).
 """
 
 from __future__ import annotations
@@ -46,9 +48,12 @@ class SelfLabelWatch:
     def sizes_after_scan(self) -> list[int]:
         return self.history[0]["cluster_sizes"]
 
-    def observe(self, epoch: int, head_output: dict, neighbors: torch.Tensor | None, extra: dict) -> dict:
-        """Record one epoch (0 = the SCAN model) and return its record; 'improved': the new epoch to keep, i.e.
-        no cluster emptied or shrank. The score (with `neighbors`) is for the log only."""
+    def observe(
+        self, epoch: int, head_output: dict, neighbors: torch.Tensor | None, extra: dict, agreement: float | None = None
+    ) -> dict:
+        """Record one epoch (0 = the SCAN model) and return its record; 'improved': the new epoch to keep: no
+        cluster emptied or shrank, and the weak/strong `agreement` of its training is at least epoch 1's (unchecked
+        where either is unknown). The score (with `neighbors`) is for the log only."""
         num_clusters = head_output["probabilities"].shape[1]
         sizes = cluster_sizes(head_output["predictions"], num_clusters)
         warnings = [] if epoch == 0 else shrunken_clusters(sizes, self.sizes_after_scan, self.warning_fraction)
@@ -57,11 +62,13 @@ class SelfLabelWatch:
             criterion = assignment_scan_loss(head_output["predictions"], neighbors, num_clusters)
             score = criterion.pop("score")
             extra = {**extra, **criterion}
-        improved = not warnings
+        record = {"epoch": epoch, "cluster_sizes": sizes, "warnings": warnings, "score": score, **extra}
+        record["weak_strong_agreement"] = agreement
+        self.history.append(record)
+        first = self.history[min(epoch, 1)].get("weak_strong_agreement")
+        improved = not warnings and (agreement is None or first is None or agreement >= first)
         if improved:
             self.best_epoch = epoch
-        record = {"epoch": epoch, "cluster_sizes": sizes, "warnings": warnings, "score": score, **extra}
-        self.history.append(record)
         return {**record, "improved": improved}
 
     def warning_lines(self, record: dict) -> list[str]:
@@ -80,12 +87,11 @@ class SelfLabelWatch:
 
     def kept_reason(self) -> str:
         """Why the kept model (best mode) is the one it is, in one sentence for the log and metrics.json."""
-        later = sorted({warning["epoch"] for warning in self.all_warnings() if warning["epoch"] > self.best_epoch})
-        if not later:
-            return f"epoch {self.best_epoch}, the last one, has no emptied or shrunken cluster"
-        first = f"epoch {later[0]}" + (f" and {len(later) - 1} later epoch(s)" if len(later) > 1 else "")
+        rule = "no emptied or shrunken cluster and a weak/strong agreement at least epoch 1's"
+        if self.best_epoch == self.history[-1]["epoch"]:
+            return f"epoch {self.best_epoch}, the last one, has {rule}"
         scan = ": kept the SCAN head" if self.best_epoch == 0 else ""
-        return f"epoch {self.best_epoch} is the last with no emptied or shrunken cluster (one did at {first}){scan}"
+        return f"epoch {self.best_epoch} is the last with {rule} (no later epoch has){scan}"
 
     def state_dict(self) -> dict:
         return {"history": self.history, "best_epoch": self.best_epoch}

@@ -39,6 +39,9 @@ def test_the_keep_rules_read_the_recorded_epochs():
     assert kept["old: lowest assignment SCAN loss"] == 0
     assert kept["last epoch (paper)"] == 3 and kept["hindsight: highest test ACC"] == 3
     assert kept["last intact epoch"] == 2 and kept["most stable intact epoch"] == 2
+    assert kept[selflabel_study.STAGE_RULE] == 2
+    history[2]["weak_strong_agreement"] = 0.7  # below epoch 1's 0.8: the stage's rule keeps epoch 1
+    assert selflabel_study.RULES[selflabel_study.STAGE_RULE](history) == 1
     history[1]["intact"] = False  # now epoch 2 comes after a shrink: the prefix rule stops at the SCAN model
     assert selflabel_study.RULES["last epoch before any shrink"](history) == 0
     assert selflabel_study.RULES["last intact epoch"](history) == 2
