@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from engine.cluster_criteria import assignment_scan_loss, neighbour_agreement
 from engine.cluster_watch import SelfLabelWatch, shrunken_clusters
+from engine.evaluate import cluster_metrics
 
 
 def test_emptied_and_shrunken_clusters_are_found():
@@ -119,3 +122,48 @@ def test_one_neighbour_agreement_for_the_watch_and_the_choice_of_k():
     # Pairs left: (0,1) ✓ (0,2) ✗ (1,0) ✓ (1,3) ✗ (2,3) ✓ (2,0) ✗ (3,2) ✓ (3,1) ✗ → 4 of 8, not 5 of 9.
     assert neighbour_agreement(torch.tensor(assignment), torch.tensor(neighbors)) == 0.5
     assert neighbour_agreement(np.array(assignment), np.array(neighbors)) == 0.5
+
+
+RECORDED = Path(__file__).parent / "data" / "selflabel_weak_digits.json"
+
+
+def replay(variant: str) -> tuple[SelfLabelWatch, list[float]]:
+    """The recorded self-label run through the watch, as selflabel.py feeds it; also each epoch's test ACC."""
+    recorded = json.loads(RECORDED.read_text())
+    run, neighbors = recorded[variant], torch.tensor(recorded["neighbors"])
+    labels = torch.tensor([int(label) for label in recorded["labels"]])
+    watch, accs = SelfLabelWatch(warning_fraction=0.25), []
+    for epoch, (clusters, agreement) in enumerate(zip(run["predictions"], run["weak_strong_agreement"])):
+        predictions = torch.tensor([int(cluster) for cluster in clusters])
+        output = {"predictions": predictions, "probabilities": torch.nn.functional.one_hot(predictions, 10).float()}
+        watch.observe(epoch, output, neighbors, {}, agreement)
+        accs.append(cluster_metrics(predictions, output["probabilities"], labels)["ACC"])
+    return watch, accs
+
+
+def test_a_recorded_weak_pretext_run_keeps_its_last_epoch_not_the_scan_model():
+    """Per-cluster pseudo-labels from a weak pretext model (top-20 neighbours 58 % right): the assignment SCAN loss
+    ends higher than the SCAN model's (the old rule kept epoch 0, ACC 0.767), no cluster shrinks, the pseudo-labels
+    settle (under 2 % of the test images change cluster in each of the last five epochs), and ACC reaches 0.858."""
+    watch, accs = replay("per_cluster@0.9")
+    history = watch.history
+    assert min(range(len(history)), key=lambda epoch: history[epoch]["score"]) == 0
+    assert history[-1]["score"] > history[0]["score"] and not watch.all_warnings()
+    recorded = json.loads(RECORDED.read_text())["per_cluster@0.9"]["predictions"]
+    changed = [sum(a != b for a, b in zip(before, after)) / 360 for before, after in zip(recorded, recorded[1:])]
+    assert max(changed[-5:]) < 0.02
+    assert (
+        watch.best_epoch == 20
+        and accs[0] == pytest.approx(0.767, abs=5e-4)
+        and accs[20] == pytest.approx(0.858, abs=5e-4)
+    )
+
+
+def test_a_recorded_drift_into_few_clusters_keeps_an_epoch_before_it():
+    """The paper's threshold rule at 0.99 on the same model: ACC falls from epoch 11 on while every cluster stays
+    above the warning size until epoch 20; the weak/strong agreement falls below epoch 1's first, so the kept epoch
+    is at the SCAN model's ACC, not the last intact epoch's 0.567."""
+    watch, accs = replay("threshold@0.99")
+    first_warning = min(warning["epoch"] for warning in watch.all_warnings())
+    assert first_warning == 20 and accs[19] < accs[0] - 0.15
+    assert watch.best_epoch < first_warning and accs[watch.best_epoch] >= accs[0] - 0.005
