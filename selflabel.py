@@ -221,9 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             summary += (
                 f"\n  train: pseudo-labels per cluster {stats['pseudo_labels_per_cluster']} "
-                f"of predicted {stats['train_cluster_sizes']}; strong view in the weak view's cluster: "
-                f"{stats['weak_strong_agreement']:.4f}"
+                f"of predicted {stats['train_cluster_sizes']}"
             )
+            if stats["weak_strong_agreement"] is not None:
+                summary += f"; weak/strong agreement {stats['weak_strong_agreement']:.4f}"
             print(summary, flush=True)
         # The train-side counts of an interrupted epoch cover only the batches run after the resume: the sizes go
         # to the log and history only; the agreement, a share, still estimates the epoch's for the keep rule.
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ACC=record.get("ACC"),
                 train_cluster_sizes=stats["train_cluster_sizes"],
                 pseudo_labels_per_cluster=stats["pseudo_labels_per_cluster"],
+                weak_strong_agreement=stats["weak_strong_agreement"],
             )
             if not keep_best or record["improved"]:
                 save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture)
