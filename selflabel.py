@@ -4,8 +4,8 @@
 
 Starts from the best head of scan/model.pth.tar (as head 0); writes <root_dir>/<db>/selflabel/ (docs/outputs.md).
 Every epoch logs the test cluster sizes, each cluster's pseudo-labels and a warning for a cluster that emptied or
-shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the paper; `best` the epoch,
-SCAN model included, with the lowest assignment SCAN loss on the test neighbours and all clusters intact.
+shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the paper; `best` the last
+epoch with no emptied or shrunken cluster (the SCAN model if every epoch had one).
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ def build_criterion(cfg: dict) -> torch.nn.Module:
 def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool, epoch: int) -> dict:
     """Cross-entropy of the strong view toward the weak view's confident predictions.
 
-    Also counts, per cluster, the train images predicted in it (weak view) and those that became targets.
+    Also counts, per cluster, the train images predicted in it (weak view), those that became targets, and those
+    whose strong view is predicted in the same cluster (the weak/strong agreement the keep rule reads).
     """
     model.train()
     total, steps, skipped = 0.0, 0, 0
-    predicted, targets = None, None
+    predicted, targets, agreed = None, None, None
     progress = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not runtime.is_main)
     for batch in progress:
         images = batch["image"].to(runtime.device, non_blocking=True)
@@ -77,9 +78,10 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         cluster, mask = pseudo_labels(F.softmax(weak_output.float(), dim=1), criterion.threshold, criterion.fraction)
         if predicted is None:
             predicted = torch.zeros(weak_output.shape[1], dtype=torch.long, device=weak_output.device)
-            targets = torch.zeros_like(predicted)
+            targets, agreed = torch.zeros_like(predicted), torch.zeros_like(predicted)
         predicted += torch.bincount(cluster, minlength=predicted.numel())
         targets += torch.bincount(cluster[mask], minlength=targets.numel())
+        agreed += torch.bincount(cluster[strong_output.argmax(dim=1) == cluster], minlength=agreed.numel())
         confident = True
         try:
             loss = criterion(weak_output, strong_output)
@@ -102,6 +104,7 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
     if runtime.distributed and predicted is not None:
         dist.all_reduce(predicted)
         dist.all_reduce(targets)
+        dist.all_reduce(agreed)
     return {
         "loss": total / max(steps, 1),
         "steps": steps,
@@ -110,10 +113,11 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
         "pseudo_labels_per_cluster": [] if targets is None else targets.tolist(),
         # The fraction of train images that became targets (for `threshold`: those above the threshold).
         "confident": 0.0 if predicted is None else int(targets.sum()) / max(int(predicted.sum()), 1),
+        "weak_strong_agreement": None if predicted is None else int(agreed.sum()) / max(int(predicted.sum()), 1),
     }
 
 
-def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) -> dict:
+def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime, agreement: float | None = None) -> dict:
     """Record the epoch's test predictions in `watch`; the main process prints sizes, warnings and score.
 
     Every process records: under torchrun they all hold the same gathered predictions, so they agree on
@@ -123,13 +127,12 @@ def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime) ->
     labels = {}  # when there are any, they only go into the log, never into the choice
     if not (targets < 0).any():
         labels["ACC"] = cluster_metrics(predictions, head_output["probabilities"], targets)["ACC"]
-    record = watch.observe(epoch, head_output, val_neighbors, labels)
+    record = watch.observe(epoch, head_output, val_neighbors, labels, agreement)
     line = f"  test cluster sizes {record['cluster_sizes']}"
     if record["score"] is not None:
         line += (
             f"\n  assignment SCAN loss on the test neighbours {record['score']:.4f} (neighbour agreement "
             f"{record['neighbour_agreement']:.4f}, size entropy {record['size_entropy']:.4f})"
-            + ("  best so far" if record["improved"] else "")
         )
     if "ACC" in record:
         line += f"  ACC {100 * record['ACC']:.2f}"
@@ -144,11 +147,6 @@ def main(argv: list[str] | None = None) -> dict:
         return plan.saved_metrics
     scan_command = stage_command("scan", cfg["train_db_name"], args.config_env)
     require_files([cfg["scan_model"]], scan_command)
-    if cfg["selflabel_keep"] == "best":  # the selection criterion needs the test split's neighbours
-        require_files(
-            [cfg["topk_neighbors_val_path"]],
-            stage_command("pretext", cfg["train_db_name"], args.config_env) + "\n(or set selflabel_keep: last)",
-        )
     Path(cfg["selflabel_dir"]).mkdir(parents=True, exist_ok=True)
 
     # Weak view: the val transform; strong view: the training augmentation.
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_cluster_count(cfg["num_classes"], len(train_dataset))
     loader = train_batches(cfg, train_dataset, runtime, views=("val", "train"))
     val_loader = eval_batches(cfg, val_dataset, runtime)
-    val_neighbors = None  # optional with selflabel_keep: last (a model-zoo SCAN file comes without them)
+    val_neighbors = None  # optional, for the log's assignment SCAN loss (a model-zoo SCAN file comes without them)
     if Path(cfg["topk_neighbors_val_path"]).is_file():
         val_neighbors = load_neighbors(cfg["topk_neighbors_val_path"], len(val_dataset))
     if runtime.is_main:
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     keep_best = cfg["selflabel_keep"] == "best"
 
     if not watch.history:  # a fresh run, or a checkpoint written before the watch existed
-        # Epoch 0 is the SCAN model: the reference sizes for the warnings and the bar for `best`.
+        # Epoch 0 is the SCAN model: the reference sizes for the warnings, and what `best` keeps if nothing else.
         if runtime.is_main:
             print("Before training (epoch 0): the SCAN model", flush=True)
         scan_model = build_model(cfg).to(runtime.device)
@@ -217,10 +215,12 @@ def main(argv: list[str] | None = None) -> dict:
                 f"\n  train: pseudo-labels per cluster {stats['pseudo_labels_per_cluster']} "
                 f"of predicted {stats['train_cluster_sizes']}"
             )
+            if stats["weak_strong_agreement"] is not None:
+                summary += f"; weak/strong agreement {stats['weak_strong_agreement']:.4f}"
             print(summary, flush=True)
-        # The watch keeps what the test split says (exact across a mid-epoch resume); the train-side counts of
-        # an interrupted epoch cover only the batches run after the resume, so they go to the log and history.
-        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime)
+        # The train-side counts of an interrupted epoch cover only the batches run after the resume: the sizes go
+        # to the log and history only; the agreement, a share, still estimates the epoch's for the keep rule.
+        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime, stats["weak_strong_agreement"])
         if runtime.is_main:
             history.log(
                 epoch + 1,
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ACC=record.get("ACC"),
                 train_cluster_sizes=stats["train_cluster_sizes"],
                 pseudo_labels_per_cluster=stats["pseudo_labels_per_cluster"],
+                weak_strong_agreement=stats["weak_strong_agreement"],
             )
             if not keep_best or record["improved"]:
                 save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture, plan.record)

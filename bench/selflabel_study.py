@@ -22,6 +22,8 @@ Stages resume from their checkpoints, so an interrupted study continues when rer
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import platform
 import shutil
@@ -86,7 +88,7 @@ def empty_clusters(sizes: list[int]) -> int:
 def run_scan(seed: int, heads: int, pretext: Path, out: Path, args) -> dict:
     root = out / f"seed_{seed}" / f"scan_heads{heads}"
     copy_files(pretext, root / DB_NAME / "pretext", PRETEXT_FILES)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     metrics = scan.main(
         [
             "--config_env",
@@ -107,7 +109,52 @@ def run_scan(seed: int, heads: int, pretext: Path, out: Path, args) -> dict:
         "cluster_sizes": metrics["cluster_sizes"],
         "empty_clusters": empty_clusters(metrics["cluster_sizes"]),
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,  # all threads: a shared machine inflates the wall time
     }
+
+
+@contextlib.contextmanager
+def recording_epochs(threshold: float):
+    """Record, per epoch of the self-label run inside, what the candidate keep rules read besides the watch's
+    history: the test predictions (for the pseudo-label stability between epochs), the test share above
+    `threshold`, and the training's confident share and loss. Patches two of the stage's module functions;
+    training itself is untouched."""
+    epochs: dict[int, dict] = {}
+    train: dict = {}
+    stage_watch, stage_train = selflabel.watch_epoch, selflabel.train_one_epoch
+
+    def train_one_epoch(*args, **kwargs) -> dict:
+        train["stats"] = stage_train(*args, **kwargs)
+        return train["stats"]
+
+    def watch_epoch(watch, epoch: int, head_output: dict, *args, **kwargs) -> dict:
+        record = stage_watch(watch, epoch, head_output, *args, **kwargs)
+        stats = train.pop("stats", None) if epoch > 0 else None
+        epochs[epoch] = {
+            "predictions": head_output["predictions"].tolist(),
+            "test_confident": float((head_output["probabilities"].max(dim=1).values > threshold).float().mean()),
+            "train_confident": None if stats is None else stats["confident"],
+            "train_loss": None if stats is None else stats["loss"],
+        }
+        return record
+
+    selflabel.watch_epoch, selflabel.train_one_epoch = watch_epoch, train_one_epoch
+    try:
+        yield epochs
+    finally:
+        selflabel.watch_epoch, selflabel.train_one_epoch = stage_watch, stage_train
+
+
+def with_stability(history: list[dict]) -> list[dict]:
+    """Each record plus 'changed': the share of test images whose cluster differs from the previous epoch's."""
+    previous = None
+    for record in history:
+        predictions = record.get("predictions")
+        record["changed"] = None
+        if predictions is not None and previous is not None:
+            record["changed"] = sum(a != b for a, b in zip(predictions, previous)) / len(predictions)
+        previous = predictions
+    return history
 
 
 def run_selflabel(seed: int, heads: int, variant: str, pretext: Path, out: Path, args) -> dict:
@@ -116,22 +163,23 @@ def run_selflabel(seed: int, heads: int, variant: str, pretext: Path, out: Path,
     root = out / f"seed_{seed}" / f"selflabel_heads{heads}_{pseudo_labels}_{threshold}"
     copy_files(pretext, root / DB_NAME / "pretext", ("topk-val-neighbors.npy",))
     copy_files(scan_root / DB_NAME / "scan", root / DB_NAME / "scan", ("model.pth.tar",))
-    start = time.perf_counter()
-    metrics = selflabel.main(
-        [
-            "--config_env",
-            args.config_env,
-            "--config_exp",
-            str(SELFLABEL_CONFIG),
-            "--set",
-            f"root_dir={root}",
-            f"seed={seed}",
-            f"pseudo_labels={pseudo_labels}",
-            f"confidence_threshold={threshold}",
-            "selflabel_keep=best",
-            *args.overrides,
-        ]
-    )
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with recording_epochs(float(threshold)) as recorded:
+        metrics = selflabel.main(
+            [
+                "--config_env",
+                args.config_env,
+                "--config_exp",
+                str(SELFLABEL_CONFIG),
+                "--set",
+                f"root_dir={root}",
+                f"seed={seed}",
+                f"pseudo_labels={pseudo_labels}",
+                f"confidence_threshold={threshold}",
+                "selflabel_keep=best",
+                *args.overrides,
+            ]
+        )
     history = metrics["epochs"]
 
     def outcome(record: dict) -> dict:
@@ -150,14 +198,29 @@ def run_selflabel(seed: int, heads: int, variant: str, pretext: Path, out: Path,
         "kept_reason": metrics["kept_reason"],
         "warnings": len(metrics["cluster_warnings"]),
         "final_ACC": metrics["ACC"],  # the written (= best) model, evaluated by the stage itself
-        "history": [
-            {
-                key: record[key]
-                for key in ("epoch", "ACC", "score", "neighbour_agreement", "size_entropy", "cluster_sizes")
-            }
-            for record in history
-        ],
+        "history": with_stability(
+            [
+                {
+                    **{
+                        key: record[key]
+                        for key in (
+                            "epoch",
+                            "ACC",
+                            "score",
+                            "neighbour_agreement",
+                            "size_entropy",
+                            "cluster_sizes",
+                            "weak_strong_agreement",
+                        )
+                    },
+                    "intact": not record["warnings"],
+                    **recorded.get(record["epoch"], {}),
+                }
+                for record in history
+            ]
+        ),
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,  # all threads: a shared machine inflates the wall time
     }
 
 
@@ -169,6 +232,112 @@ def stats(values: list[float]) -> str:
 def worst(values: dict[int, float]) -> str:
     seed = min(values, key=values.get)
     return f"{values[seed]:.3f} (seed {seed})"
+
+
+def _intact(history: list[dict]) -> list[dict]:
+    return [record for record in history if record["intact"]]
+
+
+def _prefix(history: list[dict]) -> list[dict]:
+    """Epoch 0 and the epochs before the first one with an emptied or shrunken cluster."""
+    kept = []
+    for record in history:
+        if not record["intact"]:
+            break
+        kept.append(record)
+    return kept
+
+
+def _best(records: list[dict], key: str, lowest: bool = False) -> int:
+    """The epoch with the highest (lowest) `key` among `records` that have it, the later on ties; 0 if none."""
+    scored = [r for r in records if r.get(key) is not None]
+    if not scored:
+        return 0
+    sign = -1 if lowest else 1
+    return max(scored, key=lambda r: (sign * r[key], r["epoch"]))["epoch"]
+
+
+STAGE_RULE = "stage: last intact epoch, weak/strong agreement >= epoch 1's"  # engine/cluster_watch.py
+# Candidate label-free keep rules: each maps one run's per-epoch history (epoch 0 = the SCAN model) to the kept
+# epoch; "hindsight" reads the test labels and is the bar. All but "last" and "hindsight" skip every epoch with an
+# emptied or shrunken cluster.
+RULES = {
+    "old: lowest assignment SCAN loss": lambda h: min(_intact(h), key=lambda r: (r["score"], r["epoch"]))["epoch"],
+    "last epoch (paper)": lambda h: h[-1]["epoch"],
+    "last intact epoch": lambda h: _intact(h)[-1]["epoch"],
+    "last epoch before any shrink": lambda h: _prefix(h)[-1]["epoch"],
+    "most stable intact epoch": lambda h: _best(_intact(h), "changed", lowest=True),
+    "last intact epoch as balanced as SCAN": lambda h: [
+        r for r in _intact(h) if r["size_entropy"] >= h[0]["size_entropy"]
+    ][-1]["epoch"],
+    "most weak/strong agreement, intact": lambda h: _best(_intact(h), "weak_strong_agreement"),
+    STAGE_RULE: lambda h: [
+        r for r in _intact(h) if r["epoch"] < 2 or r["weak_strong_agreement"] >= h[1]["weak_strong_agreement"]
+    ][-1]["epoch"],
+    "most confident (test), intact": lambda h: _best(_intact(h), "test_confident"),
+    "most confident (train), intact": lambda h: _best(_intact(h), "train_confident"),
+    "hindsight: highest test ACC": lambda h: _best(h, "ACC"),
+}
+
+
+def rules_markdown(study: dict) -> list[str]:
+    """One row per rule and self-label variant: the kept ACC against the SCAN model and the hindsight best."""
+    lines = [
+        "",
+        "**Keep rules, evaluated offline on the recorded epochs**: kept ACC (mean over seeds), its mean gap to the "
+        "best epoch in hindsight, the worst seed's ACC minus its SCAN model's, seeds more than 0.005 below SCAN, "
+        "kept epochs with an emptied or shrunken cluster, and the kept epoch per seed.",
+        "",
+        "| SCAN heads | pseudo_labels @ threshold | rule | kept ACC | gap to hindsight | worst vs SCAN "
+        "| seeds < SCAN − 0.005 | shrunken kept | kept epoch per seed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for heads, variants in study["selflabel"].items():
+        for variant, runs in variants.items():
+            histories = [runs[str(seed)]["history"] for seed in study["seeds"] if str(seed) in runs]
+            if not histories:
+                continue
+            for name, rule in RULES.items():
+                kept = [h[rule(h)] for h in histories]
+                best = [max(r["ACC"] for r in h) for h in histories]
+                versus = [k["ACC"] - h[0]["ACC"] for k, h in zip(kept, histories)]
+                lines.append(
+                    f"| {heads} | {variant} | {name} | {statistics.fmean(k['ACC'] for k in kept):.3f} | "
+                    f"{statistics.fmean(b - k['ACC'] for b, k in zip(best, kept)):.3f} | {min(versus):+.3f} | "
+                    f"{sum(v < -0.005 for v in versus)} | {sum(not k['intact'] for k in kept)} | "
+                    + " ".join(str(k["epoch"]) for k in kept)
+                    + " |"
+                )
+    return lines + per_seed_markdown(study)
+
+
+def per_seed_markdown(study: dict) -> list[str]:
+    """Per seed and variant: the SCAN model, the old and the new (stage's) rule's kept epoch, the best epoch in
+    hindsight and the last epoch, as "ACC (epoch)"."""
+    lines = [
+        "",
+        "**Per seed**: test ACC (epoch) of the SCAN model, of the epoch the old rule (lowest assignment SCAN loss) "
+        "and the stage's rule keep, of the best epoch in hindsight and of the last epoch.",
+        "",
+        "| SCAN heads | pseudo_labels @ threshold | seed | top-20 neighbours | SCAN | old rule | stage's rule "
+        "| hindsight best | last epoch | cluster warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    columns = ("old: lowest assignment SCAN loss", STAGE_RULE, "hindsight: highest test ACC")
+    for heads, variants in study["selflabel"].items():
+        for variant, runs in variants.items():
+            for seed in study["seeds"]:
+                if str(seed) not in runs:
+                    continue
+                history = runs[str(seed)]["history"]
+                cells = [history[0], *(history[RULES[name](history)] for name in columns), history[-1]]
+                neighbours = study.get("neighbour_acc", {}).get(str(seed), float("nan"))
+                lines.append(
+                    f"| {heads} | {variant} | {seed} | {neighbours:.3f} | "
+                    + " | ".join(f"{r['ACC']:.3f} ({r['epoch']})" for r in cells)
+                    + f" | {runs[str(seed)]['warnings']} |"
+                )
+    return lines
 
 
 def format_markdown(study: dict) -> str:
@@ -212,6 +381,7 @@ def format_markdown(study: dict) -> str:
                     + " ".join(f"{acc:.3f}" for acc in accs.values())
                     + f" | {below} | {sum(runs[str(s)][row]['empty_clusters'] for s in seeds)} | {kept} |"
                 )
+    lines += rules_markdown(study)
     lines += ["", f"Command: `{study['command']}`", ""]
     return "\n".join(lines)
 
@@ -225,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), torch {torch.__version__}",
         "command": " ".join(["python bench/selflabel_study.py", *(argv if argv is not None else sys.argv[1:])]),
         "seeds": args.seeds,
+        "neighbour_acc": {},  # top-20 train-neighbour accuracy of each seed's pretext model
         "selflabel_heads": selflabel_heads,
         "scan": {str(h): {} for h in heads},
         "selflabel": {str(h): {variant: {} for variant in args.variants} for h in selflabel_heads},
@@ -233,15 +404,21 @@ def main(argv: list[str] | None = None) -> dict:
     for seed, folder in pretext.items():
         if not (folder / "model.pth.tar").is_file():
             raise SystemExit(f"error: no pretext model in {folder}: run the pretext stage for seed {seed} first.")
+        if (folder / "metrics.json").is_file():
+            study["neighbour_acc"][str(seed)] = json.loads((folder / "metrics.json").read_text())["train_neighbor_acc"]
 
     def save() -> None:
         write_json(study, out / "study.json")
         (out / "study.md").write_text(format_markdown(study))
 
+    # Runs already in study.json are taken from there: a finished self-label run resumed would record no epochs.
+    earlier = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
+
     def scan_runs(h: int) -> None:
         for seed in args.seeds:
             print(f"=== SCAN, {h} head(s), seed {seed} ===", flush=True)
-            study["scan"][str(h)][str(seed)] = run_scan(seed, h, pretext[seed], out, args)
+            done = earlier.get("scan", {}).get(str(h), {}).get(str(seed))
+            study["scan"][str(h)][str(seed)] = done or run_scan(seed, h, pretext[seed], out, args)
             write_json(study, out / "study.json")
 
     # Each SCAN model self-labeling starts from, then self-labeling from it; then the other head counts.
@@ -250,7 +427,8 @@ def main(argv: list[str] | None = None) -> dict:
         for variant in args.variants:
             for seed in args.seeds:
                 print(f"=== Self-label from the {h}-head SCAN model, {variant}, seed {seed} ===", flush=True)
-                study["selflabel"][str(h)][variant][str(seed)] = run_selflabel(
+                done = earlier.get("selflabel", {}).get(str(h), {}).get(variant, {}).get(str(seed))
+                study["selflabel"][str(h)][variant][str(seed)] = done or run_selflabel(
                     seed, h, variant, pretext[seed], out, args
                 )
                 write_json(study, out / "study.json")

@@ -2,15 +2,15 @@
 
 Self-labeling can move images of the less confident clusters into the confident ones until some empty, and the
 original keeps the last epoch whatever happened. Here every epoch's test cluster sizes are compared with the SCAN
-model's ("epoch 0") and shrunken clusters reported; with `selflabel_keep: best` the stage keeps the epoch, epoch 0
-included, with the lowest assignment SCAN loss (engine/cluster_criteria.py) among those whose clusters all
-survived. Hard assignments, not probabilities: self-labeling sharpens the probabilities by design, and the
-probability-based loss rose at every epoch on the digits while accuracy rose, so it would always keep epoch 0.
+model's ("epoch 0") and shrunken clusters reported; with `selflabel_keep: best` the stage keeps the last epoch whose
+clusters all survived and whose strong views (train split) land in their weak view's cluster at least as often as
+in epoch 1 (epoch 0 if none): a run drifting into a few clusters loses that agreement before a cluster shrinks
+below the warning. Not the epoch that agrees best with the mined neighbours (the assignment SCAN loss, still
+logged): self-labeling exists to correct the neighbours' mistakes, so on a weak pretext model that agreement falls
+while accuracy rises, and that rule kept the SCAN model (docs/selflabel.md).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -35,23 +35,25 @@ def shrunken_clusters(sizes: list[int], sizes_after_scan: list[int], fraction: f
 
 
 class SelfLabelWatch:
-    """Per-epoch cluster sizes, warnings and scores of a self-labeling run, and the best epoch so far; epoch 0,
-    the SCAN model, gives the reference sizes and the score to beat. `state_dict()` goes into the checkpoint."""
+    """Per-epoch cluster sizes, warnings and scores of a self-labeling run, and the epoch to keep so far; epoch 0,
+    the SCAN model, gives the reference sizes. `state_dict()` goes into the checkpoint."""
 
     def __init__(self, warning_fraction: float, state: dict | None = None) -> None:
         self.warning_fraction = warning_fraction
         state = state or {}
         self.history: list[dict] = list(state.get("history", []))
         self.best_epoch: int | None = state.get("best_epoch")
-        self.best_score: float = state.get("best_score", math.inf)
 
     @property
     def sizes_after_scan(self) -> list[int]:
         return self.history[0]["cluster_sizes"]
 
-    def observe(self, epoch: int, head_output: dict, neighbors: torch.Tensor | None, extra: dict) -> dict:
-        """Record one epoch (0 = the SCAN model) and return its record; 'improved': the new best (never an epoch
-        with an emptied or shrunken cluster)."""
+    def observe(
+        self, epoch: int, head_output: dict, neighbors: torch.Tensor | None, extra: dict, agreement: float | None = None
+    ) -> dict:
+        """Record one epoch (0 = the SCAN model) and return its record; 'improved': the new epoch to keep: no
+        cluster emptied or shrank, and the weak/strong `agreement` of its training is at least epoch 1's (unchecked
+        where either is unknown). The score (with `neighbors`) is for the log only."""
         num_clusters = head_output["probabilities"].shape[1]
         sizes = cluster_sizes(head_output["predictions"], num_clusters)
         warnings = [] if epoch == 0 else shrunken_clusters(sizes, self.sizes_after_scan, self.warning_fraction)
@@ -60,11 +62,13 @@ class SelfLabelWatch:
             criterion = assignment_scan_loss(head_output["predictions"], neighbors, num_clusters)
             score = criterion.pop("score")
             extra = {**extra, **criterion}
-        improved = score is not None and not warnings and score < self.best_score
-        if improved:
-            self.best_epoch, self.best_score = epoch, score
         record = {"epoch": epoch, "cluster_sizes": sizes, "warnings": warnings, "score": score, **extra}
+        record["weak_strong_agreement"] = agreement
         self.history.append(record)
+        first = self.history[min(epoch, 1)].get("weak_strong_agreement")
+        improved = not warnings and (agreement is None or first is None or agreement >= first)
+        if improved:
+            self.best_epoch = epoch
         return {**record, "improved": improved}
 
     def warning_lines(self, record: dict) -> list[str]:
@@ -83,16 +87,11 @@ class SelfLabelWatch:
 
     def kept_reason(self) -> str:
         """Why the kept model (best mode) is the one it is, in one sentence for the log and metrics.json."""
-        scan_score = self.history[0]["score"]
-        if self.best_epoch in (None, 0):
-            return (
-                f"no self-labeling epoch had all clusters intact and a lower assignment SCAN loss on the test "
-                f"neighbours than the SCAN model ({scan_score:.4f}): kept the SCAN head (epoch 0)"
-            )
-        return (
-            f"epoch {self.best_epoch} has the lowest assignment SCAN loss on the test neighbours "
-            f"({self.best_score:.4f}; SCAN model {scan_score:.4f}) among the epochs with no emptied or shrunken cluster"
-        )
+        rule = "no emptied or shrunken cluster and a weak/strong agreement at least epoch 1's"
+        if self.best_epoch == self.history[-1]["epoch"]:
+            return f"epoch {self.best_epoch}, the last one, has {rule}"
+        scan = ": kept the SCAN head" if self.best_epoch == 0 else ""
+        return f"epoch {self.best_epoch} is the last with {rule} (no later epoch has){scan}"
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score}
+        return {"history": self.history, "best_epoch": self.best_epoch}

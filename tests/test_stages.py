@@ -172,6 +172,7 @@ def test_selflabel_counts_batches_without_confident_samples_instead_of_crashing(
         "train_cluster_sizes": [8, 0, 0, 0],  # uniform rows: argmax is the first cluster
         "pseudo_labels_per_cluster": [0, 0, 0, 0],
         "confident": 0.0,
+        "weak_strong_agreement": 1.0,  # both views' rows are uniform: all 8 land in the first cluster
     }
 
 

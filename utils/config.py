@@ -85,7 +85,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     # selflabel robustness (docs/selflabel.md)
     "pseudo_labels": "threshold",  # threshold (paper: above confidence_threshold) | per_cluster
     "pseudo_label_fraction": 0.5,  # per_cluster: each cluster's most confident share of its batch members
-    "selflabel_keep": "last",  # last (paper) | best: lowest SCAN loss on the test neighbours, no cluster collapsed
+    "selflabel_keep": "last",  # last (paper) | best: the last epoch with intact clusters and views agreeing
     "cluster_warning_fraction": 0.25,  # warn when a cluster falls below this share of its size after SCAN
     # pretrained backbones and cached features (pretrained.py; scan.py head_input; estimate_k.py)
     "pretrained": None,  # pretrained.py: weights file of a torchvision:/timm: backbone, or `default` (library's own)
