@@ -43,6 +43,7 @@ class SelfLabelWatch:
         state = state or {}
         self.history: list[dict] = list(state.get("history", []))
         self.best_epoch: int | None = state.get("best_epoch")
+        self.first_agreement: float | None = state.get("first_agreement")  # epoch 1's, the bar for later epochs
 
     @property
     def sizes_after_scan(self) -> list[int]:
@@ -53,7 +54,8 @@ class SelfLabelWatch:
     ) -> dict:
         """Record one epoch (0 = the SCAN model) and return its record; 'improved': the new epoch to keep: no
         cluster emptied or shrank, and the weak/strong `agreement` of its training is at least epoch 1's (unchecked
-        where either is unknown). The score (with `neighbors`) is for the log only."""
+        where either is unknown; the agreement goes to the log and history.jsonl, not into the record, since after a
+        mid-epoch resume it counts only the batches run since). The score (with `neighbors`) is for the log only."""
         num_clusters = head_output["probabilities"].shape[1]
         sizes = cluster_sizes(head_output["predictions"], num_clusters)
         warnings = [] if epoch == 0 else shrunken_clusters(sizes, self.sizes_after_scan, self.warning_fraction)
@@ -63,10 +65,10 @@ class SelfLabelWatch:
             score = criterion.pop("score")
             extra = {**extra, **criterion}
         record = {"epoch": epoch, "cluster_sizes": sizes, "warnings": warnings, "score": score, **extra}
-        record["weak_strong_agreement"] = agreement
         self.history.append(record)
-        first = self.history[min(epoch, 1)].get("weak_strong_agreement")
-        improved = not warnings and (agreement is None or first is None or agreement >= first)
+        if epoch == 1:
+            self.first_agreement = agreement
+        improved = not warnings and (None in (agreement, self.first_agreement) or agreement >= self.first_agreement)
         if improved:
             self.best_epoch = epoch
         return {**record, "improved": improved}
@@ -94,4 +96,4 @@ class SelfLabelWatch:
         return f"epoch {self.best_epoch} is the last with {rule} (no later epoch has){scan}"
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "best_epoch": self.best_epoch}
+        return {"history": self.history, "best_epoch": self.best_epoch, "first_agreement": self.first_agreement}
