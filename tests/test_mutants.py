@@ -152,6 +152,7 @@ def test_a_selflabel_epoch_without_batches_reports_zeros_and_empty_counts():
         "train_cluster_sizes": [],
         "pseudo_labels_per_cluster": [],
         "confident": 0.0,
+        "weak_strong_agreement": None,  # unknown: the keep rule does not check it
     }
 
 
