@@ -15,7 +15,10 @@ Starts from finished pretext runs (`<pretext_root>/seed_<s>/digits/pretext/`, as
    does not change the training, so one run gives both results: "last" is the last epoch's test evaluation,
    "best" the kept epoch's.
 
-Writes `<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the tables of docs/selflabel.md).
+Every self-label epoch is recorded with what a keep rule could read (`recording_epochs`), and every rule of
+`RULES` is scored offline on those records, so one run per seed and variant compares them all. Writes
+`<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the tables of docs/selflabel.md); runs
+already in study.json are reused.
 Stages resume from their checkpoints, so an interrupted study continues when rerun.
 """
 
