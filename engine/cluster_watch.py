@@ -52,10 +52,9 @@ class SelfLabelWatch:
     def observe(
         self, epoch: int, head_output: dict, neighbors: torch.Tensor | None, extra: dict, agreement: float | None = None
     ) -> dict:
-        """Record one epoch (0 = the SCAN model) and return its record; 'improved': the new epoch to keep: no
-        cluster emptied or shrank, and the weak/strong `agreement` of its training is at least epoch 1's (unchecked
-        where either is unknown; the agreement goes to the log and history.jsonl, not into the record, since after a
-        mid-epoch resume it counts only the batches run since). The score (with `neighbors`) is for the log only."""
+        """Record one epoch (0 = the SCAN model); 'improved': the new epoch to keep, with no emptied or shrunken
+        cluster and its training's weak/strong `agreement` at least epoch 1's (if known; kept out of the record, as a
+        mid-epoch resume counts only the batches since). The score (with `neighbors`) is for the log only."""
         num_clusters = head_output["probabilities"].shape[1]
         sizes = cluster_sizes(head_output["predictions"], num_clusters)
         warnings = [] if epoch == 0 else shrunken_clusters(sizes, self.sizes_after_scan, self.warning_fraction)
@@ -66,11 +65,9 @@ class SelfLabelWatch:
             extra = {**extra, **criterion}
         record = {"epoch": epoch, "cluster_sizes": sizes, "warnings": warnings, "score": score, **extra}
         self.history.append(record)
-        if epoch == 1:
-            self.first_agreement = agreement
+        self.first_agreement = agreement if epoch == 1 else self.first_agreement
         improved = not warnings and (None in (agreement, self.first_agreement) or agreement >= self.first_agreement)
-        if improved:
-            self.best_epoch = epoch
+        self.best_epoch = epoch if improved else self.best_epoch
         return {**record, "improved": improved}
 
     def warning_lines(self, record: dict) -> list[str]:
