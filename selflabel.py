@@ -5,7 +5,7 @@
 Starts from the best head of scan/model.pth.tar (as head 0); writes <root_dir>/<db>/selflabel/ (docs/outputs.md).
 Every epoch logs the test cluster sizes, each cluster's pseudo-labels and a warning for a cluster that emptied or
 shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the paper; `best` the last
-epoch with no emptied or shrunken cluster (the SCAN model if every epoch had one).
+epoch with no emptied or shrunken cluster and a weak/strong agreement at least epoch 1's (else the SCAN model).
 """
 
 from __future__ import annotations

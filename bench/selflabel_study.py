@@ -15,7 +15,10 @@ Starts from finished pretext runs (`<pretext_root>/seed_<s>/digits/pretext/`, as
    does not change the training, so one run gives both results: "last" is the last epoch's test evaluation,
    "best" the kept epoch's.
 
-Writes `<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the tables of docs/selflabel.md).
+Every self-label epoch is recorded with what a keep rule could read (`recording_epochs`), and every rule of
+`RULES` is scored offline on those records, so one run per seed and variant compares them all. Writes
+`<output_dir>/study.json` (every number) and `<output_dir>/study.md` (the tables of docs/selflabel.md); runs
+already in study.json are reused.
 Stages resume from their checkpoints, so an interrupted study continues when rerun.
 """
 
@@ -117,8 +120,8 @@ def run_scan(seed: int, heads: int, pretext: Path, out: Path, args) -> dict:
 def recording_epochs(threshold: float):
     """Record, per epoch of the self-label run inside, what the candidate keep rules read besides the watch's
     history: the test predictions (for the pseudo-label stability between epochs), the test share above
-    `threshold`, and the training's confident share and loss. Patches two of the stage's module functions;
-    training itself is untouched."""
+    `threshold`, and the training's confident share, loss and weak/strong agreement. Patches two of the stage's
+    module functions; training itself is untouched."""
     epochs: dict[int, dict] = {}
     train: dict = {}
     stage_watch, stage_train = selflabel.watch_epoch, selflabel.train_one_epoch
@@ -135,6 +138,7 @@ def recording_epochs(threshold: float):
             "test_confident": float((head_output["probabilities"].max(dim=1).values > threshold).float().mean()),
             "train_confident": None if stats is None else stats["confident"],
             "train_loss": None if stats is None else stats["loss"],
+            "weak_strong_agreement": None if stats is None else stats["weak_strong_agreement"],
         }
         return record
 
@@ -210,7 +214,6 @@ def run_selflabel(seed: int, heads: int, variant: str, pretext: Path, out: Path,
                             "neighbour_agreement",
                             "size_entropy",
                             "cluster_sizes",
-                            "weak_strong_agreement",
                         )
                     },
                     "intact": not record["warnings"],

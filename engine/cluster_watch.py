@@ -43,6 +43,7 @@ class SelfLabelWatch:
         state = state or {}
         self.history: list[dict] = list(state.get("history", []))
         self.best_epoch: int | None = state.get("best_epoch")
+        self.first_agreement: float | None = state.get("first_agreement")  # epoch 1's, the bar for later epochs
 
     @property
     def sizes_after_scan(self) -> list[int]:
@@ -51,9 +52,9 @@ class SelfLabelWatch:
     def observe(
         self, epoch: int, head_output: dict, neighbors: torch.Tensor | None, extra: dict, agreement: float | None = None
     ) -> dict:
-        """Record one epoch (0 = the SCAN model) and return its record; 'improved': the new epoch to keep: no
-        cluster emptied or shrank, and the weak/strong `agreement` of its training is at least epoch 1's (unchecked
-        where either is unknown). The score (with `neighbors`) is for the log only."""
+        """Record one epoch (0 = the SCAN model); 'improved': the new epoch to keep, with no emptied or shrunken
+        cluster and its training's weak/strong `agreement` at least epoch 1's (if known; kept out of the record, as a
+        mid-epoch resume counts only the batches since). The score (with `neighbors`) is for the log only."""
         num_clusters = head_output["probabilities"].shape[1]
         sizes = cluster_sizes(head_output["predictions"], num_clusters)
         warnings = [] if epoch == 0 else shrunken_clusters(sizes, self.sizes_after_scan, self.warning_fraction)
@@ -63,12 +64,10 @@ class SelfLabelWatch:
             score = criterion.pop("score")
             extra = {**extra, **criterion}
         record = {"epoch": epoch, "cluster_sizes": sizes, "warnings": warnings, "score": score, **extra}
-        record["weak_strong_agreement"] = agreement
         self.history.append(record)
-        first = self.history[min(epoch, 1)].get("weak_strong_agreement")
-        improved = not warnings and (agreement is None or first is None or agreement >= first)
-        if improved:
-            self.best_epoch = epoch
+        self.first_agreement = agreement if epoch == 1 else self.first_agreement
+        improved = not warnings and (None in (agreement, self.first_agreement) or agreement >= self.first_agreement)
+        self.best_epoch = epoch if improved else self.best_epoch
         return {**record, "improved": improved}
 
     def warning_lines(self, record: dict) -> list[str]:
@@ -94,4 +93,4 @@ class SelfLabelWatch:
         return f"epoch {self.best_epoch} is the last with {rule} (no later epoch has){scan}"
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "best_epoch": self.best_epoch}
+        return {"history": self.history, "best_epoch": self.best_epoch, "first_agreement": self.first_agreement}

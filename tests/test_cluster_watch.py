@@ -67,7 +67,7 @@ def test_the_last_intact_epoch_is_kept_though_its_neighbour_agreement_fell():
     assert first["score"] == pytest.approx(-math.log(12 / 24) - math.log(2), abs=1e-6)  # = 0
     assert second["score"] == settled["score"] == pytest.approx(-math.log(8 / 24) - math.log(2), rel=1e-6)
     assert all(record["improved"] and not record["warnings"] for record in (first, second, settled))
-    assert first["ACC"] == 0.75 and settled["weak_strong_agreement"] == 0.80 and watch.best_epoch == 3
+    assert first["ACC"] == 0.75 and watch.first_agreement == 0.70 and watch.best_epoch == 3
     rule = "no emptied or shrunken cluster and a weak/strong agreement at least epoch 1's"
     assert watch.kept_reason() == f"epoch 3, the last one, has {rule}"
     # Epoch 4 keeps 1 of cluster 0's 4 images (below half): never kept, whatever its agreement.
@@ -78,7 +78,7 @@ def test_the_last_intact_epoch_is_kept_though_its_neighbour_agreement_fell():
     assert any("cluster 0 fell to 1 images" in line for line in watch.warning_lines(shrunk))
 
     resumed = SelfLabelWatch(0.5, watch.state_dict())
-    assert resumed.best_epoch == 3 and len(resumed.history) == 5
+    assert resumed.best_epoch == 3 and resumed.first_agreement == 0.70 and len(resumed.history) == 5
     intact = resumed.observe(5, head_output([0, 0, 1, 1, 1, 1, 0, 0]), GROUPS, {}, 0.70)  # as epoch 1's: kept
     assert intact["improved"] and resumed.best_epoch == 5
 

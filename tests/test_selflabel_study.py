@@ -64,6 +64,8 @@ def test_study_runs_scan_per_head_count_and_selflabel_per_variant(tmp_path: Path
             "--heads",
             "1",
             "2",
+            "--selflabel_heads",
+            "1",
             "--variants",
             "threshold@0.99",
             "per_cluster@0.99",
