@@ -47,6 +47,7 @@ def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         loss.backward()
         result = {"loss": loss.detach(), "weight_grad": model.weight.grad, "bias_grad": model.bias.grad}
         torch.save(result, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # neither tears gloo down while the other still uses it (a SIGABRT in about one run of three)
     finally:
         dist.destroy_process_group()
 
