@@ -14,6 +14,12 @@ IMAGENET_SUBSETS = ("imagenet_50", "imagenet_100", "imagenet_200")
 BUILTIN = ("cifar-10", "cifar-20", "stl-10", "imagenet", *IMAGENET_SUBSETS, "digits")
 
 
+def folder_split_file(root_dir: str | Path, name: str) -> Path:
+    """Where a folder dataset's split is saved: beside the results, so every stage, eval.py and predict.py (and a
+    rerun's record) see the same files."""
+    return Path(root_dir) / name / "split.json"
+
+
 def get_dataset(cfg: dict, name: str, split: str, transform: Callable | None = None):
     """Build dataset `name` for split 'train' | 'test' (| 'unlabeled' | 'train+unlabeled' for STL-10). Built-in datasets
     live in `<data_root>/<name>/`; any other name is a folder of your own images whose location is
@@ -38,10 +44,8 @@ def get_dataset(cfg: dict, name: str, split: str, transform: Callable | None = N
     elif "root" in kwargs:
         from data.folder import FolderDataset
 
-        # The split is saved beside the results so that every stage, eval.py and predict.py index the same files.
-        dataset = FolderDataset(
-            data_root=data_root, split=split, split_file=Path(cfg["root_dir"]) / name / "split.json", **kwargs
-        )
+        split_file = folder_split_file(cfg["root_dir"], name)
+        dataset = FolderDataset(data_root=data_root, split=split, split_file=split_file, **kwargs)
     else:
         raise ValueError(
             f"Unknown dataset '{name}'. Built-in: {', '.join(BUILTIN)}. "

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.cached_features import feature_paths
+from data.registry import folder_split_file
 from engine.model_files import file_sha256
 from utils.checkpoint import CheckpointError, load_resumable
 from utils.config import EXPERIMENT_DEFAULTS, reads_key
@@ -71,7 +72,7 @@ def config_record(cfg: dict) -> dict:
 def stage_inputs(cfg: dict, args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
     """(required, optional) files the stage reads from earlier stages or the user, by name → path."""
     setup, optional = cfg["setup"], {}
-    split = Path(cfg["root_dir"]) / cfg["train_db_name"] / "split.json"  # a folder dataset's saved split
+    split = folder_split_file(cfg["root_dir"], cfg["train_db_name"])
     if setup == "moco":
         required = {"moco_weights": args.moco_weights}
     elif setup == "pretrained":
@@ -172,12 +173,13 @@ def plan_run(cfg: dict, args: argparse.Namespace, move_aside) -> RunPlan:
         if checkpoint_path.is_file():
             print(f"resume: false — ignoring {checkpoint_path}; it is overwritten after the first epoch.", flush=True)
         return RunPlan(record)
-    done = saved_metrics(cfg).get("record")
+    metrics = saved_metrics(cfg)
+    done = metrics.get("record")
     if record is None:  # a missing input: the stage names it before anything is moved
         return RunPlan(record, resume=checkpoint_path.is_file())
     if not checkpoint_path.is_file():  # moco, pretrained, or a stage whose checkpoint is gone
         if done is not None and not differences(done, record, FREE_KEYS) and finished_outputs(cfg):
-            return up_to_date(cfg, record)
+            return up_to_date(cfg, record, metrics)
         if done is not None:
             restart(stage_dir, differences(done, record, FREE_KEYS) or ["(outputs missing)"], move_aside)
         return RunPlan(record)
@@ -204,15 +206,14 @@ def plan_run(cfg: dict, args: argparse.Namespace, move_aside) -> RunPlan:
     elif finished:
         redo = differences(done, record, FREE_KEYS) if done is not None else ["no record in metrics.json"]
         if not redo and finished_outputs(cfg):
-            return up_to_date(cfg, record)
+            return up_to_date(cfg, record, metrics)
         print("Training is finished; making its outputs again (" + ("; ".join(redo) or "some are missing") + ")")
     elif cfg["epochs"] != planned:
         record["changes_on_resume"].append(f"epochs: {planned} → {cfg['epochs']} (while unfinished)")
     return RunPlan(record, resume=True)
 
 
-def up_to_date(cfg: dict, record: dict) -> RunPlan:
-    metrics = saved_metrics(cfg)
+def up_to_date(cfg: dict, record: dict, metrics: dict) -> RunPlan:
     scores = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if isinstance(value, float))
     print(
         f"Up to date: {Path(model_path(cfg)).parent} was made from these inputs and settings; nothing to train.\n"
