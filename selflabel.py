@@ -117,7 +117,9 @@ def train_one_epoch(loader, model, criterion, optimizer, ema, runtime, amp: bool
     }
 
 
-def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime, agreement: float | None = None) -> dict:
+def watch_epoch(
+    watch, epoch: int, head_output: dict, val_neighbors, runtime, num_classes: int, agreement: float | None = None
+) -> dict:
     """Record the epoch's test predictions in `watch`; the main process prints sizes, warnings and score.
 
     Every process records: under torchrun they all hold the same gathered predictions, so they agree on
@@ -126,7 +128,8 @@ def watch_epoch(watch, epoch: int, head_output: dict, val_neighbors, runtime, ag
     predictions, targets = head_output["predictions"], head_output["targets"]
     labels = {}  # when there are any, they only go into the log, never into the choice
     if not (targets < 0).any():
-        labels["ACC"] = cluster_metrics(predictions, head_output["probabilities"], targets)["ACC"]
+        scores = cluster_metrics(predictions, head_output["probabilities"], targets, num_classes=num_classes)
+        labels["ACC"] = scores["ACC"]
     record = watch.observe(epoch, head_output, val_neighbors, labels, agreement)
     line = f"  test cluster sizes {record['cluster_sizes']}"
     if record["score"] is not None:
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Weak view: the val transform; strong view: the training augmentation.
     train_dataset, val_dataset = get_train_dataset(cfg), get_val_dataset(cfg)
+    num_classes = len(val_dataset.classes)  # K of the log's ACC: a class without test images still counts
     check_cluster_count(cfg["num_classes"], len(train_dataset))
     loader = train_batches(cfg, train_dataset, runtime, views=("val", "train"))
     val_loader = eval_batches(cfg, val_dataset, runtime)
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         scan_model = build_model(cfg).to(runtime.device)
         scan_model.load_state_dict(best_head_state_dict(scan_checkpoint))
         head_output = run_model(scan_model, val_loader, runtime.device).head(0)  # each process: its shard
-        watch_epoch(watch, 0, head_output, val_neighbors, runtime)
+        watch_epoch(watch, 0, head_output, val_neighbors, runtime, num_classes)
         if keep_best and runtime.is_main:
             save_state_dict_file(scan_model.state_dict(), cfg["selflabel_model"], architecture, plan.record)
     barrier(runtime)
@@ -220,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(summary, flush=True)
         # The train-side counts of an interrupted epoch cover only the batches run after the resume: the sizes go
         # to the log and history only; the agreement, a share, still estimates the epoch's for the keep rule.
-        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime, stats["weak_strong_agreement"])
+        agreement = stats["weak_strong_agreement"]
+        record = watch_epoch(watch, epoch + 1, head_output, val_neighbors, runtime, num_classes, agreement)
         if runtime.is_main:
             history.log(
                 epoch + 1,

@@ -24,6 +24,20 @@ def test_cosine_schedule_matches_the_formula():
     assert learning_rate({**cfg, "scheduler": "constant"}, 300) == 0.4
 
 
+def test_a_cosine_warmup_ramps_the_first_epochs_linearly_and_leaves_the_rest_alone():
+    cfg = {
+        "optimizer_kwargs": {"lr": 0.4},
+        "scheduler": "cosine",
+        "scheduler_kwargs": {"lr_decay_rate": 0.1, "warmup_epochs": 4},
+        "epochs": 100,
+    }
+    plain = {**cfg, "scheduler_kwargs": {"lr_decay_rate": 0.1}}
+    cosine_at_1 = 0.4e-3 + (0.4 - 0.4e-3) * (1 + math.cos(math.pi / 100)) / 2
+    assert learning_rate(cfg, 0) == pytest.approx(0.4 / 4)  # a quarter of the way up in the first of 4 epochs
+    assert learning_rate(cfg, 1) == pytest.approx(cosine_at_1 * 2 / 4)
+    assert [learning_rate(cfg, e) for e in (3, 50, 99)] == [learning_rate(plain, e) for e in (3, 50, 99)]
+
+
 def test_ema_moves_weights_toward_the_new_value():
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.constant_(model.weight, 1.0)

@@ -489,6 +489,21 @@ def test_a_selflabel_epoch_without_batches_reports_zeros_and_empty_counts():
     }
 
 
+def test_the_selflabel_log_matches_clusters_to_every_class_even_one_without_test_images(capsys):
+    from engine.cluster_watch import SelfLabelWatch
+
+    # Three clusters, three classes, no test image of class 2. Hungarian on the 3×3 counts gives cluster 2 to the
+    # empty class: 2 of 3 right. Counting K from the two distinct targets would match by majority instead: 3 of 3.
+    head_output = {
+        "predictions": torch.tensor([0, 1, 2]),
+        "probabilities": torch.eye(3),
+        "targets": torch.tensor([0, 1, 1]),
+    }
+    record = selflabel.watch_epoch(SelfLabelWatch(0.5), 0, head_output, None, CPU, num_classes=3)
+    assert record["ACC"] == pytest.approx(2 / 3)
+    assert "ACC 66.67" in capsys.readouterr().out
+
+
 def test_the_scan_epoch_logs_each_term_as_the_mean_over_heads_and_the_total_as_their_sum():
     import scan
     from losses import SCANLoss

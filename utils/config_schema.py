@@ -49,7 +49,7 @@ OPTIMIZER_SCHEMAS: dict[str, dict] = {
 
 SCHEDULER_SCHEMAS: dict[str, dict] = {
     "constant": {},
-    "cosine": {"lr_decay_rate": NUMBER},
+    "cosine": {"lr_decay_rate": NUMBER, "warmup_epochs": INT},
     "step": {"lr_decay_rate": NUMBER, "lr_decay_epochs": LIST},
 }
 

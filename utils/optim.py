@@ -25,12 +25,15 @@ def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def learning_rate(cfg: dict, epoch: int) -> float:
-    """The epoch's learning rate: cosine to lr·decay³, step decay, or constant."""
+    """The epoch's learning rate: cosine to lr·decay³ (optionally ramped up linearly over its first `warmup_epochs`,
+    which keeps a large SimCLR learning rate from collapsing a fresh network onto one point), step decay, or
+    constant."""
     lr = cfg["optimizer_kwargs"]["lr"]
     scheduler, kwargs = cfg["scheduler"], cfg.get("scheduler_kwargs") or {}
     if scheduler == "cosine":
         eta_min = lr * kwargs["lr_decay_rate"] ** 3
-        return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / cfg["epochs"])) / 2
+        ramp = min(1.0, (epoch + 1) / max(1, kwargs.get("warmup_epochs", 0)))
+        return ramp * (eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / cfg["epochs"])) / 2)
     if scheduler == "step":
         steps = sum(epoch > milestone for milestone in kwargs["lr_decay_epochs"])
         return lr * kwargs["lr_decay_rate"] ** steps
