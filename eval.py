@@ -39,7 +39,7 @@ from data.stage_batches import eval_batches
 from engine.inference import run_model
 from engine.knn import mine_nearest_neighbors, neighbor_accuracy
 from engine.metrics import get_prototype_indices
-from engine.model_files import default_output_dir, load_model_file
+from engine.model_files import default_output_dir, file_sha256, load_model_file
 from engine.result_files import clustering_report, write_predictions_csv
 from engine.stage import run_cli
 from tools.cluster_names import NAMES_FILE, assign_names, cluster_names
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     cluster_to_class = {cluster: dataset.classes[cls] for cluster, cls in metrics.get("hungarian_match", [])}
     num_clusters = head_output["probabilities"].shape[1]
-    names = cluster_names(Path(args.names or out_dir / NAMES_FILE), num_clusters, cluster_to_class, write=True)
+    names_path = Path(args.names or out_dir / NAMES_FILE)
+    names = cluster_names(names_path, num_clusters, cluster_to_class, write=True, model_sha256=file_sha256(model_path))
     paths = getattr(dataset, "paths", None)  # an image without a file is `<dataset>[<index>]`
     files = [str(paths[i]) if paths is not None else f"{cfg['val_db_name']}[{i}]" for i in range(len(dataset))]
     assigned = assign_names(head_output, names, args.unsure_below)

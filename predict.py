@@ -63,7 +63,7 @@ from data.folder import IMAGE_EXTENSIONS, find_images, read_image, unreadable_re
 from data.registry import get_val_dataset
 from data.stage_batches import eval_batches
 from engine.inference import run_model
-from engine.model_files import default_output_dir, load_model_file
+from engine.model_files import default_output_dir, file_sha256, load_model_file
 from engine.result_files import write_predictions_csv
 from engine.stage import run_cli
 from tools.cluster_names import NAMES_FILE, UNSURE, assign_names, cluster_names
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     cluster_to_class = matched_classes(metrics_path, cfg, head)
     num_clusters = model.cluster_head[head].out_features
     names_path = Path(args.names) if args.names else default_output_dir(args.model) / NAMES_FILE
-    names = cluster_names(names_path, num_clusters, cluster_to_class, write=False)
+    names = cluster_names(names_path, num_clusters, cluster_to_class, write=False, model_sha256=file_sha256(args.model))
 
     paths = collect_images(args.images)
     # Files that are not images are listed and skipped (the check a folder dataset makes); the others are assigned.

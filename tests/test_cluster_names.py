@@ -14,23 +14,41 @@ import yaml
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
+from engine.model_files import file_sha256, save_scan_file
 from tests.conftest import CIFAR10_NAMES, ROOT, TINY
 from tests.test_stages import tiny_scan_file
 from tools.cluster_names import NAMES_FILE, UNSURE, add_naming_arguments, assign_names, cluster_names, read_names
 from utils.config import ConfigError
 
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
 
 def test_default_names_are_the_matched_classes_else_numbered_clusters(tmp_path):
     path = tmp_path / "eval" / NAMES_FILE
-    assert cluster_names(path, 3, {1: "cat", 2: "AC/DC"}, write=False) == ["cluster_00", "cat", "AC_DC"]
+    assert cluster_names(path, 3, {1: "cat", 2: "AC/DC"}, False, SHA_A) == ["cluster_00", "cat", "AC_DC"]
     assert not path.exists()  # predict.py writes none
-    assert cluster_names(path, 101, {}, write=True)[7] == "cluster_007"  # zero-padded: folders sort by cluster
+    assert cluster_names(path, 101, {}, True, SHA_A)[7] == "cluster_007"  # zero-padded: folders sort by cluster
     text = path.read_text()
     assert text.startswith("# The name of each cluster") and "\n7: cluster_007\n" in text
     edited = text.replace("7: cluster_007", "7: golden retriever").replace("8: cluster_008", "8: 2019")
     path.write_text(edited.replace("9: cluster_009", '"9": mésange'), encoding="utf-8")
-    names = cluster_names(path, 101, {7: "dog"}, write=True)  # read back, not overwritten
+    names = cluster_names(path, 101, {7: "dog"}, True, SHA_A)  # read back, not overwritten
     assert names[7:10] == ["golden retriever", "2019", "mésange"] and "golden retriever" in path.read_text()
+
+
+def test_names_written_for_another_model_file_are_used_with_a_warning(tmp_path, capsys):
+    path = tmp_path / NAMES_FILE
+    cluster_names(path, 2, {0: "cat", 1: "dog"}, True, SHA_A)
+    assert f"# Named for the model file with sha256 {SHA_A}\n" in path.read_text()
+    capsys.readouterr()
+    assert cluster_names(path, 2, {}, False, SHA_A) == ["cat", "dog"]
+    assert "warning" not in capsys.readouterr().out  # the same model: silent
+    assert cluster_names(path, 2, {}, False, SHA_B) == ["cat", "dog"]  # a retrained model: the names, and a warning
+    out = capsys.readouterr().out
+    assert (
+        f"warning: {path} names the clusters of another model file (sha256 {SHA_A[:12]}, this one {SHA_B[:12]})" in out
+    )
+    assert "delete the file and rerun eval.py" in out
 
 
 @pytest.mark.parametrize(
@@ -85,6 +103,8 @@ def test_from_eval_to_a_labeled_dataset(tiny_env, tmp_path, capsys):  # noqa: F8
     out = model.parent / "model_eval"
     written = yaml.safe_load((out / NAMES_FILE).read_text())
     assert written == {cluster: CIFAR10_NAMES[cls] for cluster, cls in metrics["hungarian_match"]}
+    header = "".join(line for line in (out / NAMES_FILE).read_text().splitlines(True) if line.startswith("#"))
+    assert f"# Named for the model file with sha256 {file_sha256(model)}" in header
     first = read_csv(out / "predictions.csv")
     assert [row["name"] for row in first] == [written[int(row["cluster"])] for row in first]
     for row in first:  # the runner-up: another cluster, no more probable than the assigned one
@@ -92,7 +112,7 @@ def test_from_eval_to_a_labeled_dataset(tiny_env, tmp_path, capsys):  # noqa: F8
 
     # The user names clusters 0-4 `low` and 5-9 `high` (merging them), and sets the uncertain half apart.
     mine = {cluster: "low" if cluster < 5 else "high" for cluster in range(10)}
-    (out / NAMES_FILE).write_text(yaml.safe_dump(mine))
+    (out / NAMES_FILE).write_text(header + yaml.safe_dump(mine))  # as an editor would: the comments stay
     threshold = float(np.median([float(row["confidence"]) for row in first]))
     eval_script.main([*common, "--unsure_below", str(threshold), *overrides])
     rows = read_csv(out / "predictions.csv")
@@ -131,6 +151,17 @@ def test_from_eval_to_a_labeled_dataset(tiny_env, tmp_path, capsys):  # noqa: F8
     sure = {file: name for file, name in expected.items() if name != UNSURE}
     assert {row["file"]: row["label"] for row in read_csv(tmp_path / "sure.csv")} == sure
     assert len(ImageFolder(str(tmp_path / "sure"))) == 5 and UNSURE not in ImageFolder(str(tmp_path / "sure")).classes
+
+    # The model is retrained (here: one weight nudged): predict.py still uses the names, and says they were given to
+    # another model file.
+    capsys.readouterr()
+    scan_file = torch.load(model, weights_only=True)
+    weight = next(name for name, tensor in scan_file["model"].items() if tensor.is_floating_point())
+    scan_file["model"][weight] += 1e-3
+    save_scan_file(scan_file["model"], 1, model, scan_file["architecture"])
+    predict.main([*common, "--images", str(photos), "--output", str(tmp_path / "r.csv"), *overrides])
+    assert f"warning: {out / NAMES_FILE} names the clusters of another model file" in capsys.readouterr().out
+    assert {row["name"] for row in read_csv(tmp_path / "r.csv")} <= {"low", "high"}
 
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "broken.png").write_bytes(b"\x89PNG not really")

@@ -9,6 +9,7 @@ scripts add these flags before importing it.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import yaml
@@ -75,15 +76,28 @@ def read_names(path: Path, num_clusters: int) -> list[str]:
     return [names[c] for c in range(num_clusters)]
 
 
-def cluster_names(path: Path, num_clusters: int, cluster_to_class: dict[int, str], write: bool) -> list[str]:
-    """The names in `path` if it exists; else the default names, written there when `write` (eval.py)."""
+def cluster_names(
+    path: Path, num_clusters: int, cluster_to_class: dict[int, str], write: bool, model_sha256: str
+) -> list[str]:
+    """The names in `path` if it exists; else the default names, written there when `write` (eval.py), stamped
+    with the model file's SHA-256: names given to one model's clusters need not fit a retrained one's, so a file
+    stamped for another model is used with a warning that says so."""
     if path.is_file():
         print(f"Cluster names from {path}", flush=True)
+        stamp = re.search(r"^# Named for the model file with sha256 ([0-9a-f]{64})", path.read_text("utf-8"), re.M)
+        if stamp and stamp.group(1) != model_sha256:
+            print(
+                f"warning: {path} names the clusters of another model file (sha256 {stamp.group(1)[:12]}, this one "
+                f"{model_sha256[:12]}): retrained clusters need not be the ones named. Check the names against this "
+                "model's report.html, or delete the file and rerun eval.py for the default names.",
+                flush=True,
+            )
         return read_names(path, num_clusters)
     names = default_names(num_clusters, cluster_to_class)
     if write:
+        stamp = f"# Named for the model file with sha256 {model_sha256}\n"
         with atomic_write(path, "w", encoding="utf-8") as file:
-            file.write(HEADER + yaml.safe_dump(dict(enumerate(names)), allow_unicode=True, sort_keys=False))
+            file.write(HEADER + stamp + yaml.safe_dump(dict(enumerate(names)), allow_unicode=True, sort_keys=False))
         print(f"Saved {path}: the cluster names, yours to edit (then rerun eval.py or predict.py)", flush=True)
     return names
 
