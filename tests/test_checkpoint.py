@@ -16,6 +16,7 @@ from utils.checkpoint import (
     CheckpointError,
     NonFiniteError,
     load_checkpoint,
+    load_resumable,
     load_state_dict_checked,
     non_finite_tensors,
     resume,
@@ -157,6 +158,8 @@ def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     save_atomic(training_checkpoint(None, model, optimizer, epoch=4, step=0), path)
     assert resume(path, model, optimizer)["epoch"] == 4
+    save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 4}, path)
+    assert load_resumable(path)["epoch"] == 4  # the three keys it needs, and nothing else, are enough
     save_atomic({"model": model.state_dict(), "head": 0}, path)  # a SCAN model file, not a checkpoint
     with pytest.raises(CheckpointError, match="not a resumable checkpoint"):
         resume(path, model, optimizer)
@@ -180,3 +183,6 @@ def test_unreadable_checkpoints_are_explained(tmp_path):
     (tmp_path / "cut.pth.tar").write_bytes((tmp_path / "good.pth.tar").read_bytes()[:2000])
     with pytest.raises(CheckpointError, match="truncated or corrupt.*--fresh"):
         load_checkpoint(tmp_path / "cut.pth.tar")
+    (tmp_path / "empty.pth.tar").write_bytes(b"")  # a save that died before its first byte
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt \(EOFError: unexpected end of file\)"):
+        load_checkpoint(tmp_path / "empty.pth.tar")

@@ -63,6 +63,9 @@ def test_a_plain_line_counts_images_and_the_time_left(monkeypatch):
     monkeypatch.setattr("utils.progress.time.monotonic", lambda: next(clock))
     progress = PlainProgress([{"anchor": torch.zeros(50, 1)}] * 4, "epoch 2", None, every=5.0)
     assert progress.line(step=1, images=50, elapsed=10.0) == "epoch 2: 1/4 batches, 5 images/s, ETA 0m30s"
+    # Under an hour left: minutes and seconds; an hour or more: hours and minutes.
+    assert progress.line(step=1, images=50, elapsed=1199.5).endswith("ETA 59m58s")
+    assert progress.line(step=1, images=50, elapsed=1200.0).endswith("ETA 1h00m")
 
 
 def test_the_bar_and_the_log_line_number_epochs_alike(monkeypatch, capsys):

@@ -173,6 +173,17 @@ def test_unreadable_files_are_skipped_and_reported_once(tmp_path):
     assert set(json.loads(split_file.read_text())["unreadable"]) == {"a/broken.jpg", "b/cut.png"}
 
 
+def test_a_long_list_of_unreadable_files_names_the_first_twenty_and_counts_the_rest(tmp_path):
+    root = tmp_path / "data"
+    make_classes(root, {"a": 5, "b": 5})
+    for i in range(23):
+        (root / "a" / f"broken{i:02d}.jpg").write_bytes(b"not an image")
+    with pytest.warns(UserWarning) as caught:
+        FolderDataset(root, split_file=tmp_path / "split.json")
+    message = str(caught[0].message)
+    assert "broken19.jpg" in message and "broken20.jpg" not in message and "... and 3 more" in message
+
+
 def test_truncated_jpeg_does_not_stop_a_run(tmp_path):
     make_classes(tmp_path / "data" / "test", {"a": 1, "b": 1})
     make_classes(tmp_path / "data" / "train", {"a": 1, "b": 1})
@@ -316,6 +327,9 @@ def test_test_fraction_outside_0_to_1_is_refused_by_the_schema(tmp_path, value):
 def test_image_size_below_one_pixel_is_refused_by_the_schema(tmp_path):
     with pytest.raises(ConfigError, match="image_size must be a positive whole number of pixels"):
         custom_config(tmp_path, "flowers", image_size=0)
+    assert (
+        custom_config(tmp_path, "flowers", image_size=1)["dataset_kwargs"]["image_size"] == 1
+    )  # one pixel is positive
 
 
 def test_the_saved_split_names_images_relative_to_the_folder_and_not_where_it_lies(tmp_path):
