@@ -101,7 +101,10 @@ def score_run(model, train, val, num_clusters: int, device) -> dict:
         "scan_loss_per_log_k": scan_scores["total_loss"] / np.log(num_clusters),
     }
     if not (val.targets < 0).any():
-        scores = cluster_metrics(val_out[head]["predictions"], val_out[head]["probabilities"], val.targets)
+        chosen_val = val_out[head]  # K: the dataset's classes, as eval.py counts them
+        scores = cluster_metrics(
+            chosen_val["predictions"], chosen_val["probabilities"], val.targets, num_classes=len(val.classes)
+        )
         run.update({key: scores[key] for key in LABEL_METRICS})
     return run
 

@@ -158,6 +158,24 @@ def test_train_heads_repeats_scans_head_only_loop_on_the_cached_features(tmp_pat
     assert trained.training  # left in training mode, as built
 
 
+def test_the_reference_accuracy_matches_clusters_to_every_class_even_one_without_test_images():
+    """Three clusters, three classes, no test image of class 2: Hungarian on the 3×3 counts gives cluster 2 to the
+    empty class (2 of 3 right); counting K from the two distinct targets would match by majority (3 of 3)."""
+    from data.cached_features import CachedSplit
+    from models import ClusteringModel
+
+    identity = torch.nn.Identity()
+    identity.out_dim = 3
+    model = ClusteringModel(identity, 3, 1)
+    with torch.no_grad():  # logits = features: one-hot features put image i in cluster i
+        model.cluster_head[0].weight.copy_(torch.eye(3))
+        model.cluster_head[0].bias.zero_()
+    features, neighbors = torch.eye(3), torch.tensor([[0, 1], [1, 2], [2, 0]])
+    split = CachedSplit(features, torch.tensor([0, 1, 1]), neighbors, ["a", "b", "c"])
+    run = estimate_k.score_run(model, split, split, 3, "cpu")
+    assert run["ACC"] == pytest.approx(2 / 3)
+
+
 def test_estimate_k_main_on_three_blobs_recommends_three_and_writes_its_table(tmp_path, one_torch_thread):
     """A short run of the whole script (seconds): K=3 splits the blobs alike in both seeds, K=2 cannot."""
     pretext = tmp_path / "results/digits/pretext"
