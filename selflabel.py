@@ -6,6 +6,7 @@ Starts from the best head of scan/model.pth.tar (as head 0); writes <root_dir>/<
 Every epoch logs the test cluster sizes, each cluster's pseudo-labels and a warning for a cluster that emptied or
 shrank (engine/cluster_watch.py). `selflabel_keep: last` writes the last epoch, as the paper; `best` the last
 epoch with no emptied or shrunken cluster and a weak/strong agreement at least epoch 1's (else the SCAN model).
+With `average_epochs: n` an epoch's model is the average of the weights at the end of the last n epochs so far.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from data.dataloaders import set_epoch
 from data.neighbors import load_neighbors
@@ -188,6 +190,11 @@ def main(argv: list[str] | None = None) -> dict:
     watch = SelfLabelWatch(cfg["cluster_warning_fraction"], checkpoint.get("watch"))
     # EMA writes its average back into the model after every step, so the resumed weights are its state.
     ema = EMA(unwrap(model), alpha=cfg["ema_alpha"]) if cfg["use_ema"] else None
+    # `average_epochs`: the equal-weight average of the last epochs' weights (BatchNorm statistics included)
+    # replaces the last epoch's, whose test ACC swings by a few images from epoch to epoch (docs/selflabel.md).
+    averaged = AveragedModel(unwrap(model), use_buffers=True) if cfg["average_epochs"] else None
+    if averaged is not None and "averaged" in checkpoint:
+        averaged.load_state_dict(checkpoint["averaged"])
     history = History(cfg["selflabel_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
     keep_best = cfg["selflabel_keep"] == "best"
 
@@ -207,9 +214,16 @@ def main(argv: list[str] | None = None) -> dict:
         set_epoch(loader, epoch)
         lr = adjust_learning_rate(cfg, optimizer, epoch)
         stats = train_one_epoch(guard.batches(loader), model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
-        head_output = run_model(unwrap(model), val_loader, runtime.device).head(0)  # each process: its shard
+        evaluated = unwrap(model)  # the model the keep rule judges and the stage writes
+        if averaged is not None and epoch >= cfg["epochs"] - cfg["average_epochs"]:
+            averaged.update_parameters(evaluated)
+            evaluated = averaged.module
+        head_output = run_model(evaluated, val_loader, runtime.device).head(0)  # each process: its shard
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
+            if evaluated is not unwrap(model):
+                summary += f"  (evaluated: the weights averaged over epochs {cfg['epochs'] - cfg['average_epochs'] + 1}"
+                summary += f"-{epoch + 1})"
             if stats["skipped"]:
                 summary += (
                     f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
@@ -239,8 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
                 weak_strong_agreement=stats["weak_strong_agreement"],
             )
             if not keep_best or record["improved"]:
-                save_state_dict_file(unwrap(model).state_dict(), cfg["selflabel_model"], architecture, plan.record)
-        guard.save_checkpoint(epoch + 1, watch=watch.state_dict())
+                save_state_dict_file(evaluated.state_dict(), cfg["selflabel_model"], architecture, plan.record)
+        extras = {} if averaged is None else {"averaged": averaged.state_dict()}
+        guard.save_checkpoint(epoch + 1, watch=watch.state_dict(), **extras)
 
     if not Path(cfg["selflabel_model"]).is_file():  # epochs: 0 — the SCAN model's best head, untrained further
         if runtime.is_main:
@@ -259,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra = {
             "selflabel_keep": cfg["selflabel_keep"],
             "pseudo_labels": cfg["pseudo_labels"],
+            "average_epochs": cfg["average_epochs"],
             "kept_epoch": kept_epoch,
             "kept_reason": reason,
             "cluster_warnings": watch.all_warnings(),

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))  # the entry scripts live at the repository root, 
 
 import scan  # noqa: E402
 import selflabel  # noqa: E402
-from utils.config import add_set_argument  # noqa: E402
+from utils.config import add_set_argument, reads_key  # noqa: E402
 from utils.files import write_json  # noqa: E402
 
 SCAN_CONFIG = ROOT / "configs/scan/scan_digits.yml"
@@ -72,8 +72,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="self-label from the SCAN models with these head counts (default: num_heads of scan_digits.yml)",
     )
     parser.add_argument("--config_env", default=str(ROOT / "configs/env.yml"))
-    add_set_argument(parser, "config overrides handed to every stage, e.g. --set epochs=1 (smoke runs)")
+    add_set_argument(parser, "config overrides handed to each stage that reads them, e.g. --set epochs=1 (smoke runs)")
     return parser.parse_args(argv)
+
+
+def overrides_read_by(setup: str, overrides: list[str]) -> list[str]:
+    """The `KEY=VALUE` overrides whose key the stage of `setup` reads (`average_epochs` only self-labeling); an
+    unknown key goes to every stage, which refuses it."""
+    return [item for item in overrides if reads_key(setup, item.split("=", 1)[0].split(".", 1)[0])]
 
 
 def copy_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
@@ -102,7 +108,7 @@ def run_scan(seed: int, heads: int, pretext: Path, out: Path, args) -> dict:
             f"root_dir={root}",
             f"seed={seed}",
             f"num_heads={heads}",
-            *args.overrides,
+            *overrides_read_by("scan", args.overrides),
         ]
     )
     return {
@@ -181,7 +187,7 @@ def run_selflabel(seed: int, heads: int, variant: str, pretext: Path, out: Path,
                 f"pseudo_labels={pseudo_labels}",
                 f"confidence_threshold={threshold}",
                 "selflabel_keep=best",
-                *args.overrides,
+                *overrides_read_by("selflabel", args.overrides),
             ]
         )
     history = metrics["epochs"]

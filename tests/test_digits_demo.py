@@ -9,7 +9,8 @@ ACC 0.62 / 0.86 / 0.74 (chance: 0.10). The floors sit a little under the worst s
 rounding cannot fail the test while a bug that stops any stage from learning (ACC near 0.1–0.3) does.
 Those were measured with one SCAN head and no pretext warm-up; with the ten heads and the 10-epoch warm-up of the
 digits configs now, seed 0's short run gave kNN 0.86, train-neighbour accuracy 0.84, SCAN ACC 0.68 and self-label
-ACC 0.73 (AMD EPYC, 2026-12-06; other seeds not re-measured). bench/RESULTS.md holds the numbers of the full demo.
+ACC 0.73 (AMD EPYC, 2026-12-06; other seeds not re-measured), and 0.73 again with the last 5 of its 10 self-label
+epochs averaged (`average_epochs: 5`, 2026-12-07). bench/RESULTS.md holds the numbers of the full demo.
 """
 
 from __future__ import annotations

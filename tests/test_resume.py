@@ -192,11 +192,12 @@ def test_scan_resumes_mid_epoch_exactly_with_its_best_loss_and_head(
     assert_identical(expected, got)
 
 
-def test_selflabel_resumes_mid_epoch_exactly_with_ema(tmp_path, monkeypatch):
+def test_selflabel_resumes_mid_epoch_exactly_with_ema_and_the_epoch_average(tmp_path, monkeypatch):
+    """Stopped in epoch 2 of 3, averaging all three: the average of epoch 1 must come back from the checkpoint."""
     straight, interrupted = make_env(tmp_path, "straight"), make_env(tmp_path, "interrupted")
     for env in (straight, interrupted):
         write_scan_model(env)
-    extra = ("confidence_threshold=0.1", "use_ema=true", "ema_alpha=0.9")
+    extra = ("confidence_threshold=0.1", "use_ema=true", "ema_alpha=0.9", "average_epochs=3")
     metrics = run(selflabel.main, stage_args(straight, SELFLABEL, *extra))
     cfg = load_config(interrupted, SELFLABEL, TINY)
     resumed = interrupted_then_resumed(
@@ -209,6 +210,7 @@ def test_selflabel_resumes_mid_epoch_exactly_with_ema(tmp_path, monkeypatch):
     )
     assert resumed == metrics
     expected, got = outputs(load_config(straight, SELFLABEL, TINY), "selflabel_dir"), outputs(cfg, "selflabel_dir")
+    assert int(got["checkpoint.pth.tar"]["averaged"]["n_averaged"]) == 3
     assert_identical(expected, got)
 
 

@@ -87,3 +87,11 @@ def test_study_runs_scan_per_head_count_and_selflabel_per_variant(tmp_path: Path
     markdown = (out / "study.md").read_text()
     assert "| 2 |" in markdown and "| 1 | per_cluster@0.99 | best epoch |" in markdown
     assert "| 1 | per_cluster@0.99 | last intact epoch |" in markdown and "| 1 | threshold@0.99 | 0 |" in markdown
+
+
+def test_each_stage_of_the_study_gets_the_overrides_it_reads_and_an_unknown_key_goes_to_both():
+    overrides = ["epochs=1", "average_epochs=0", "backbone_kwargs.base_width=4", "num_neighbors=5", "epochz=1"]
+    scan_reads = ["epochs=1", "backbone_kwargs.base_width=4", "num_neighbors=5", "epochz=1"]
+    assert selflabel_study.overrides_read_by("scan", overrides) == scan_reads
+    selflabel_reads = ["epochs=1", "average_epochs=0", "backbone_kwargs.base_width=4", "epochz=1"]
+    assert selflabel_study.overrides_read_by("selflabel", overrides) == selflabel_reads

@@ -414,6 +414,33 @@ def test_selflabel_main_takes_targets_from_the_val_view_watches_epoch_zero_and_c
         assert all(torch.equal(value, reference[key]) for key, value in kept.items())
 
 
+def test_selflabel_with_average_epochs_writes_the_mean_of_the_last_epochs_weights(tiny_env, monkeypatch):
+    """average_epochs=2 of 3: the model written (and evaluated) is (epoch 2 + epoch 3) / 2 of the trained weights,
+    BatchNorm statistics included; the checkpoint holds the average so far for a resume."""
+    tiny_scan_file(tiny_env)
+    trained, original = [], selflabel.train_one_epoch
+
+    def train_and_snapshot(loader, model, *args, **kwargs):
+        stats = original(loader, model, *args, **kwargs)
+        trained.append({key: value.clone() for key, value in model.state_dict().items()})
+        return stats
+
+    monkeypatch.setattr(selflabel, "train_one_epoch", train_and_snapshot)
+    overrides = ["epochs=3", "average_epochs=2", "augmentation_kwargs.crop_size=8", "confidence_threshold=0.3"]
+    metrics = selflabel.main(tiny_args(tiny_env, "selflabel/selflabel_cifar10.yml", *overrides))
+    out = tiny_env.parent / "results/cifar-10/selflabel"
+    written = torch.load(out / "model.pth.tar", weights_only=True)
+    floats = [key for key, value in written.items() if value.is_floating_point()]
+    assert any(key.endswith("running_mean") for key in floats) and len(trained) == 3
+    for key in floats:
+        torch.testing.assert_close(written[key], (trained[1][key] + trained[2][key]) / 2)
+    assert not all(torch.equal(written[key], trained[2][key]) for key in floats)  # not the last epoch's weights
+    assert metrics["average_epochs"] == 2 and metrics["kept_epoch"] == 3
+    checkpoint = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert int(checkpoint["averaged"]["n_averaged"]) == 2
+    assert all(torch.equal(checkpoint["model"][key], trained[2][key]) for key in floats)  # training goes on raw
+
+
 def test_mine_pretext_files_mines_both_splits_and_writes_the_metrics_with_the_extras(tiny_env):
     """The end of moco.py and pretrained.py: neighbours of the train and test split and metrics.json (+ extras)."""
     from engine.pretext import backbone_feature_model, mine_pretext_files

@@ -46,8 +46,9 @@ def test_three_stages_and_eval_under_torchrun_then_resume_with_one_process(tiny_
     pretext = torch.load(results / "pretext/checkpoint.pth.tar", weights_only=True)
     assert pretext["epoch"] == 1 and len(pretext["rng"]) == 2  # one generator state per process
     run("scan.py", tiny_cifar_env, "configs/scan/scan_cifar10.yml", "--set", "epochs=1")
+    # average_epochs=1: the averaged copy is made of the DDP-wrapped model.
     run("selflabel.py", tiny_cifar_env, "configs/selflabel/selflabel_cifar10.yml", "--set", "epochs=1",
-        "confidence_threshold=0.1")  # fmt: skip
+        "confidence_threshold=0.1", "average_epochs=1")  # fmt: skip
     scan_metrics = json.loads((results / "scan/metrics.json").read_text())
     selflabel_metrics = json.loads((results / "selflabel/metrics.json").read_text())
     assert sum(scan_metrics["cluster_sizes"]) == 50 and sum(selflabel_metrics["cluster_sizes"]) == 50

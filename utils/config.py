@@ -82,6 +82,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "confidence_threshold": 0.99,
     "use_ema": False,
     "ema_alpha": 0.999,
+    "average_epochs": 0,  # write the average of the last this many epochs' weights (0: the last epoch's, the paper)
     # selflabel robustness (docs/selflabel.md)
     "pseudo_labels": "threshold",  # threshold (paper: above confidence_threshold) | per_cluster
     "pseudo_label_fraction": 0.5,  # per_cluster: each cluster's most confident share of its batch members
@@ -113,6 +114,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("num_neighbors", "update_cluster_head_only", "head_input"), ("scan",)),
     "num_heads": ("scan", "selflabel"),
     **dict.fromkeys(("confidence_threshold", "use_ema", "ema_alpha", "pseudo_labels"), ("selflabel",)),
+    **dict.fromkeys(("average_epochs",), ("selflabel",)),
     **dict.fromkeys(("pseudo_label_fraction", "selflabel_keep", "cluster_warning_fraction"), ("selflabel",)),
     # The paths stage_paths adds: each stage's own files and its inputs.
     **dict.fromkeys(("pretext_dir", "pretext_checkpoint"), PRETEXT),

@@ -132,6 +132,7 @@ MINIMUMS: dict[str, tuple[float, str]] = {
     "cluster_warning_fraction": (0, "a share of a cluster's size after SCAN, 0 to 1"),
     "knn_ivf_lists": (1, "at least one IVF cell"),
     "knn_ivf_probe": (1, "at least one IVF cell searched"),
+    "average_epochs": (0, "0 keeps the last epoch's weights; n averages the last n epochs'"),
 }
 
 
