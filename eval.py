@@ -47,7 +47,7 @@ from tools.html_report import write_eval_report
 from utils.config import format_config, load_config
 from utils.files import check_writable, write_json
 from utils.plots import plot_prototypes
-from utils.runtime import init_runtime, resolve_fast_path
+from utils.runtime import init_runtime, main_process_speaks, resolve_fast_path
 
 PRETEXT_KS = (1, 5, 20)
 
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     resolve_fast_path(cfg, runtime)  # the stages' batches: augmentation_backend, channels_last as they resolve
     model_path = args.model
     out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(model_path)
-    model, head = load_model_file(cfg, model_path)
+    with main_process_speaks(runtime):
+        model, head = load_model_file(cfg, model_path)
     dataset = get_val_dataset(cfg)
     batches = eval_batches(cfg, dataset, runtime)
     if runtime.is_main:  # the only process that writes

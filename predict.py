@@ -70,7 +70,7 @@ from tools.cluster_names import NAMES_FILE, UNSURE, assign_names, cluster_names
 from tools.sort_images import sort_into, write_labels_csv
 from utils.checkpoint import CheckpointError
 from utils.config import load_config
-from utils.runtime import init_runtime, resolve_fast_path
+from utils.runtime import init_runtime, main_process_speaks, resolve_fast_path
 
 
 def collect_images(paths: list[str]) -> list[Path]:
@@ -122,17 +122,19 @@ def main(argv: list[str] | None = None) -> dict:
     runtime = init_runtime()
     resolve_fast_path(cfg, runtime)  # the stages' batches: augmentation_backend, channels_last as they resolve
 
-    model, head = load_model_file(cfg, args.model)
-    if head is None:
-        raise CheckpointError(
-            f"{args.model} is a pretext model without cluster heads: pass the SCAN or self-label model.pth.tar."
-        )
+    with main_process_speaks(runtime):
+        model, head = load_model_file(cfg, args.model)
+        if head is None:
+            raise CheckpointError(
+                f"{args.model} is a pretext model without cluster heads: pass the SCAN or self-label model.pth.tar."
+            )
+        metrics_path = Path(args.metrics) if args.metrics else default_output_dir(args.model) / "metrics.json"
+        cluster_to_class = matched_classes(metrics_path, cfg, head)
+        num_clusters = model.cluster_head[head].out_features
+        names_path = Path(args.names) if args.names else default_output_dir(args.model) / NAMES_FILE
+        sha256 = file_sha256(args.model)
+        names = cluster_names(names_path, num_clusters, cluster_to_class, write=False, model_sha256=sha256)
     model = model.to(runtime.device).eval()
-    metrics_path = Path(args.metrics) if args.metrics else default_output_dir(args.model) / "metrics.json"
-    cluster_to_class = matched_classes(metrics_path, cfg, head)
-    num_clusters = model.cluster_head[head].out_features
-    names_path = Path(args.names) if args.names else default_output_dir(args.model) / NAMES_FILE
-    names = cluster_names(names_path, num_clusters, cluster_to_class, write=False, model_sha256=file_sha256(args.model))
 
     paths = collect_images(args.images)
     # Files that are not images are listed and skipped (the check a folder dataset makes); the others are assigned.

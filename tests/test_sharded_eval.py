@@ -10,6 +10,7 @@ predict.py's files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -147,7 +148,7 @@ def sharded_results(env: Path, root: Path, rank: int, world_size: int) -> dict:
 
 
 def worker(rank: int, world_size: int, port: int, root: str, run: str) -> None:
-    """One process of a `world_size`-process run: the library-level results, then eval.py on both model files."""
+    """One process of a `world_size`-process run: the library-level results, then eval.py and predict.py."""
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
@@ -159,30 +160,36 @@ def worker(rank: int, world_size: int, port: int, root: str, run: str) -> None:
         env = root_dir / "env.yml"
         torch.save(sharded_results(env, root_dir, rank, world_size), out_dir / f"rank{rank}.pt")
 
-        import eval as evaluate_script
-
-        for name, config, heads in (
-            ("scan", "configs/scan/scan_cifar10.yml", [f"num_heads={NUM_HEADS}"]),
-            ("pretext", "configs/pretext/simclr_cifar10.yml", []),  # a pretext config has no heads
-        ):
-            model, output = root_dir / f"{name}.pth.tar", out_dir / f"eval-{name}-rank{rank}"
-            evaluate_script.main(
-                ["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(model),
-                 "--output_dir", str(output), "--batch_size", "8", "--set", *SETTINGS, *heads]
-            )  # fmt: skip
-        import predict
-
-        predict.main(
-            ["--config_env", str(env), "--config_exp", str(ROOT / "configs/scan/scan_cifar10.yml"),
-             "--model", str(root_dir / "scan.pth.tar"), "--images", str(root_dir / "new_images"),
-             "--output", str(out_dir / f"predict-rank{rank}.csv"), "--batch_size", "8",
-             "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
-        )  # fmt: skip
+        # What eval.py and predict.py print, per process: under torchrun the main process alone speaks.
+        with open(out_dir / f"stdout-rank{rank}.txt", "w") as stdout, contextlib.redirect_stdout(stdout):
+            run_scripts(env, root_dir, out_dir, rank)
         if dist.is_initialized():  # rank 1 is done long before rank 0 has written: tearing gloo down then may abort
             dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_scripts(env: Path, root_dir: Path, out_dir: Path, rank: int) -> None:
+    """eval.py on both model files, then predict.py on the new images."""
+    import eval as evaluate_script
+    import predict
+
+    for name, config, heads in (
+        ("scan", "configs/scan/scan_cifar10.yml", [f"num_heads={NUM_HEADS}"]),
+        ("pretext", "configs/pretext/simclr_cifar10.yml", []),  # a pretext config has no heads
+    ):
+        model, output = root_dir / f"{name}.pth.tar", out_dir / f"eval-{name}-rank{rank}"
+        evaluate_script.main(
+            ["--config_env", str(env), "--config_exp", str(ROOT / config), "--model", str(model),
+             "--output_dir", str(output), "--batch_size", "8", "--set", *SETTINGS, *heads]
+        )  # fmt: skip
+    predict.main(
+        ["--config_env", str(env), "--config_exp", str(ROOT / "configs/scan/scan_cifar10.yml"),
+         "--model", str(root_dir / "scan.pth.tar"), "--images", str(root_dir / "new_images"),
+         "--output", str(out_dir / f"predict-rank{rank}.csv"), "--batch_size", "8",
+         "--set", *SETTINGS, f"num_heads={NUM_HEADS}"]
+    )  # fmt: skip
 
 
 def test_two_processes_share_the_evaluation_and_get_the_single_process_results_exactly(tmp_path):
@@ -220,3 +227,7 @@ def test_two_processes_share_the_evaluation_and_get_the_single_process_results_e
     predicted = (tmp_path / "two/predict-rank0.csv").read_text()
     assert predicted == (tmp_path / "one/predict-rank0.csv").read_text() and len(predicted.splitlines()) == 12
     assert not (tmp_path / "two/predict-rank1.csv").exists()
+    # What they print: rank 0 what one process prints (each model file described once), rank 1 nothing.
+    printed = {run: (tmp_path / f"{run}/stdout-rank0.txt").read_text() for run in ("one", "two")}
+    assert printed["two"].replace("/two/", "/one/") == printed["one"] and printed["one"].count("Model ") == 3
+    assert (tmp_path / "two/stdout-rank1.txt").read_text() == ""

@@ -205,6 +205,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def main_process_speaks(runtime: Runtime):
+    """A block every process runs under torchrun (loading and checking the model file, reading the cluster names,
+    so an error stops them all) whose printed lines the main process alone shows, once, not once per process."""
+    return contextlib.nullcontext() if runtime.is_main else contextlib.redirect_stdout(None)
+
+
 def autocast(runtime: Runtime, enabled: bool):
     """bfloat16 autocast when `amp` is on (no loss scaling needed); a no-op otherwise."""
     if not enabled:
