@@ -114,6 +114,10 @@ def current_record(cfg: dict, args: argparse.Namespace) -> dict | None:
 def differences(saved: dict, now: dict, ignore: tuple[str, ...]) -> list[str]:
     """'key: old → new' for every config key (outside `ignore`) and every input file that differs."""
     before, after = flatten(saved.get("config", {})), flatten(now["config"])
+    # A key the saved record lacks came into the code after it was written. Its default keeps the behaviour of
+    # before (`average_epochs: 0`), so at that default it is no change: an upgrade does not retrain finished stages.
+    added = {key: EXPERIMENT_DEFAULTS[key] for key in after.keys() - before.keys() if key in EXPERIMENT_DEFAULTS}
+    before = {**added, **before}
     lines = [
         f"{key}: {before.get(key, '(unset)')!r} → {after.get(key, '(unset)')!r}"
         for key in sorted(set(before) | set(after))

@@ -356,6 +356,17 @@ def test_the_pretext_keys_are_compared_where_a_pretext_stage_reads_them(key, val
     assert [line.split(":")[0] for line in lines] == [key] and changed_keys(key, value) == []  # SCAN: not read
 
 
+def test_a_key_the_saved_record_lacks_is_no_change_at_its_default_and_a_change_otherwise():
+    """A record written before `head_input` existed: the run that leaves it at its default (the behaviour of that
+    time) is the same run; one that sets another value is not."""
+    old = record_of(scan_config())
+    del old["config"]["head_input"]
+    assert differences(old, record_of(scan_config()), FREE_KEYS) == []
+    assert differences(old, record_of(changed(scan_config(), "head_input", "cached_features")), FREE_KEYS) == [
+        "head_input: 'images' → 'cached_features'"
+    ]
+
+
 def test_the_comparison_does_not_depend_on_the_order_of_keys():
     cfg = scan_config()
     reordered = dict(reversed(list(cfg.items())))
