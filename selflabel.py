@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     # `average_epochs`: the equal-weight average of the last epochs' weights (BatchNorm statistics included)
     # replaces the last epoch's, whose test ACC swings by a few images from epoch to epoch (docs/selflabel.md).
     averaged = AveragedModel(unwrap(model), use_buffers=True) if cfg["average_epochs"] else None
+    first_averaged = max(cfg["epochs"] - cfg["average_epochs"], 0) + 1  # the first epoch in the average (1-based)
     if averaged is not None and "averaged" in checkpoint:
         averaged.load_state_dict(checkpoint["averaged"])
     history = History(cfg["selflabel_dir"], guard.start_epoch, cfg["epochs"], cfg["tensorboard"], runtime.is_main)
@@ -215,15 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
         lr = adjust_learning_rate(cfg, optimizer, epoch)
         stats = train_one_epoch(guard.batches(loader), model, criterion, optimizer, ema, runtime, cfg["amp"], epoch)
         evaluated = unwrap(model)  # the model the keep rule judges and the stage writes
-        if averaged is not None and epoch >= cfg["epochs"] - cfg["average_epochs"]:
+        if averaged is not None and epoch + 1 >= first_averaged:
             averaged.update_parameters(evaluated)
             evaluated = averaged.module
         head_output = run_model(evaluated, val_loader, runtime.device).head(0)  # each process: its shard
         if runtime.is_main:
             summary = f"Epoch {epoch + 1}/{cfg['epochs']}  lr {lr:.5f}  loss {stats['loss']:.4f}"
             if evaluated is not unwrap(model):
-                summary += f"  (evaluated: the weights averaged over epochs {cfg['epochs'] - cfg['average_epochs'] + 1}"
-                summary += f"-{epoch + 1})"
+                summary += f"  (evaluated: the weights averaged over epochs {first_averaged}-{epoch + 1})"
             if stats["skipped"]:
                 summary += (
                     f"  ({stats['skipped']} of {stats['skipped'] + stats['steps']} batches skipped: no sample "
