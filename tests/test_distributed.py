@@ -3,9 +3,6 @@ shards of an evaluation are gathered in dataset order on every process, in few m
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
 import threading
 
 import torch
@@ -14,6 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from losses import SimCLRLoss
+from tests.conftest import exit_skipping_teardown, free_port
 from utils import distributed
 from utils.distributed import gather_in_order, gather_with_grad, shard_range, sum_over_processes
 from utils.runtime import Runtime
@@ -33,12 +31,6 @@ def simclr_loss(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return SimCLRLoss(0.5)(gather_with_grad(features))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -52,13 +44,7 @@ def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.barrier()  # neither tears gloo down while the other still uses it (a SIGABRT in about one run of three)
     finally:
         dist.destroy_process_group()
-    # The results are on disk: skip the interpreter's teardown. A gloo thread still releasing the barrier's work
-    # then needs the GIL for a Python object that work holds, and aborts the process ("terminate called without an
-    # active exception"; 8 runs of 222 here, pytorch/pytorch#190489). Not seen at the stages' own exit under
-    # torchrun (0 of 40 runs of simclr.py, 0 of 30 of eval.py).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_skipping_teardown()
 
 
 def test_gathered_negatives_give_the_single_process_loss_and_gradients(tmp_path):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ import torch.multiprocessing as mp
 import yaml
 from PIL import Image
 
-from tests.conftest import ROOT, write_cifar10
+from tests.conftest import ROOT, exit_skipping_teardown, free_port, write_cifar10
 
 pytestmark = pytest.mark.slow  # three spawned processes: about a CPU-minute
 
@@ -34,12 +32,6 @@ SETTINGS = ["num_workers=0", "backbone_kwargs.base_width=4", "batch_size=8", "au
 NUM_HEADS = 3
 NEW_IMAGES = 11  # predict.py's input: two batches of 8, one per process
 MINING_ROWS = 10  # query rows per mining block (SCORES_PER_CHUNK lowered): the 45 train rows make 5 blocks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_inputs(root: Path) -> Path:
@@ -169,11 +161,7 @@ def worker(rank: int, world_size: int, port: int, root: str, run: str) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    # Every result is on disk: skip the interpreter's teardown, where a native thread aborted rank 1 in about one
-    # run of forty after its work was done ("terminate called without an active exception", no Python frame).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_skipping_teardown()
 
 
 def run_scripts(env: Path, root_dir: Path, out_dir: Path, rank: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,17 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
 SETTINGS = ["num_workers=0", "backbone_kwargs.base_width=4", "seed=0", "batch_size=16"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(script: str, env_file, config: str, *extra: str, processes: int = 2) -> subprocess.CompletedProcess:
